@@ -1,0 +1,60 @@
+# Thin wrappers: every target is a CLI call you can also run yourself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.setup-done
+SETUP_INPUTS := requirements/lock.txt requirements/lock.in requirements/dev.in \
+	$(wildcard src/*/pyproject.toml)
+LOCAL_PACKAGES := mega-common mega-data-collector mega-data-processor mega-model-training \
+	mega-api-service mega-workflow
+
+.PHONY: setup run serve test lint format bench lock clean
+
+## setup: create .venv and install every container (editable) and the dev tools from the lock
+setup: $(STAMP)
+
+$(STAMP): $(SETUP_INPUTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -c requirements/lock.txt -r requirements/lock.in
+	@touch $@
+	@echo "setup: done (.venv)"
+
+## run: set up, then run the whole pipeline (stages whose inputs are unchanged are skipped)
+run: setup
+	$(BIN)/mega run
+
+## serve: the API and the web page on http://127.0.0.1:8000
+serve: setup
+	$(BIN)/mega serve
+
+## test: set up, then every test tier (unit, integration, e2e, browser)
+test: setup
+	@scripts/ensure-chromium.sh
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy src/common/common src/data-collector/collector src/data-processor/processor \
+		src/model-training/trainer src/api-service/api_service src/workflow/workflow
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## bench: every benchmark script (each prints name: ratio against its baseline)
+bench: setup
+	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+## lock: re-compile requirements/lock.txt after changing a pyproject.toml or dev.in
+lock:
+	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"; }
+	$(BIN)/uv pip compile requirements/lock.in --python-version 3.11 --quiet \
+		--no-emit-index-url --no-emit-find-links --custom-compile-command "make lock" \
+		$(foreach p,$(LOCAL_PACKAGES),--no-emit-package $(p)) -o requirements/lock.txt
+
+clean:
+	rm -rf $(VENV) .mega .pytest_cache .ruff_cache .mypy_cache

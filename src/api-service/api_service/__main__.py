@@ -1,0 +1,59 @@
+"""`python -m api_service`: serve the registered model over HTTP."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from common.settings import get_settings
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [MEGA_SERVE_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [MEGA_SERVE_PORT].")] = None,
+    models_root: Annotated[
+        str | None, typer.Option(help="Registry root [MEGA_MODELS_ROOT].")
+    ] = None,
+    model_name: Annotated[str | None, typer.Option(help="Model name [MEGA_MODEL_NAME].")] = None,
+    alias: Annotated[str | None, typer.Option(help="Alias or version [MEGA_MODEL_ALIAS].")] = None,
+    static_dir: Annotated[
+        str | None, typer.Option(help="Serve this folder's page at / [MEGA_STATIC_DIR].")
+    ] = None,
+) -> None:
+    """Start the API (and the page, with --static-dir) on HOST:PORT."""
+    import uvicorn
+
+    from api_service.app import create_app
+
+    overrides = {
+        "serve_host": host,
+        "serve_port": port,
+        "models_root": models_root,
+        "model_name": model_name,
+        "model_alias": alias,
+        "static_dir": static_dir,
+    }
+    settings = get_settings().model_copy(
+        update={k: v for k, v in overrides.items() if v is not None}
+    )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        application = create_app(settings)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--static-dir") from exc
+    uvicorn.run(application, host=settings.serve_host, port=settings.serve_port, log_level="info")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

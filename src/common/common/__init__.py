@@ -1,0 +1,1 @@
+"""Shared library of the Mega Pipeline: the contracts every container agrees on."""

@@ -1,0 +1,77 @@
+"""Image decoding and the one preprocessing function training and serving share."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from common.contracts import Preprocess
+
+# Pillow's own decompression-bomb guard, made an error instead of a warning.
+MAX_PIXELS = 40_000_000
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a usable image; the message says why."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode and fully load an image, rejecting empty, truncated and oversized input."""
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > max_pixels:
+                raise ImageDecodeError(
+                    f"image is {image.width}x{image.height}, over the {max_pixels:,}-pixel limit"
+                )
+            image.load()
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"image over the pixel limit: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("not an image, or a format Pillow cannot read") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"not a readable image: {exc}") from exc
+    return image
+
+
+def to_model_pixels(image: Image.Image, spec: Preprocess) -> np.ndarray:
+    """Orient, convert and resize an image to the model's uint8 `[H, W, C]` input."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale to 8 bits rather than clip.
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() or 1.0
+        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
+        # Composite transparency on black, the digits' background.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("L" if spec.color_mode == "grayscale" else "RGB")
+    if image.size != (spec.image_size, spec.image_size):
+        image = image.resize((spec.image_size, spec.image_size), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, np.newaxis]
+    return pixels
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """Lossless PNG bytes of a uint8 `[H, W, C]` array (C = 1 or 3)."""
+    array = pixels[:, :, 0] if pixels.shape[-1] == 1 else pixels
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()

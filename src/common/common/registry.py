@@ -1,0 +1,143 @@
+"""A small model registry over local folders or `gs://`: versions and aliases.
+
+Layout under the registry root:
+
+    <name>/<version>/...        an immutable, complete model version
+    <name>/<version>/version.json  written last: a version without it is incomplete
+    <name>/aliases.json         {"production": "3", "candidate": "4"}
+
+Versions are increasing integers. Publishing the same candidate twice (same
+content hash) returns the existing version, so re-runs are idempotent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import storage
+
+VERSION_FILE = "version.json"
+ALIASES_FILE = "aliases.json"
+
+
+class RegistryError(RuntimeError):
+    """The registry is missing something the caller asked for."""
+
+
+class ModelRegistry:
+    """Versions and aliases of one model name under a registry root."""
+
+    def __init__(self, root: str | Path, name: str) -> None:
+        self.root = str(root)
+        self.name = name
+        self.base = storage.join(self.root, name)
+
+    def version_uri(self, version: str) -> str:
+        return storage.join(self.base, version)
+
+    def versions(self) -> list[str]:
+        """Complete versions, oldest first."""
+        found = set()
+        marker = "/" + VERSION_FILE
+        for uri in storage.list_files(self.base):
+            normalized = uri.replace(os.sep, "/")
+            if normalized.endswith(marker):
+                found.add(normalized[: -len(marker)].rsplit("/", 1)[-1])
+        return sorted((v for v in found if v.isdigit()), key=int)
+
+    def version_info(self, version: str) -> dict[str, Any]:
+        data: dict[str, Any] = storage.read_json(
+            storage.join(self.version_uri(version), VERSION_FILE)
+        )
+        return data
+
+    def publish(self, model_dir: str | Path, extra: dict[str, Any] | None = None) -> str:
+        """Copy a local model folder in as a new version; returns its version.
+
+        The version marker is written last, so a crash mid-copy never yields a
+        version that looks complete.
+        """
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise RegistryError(f"model folder not found: {model_dir}")
+        content_hash = storage.tree_hash(model_dir)
+        for version in self.versions():
+            if self.version_info(version).get("content_hash") == content_hash:
+                return version
+        info = {
+            "name": self.name,
+            "content_hash": content_hash,
+            "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            **(extra or {}),
+        }
+        if storage.is_gcs(self.root):
+            version = str(int((self.versions() or ["0"])[-1]) + 1)
+            info["version"] = version
+            storage.upload_tree(model_dir, self.version_uri(version))
+            storage.write_json(storage.join(self.version_uri(version), VERSION_FILE), info)
+            return version
+        return self._publish_local(model_dir, info)
+
+    def _publish_local(self, model_dir: Path, info: dict[str, Any]) -> str:
+        base = Path(self.base)
+        base.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=base, prefix=".staging-"))
+        try:
+            shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+            while True:
+                existing = [p.name for p in base.iterdir() if p.name.isdigit()]
+                version = str(max((int(v) for v in existing), default=0) + 1)
+                info["version"] = version
+                storage.atomic_write_bytes(
+                    staging / VERSION_FILE,
+                    (json.dumps(info, indent=2, sort_keys=True) + "\n").encode(),
+                )
+                try:
+                    # rename() onto an existing non-empty folder fails: a concurrent
+                    # publisher took this number, so take the next one.
+                    staging.rename(base / version)
+                    return version
+                except OSError:
+                    if not (base / version).exists():
+                        raise
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def aliases(self) -> dict[str, str]:
+        uri = storage.join(self.base, ALIASES_FILE)
+        try:
+            data = storage.read_json(uri)
+        except FileNotFoundError:
+            return {}
+        if not isinstance(data, dict):
+            raise RegistryError(f"{uri}: expected an object of alias → version")
+        return {str(k): str(v) for k, v in data.items()}
+
+    def set_alias(self, alias: str, version: str) -> None:
+        """Point `alias` at `version`, replacing aliases.json atomically."""
+        if version not in self.versions():
+            raise RegistryError(f"{self.name} has no complete version {version!r}")
+        aliases = self.aliases()
+        aliases[alias] = version
+        storage.write_json(storage.join(self.base, ALIASES_FILE), aliases)
+
+    def resolve(self, alias_or_version: str) -> str:
+        """The version an alias points at (a version number resolves to itself)."""
+        if alias_or_version.isdigit():
+            if alias_or_version not in self.versions():
+                raise RegistryError(f"{self.name} has no version {alias_or_version}")
+            return alias_or_version
+        version = self.aliases().get(alias_or_version)
+        if version is None:
+            raise RegistryError(
+                f"{self.name} has no {alias_or_version!r} alias under {self.root}; "
+                "run the pipeline (`mega run`) to train and register a model"
+            )
+        return version

@@ -1,0 +1,90 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.contracts import Preprocess
+from common.images import ImageDecodeError, decode_image, encode_png, to_model_pixels
+
+GRAY16 = Preprocess(image_size=16, color_mode="grayscale")
+RGB16 = Preprocess(image_size=16, color_mode="rgb")
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"hello, I am text", "not an image"),
+        (encoded(Image.new("RGB", (64, 64), "red"), "JPEG")[:200], "not a readable image"),
+    ],
+)
+def test_bad_bytes_are_rejected_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_image(data)
+
+
+def test_pixel_limit() -> None:
+    data = encoded(Image.new("L", (300, 300)))
+    with pytest.raises(ImageDecodeError, match="pixel limit"):
+        decode_image(data, max_pixels=10_000)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGB", (40, 20), (200, 10, 10)),
+        Image.new("RGBA", (20, 20), (255, 255, 255, 128)),
+        Image.new("LA", (20, 20), (255, 0)),
+        Image.new("P", (20, 20)),
+        Image.new("CMYK", (20, 20), (0, 0, 0, 255)),
+        Image.new("I;16", (20, 20), 40000),
+    ],
+    ids=["rgb", "rgba", "la", "palette", "cmyk", "16-bit"],
+)
+@pytest.mark.parametrize("spec", [GRAY16, RGB16], ids=["gray", "rgb"])
+def test_any_mode_becomes_model_pixels(image: Image.Image, spec: Preprocess) -> None:
+    pixels = to_model_pixels(
+        decode_image(encoded(image, "TIFF" if image.mode == "CMYK" else "PNG")), spec
+    )
+    assert pixels.dtype == np.uint8
+    assert pixels.shape == (16, 16, spec.channels)
+
+
+def test_sixteen_bit_is_scaled_not_clipped() -> None:
+    ramp = np.linspace(0, 60000, 16 * 16, dtype=np.uint16).reshape(16, 16)
+    pixels = to_model_pixels(Image.fromarray(ramp), GRAY16)
+    assert pixels.max() == 255
+    assert len(np.unique(pixels)) > 100
+
+
+def test_transparent_pixels_become_background() -> None:
+    image = Image.new("RGBA", (16, 16), (255, 255, 255, 0))
+    assert to_model_pixels(image, GRAY16).max() == 0
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("L", (16, 8), 0)
+    image.paste(255, (0, 0, 8, 8))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    decoded = decode_image(encoded(image, "JPEG", exif=exif.tobytes(), quality=100))
+    pixels = to_model_pixels(decoded, Preprocess(image_size=16, color_mode="grayscale"))
+    # After rotation the white half is on top.
+    assert pixels[:8].mean() > 200 > pixels[8:].mean() + 100
+
+
+def test_png_round_trip_is_lossless() -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 1), dtype=np.uint8)
+    assert np.array_equal(
+        to_model_pixels(
+            decode_image(encode_png(pixels)), Preprocess(image_size=8, color_mode="grayscale")
+        ),
+        pixels,
+    )

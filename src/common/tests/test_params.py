@@ -1,0 +1,52 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.params import ParamsError, PipelineParams, load_params
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_the_repository_params_file_is_valid() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.collect.source == "digits"
+    assert params.registry.min_accuracy >= 0.9
+
+
+def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    assert load_params(write(tmp_path, {})) == PipelineParams()
+
+
+def test_split_ratios_must_sum_to_one(tmp_path: Path) -> None:
+    path = write(tmp_path, {"process": {"split": {"train": 0.8, "val": 0.3, "test": 0.1}}})
+    with pytest.raises(ParamsError, match=r"process\.split.*sum to 1"):
+        load_params(path)
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=r"train\.epoch"):
+        load_params(write(tmp_path, {"train": {"epoch": 3}}))
+
+
+def test_reserved_model_name(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="reserved"):
+        load_params(write(tmp_path, {"registry": {"model_name": "candidate"}}))
+
+
+def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="run from the project root"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(path)

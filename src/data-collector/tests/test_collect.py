@@ -1,0 +1,51 @@
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from support import run_cli
+
+from collector.collect import collect
+from collector.digits import iter_digits
+from common.contracts import read_manifest
+
+
+def test_digits_are_written_under_label_folders_with_hash_names(tmp_path: Path) -> None:
+    result = collect(iter_digits(limit=30), out=str(tmp_path), source="digits")
+    assert result.total == 30 and result.written == 30
+    items = read_manifest(str(tmp_path / "manifest.jsonl"))
+    assert len(items) == 30
+    for item in items:
+        data = (tmp_path / item.path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == item.sha256
+        assert item.path == f"images/{item.label}/{item.sha256}.png"
+        assert (item.width, item.height) == (8, 8)
+    assert {item.label for item in items} == {str(d) for d in range(10)}
+
+
+def test_rerun_writes_nothing_and_gives_identical_files(tmp_path: Path) -> None:
+    collect(iter_digits(limit=20), out=str(tmp_path), source="digits")
+    manifest = (tmp_path / "manifest.jsonl").read_bytes()
+    again = collect(iter_digits(limit=20), out=str(tmp_path), source="digits")
+    assert again.written == 0 and again.already_present == 20
+    assert (tmp_path / "manifest.jsonl").read_bytes() == manifest
+
+
+def test_bad_items_are_reported_not_fatal(tmp_path: Path) -> None:
+    good = next(iter_digits(limit=1))
+    items = [good, ("3", b"not an image"), ("4", b""), good]
+    result = collect(items, out=str(tmp_path), source="test")
+    assert result.total == 1 and result.duplicates == 1
+    report = json.loads((tmp_path / "collect_report.json").read_text())
+    assert [f["reason"] for f in report["failed"]] == [
+        "not an image, or a format Pillow cannot read",
+        "empty file",
+    ]
+
+
+def test_cli_help_and_unknown_source(tmp_path: Path) -> None:
+    assert "--out" in run_cli([sys.executable, "-m", "collector", "--help"], tmp_path).stdout
+    (tmp_path / "params.yaml").write_text("{}")
+    with pytest.raises(AssertionError, match="unknown source 'flickr'"):
+        run_cli([sys.executable, "-m", "collector", "--out", "raw", "--source", "flickr"], tmp_path)

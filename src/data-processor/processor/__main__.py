@@ -1,0 +1,49 @@
+"""`python -m processor`: turn the raw store into TFRecord shards."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import typer
+
+from common.params import ParamsError, load_params
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def run(
+    raw: Annotated[str, typer.Option(help="Raw store written by the collector.")],
+    out: Annotated[str, typer.Option(help="Output folder or gs:// URI for the shards.")],
+    params: Annotated[Path, typer.Option(help="Pipeline parameters file.")] = Path("params.yaml"),
+) -> None:
+    """Validate, resize, split and shard RAW into OUT."""
+    try:
+        pipeline = load_params(params)
+    except ParamsError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--params") from exc
+    from processor.process import process
+
+    try:
+        stats = process(raw, out, pipeline.process, dataset=pipeline.dataset)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.secho(f"process: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    totals = stats["totals"]
+    typer.echo(
+        f"process: {sum(totals.values())} examples in {out} "
+        f"(train {totals['train']}, val {totals['val']}, test {totals['test']}; "
+        f"{len(stats['rejected'])} rejected; data {stats['data_hash'][:12]})"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import TinyPipeline, run_cli, write_params
+
+from common.contracts import Preprocess
+from common.params import RegistryParams
+from common.registry import ModelRegistry
+from trainer.evaluate import classification_metrics, confusion_matrix, tflite_predict
+from trainer.model import build_model
+from trainer.register import register
+
+
+def test_model_takes_raw_pixels_and_outputs_probabilities() -> None:
+    model = build_model("small_cnn", Preprocess(image_size=16, color_mode="grayscale"), 10)
+    out = model.predict(np.full((2, 16, 16, 1), 255.0, np.float32), verbose=0)
+    assert out.shape == (2, 10)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_unknown_model_name() -> None:
+    with pytest.raises(ValueError, match="available: small_cnn"):
+        build_model("resnet", Preprocess(image_size=16, color_mode="grayscale"), 10)
+
+
+def test_classification_metrics_by_hand() -> None:
+    true = np.array([0, 0, 1, 1, 2])
+    pred = np.array([0, 1, 1, 1, 0])
+    matrix = confusion_matrix(true, pred, 3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    report = classification_metrics(matrix, ["a", "b", "c"])
+    assert report["accuracy"] == pytest.approx(0.6)
+    assert report["per_class"]["b"] == {"precision": 2 / 3, "recall": 1.0, "support": 2}
+    # F1: a = 0.5, b = 0.8, c = 0 → macro 0.4333
+    assert report["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_candidate_holds_every_export(tiny_pipeline: TinyPipeline) -> None:
+    candidate = tiny_pipeline.candidate
+    for name in ("model.keras", "model.tflite", "labels.json", "preprocess.json", "lineage.json"):
+        assert (candidate / name).is_file(), name
+    assert (candidate / "saved_model" / "saved_model.pb").is_file()
+    lineage = json.loads((candidate / "lineage.json").read_text())
+    stats = json.loads((tiny_pipeline.processed / "stats.json").read_text())
+    assert lineage["data_hash"] == stats["data_hash"]
+    assert lineage["params"]["train"]["epochs"] == 6
+    assert {"git_sha", "wandb_run_id", "trained_at"} <= lineage.keys()
+
+
+def test_tiny_model_learns_and_tflite_agrees(tiny_pipeline: TinyPipeline) -> None:
+    metrics = json.loads((tiny_pipeline.root / "reports/metrics.json").read_text())["test"]
+    assert metrics["accuracy"] >= 0.8, metrics
+    assert abs(metrics["tflite_accuracy"] - metrics["accuracy"]) <= 0.02
+
+    import keras
+
+    from common.images import decode_image, to_model_pixels
+
+    spec = Preprocess(image_size=16, color_mode="grayscale")
+    paths = [path for path, _ in tiny_pipeline.test_images()[:20]]
+    images = np.stack([to_model_pixels(decode_image(p.read_bytes()), spec) for p in paths])
+    keras_pred = keras.models.load_model(tiny_pipeline.candidate / "model.keras").predict(
+        images.astype(np.float32), verbose=0
+    )
+    assert np.array_equal(
+        tflite_predict(tiny_pipeline.candidate / "model.tflite", images), keras_pred.argmax(axis=1)
+    )
+
+
+def metrics_file(tmp_path: Path, accuracy: float) -> str:
+    path = tmp_path / f"metrics-{accuracy}.json"
+    path.write_text(json.dumps({"test": {"accuracy": accuracy, "examples": 10}}))
+    return str(path)
+
+
+def test_gate_promotes_only_above_the_threshold(
+    tiny_pipeline: TinyPipeline, tmp_path: Path
+) -> None:
+    params = RegistryParams(model_name="gate", min_accuracy=0.9)
+    registry_root = str(tmp_path / "registry")
+
+    first = register(tiny_pipeline.candidate, metrics_file(tmp_path, 0.95), registry_root, params)
+    assert first["promoted"] and first["version"] == "1"
+
+    worse = register(tiny_pipeline.candidate, metrics_file(tmp_path, 0.5), registry_root, params)
+    assert not worse["promoted"] and worse["version"] == "2"
+    assert "0.5000 < threshold 0.9000" in worse["reason"]
+
+    registry = ModelRegistry(registry_root, "gate")
+    assert registry.aliases() == {"production": "1", "candidate": "2"}
+    version = tmp_path / "registry/gate/1"
+    assert (version / "model.tflite").is_file() and (version / "saved_model").is_dir()
+    assert "Test metrics" in (version / "model_card.md").read_text()
+
+    again = register(tiny_pipeline.candidate, metrics_file(tmp_path, 0.95), registry_root, params)
+    assert again["version"] == "1", "the same candidate and metrics must not make a new version"
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_records_the_metrics(tiny_pipeline: TinyPipeline, tmp_path: Path) -> None:
+    write_params(tmp_path, {"train": {"epochs": 1, "tracking": "wandb"}})
+    run_cli(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "train",
+            "--data",
+            str(tiny_pipeline.processed),
+            "--out",
+            "candidate",
+        ],
+        tmp_path,
+        env={"MEGA_WANDB_MODE": "offline", "MEGA_WANDB_DIR": "runs", "WANDB_API_KEY": ""},
+    )
+    lineage = json.loads((tmp_path / "candidate/lineage.json").read_text())
+    run_id = lineage["wandb_run_id"]
+    assert run_id
+    [run_file] = (tmp_path / "runs").rglob(f"run-{run_id}.wandb")
+    records = run_file.read_bytes()
+    for key in (b"epoch/accuracy", b"epoch/val_loss", b"data_hash"):
+        assert key in records, key

@@ -1,0 +1,123 @@
+"""`python -m trainer`: train, evaluate and register the image classifier."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import typer
+
+from common import storage
+from common.params import ParamsError, PipelineParams, load_params
+from common.settings import get_settings
+
+app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
+
+ParamsOption = Annotated[Path, typer.Option(help="Pipeline parameters file.")]
+
+
+def _params(path: Path) -> PipelineParams:
+    try:
+        return load_params(path)
+    except ParamsError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--params") from exc
+
+
+def _fail(stage: str, exc: Exception) -> typer.Exit:
+    typer.secho(f"{stage}: {exc}", fg="red", err=True)
+    return typer.Exit(1)
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option(help="Processed data folder or gs:// URI.")],
+    out: Annotated[str, typer.Option(help="Where to export the candidate model.")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Train on DATA's train split (val for monitoring) and export the candidate to OUT."""
+    pipeline = _params(params)
+    from trainer.train import train as run_training
+
+    try:
+        summary = run_training(data, out, pipeline, get_settings())
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail("train", exc) from exc
+    final = summary["final"]
+    typer.echo(
+        f"train: {summary['epochs']} epochs in {summary['seconds']:.1f}s, "
+        f"val accuracy {final.get('val_accuracy', float('nan')):.4f}; candidate in {out}"
+        + (
+            f"; W&B run {summary['wandb_run_id']} in {summary['wandb_dir']}"
+            if summary["wandb_run_id"]
+            else ""
+        )
+    )
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="Candidate model folder.")],
+    data: Annotated[str, typer.Option(help="Processed data folder or gs:// URI.")],
+    metrics: Annotated[str, typer.Option(help="Where to write metrics.json.")],
+    details: Annotated[str, typer.Option(help="Where to write per-class details.")],
+) -> None:
+    """Evaluate MODEL on DATA's test split; writes METRICS (DVC metrics) and DETAILS."""
+    from common.contracts import PREPROCESS, Preprocess
+    from trainer.evaluate import evaluate as run_evaluation
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
+            local = Path(model)
+            if storage.is_gcs(model):
+                storage.download_tree(model, tmp)
+                local = Path(tmp)
+            spec = Preprocess.model_validate(storage.read_json(local / PREPROCESS))
+            result = run_evaluation(local, data, spec)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail("evaluate", exc) from exc
+    storage.write_json(metrics, result["metrics"])
+    storage.write_json(details, result["details"])
+    test = result["metrics"]["test"]
+    typer.echo(
+        f"evaluate: test accuracy {test['accuracy']:.4f} (tflite {test['tflite_accuracy']:.4f}), "
+        f"macro F1 {test['macro_f1']:.4f} on {test['examples']} examples; metrics in {metrics}"
+    )
+
+
+@app.command()
+def register(
+    model: Annotated[str, typer.Option(help="Candidate model folder.")],
+    metrics: Annotated[str, typer.Option(help="metrics.json from evaluate.")],
+    registry: Annotated[
+        str | None, typer.Option(help="Registry root folder or gs:// URI [MEGA_MODELS_ROOT].")
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Publish MODEL to the registry; alias it production if it passes the gate."""
+    pipeline = _params(params)
+    from common.registry import RegistryError
+    from trainer.register import register as run_register
+
+    try:
+        record = run_register(
+            Path(model), metrics, registry or get_settings().models_root, pipeline.registry
+        )
+    except (FileNotFoundError, KeyError, RegistryError) as exc:
+        raise _fail("register", exc) from exc
+    verdict = "promoted to production" if record["promoted"] else "kept as candidate"
+    typer.echo(
+        f"register: {record['model']} version {record['version']} {verdict} "
+        f"({record['reason']}); in {record['uri']}"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

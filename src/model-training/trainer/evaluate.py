@@ -1,0 +1,86 @@
+"""Evaluate the candidate on the test split: Keras model and exported `.tflite` alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from common import storage
+from common.contracts import LABELS, Preprocess, read_labels
+from trainer.data import make_dataset
+from trainer.export import KERAS_FILE, TFLITE_FILE
+
+
+def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (true, pred), 1)
+    return matrix
+
+
+def classification_metrics(matrix: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Accuracy, macro F1 and per-class precision/recall from a confusion matrix."""
+    tp = np.diag(matrix).astype(np.float64)
+    predicted = matrix.sum(axis=0).astype(np.float64)
+    actual = matrix.sum(axis=1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = actual > 0
+    return {
+        "accuracy": float(tp.sum() / max(matrix.sum(), 1)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            label: {"precision": float(p), "recall": float(r), "support": int(n)}
+            for label, p, r, n in zip(labels, precision, recall, actual, strict=True)
+        },
+    }
+
+
+def tflite_predict(tflite_path: Path, images: np.ndarray) -> np.ndarray:
+    """Class indices the exported `.tflite` predicts, one image at a time as served."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tflite_path))
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    predictions = []
+    for image in images:
+        interpreter.set_tensor(inp["index"], image[np.newaxis].astype(inp["dtype"]))
+        interpreter.invoke()
+        predictions.append(int(np.argmax(interpreter.get_tensor(out["index"])[0])))
+    return np.array(predictions, dtype=np.int64)
+
+
+def evaluate(model_dir: Path, data: str, spec: Preprocess, batch_size: int = 256) -> dict[str, Any]:
+    """Metrics of the candidate in `model_dir` on the test split of `data`."""
+    labels = read_labels(storage.join(str(model_dir), LABELS))
+    model = keras.models.load_model(model_dir / KERAS_FILE)
+    dataset = make_dataset(data, "test", channels=spec.channels, batch_size=batch_size)
+    images = np.concatenate([x.numpy() for x, _ in dataset])
+    true = np.concatenate([y.numpy() for _, y in dataset])
+    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
+    loss = float(keras.losses.sparse_categorical_crossentropy(true, probabilities).numpy().mean())
+    matrix = confusion_matrix(true, probabilities.argmax(axis=1), len(labels))
+    report = classification_metrics(matrix, labels)
+    tflite_pred = tflite_predict(model_dir / TFLITE_FILE, images)
+    return {
+        "metrics": {
+            "test": {
+                "accuracy": report["accuracy"],
+                "macro_f1": report["macro_f1"],
+                "loss": loss,
+                "tflite_accuracy": float((tflite_pred == true).mean()),
+                "examples": len(true),
+            }
+        },
+        "details": {
+            "labels": labels,
+            "per_class": report["per_class"],
+            "confusion_matrix": matrix.tolist(),
+        },
+    }

@@ -1,0 +1,100 @@
+"""Facts about the project in the current folder: stages, params, reports, registry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common import storage
+from common.params import PipelineParams, load_params
+from common.registry import ModelRegistry, RegistryError
+from common.settings import Settings
+
+
+class ProjectError(RuntimeError):
+    """The current folder is not a usable pipeline project."""
+
+
+@dataclass
+class Project:
+    root: Path
+    settings: Settings
+
+    @classmethod
+    def here(cls, settings: Settings) -> Project:
+        root = Path.cwd()
+        if not (root / "dvc.yaml").is_file():
+            raise ProjectError(
+                f"no dvc.yaml in {root}; run mega from the project root (the folder with dvc.yaml)"
+            )
+        return cls(root=root, settings=settings)
+
+    @property
+    def params(self) -> PipelineParams:
+        return load_params(self.root / "params.yaml")
+
+    def stages(self) -> list[str]:
+        """Stage names in the order dvc.yaml lists them."""
+        return list(yaml.safe_load((self.root / "dvc.yaml").read_text())["stages"])
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.root / "data" / "processed" / self.params.dataset
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "reports" / "metrics.json"
+
+    def data_stats(self) -> dict[str, Any] | None:
+        path = self.processed_dir / "stats.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def metrics(self) -> dict[str, Any] | None:
+        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else None
+
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(self.settings.models_root, self.params.registry.model_name)
+
+    def production(self) -> dict[str, Any] | None:
+        """The production version's folder, metrics and info, if one exists."""
+        registry = self.registry()
+        try:
+            version = registry.resolve("production")
+        except RegistryError:
+            return None
+        uri = registry.version_uri(version)
+        metrics_uri = storage.join(uri, "metrics.json")
+        return {
+            "name": registry.name,
+            "version": version,
+            "uri": uri,
+            "metrics": storage.read_json(metrics_uri) if storage.exists(metrics_uri) else {},
+            "info": registry.version_info(version),
+        }
+
+    def dvc(self, *args: str, capture: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the dvc CLI of this environment in the project root."""
+        return subprocess.run(
+            [sys.executable, "-m", "dvc", *args],
+            cwd=self.root,
+            capture_output=capture,
+            text=True,
+            check=False,
+        )
+
+    def stale_stages(self) -> dict[str, Any]:
+        """`dvc status` as a dict: stage → what changed (empty when all is up to date)."""
+        result = self.dvc("status", "--json")
+        if result.returncode != 0:
+            raise ProjectError(
+                f"dvc status failed: {result.stderr.strip() or result.stdout.strip()}"
+            )
+        text = result.stdout.strip()
+        status: dict[str, Any] = json.loads(text) if text else {}
+        return status

@@ -1,0 +1,97 @@
+"""Run `dvc repro` with a live stage-by-stage progress display and a log file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+RUNNING = re.compile(r"^Running stage '(?P<stage>[\w-]+)'")
+SKIPPED = re.compile(r"^Stage '(?P<stage>[\w-]+)' didn't change, skipping")
+EPOCH = re.compile(r"^Epoch (?P<n>\d+)/(?P<total>\d+)")
+# The containers' one-line summaries, shown as they arrive.
+SUMMARY = re.compile(r"^(collect|process|train|evaluate|register): ")
+
+
+@dataclass
+class ReproResult:
+    returncode: int
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    summaries: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+
+
+def repro(
+    root: Path, stages: list[str], targets: list[str], console: Console, force: bool = False
+) -> ReproResult:
+    """Run `dvc repro [targets]`, showing progress over `stages`; full output goes to a log."""
+    log_dir = root / ".mega" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"repro-{dt.datetime.now():%Y%m%d-%H%M%S}.log"
+    command = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else []), *targets]
+    # Stage commands say `python`: make it this environment's, activated or not.
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    result = ReproResult(returncode=1, log_path=log_path)
+    columns = (
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} stages"),
+        TimeElapsedColumn(),
+    )
+    with (
+        log_path.open("w") as log,
+        Progress(*columns, console=console, transient=True) as progress,
+    ):
+        task = progress.add_task("starting dvc", total=len(stages))
+        current: str | None = None
+        process = subprocess.Popen(
+            command,
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        assert process.stdout is not None
+        for raw_line in process.stdout:
+            log.write(raw_line)
+            line = raw_line.strip()
+            if match := RUNNING.match(line):
+                if current is not None:
+                    progress.advance(task)
+                current = match["stage"]
+                result.ran.append(current)
+                progress.update(task, description=f"{current}: running")
+            elif match := SKIPPED.match(line):
+                result.skipped.append(match["stage"])
+                progress.advance(task)
+            elif (match := EPOCH.match(line)) and current:
+                progress.update(task, description=f"{current}: epoch {match['n']}/{match['total']}")
+            elif SUMMARY.match(line):
+                result.summaries.append(line)
+                console.print(f"  [green]✓[/green] {line}")
+        result.returncode = process.wait()
+        if current is not None and result.returncode == 0:
+            progress.advance(task)
+    return result
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    """The end of a log, for showing what went wrong."""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

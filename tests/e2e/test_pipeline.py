@@ -1,0 +1,136 @@
+"""The whole pipeline through the `mega` CLI, in a fresh project folder, then served."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from support import REPO, TINY_PARAMS, free_port, wait_for_http, write_params
+
+from processor.process import assign_split
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+MEGA = str(Path(sys.executable).parent / "mega")
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+
+
+def sh(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **GIT_ENV, "COLUMNS": "200", "MEGA_WANDB_MODE": "offline"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the template's pipeline files in a new git + DVC repository."""
+    root = tmp_path_factory.mktemp("project")
+    shutil.copy(REPO / "dvc.yaml", root)
+    ignore = shutil.ignore_patterns("__pycache__", "tests", "*.egg-info")
+    shutil.copytree(REPO / "src", root / "src", ignore=ignore)
+    write_params(root, {"train": {"tracking": "wandb"}})
+    sh(["git", "init", "-q"], root)
+    sh([sys.executable, "-m", "dvc", "init", "-q"], root)
+    sh([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], root)
+    sh(["git", "add", "-A"], root)
+    sh(["git", "commit", "-qm", "template"], root)
+    return root
+
+
+def test_mega_run_builds_and_registers_a_model(project: Path) -> None:
+    result = sh([MEGA, "run"], project)
+    assert "ran: collect, process, train, evaluate, register" in result.stdout
+    assert "production model" in result.stdout
+    assert "digits-cnn version 1" in result.stdout
+
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.8
+    aliases = json.loads((project / "models/digits-cnn/aliases.json").read_text())
+    version = project / "models/digits-cnn" / aliases["production"]
+    assert (version / "saved_model/saved_model.pb").is_file()
+    assert (version / "model.tflite").is_file()
+    lineage = json.loads((version / "lineage.json").read_text())
+    assert len(lineage["git_sha"]) == 40
+    assert lineage["wandb_run_id"]
+    assert (project / "dvc.lock").is_file()
+
+
+def test_second_run_reruns_nothing(project: Path) -> None:
+    started = time.monotonic()
+    result = sh([MEGA, "run"], project)
+    elapsed = time.monotonic() - started
+    assert "ran:" not in result.stdout
+    assert "up to date, skipped: collect, process, train, evaluate, register" in result.stdout
+    assert elapsed < 30, f"a no-op run took {elapsed:.1f}s"
+
+
+def test_status_reports_everything_up_to_date(project: Path) -> None:
+    out = sh([MEGA, "status"], project).stdout
+    assert out.count("up to date") == 5
+    assert "production model: digits-cnn version 1" in out
+
+
+def test_changed_training_param_reruns_from_train(project: Path) -> None:
+    write_params(project, {"train": {"tracking": "wandb", "epochs": 5}})
+    out = sh([MEGA, "status"], project).stdout
+    assert "train      changed" in out
+    assert "collect    up to date" in out
+    write_params(project, {"train": {"tracking": "wandb"}})
+    assert sh([MEGA, "status"], project).stdout.count("up to date") == 5
+
+
+def test_mega_serve_answers_predictions(project: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [MEGA, "serve", "--port", str(port)],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{url}/readyz", process=server)
+        ratios = TINY_PARAMS["process"]["split"]
+        manifest = [
+            json.loads(line)
+            for line in (project / "data/raw/digits/manifest.jsonl").read_text().splitlines()
+        ]
+        test_items = [row for row in manifest if assign_split(row["sha256"], ratios) == "test"][:25]
+        correct = 0
+        for row in test_items:
+            image = project / "data/raw/digits" / row["path"]
+            response = httpx.post(
+                f"{url}/v1/predict", files={"file": (image.name, image.read_bytes())}, timeout=10
+            )
+            assert response.status_code == 200, response.text
+            correct += response.json()["label"] == row["label"]
+        assert correct >= 0.8 * len(test_items)
+        assert "<title>" in httpx.get(url, timeout=5).text
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def test_outside_a_project_mega_says_where_to_run(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [MEGA, "run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert result.returncode == 2
+    assert "run mega from the project root" in result.stderr

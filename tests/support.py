@@ -1,0 +1,150 @@
+"""Helpers for tests: free ports, waiting for servers, running CLIs, tiny pipelines."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+# Tiny but real parameters: small enough for seconds, big enough to learn.
+TINY_PARAMS = {
+    "dataset": "digits",
+    "collect": {"source": "digits", "limit": 500},
+    "process": {
+        "image_size": 16,
+        "color_mode": "grayscale",
+        "split": {"train": 0.7, "val": 0.1, "test": 0.2},
+        "shard_size": 100,
+    },
+    "train": {
+        "model": "small_cnn",
+        "epochs": 6,
+        "batch_size": 32,
+        "learning_rate": 0.003,
+        "seed": 7,
+        "tracking": "none",
+    },
+    "registry": {"model_name": "digits-cnn", "min_accuracy": 0.5},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers 200, failing early if `process` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before {url} was ready")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+def run_cli(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a CLI of this environment; fail with its output if it fails."""
+    result = subprocess.run(
+        args,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+@dataclass
+class TinyPipeline:
+    """A folder where collect → process → train → evaluate → register ran on tiny data."""
+
+    root: Path
+    raw: Path
+    processed: Path
+    candidate: Path
+    models: Path
+
+    def test_images(self) -> list[tuple[Path, str]]:
+        """(path, label) of raw images that fell in the test split."""
+        from common.contracts import read_manifest
+        from processor.process import assign_split
+
+        ratios = TINY_PARAMS["process"]["split"]
+        return [
+            (self.raw / item.path, item.label)
+            for item in read_manifest(str(self.raw / "manifest.jsonl"))
+            if assign_split(item.sha256, ratios) == "test"
+        ]
+
+
+def write_params(folder: Path, overrides: dict | None = None) -> Path:
+    params = {**TINY_PARAMS}
+    for section, values in (overrides or {}).items():
+        params[section] = {**params[section], **values} if isinstance(values, dict) else values
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+
+def start_api(models: Path, static_dir: Path | None = None, cwd: Path | None = None) -> LiveServer:
+    """Start `python -m api_service` on a free loopback port and wait until ready."""
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "api_service",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--models-root",
+        str(models),
+    ]
+    if static_dir is not None:
+        args += ["--static-dir", str(static_dir)]
+    process = subprocess.Popen(
+        args, cwd=cwd or models.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    server = LiveServer(url=f"http://127.0.0.1:{port}", process=process)
+    try:
+        wait_for_http(f"{server.url}/readyz", process=process)
+    except BaseException:
+        server.stop()
+        raise
+    return server

@@ -1,0 +1,83 @@
+"""Container and stack manifests: hadolint-clean Dockerfiles, a schema-valid compose file."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from support import BIN, REPO
+
+DOCKERFILES = sorted(REPO.glob("src/*/Dockerfile"))
+CONTAINERS = [
+    "data-collector",
+    "data-processor",
+    "model-training",
+    "api-service",
+    "frontend",
+]
+
+
+def test_every_container_has_a_dockerfile_and_readme() -> None:
+    for name in CONTAINERS:
+        assert (REPO / "src" / name / "Dockerfile").is_file(), name
+        assert (REPO / "src" / name / "README.md").is_file(), name
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_is_hadolint_clean(dockerfile: Path) -> None:
+    result = subprocess.run(
+        [str(BIN / "hadolint"), "--no-color", str(dockerfile)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_images_run_as_a_non_root_user(dockerfile: Path) -> None:
+    users = [
+        line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("USER ")
+    ]
+    assert users, "no USER instruction"
+    assert users[-1] not in {"0", "root"}
+
+
+def test_python_images_install_from_the_lock() -> None:
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text()
+        if "pip install" in text:
+            assert "--constraint requirements/lock.txt" in text, dockerfile
+
+
+def test_compose_file_is_valid_against_the_compose_spec() -> None:
+    result = subprocess.run(
+        [
+            str(BIN / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(REPO / "docker-compose.yml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_profiles() -> None:
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    default = {name for name, svc in services.items() if "profiles" not in svc}
+    assert default == {"api-service", "frontend"}
+    pipeline = {name for name, svc in services.items() if "pipeline" in svc.get("profiles", [])}
+    assert {"collect", "process", "train", "evaluate", "register"} <= pipeline
+    for svc in services.values():
+        build = svc.get("build")
+        if build:
+            assert (REPO / build["dockerfile"]).is_file()
+
+
+def test_lock_records_no_index_address() -> None:
+    text = (REPO / "requirements/lock.txt").read_text()
+    assert "--index-url" not in text and "--extra-index-url" not in text
+    assert "://" not in text
+    for name in ("uv.lock", "poetry.lock", "Pipfile.lock"):
+        assert not (REPO / name).exists()
