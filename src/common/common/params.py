@@ -20,8 +20,26 @@ class _Section(BaseModel):
 
 
 class CollectParams(_Section):
-    source: Literal["digits"] = "digits"
+    source: Literal["digits", "manifest", "archive", "folder", "gcs"] = "digits"
+    uri: str | None = Field(
+        default=None, description="Manifest, archive, folder or gs:// prefix; digits needs none."
+    )
     limit: int | None = Field(default=None, ge=1, description="Keep only the first N items.")
+    concurrency: int = Field(default=32, ge=1, le=512, description="Requests/reads in flight.")
+    timeout: float = Field(default=30.0, gt=0, description="Seconds allowed per request.")
+    retries: int = Field(default=4, ge=0, le=20, description="Retries of a transient failure.")
+    backoff: float = Field(default=0.5, ge=0, description="First retry wait (s), doubling.")
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Reject bigger files.")
+    max_pixels: int = Field(default=40_000_000, ge=1, description="Reject bigger images.")
+    max_failure_share: float = Field(
+        default=0.05, ge=0, le=1, description="Fail the run when more items than this fail."
+    )
+
+    @model_validator(mode="after")
+    def _uri_when_needed(self) -> CollectParams:
+        if self.source != "digits" and not self.uri:
+            raise ValueError(f"source {self.source!r} needs collect.uri (see docs/data.md)")
+        return self
 
 
 class SplitRatios(_Section):
@@ -40,8 +58,22 @@ class SplitRatios(_Section):
 class ProcessParams(_Section):
     image_size: int = Field(default=32, ge=8, le=1024)
     color_mode: Literal["grayscale", "rgb"] = "grayscale"
+    resize: Literal["stretch", "pad"] = Field(
+        default="stretch", description="stretch to a square, or keep the aspect ratio and pad"
+    )
+    min_size: int = Field(default=8, ge=1, description="Reject images smaller on either side.")
+    near_duplicates: bool = Field(
+        default=False, description="Also drop near-duplicates (perceptual hash)."
+    )
+    near_duplicate_distance: int = Field(
+        default=4, ge=0, le=16, description="Max differing bits of the 64-bit hash."
+    )
+    min_per_class: int = Field(default=1, ge=1, description="Fail if a class has fewer items.")
     split: SplitRatios = SplitRatios()
-    shard_size: int = Field(default=1000, ge=1, description="Examples per TFRecord shard.")
+    shard_target_mb: float = Field(
+        default=100.0, gt=0, description="Close a shard past this many MB (before compression)."
+    )
+    compression: Literal["none", "gzip"] = "none"
 
 
 class TrainParams(_Section):

@@ -1,43 +1,117 @@
-"""`python -m collector`: collect a source into the raw store."""
+"""`python -m collector`: collect a source into the raw store (see docs/data.md)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_args
 
 import typer
+from pydantic import ValidationError
 
-from collector.collect import collect
-from collector.digits import iter_digits
-from common.params import ParamsError, load_params
+from collector.base import SourceError
+from collector.collect import CollectOptions, collect_source
+from collector.fetch import FetchOptions
+from collector.progress import CollectProgress, summary
+from collector.sources import make_source
+from common.params import CollectParams, ParamsError, load_params
 
 app = typer.Typer(add_completion=False, help=__doc__)
+SOURCES = get_args(CollectParams.model_fields["source"].annotation)
+
+
+def _params(path: Path, overrides: dict[str, Any]) -> CollectParams:
+    """params.yaml's `collect:` with the command-line flags on top, validated together."""
+    try:
+        settings = load_params(path).collect
+    except ParamsError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--params") from exc
+    source = overrides.get("source")
+    if source is not None and source not in SOURCES:
+        raise typer.BadParameter(
+            f"unknown source {source!r}; available: {', '.join(SOURCES)}", param_hint="--source"
+        )
+    try:
+        return CollectParams.model_validate({**settings.model_dump(), **overrides})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'collect'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise typer.BadParameter(f"invalid collect settings: {problems}") from exc
 
 
 @app.command()
 def run(
     out: Annotated[str, typer.Option(help="Raw store folder or gs:// URI, e.g. data/raw/digits.")],
     params: Annotated[Path, typer.Option(help="Pipeline parameters file.")] = Path("params.yaml"),
-    source: Annotated[str | None, typer.Option(help="Override collect.source.")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Override collect.source: " + ", ".join(SOURCES) + ".")
+    ] = None,
+    uri: Annotated[
+        str | None,
+        typer.Option(help="Override collect.uri: manifest, archive, folder or gs:// prefix."),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Override collect.limit.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Override collect.concurrency (requests in flight).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Override collect.timeout (seconds per request).")
+    ] = None,
+    retries: Annotated[int | None, typer.Option(help="Override collect.retries.")] = None,
+    backoff: Annotated[
+        float | None, typer.Option(help="Override collect.backoff (first retry wait, s).")
+    ] = None,
+    max_bytes: Annotated[int | None, typer.Option(help="Override collect.max_bytes.")] = None,
+    max_pixels: Annotated[int | None, typer.Option(help="Override collect.max_pixels.")] = None,
+    max_failure_share: Annotated[
+        float | None, typer.Option(help="Override collect.max_failure_share (0-1).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Collect images with labels into OUT/images/<label>/ and write the manifest."""
-    try:
-        settings = load_params(params).collect
-    except ParamsError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--params") from exc
-    source = source or settings.source
-    limit = limit if limit is not None else settings.limit
-    if source != "digits":
-        raise typer.BadParameter(
-            f"unknown source {source!r}; available: digits", param_hint="--source"
-        )
-    result = collect(iter_digits(limit), out=out, source=source)
-    typer.echo(
-        f"collect: {result.total} items in {out} ({result.written} written, "
-        f"{result.already_present} already present, {result.duplicates} duplicates, "
-        f"{len(result.failed)} failed)"
+    flags = {
+        "source": source,
+        "uri": uri,
+        "limit": limit,
+        "concurrency": concurrency,
+        "timeout": timeout,
+        "retries": retries,
+        "backoff": backoff,
+        "max_bytes": max_bytes,
+        "max_pixels": max_pixels,
+        "max_failure_share": max_failure_share,
+    }
+    settings = _params(params, {k: v for k, v in flags.items() if v is not None})
+    options = CollectOptions(
+        fetch=FetchOptions(
+            concurrency=settings.concurrency,
+            timeout=settings.timeout,
+            retries=settings.retries,
+            backoff=settings.backoff,
+            max_bytes=settings.max_bytes,
+        ),
+        max_pixels=settings.max_pixels,
+        limit=settings.limit,
     )
+    try:
+        chosen = make_source(settings)
+        with CollectProgress(f"collect {settings.source}", enabled=progress) as bar:
+            result = collect_source(chosen, out=out, options=options, progress=bar)
+    except SourceError as exc:
+        typer.echo(f"collect: error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for line in summary(result):
+        typer.echo(line)
+    if result.failure_share > settings.max_failure_share:
+        typer.echo(
+            f"collect: FAILED: {len(result.failed)} of {result.seen} items failed "
+            f"({result.failure_share:.1%}), more than collect.max_failure_share "
+            f"{settings.max_failure_share:.1%}. See {result.report} for each item and its "
+            "reason; fix the source or raise the threshold.",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -1,15 +1,50 @@
-"""Write a source's images into the raw store with a manifest and a report."""
+"""Write a source's images into the raw store with a manifest and a report.
+
+The engine pulls items from a source into a bounded queue served by
+`concurrency` workers. Each worker loads an item (download, object read, file
+read), validates it with Pillow off the event loop, and writes it to
+`images/<label>/<sha256>.<ext>` through a temporary name and a rename. The
+manifest and the report are written once at the end; a journal written as
+items land lets a re-run skip whatever is already collected.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
+from collector.base import Item, ItemRejectedError
+from collector.fetch import Fetcher, FetchOptions, too_big
+from collector.journal import Journal
+from collector.sources import Context, PairsSource, Source
 from common import storage
 from common.contracts import COLLECT_REPORT, MANIFEST, ManifestItem, Rejected, write_manifest
-from common.images import ImageDecodeError, decode_image, sha256_hex
+from common.images import MAX_PIXELS, ImageDecodeError, decode_image, sha256_hex
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
+
+
+@dataclass(frozen=True)
+class CollectOptions:
+    """Limits and concurrency for one run (from params.yaml `collect:`)."""
+
+    fetch: FetchOptions = field(default_factory=FetchOptions)
+    max_pixels: int = MAX_PIXELS
+    limit: int | None = None
+
+
+class ProgressSink(Protocol):
+    """Receives one call per finished item; the CLI draws a Rich progress bar."""
+
+    def set_total(self, total: int | None) -> None: ...
+
+    def advance(self, outcome: str) -> None: ...
 
 
 @dataclass
@@ -22,10 +57,247 @@ class CollectResult:
     duplicates: int = 0
     failed: list[Rejected] = field(default_factory=list)
     items: list[ManifestItem] = field(default_factory=list)
+    requests: int = 0  # HTTP requests sent, retries included
 
     @property
     def total(self) -> int:
         return len(self.items)
+
+    @property
+    def seen(self) -> int:
+        return self.total + self.duplicates + len(self.failed)
+
+    @property
+    def failure_share(self) -> float:
+        return len(self.failed) / self.seen if self.seen else 0.0
+
+    @property
+    def report(self) -> str:
+        return storage.join(self.out, COLLECT_REPORT)
+
+    def failures_by_reason(self) -> Counter[str]:
+        """Failure counts by the reason's leading words (before any ':' or '(')."""
+        return Counter(f.reason.split(":")[0].split(" (")[0].strip() for f in self.failed)
+
+
+def _inspect(data: bytes, max_bytes: int, max_pixels: int) -> tuple[str, str, int, int]:
+    """(sha256, extension, width, height) of a valid image, or ItemRejectedError."""
+    if len(data) > max_bytes:
+        raise too_big(len(data), max_bytes)
+    try:
+        image = decode_image(data, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        raise ItemRejectedError(str(exc)) from exc
+    ext = EXTENSIONS.get(image.format or "")
+    if ext is None:
+        raise ItemRejectedError(
+            f"unsupported format {image.format}; use PNG, JPEG, GIF, BMP or WebP"
+        )
+    return sha256_hex(data), ext, image.width, image.height
+
+
+def _existing_files(out: str) -> set[str]:
+    """Files already in the raw store; leftovers of a killed write are deleted, not counted."""
+    found = set()
+    for path in storage.list_files(storage.join(out, "images")):
+        name = path.rsplit("/", 1)[-1]
+        if not storage.is_gcs(path) and name.startswith(".") and name.endswith(".tmp"):
+            Path(path).unlink(missing_ok=True)  # a temporary from a run killed mid-write
+            continue
+        found.add(path)
+    return found
+
+
+class _Run:
+    """The state of one collection run."""
+
+    def __init__(self, source: Source, out: str, options: CollectOptions) -> None:
+        self.source = source
+        self.out = out
+        self.options = options
+        self.result = CollectResult(out=out)
+        self.kept: dict[tuple[str, str], tuple[int, ManifestItem]] = {}
+        self.failures: list[tuple[int, Rejected]] = []
+        self.outcomes: dict[int, tuple[str, str, str | None]] = {}
+        self.progress: ProgressSink | None = None
+
+    def _done(self, outcome: str) -> None:
+        if self.progress is not None:
+            self.progress.advance(outcome)
+
+    def _fail(self, index: int, item: Item, reason: str) -> None:
+        self.failures.append((index, Rejected(item=item.key, reason=reason)))
+        self.outcomes[index] = (item.key, item.label, reason)
+        self._done("failed")
+
+    async def handle(self, ctx: Context, index: int, item: Item) -> None:
+        entry = ctx.journal.get(item.key)
+        if entry and entry.get("target") in ctx.existing and entry.get("label") == item.label:
+            # Collected by an earlier run: no download, no decode.
+            row = ManifestItem(
+                path=entry["path"],
+                label=item.label,
+                sha256=entry["sha256"],
+                source=item.source,
+                width=entry["width"],
+                height=entry["height"],
+            )
+            self._keep(index, item, row, entry["target"], data=None)
+            return
+        try:
+            data = await item.load()
+            fetch = self.options.fetch
+            digest, ext, width, height = await asyncio.to_thread(
+                _inspect, data, fetch.max_bytes, self.options.max_pixels
+            )
+        except ItemRejectedError as exc:
+            self._fail(index, item, exc.reason)
+            return
+        rel = f"images/{item.label}/{digest}.{ext}"
+        row = ManifestItem(
+            path=rel,
+            label=item.label,
+            sha256=digest,
+            source=item.source,
+            width=width,
+            height=height,
+        )
+        await self._keep_new(ctx, index, item, row, storage.join(self.out, rel), data)
+
+    def _keep(
+        self, index: int, item: Item, row: ManifestItem, target: str, data: bytes | None
+    ) -> bool:
+        """Count the item; True if its bytes must still be written to `target`."""
+        self.outcomes[index] = (item.key, item.label, None)
+        ident = (row.label, row.sha256)
+        if ident in self.kept:
+            self.result.duplicates += 1
+            # The lowest index wins so the manifest does not depend on timing.
+            if index < self.kept[ident][0]:
+                self.kept[ident] = (index, row)
+            self._done("duplicate")
+            return False
+        self.kept[ident] = (index, row)
+        if data is None or target in self._existing:
+            self.result.already_present += 1
+            self._done("present")
+            return False
+        self._existing.add(target)  # claimed now, so a concurrent duplicate is not rewritten
+        return True
+
+    async def _keep_new(
+        self, ctx: Context, index: int, item: Item, row: ManifestItem, target: str, data: bytes
+    ) -> None:
+        if self._keep(index, item, row, target, data):
+            await asyncio.to_thread(storage.write_bytes, target, data)
+            self.result.written += 1
+            self._done("written")
+        if self.source.remember:
+            ctx.journal.record(item.key, target=target, **row.model_dump(exclude={"source"}))
+
+    async def run(self, progress: ProgressSink | None) -> CollectResult:
+        self.progress = progress
+        self._existing = await asyncio.to_thread(_existing_files, self.out)
+        journal = Journal(self.out, enabled=self.source.remember)
+        fetch = self.options.fetch
+        async with Fetcher(fetch) as fetcher:
+            ctx = Context(
+                out=self.out,
+                journal=journal,
+                existing=self._existing,
+                fetch_options=fetch,
+                max_pixels=self.options.max_pixels,
+                fetcher=fetcher,
+            )
+            try:
+                complete = await self._pump(ctx)
+                if complete:
+                    self.source.finish(ctx, [self.outcomes[i] for i in sorted(self.outcomes)])
+            finally:
+                self.result.requests = fetcher.requests
+                await asyncio.to_thread(journal.close)
+        self.result.items = [row for _, row in self.kept.values()]
+        self.result.failed = [rejected for _, rejected in sorted(self.failures, key=_first)]
+        await asyncio.to_thread(self._write_outputs)
+        return self.result
+
+    async def _pump(self, ctx: Context) -> bool:
+        """Feed items to the workers; True if the source was read to its end."""
+        workers = self.options.fetch.concurrency
+        queue: asyncio.Queue[tuple[int, Item] | None] = asyncio.Queue(maxsize=2 * workers)
+
+        async def work() -> None:
+            while (job := await queue.get()) is not None:
+                await self.handle(ctx, *job)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(work()) for _ in range(workers)]
+                try:
+                    complete = await self._feed(ctx, queue)
+                except BaseException:
+                    for task in tasks:
+                        task.cancel()
+                    raise
+                for _ in tasks:
+                    await queue.put(None)
+        except BaseExceptionGroup as errors:
+            # Report the cause (a SourceError, a failed write), not the task group's wrapper.
+            raise errors.exceptions[0] from None
+        return complete
+
+    async def _feed(self, ctx: Context, queue: asyncio.Queue[tuple[int, Item] | None]) -> bool:
+        limit = self.options.limit
+        async with contextlib.aclosing(self.source.items(ctx)) as items:
+            index = 0
+            async for item in items:
+                if limit is not None and index >= limit:
+                    return False
+                if index == 0 and self.progress is not None:
+                    total = self.source.total
+                    self.progress.set_total(min(total, limit) if total and limit else total)
+                await queue.put((index, item))
+                index += 1
+        return True
+
+    def _write_outputs(self) -> None:
+        result = self.result
+        write_manifest(storage.join(self.out, MANIFEST), result.items)
+        storage.write_json(
+            result.report,
+            {
+                "source": self.source.name,
+                "items": result.total,
+                "written": result.written,
+                "already_present": result.already_present,
+                "duplicates": result.duplicates,
+                "failed": [f.model_dump() for f in result.failed],
+            },
+        )
+
+
+def _first(pair: tuple[int, Any]) -> int:
+    return pair[0]
+
+
+def collect_source(
+    source: Source,
+    out: str,
+    options: CollectOptions | None = None,
+    progress: ProgressSink | None = None,
+) -> CollectResult:
+    """Collect everything `source` yields into the raw store `out` (a folder or gs:// URI)."""
+    options = options or CollectOptions()
+
+    async def main() -> CollectResult:
+        # Enough threads for every worker to decode or write at once.
+        workers = min(64, options.fetch.concurrency + 4)
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="collect")
+        )
+        return await _Run(source, out, options).run(progress)
+
+    return asyncio.run(main())
 
 
 def collect(items: Iterable[tuple[str, bytes]], out: str, source: str) -> CollectResult:
@@ -34,52 +306,4 @@ def collect(items: Iterable[tuple[str, bytes]], out: str, source: str) -> Collec
     Files already present (same content hash) are not rewritten, so re-runs are
     idempotent; the manifest and report are rewritten atomically at the end.
     """
-    result = CollectResult(out=out)
-    existing = set(storage.list_files(storage.join(out, "images")))
-    seen: set[tuple[str, str]] = set()
-    for index, (label, data) in enumerate(items):
-        name = f"{source}[{index}]"
-        try:
-            image = decode_image(data)
-        except ImageDecodeError as exc:
-            result.failed.append(Rejected(item=name, reason=str(exc)))
-            continue
-        ext = EXTENSIONS.get(image.format or "")
-        if ext is None:
-            result.failed.append(Rejected(item=name, reason=f"unsupported format {image.format}"))
-            continue
-        digest = sha256_hex(data)
-        if (label, digest) in seen:
-            result.duplicates += 1
-            continue
-        seen.add((label, digest))
-        rel = f"images/{label}/{digest}.{ext}"
-        target = storage.join(out, rel)
-        if target in existing:
-            result.already_present += 1
-        else:
-            storage.write_bytes(target, data)
-            result.written += 1
-        result.items.append(
-            ManifestItem(
-                path=rel,
-                label=label,
-                sha256=digest,
-                source=source,
-                width=image.width,
-                height=image.height,
-            )
-        )
-    write_manifest(storage.join(out, MANIFEST), result.items)
-    storage.write_json(
-        storage.join(out, COLLECT_REPORT),
-        {
-            "source": source,
-            "items": result.total,
-            "written": result.written,
-            "already_present": result.already_present,
-            "duplicates": result.duplicates,
-            "failed": [f.model_dump() for f in result.failed],
-        },
-    )
-    return result
+    return collect_source(PairsSource(name=source, pairs=items), out)

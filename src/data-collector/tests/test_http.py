@@ -1,0 +1,233 @@
+"""The manifest source over HTTP: faults, retries, limits, the failure threshold, re-runs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fault_server import FaultServer, Route, png
+from PIL import Image
+
+from collector.collect import CollectOptions, collect_source
+from collector.fetch import FetchOptions, parse_retry_after
+from collector.sources import ManifestSource
+from common.contracts import read_manifest
+
+pytestmark = pytest.mark.integration
+
+FAST = FetchOptions(concurrency=8, timeout=0.5, retries=2, backoff=0.01, max_bytes=4000)
+
+
+def write_manifest(path: Path, rows: list[tuple[str, str]], fmt: str = "jsonl") -> str:
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps({"url": u, "label": lab}) + "\n" for u, lab in rows))
+    else:
+        path.write_text("url,label\n" + "".join(f"{u},{lab}\n" for u, lab in rows))
+    return str(path)
+
+
+def good_routes(server: FaultServer, count: int, start: int = 0) -> list[tuple[str, str]]:
+    return [
+        (server.add(f"/ok/{i}.png", Route(body=png(i))), "even" if i % 2 == 0 else "odd")
+        for i in range(start, start + count)
+    ]
+
+
+def big_noise_png() -> bytes:
+    return png(999, size=64)  # noise does not compress: about 4 KB
+
+
+def bomb_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (1200, 1200)).save(buffer, format="PNG")  # 1.4 Mpx in 2 KB
+    return buffer.getvalue()
+
+
+def test_every_fault_ends_in_the_right_outcome(http_server: FaultServer, tmp_path: Path) -> None:
+    server = http_server
+    good = good_routes(server, 4)
+    whole = png(100)
+    faults = {
+        "flaky": server.add("/flaky.png", Route(body=png(101), fail_times=1, fail_status=500)),
+        "busy": server.add(
+            "/busy.png", Route(body=png(102), fail_times=1, fail_status=429, retry_after="1")
+        ),
+        "missing": server.url + "/missing.png",
+        "down": server.add("/down.png", Route(fail_times=99, fail_status=503)),
+        "slow": server.add("/slow.png", Route(body=png(103), delay=1.0)),
+        "truncated": server.add("/truncated.png", Route(body=whole[: len(whole) // 2])),
+        "text": server.add("/text.png", Route(body=b"<html>sorry</html>")),
+        "empty": server.add("/empty.png", Route(body=b"")),
+        "big": server.add("/big.png", Route(body=big_noise_png())),
+        "bomb": server.add("/bomb.png", Route(body=bomb_png())),
+    }
+    rows = good + [(url, "x") for url in faults.values()]
+    source = ManifestSource(name="manifest", uri=write_manifest(tmp_path / "m.jsonl", rows))
+    result = collect_source(
+        source, str(tmp_path / "raw"), CollectOptions(fetch=FAST, max_pixels=1_000_000)
+    )
+
+    reasons = {f.item: f.reason for f in result.failed}
+    kept = {item.source for item in result.items}
+    # Retried and kept.
+    assert {faults["flaky"], faults["busy"]} <= kept
+    assert server.hits["/flaky.png"] == 2 and server.hits["/busy.png"] == 2
+    first, second = server.hit_times["/busy.png"]
+    assert second - first >= 0.95, "Retry-After: 1 was not honoured"
+    # Rejected with their reasons; a client error is not retried, a server error is.
+    assert reasons[faults["missing"]].startswith("HTTP 404")
+    assert server.hits["/missing.png"] == 1
+    assert (
+        reasons[faults["down"]].startswith("HTTP 503")
+        and "after 3 attempts" in reasons[faults["down"]]
+    )
+    assert server.hits["/down.png"] == 3
+    assert reasons[faults["slow"]].startswith("timed out")
+    assert server.hits["/slow.png"] == 3
+    assert "truncated" in reasons[faults["truncated"]]
+    assert reasons[faults["text"]] == "not an image, or a format Pillow cannot read"
+    assert reasons[faults["empty"]] == "empty file"
+    assert reasons[faults["big"]].startswith("over the byte limit")
+    assert "pixel limit" in reasons[faults["bomb"]]
+    assert len(result.items) == 6 and len(result.failed) == 8
+    # Everything kept is on disk under its hash, and the report holds every failure.
+    for item in result.items:
+        data = (tmp_path / "raw" / item.path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == item.sha256
+    report = json.loads((tmp_path / "raw/collect_report.json").read_text())
+    assert {f["item"] for f in report["failed"]} == set(reasons)
+
+
+def run_collector(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    (cwd / "params.yaml").write_text("{}")
+    return subprocess.run(
+        [sys.executable, "-m", "collector", "--no-progress", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_exit_code_follows_the_failure_threshold(http_server: FaultServer, tmp_path: Path) -> None:
+    rows = [*good_routes(http_server, 9), (http_server.url + "/gone.png", "odd")]
+    manifest = write_manifest(tmp_path / "m.csv", rows, fmt="csv")
+    common = ["--source", "manifest", "--uri", manifest, "--out", "raw", "--backoff", "0"]
+
+    under = run_collector(tmp_path, *common, "--max-failure-share", "0.2")
+    assert under.returncode == 0, under.stderr
+    assert "9 items in raw (9 written" in under.stdout and "1 failed" in under.stdout
+    assert "HTTP 404" in under.stdout  # failed by reason, in the summary
+
+    over = run_collector(tmp_path, *common, "--max-failure-share", "0.05")
+    assert over.returncode == 1
+    assert "1 of 10 items failed" in over.stderr
+    assert str(Path("raw", "collect_report.json")) in over.stderr
+
+
+def test_second_run_downloads_nothing(http_server: FaultServer, tmp_path: Path) -> None:
+    rows = good_routes(http_server, 20)
+    rows.append((rows[0][0].replace("/ok/0.png", "/ok/0.png?copy"), rows[0][1]))  # same bytes
+    source = ManifestSource(name="manifest", uri=write_manifest(tmp_path / "m.jsonl", rows))
+    first = collect_source(source, str(tmp_path / "raw"), CollectOptions(fetch=FAST))
+    assert first.written == 20 and first.duplicates == 1
+    manifest = (tmp_path / "raw/manifest.jsonl").read_bytes()
+
+    http_server.reset_hits()
+    again = collect_source(source, str(tmp_path / "raw"), CollectOptions(fetch=FAST))
+    assert sum(http_server.hits.values()) == 0
+    assert again.requests == 0
+    assert (again.written, again.already_present, again.duplicates) == (0, 20, 1)
+    assert (tmp_path / "raw/manifest.jsonl").read_bytes() == manifest
+
+
+@pytest.mark.slow
+def test_kill_and_resume(tmp_path: Path) -> None:
+    count = 120
+    server_port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("fault_server.py")),
+            "--port",
+            str(server_port),
+            "--images",
+            str(count),
+            "--latency",
+            "0.05",
+        ]
+    )
+    try:
+        base = f"http://127.0.0.1:{server_port}"
+        _wait_for(base + "/ready")
+        rows = [(f"{base}/img/{i}.png", f"c{i % 3}") for i in range(count)]
+        manifest = write_manifest(tmp_path / "m.jsonl", rows)
+        (tmp_path / "params.yaml").write_text("{}")
+        args = [sys.executable, "-m", "collector", "--no-progress", "--out", "raw"]
+        args += ["--source", "manifest", "--uri", manifest, "--concurrency", "4"]
+        run = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        images = tmp_path / "raw/images"
+        deadline = time.monotonic() + 30
+        while len(_finals(images)) < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+        before = _finals(images)
+        assert 20 <= len(before) < count, "kill the run midway"
+        assert not (tmp_path / "raw/manifest.jsonl").exists()
+        for path in before:  # every file under its final name is whole
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == path.stem
+        journal = (tmp_path / "raw/.collect_journal.jsonl").read_text().splitlines()
+        journaled = {json.loads(line)["key"] for line in journal if line.endswith("}")}
+        assert len(journaled) >= len(before) - 4  # only writes in flight may be unrecorded
+        hits_before = httpx.get(base + "/hits").json()
+
+        resumed = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert resumed.returncode == 0, resumed.stderr
+        items = read_manifest(str(tmp_path / "raw/manifest.jsonl"))
+        assert len(items) == count
+        assert {item.source for item in items} == {url for url, _ in rows}
+        assert len(_finals(images)) == count
+        leftovers = [p for p in images.rglob("*") if p.is_file() and p.name.startswith(".")]
+        assert leftovers == []
+        # What was recorded before the kill was not downloaded again; the rest was.
+        hits_after = httpx.get(base + "/hits").json()
+        for url, _ in rows:
+            path = url[len(base) :]
+            again = hits_after.get(path, 0) - hits_before.get(path, 0)
+            assert again == (0 if url in journaled else 1), url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _finals(images: Path) -> list[Path]:
+    return [p for p in images.rglob("*.png") if not p.name.startswith(".")]
+
+
+def _free_port() -> int:
+    from support import free_port
+
+    return free_port()
+
+
+def _wait_for(url: str) -> None:
+    from support import wait_for_http
+
+    wait_for_http(url, timeout=20)
+
+
+def test_retry_after_parsing() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
