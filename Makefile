@@ -12,8 +12,15 @@ LOCAL_PACKAGES := mega-common mega-data-collector mega-data-processor mega-model
 
 .PHONY: setup run serve test lint format bench lock clean
 
+# DVC's default remote: a folder outside the repository, shared by every clone on
+# this machine, recorded in .dvc/config.local (not in git). Override: make setup DVC_REMOTE=…
+DVC_REMOTE ?= $(HOME)/.cache/mega-pipeline/dvc-remote
+
 ## setup: create .venv and install every container (editable) and the dev tools from the lock
 setup: $(STAMP)
+	@grep -qs "remote = " .dvc/config.local || { \
+		$(BIN)/dvc remote add --local --default local "$(DVC_REMOTE)" && \
+		echo "setup: DVC default remote 'local' → $(DVC_REMOTE)"; }
 
 $(STAMP): $(SETUP_INPUTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -24,7 +24,7 @@ TINY_PARAMS = {
         "image_size": 16,
         "color_mode": "grayscale",
         "split": {"train": 0.7, "val": 0.1, "test": 0.2},
-        "shard_size": 100,
+        "shard_target_mb": 0.02,
     },
     "train": {
         "model": "small_cnn",

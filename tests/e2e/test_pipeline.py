@@ -92,6 +92,15 @@ def test_changed_training_param_reruns_from_train(project: Path) -> None:
     assert sh([MEGA, "status"], project).stdout.count("up to date") == 5
 
 
+def test_changed_processing_param_reruns_process_and_later_not_collect(project: Path) -> None:
+    write_params(project, {"train": {"tracking": "wandb"}, "process": {"resize": "pad"}})
+    out = sh([MEGA, "run"], project).stdout
+    assert "ran: process, train, evaluate, register" in out
+    assert "up to date, skipped: collect" in out
+    write_params(project, {"train": {"tracking": "wandb"}})
+    sh([MEGA, "run"], project)
+
+
 def test_mega_serve_answers_predictions(project: Path) -> None:
     port = free_port()
     server = subprocess.Popen(

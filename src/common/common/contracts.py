@@ -48,6 +48,7 @@ class Preprocess(BaseModel):
 
     image_size: int
     color_mode: Literal["grayscale", "rgb"]
+    resize: Literal["stretch", "pad"] = "stretch"
 
     @property
     def channels(self) -> int:

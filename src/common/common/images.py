@@ -23,8 +23,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode and fully load an image, rejecting empty, truncated and oversized input."""
+def decode_image(
+    data: bytes, max_pixels: int = MAX_PIXELS, draft_size: int | None = None
+) -> Image.Image:
+    """Decode and fully load an image, rejecting empty, truncated and oversized input.
+
+    With `draft_size`, a JPEG is decoded directly at the smallest DCT scale that
+    is still at least that many pixels on its short side: several times faster
+    when the model input is much smaller than the photo.
+    """
     if not data:
         raise ImageDecodeError("empty file")
     try:
@@ -35,6 +42,12 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
                 raise ImageDecodeError(
                     f"image is {image.width}x{image.height}, over the {max_pixels:,}-pixel limit"
                 )
+            # Kept for size checks: a JPEG draft below shrinks `image.size`.
+            image.info["source_size"] = image.size
+            if draft_size is not None and image.format == "JPEG":
+                short = min(image.size)
+                scale = max(1, short // draft_size)
+                image.draft(image.mode, (image.width // scale, image.height // scale))
             image.load()
     except ImageDecodeError:
         raise
@@ -61,8 +74,12 @@ def to_model_pixels(image: Image.Image, spec: Preprocess) -> np.ndarray:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
     image = image.convert("L" if spec.color_mode == "grayscale" else "RGB")
-    if image.size != (spec.image_size, spec.image_size):
-        image = image.resize((spec.image_size, spec.image_size), Image.Resampling.BILINEAR)
+    size = (spec.image_size, spec.image_size)
+    if spec.resize == "pad":
+        # Keep the aspect ratio; pad with black, the digits' background.
+        image = ImageOps.pad(image, size, method=Image.Resampling.BILINEAR, color=0)
+    elif image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.uint8)
     if pixels.ndim == 2:
         pixels = pixels[:, :, np.newaxis]
@@ -75,3 +92,8 @@ def encode_png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def load_for_model(data: bytes, spec: Preprocess, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Bytes → model pixels, as the processor makes them: what serving must use too."""
+    return to_model_pixels(decode_image(data, max_pixels, draft_size=spec.image_size), spec)

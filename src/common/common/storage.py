@@ -7,6 +7,7 @@ are atomic by nature.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -118,6 +119,17 @@ def read_text(uri: str | Path) -> str:
 
 def read_json(uri: str | Path) -> Any:
     return json.loads(read_text(uri))
+
+
+def delete(uri: str | Path) -> None:
+    """Remove one file or object; a missing one is not an error."""
+    if is_gcs(uri):
+        from google.api_core.exceptions import NotFound
+
+        with contextlib.suppress(NotFound):
+            _blob(str(uri)).delete()
+    else:
+        Path(uri).unlink(missing_ok=True)
 
 
 def exists(uri: str | Path) -> bool:

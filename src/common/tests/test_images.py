@@ -5,7 +5,13 @@ import pytest
 from PIL import Image
 
 from common.contracts import Preprocess
-from common.images import ImageDecodeError, decode_image, encode_png, to_model_pixels
+from common.images import (
+    ImageDecodeError,
+    decode_image,
+    encode_png,
+    load_for_model,
+    to_model_pixels,
+)
 
 GRAY16 = Preprocess(image_size=16, color_mode="grayscale")
 RGB16 = Preprocess(image_size=16, color_mode="rgb")
@@ -88,3 +94,24 @@ def test_png_round_trip_is_lossless() -> None:
         ),
         pixels,
     )
+
+
+def test_pad_keeps_the_aspect_ratio() -> None:
+    wide = Image.new("L", (64, 32), 255)
+    pixels = to_model_pixels(wide, Preprocess(image_size=16, color_mode="grayscale", resize="pad"))
+    assert pixels[:3].max() == 0 and pixels[-3:].max() == 0  # black bars top and bottom
+    assert pixels[6:10].min() == 255
+    stretched = to_model_pixels(wide, Preprocess(image_size=16, color_mode="grayscale"))
+    assert stretched.min() == 255
+
+
+def test_jpeg_draft_decoding_is_close_to_a_full_decode() -> None:
+    rng = np.random.default_rng(5)
+    smooth = np.kron(rng.integers(0, 256, (16, 16, 3)), np.ones((32, 32, 1))).astype(np.uint8)
+    data = encoded(Image.fromarray(smooth), "JPEG", quality=95)
+    spec = Preprocess(image_size=32, color_mode="rgb")
+    fast = load_for_model(data, spec)
+    full = to_model_pixels(decode_image(data), spec)
+    assert fast.shape == full.shape == (32, 32, 3)
+    assert np.abs(fast.astype(int) - full.astype(int)).mean() < 4
+    assert decode_image(data, draft_size=32).info["source_size"] == (512, 512)

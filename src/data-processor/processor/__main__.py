@@ -1,4 +1,4 @@
-"""`python -m processor`: turn the raw store into TFRecord shards."""
+"""`python -m processor`: turn the raw store into TFRecord shards and a data card."""
 
 from __future__ import annotations
 
@@ -20,24 +20,33 @@ def run(
     raw: Annotated[str, typer.Option(help="Raw store written by the collector.")],
     out: Annotated[str, typer.Option(help="Output folder or gs:// URI for the shards.")],
     params: Annotated[Path, typer.Option(help="Pipeline parameters file.")] = Path("params.yaml"),
+    report_dir: Annotated[
+        str | None, typer.Option(help="Write data_card.md and its chart here.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes [default: one per core].")
+    ] = None,
 ) -> None:
-    """Validate, resize, split and shard RAW into OUT."""
+    """Validate, deduplicate, resize, split and shard RAW into OUT."""
     try:
         pipeline = load_params(params)
     except ParamsError as exc:
         raise typer.BadParameter(str(exc), param_hint="--params") from exc
-    from processor.process import process
+    from processor.datacard import write_data_card
+    from processor.process import ProcessError, process
 
     try:
-        stats = process(raw, out, pipeline.process, dataset=pipeline.dataset)
-    except (FileNotFoundError, ValueError) as exc:
+        stats = process(raw, out, pipeline.process, dataset=pipeline.dataset, workers=workers)
+    except ProcessError as exc:
         typer.secho(f"process: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc
+    card = write_data_card(stats, report_dir) if report_dir else None
     totals = stats["totals"]
     typer.echo(
         f"process: {sum(totals.values())} examples in {out} "
         f"(train {totals['train']}, val {totals['val']}, test {totals['test']}; "
         f"{len(stats['rejected'])} rejected; data {stats['data_hash'][:12]})"
+        + (f"; data card {card}" if card else "")
     )
 
 

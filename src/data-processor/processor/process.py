@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+import multiprocessing
 import os
+import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import tensorflow as tf
 
@@ -23,9 +29,17 @@ from common.contracts import (
     Split,
     read_manifest,
 )
-from common.images import ImageDecodeError, decode_image, encode_png, to_model_pixels
 from common.params import ProcessParams
 from common.tfrecord import make_example
+from processor.dedup import NearDuplicateIndex
+from processor.transform import Job, Outcome, transform
+
+# Items handed to the pool at a time: bounds memory whatever the data set's size.
+WINDOW = 512
+
+
+class ProcessError(ValueError):
+    """The data cannot be processed as asked; the message says why and what to do."""
 
 
 def assign_split(sha256: str, ratios: dict[str, float]) -> Split:
@@ -40,24 +54,25 @@ def assign_split(sha256: str, ratios: dict[str, float]) -> Split:
 
 @dataclass
 class _ShardWriter:
-    """Writes one split's examples into shards of `shard_size` under temporary names."""
+    """Writes one split's examples into shards of about `target_bytes` under temporary names."""
 
     folder: Path
     split: str
-    shard_size: int
+    target_bytes: int
+    options: tf.io.TFRecordOptions | None
     parts: list[Path] = field(default_factory=list)
     _writer: tf.io.TFRecordWriter | None = None
-    _in_current: int = 0
+    _bytes: int = 0
 
     def write(self, record: bytes) -> None:
-        if self._writer is None or self._in_current >= self.shard_size:
+        if self._writer is None or self._bytes >= self.target_bytes:
             self._close_current()
             part = self.folder / f".{self.split}-{len(self.parts):05d}.partial"
             self.parts.append(part)
-            self._writer = tf.io.TFRecordWriter(str(part))
-            self._in_current = 0
+            self._writer = tf.io.TFRecordWriter(str(part), options=self.options)
+            self._bytes = 0
         self._writer.write(record)
-        self._in_current += 1
+        self._bytes += len(record)
 
     def _close_current(self) -> None:
         if self._writer is not None:
@@ -75,67 +90,153 @@ class _ShardWriter:
         return final
 
 
-def process(raw: str, out: str, params: ProcessParams, dataset: str) -> dict:
+def _outcomes(
+    jobs: Iterable[Job], work: Callable[[Job], Outcome], workers: int
+) -> Iterator[Outcome]:
+    """Run `work` over `jobs` in order, on a process pool when `workers` > 1."""
+    if workers <= 1:
+        yield from map(work, jobs)
+        return
+    # spawn: the parent has TensorFlow loaded, which must not be forked.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers) as pool:
+        iterator = iter(jobs)
+        while window := list(itertools.islice(iterator, WINDOW)):
+            yield from pool.imap(work, window, chunksize=16)
+
+
+def process(
+    raw: str, out: str, params: ProcessParams, dataset: str, workers: int | None = None
+) -> dict[str, Any]:
     """Process the raw store at `raw` into `out`; returns the stats written to stats.json."""
     try:
         items = read_manifest(storage.join(raw, MANIFEST))
     except FileNotFoundError as exc:
-        raise FileNotFoundError(
+        raise ProcessError(
             f"no {MANIFEST} in {raw}; run the collect stage first (mega collect)"
         ) from exc
     if not items:
-        raise ValueError(f"{raw}: the manifest lists no items; run the collect stage first")
+        raise ProcessError(f"{raw}: the manifest lists no items; run the collect stage first")
     labels = sorted({item.label for item in items})
     label_index = {label: i for i, label in enumerate(labels)}
-    spec = Preprocess(image_size=params.image_size, color_mode=params.color_mode)
+    spec = Preprocess(
+        image_size=params.image_size, color_mode=params.color_mode, resize=params.resize
+    )
     ratios = params.split.model_dump()
+    options = (
+        tf.io.TFRecordOptions(compression_type="GZIP") if params.compression == "gzip" else None
+    )
+    target_bytes = int(params.shard_target_mb * 1024 * 1024)
 
-    # Shards are built in a local staging folder and copied out, so a gs:// output
-    # never holds a partial shard.
-    staging = Path(tempfile.mkdtemp(prefix="processor-"))
-    writers = {split: _ShardWriter(staging, split, params.shard_size) for split in SPLITS}
     counts: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
     rejected: list[Rejected] = []
     seen: set[str] = set()
+    jobs = []
     for item in items:
         if item.sha256 in seen:
             rejected.append(Rejected(item=item.path, reason="exact duplicate of an earlier item"))
             continue
         seen.add(item.sha256)
-        try:
-            image = decode_image(storage.read_bytes(storage.join(raw, item.path)))
-            pixels = to_model_pixels(image, spec)
-        except (ImageDecodeError, FileNotFoundError) as exc:
-            rejected.append(Rejected(item=item.path, reason=str(exc)))
-            continue
-        split = assign_split(item.sha256, ratios)
-        writers[split].write(make_example(encode_png(pixels), item.sha256, label_index[item.label]))
-        counts[split][item.label] += 1
+        jobs.append(Job(storage.join(raw, item.path), item.path, item.label, item.sha256))
 
-    shard_hashes = {}
-    for split in SPLITS:
-        for shard in writers[split].finish():
-            shard_hashes[shard.name] = storage.sha256_file(shard)
-            storage.write_bytes(storage.join(out, shard.name), shard.read_bytes())
-            shard.unlink()
-    staging.rmdir()
+    near = NearDuplicateIndex(params.near_duplicate_distance) if params.near_duplicates else None
+    work = partial(
+        transform, spec=spec, min_size=params.min_size, with_phash=params.near_duplicates
+    )
+    # The whole output is built in a staging folder and swapped in at the end, so
+    # neither a failed run nor a re-run ever leaves a partial or mixed data set.
+    staging = _staging_for(out)
+    try:
+        writers = {split: _ShardWriter(staging, split, target_bytes, options) for split in SPLITS}
+        for outcome in _outcomes(jobs, work, workers or os.cpu_count() or 1):
+            job = outcome.job
+            if outcome.png is None:
+                rejected.append(Rejected(item=job.path, reason=outcome.reason or "unknown"))
+                continue
+            if near is not None and outcome.phash is not None:
+                twin = near.find(outcome.phash)
+                if twin is not None:
+                    rejected.append(Rejected(item=job.path, reason=f"near duplicate of {twin}"))
+                    continue
+                near.add(outcome.phash, job.path)
+            split = assign_split(job.sha256, ratios)
+            writers[split].write(make_example(outcome.png, job.sha256, label_index[job.label]))
+            counts[split][job.label] += 1
 
+        totals_by_class = {label: sum(counts[s][label] for s in SPLITS) for label in labels}
+        too_few = {k: v for k, v in totals_by_class.items() if v < params.min_per_class}
+        if too_few:
+            listing = ", ".join(f"{label!r} ({n})" for label, n in sorted(too_few.items()))
+            raise ProcessError(
+                f"class(es) with fewer than min_per_class={params.min_per_class} usable items: "
+                f"{listing}. Collect more images for them, remove them, or lower "
+                "process.min_per_class in params.yaml."
+            )
+        shard_hashes = {
+            shard.name: storage.sha256_file(shard)
+            for split in SPLITS
+            for shard in writers[split].finish()
+        }
+        stats = _stats(dataset, labels, spec, params, counts, rejected, shard_hashes)
+        storage.write_json(staging / LABELS, labels)
+        storage.write_json(staging / PREPROCESS, spec.model_dump())
+        storage.write_json(staging / STATS, stats)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return stats
+
+
+def _staging_for(out: str) -> Path:
+    """A staging folder on the same file system as a local `out`, so it can be renamed."""
+    if storage.is_gcs(out):
+        return Path(tempfile.mkdtemp(prefix="processor-"))
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    staging.chmod(0o755)
+    return staging
+
+
+def _publish(staging: Path, out: str) -> None:
+    """Replace `out` with the staged output; stats.json, the completion marker, goes last."""
+    if not storage.is_gcs(out):
+        target = Path(out)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+        return
+    names = {p.name for p in staging.iterdir()}
+    for path in sorted(staging.iterdir()):
+        if path.name != STATS:
+            storage.write_bytes(storage.join(out, path.name), path.read_bytes())
+    for uri in storage.list_files(out):
+        if uri.rsplit("/", 1)[-1] not in names:
+            storage.delete(uri)  # a stale shard of an earlier, larger run
+    storage.write_bytes(storage.join(out, STATS), (staging / STATS).read_bytes())
+
+
+def _stats(
+    dataset: str,
+    labels: list[str],
+    spec: Preprocess,
+    params: ProcessParams,
+    counts: dict[str, Counter[str]],
+    rejected: list[Rejected],
+    shard_hashes: dict[str, str],
+) -> dict[str, Any]:
     data_hash = hashlib.sha256(
         "".join(f"{name} {digest}\n" for name, digest in sorted(shard_hashes.items())).encode()
         + "\n".join(labels).encode()
     ).hexdigest()
-    stats = {
+    return {
         "dataset": dataset,
         "data_hash": data_hash,
         "labels": labels,
         "preprocess": spec.model_dump(),
+        "compression": params.compression,
         "totals": {split: sum(counts[split].values()) for split in SPLITS},
         "counts": {split: {label: counts[split][label] for label in labels} for split in SPLITS},
         "rejected": [r.model_dump() for r in rejected],
         "shards": shard_hashes,
     }
-    storage.write_json(storage.join(out, LABELS), labels)
-    storage.write_json(storage.join(out, PREPROCESS), spec.model_dump())
-    # stats.json last: its presence marks a complete output.
-    storage.write_json(storage.join(out, STATS), stats)
-    return stats

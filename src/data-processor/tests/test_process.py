@@ -1,20 +1,41 @@
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from collector.collect import collect
 from collector.digits import iter_digits
+from common.contracts import ManifestItem, write_manifest
 from common.params import ProcessParams
 from common.tfrecord import parse_example
-from processor.process import assign_split, process
+from processor.datacard import write_data_card
+from processor.dedup import NearDuplicateIndex
+from processor.process import ProcessError, assign_split, process
 
 RATIOS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+def shas_by_split(folder: Path, compression: str = "") -> dict[str, set[str]]:
+    result: dict[str, set[str]] = {}
+    for split in ("train", "val", "test"):
+        files = [str(p) for p in sorted(folder.glob(f"{split}-*.tfrecord"))]
+        records = tf.data.TFRecordDataset(files, compression_type=compression) if files else []
+        result[split] = {
+            tf.train.Example.FromString(r.numpy())
+            .features.feature["image/sha256"]
+            .bytes_list.value[0]
+            .decode()
+            for r in records
+        }
+    return result
 
 
 def test_split_is_deterministic_and_follows_the_ratios() -> None:
@@ -33,13 +54,14 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_process_writes_shards_labels_and_stats(raw: Path, tmp_path: Path) -> None:
-    params = ProcessParams(image_size=12, shard_size=40)
-    stats = process(str(raw), str(tmp_path), params, dataset="digits")
+    params = ProcessParams(image_size=12, shard_target_mb=0.01)
+    stats = process(str(raw), str(tmp_path), params, dataset="digits", workers=1)
     labels = json.loads((tmp_path / "labels.json").read_text())
     assert labels == [str(d) for d in range(10)]
     assert sum(stats["totals"].values()) == 120
     train_shards = sorted(tmp_path.glob("train-*.tfrecord"))
-    assert [p.name for p in train_shards][-1].endswith(f"-of-{len(train_shards):05d}.tfrecord")
+    assert len(train_shards) > 1
+    assert train_shards[-1].name.endswith(f"-of-{len(train_shards):05d}.tfrecord")
     assert not list(tmp_path.glob(".*"))  # no partial files left behind
     images = [
         parse_example(record, channels=1)
@@ -52,7 +74,28 @@ def test_process_writes_shards_labels_and_stats(raw: Path, tmp_path: Path) -> No
     assert json.loads((tmp_path / "preprocess.json").read_text()) == {
         "image_size": 12,
         "color_mode": "grayscale",
+        "resize": "stretch",
     }
+
+
+def test_parallel_and_serial_runs_agree(raw: Path, tmp_path: Path) -> None:
+    params = ProcessParams(image_size=12)
+    serial = process(str(raw), str(tmp_path / "serial"), params, "digits", workers=1)
+    parallel = process(str(raw), str(tmp_path / "parallel"), params, "digits", workers=2)
+    assert serial["data_hash"] == parallel["data_hash"]
+
+
+def test_rerun_replaces_the_output_whole(raw: Path, tmp_path: Path) -> None:
+    process(str(raw), str(tmp_path), ProcessParams(shard_target_mb=0.005), "digits", workers=1)
+    many = len(list(tmp_path.glob("*.tfrecord")))
+    stats = process(str(raw), str(tmp_path), ProcessParams(), "digits", workers=1)
+    assert len(list(tmp_path.glob("*.tfrecord"))) == len(stats["shards"]) < many
+
+
+def test_gzip_shards_read_back(raw: Path, tmp_path: Path) -> None:
+    stats = process(str(raw), str(tmp_path), ProcessParams(compression="gzip"), "digits", workers=1)
+    assert stats["compression"] == "gzip"
+    assert sum(len(v) for v in shas_by_split(tmp_path, "GZIP").values()) == 120
 
 
 def test_output_is_identical_across_processes(raw: Path, tmp_path: Path) -> None:
@@ -82,3 +125,126 @@ def test_missing_manifest_says_to_collect_first(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "run the collect stage first" in result.stderr
+
+
+def _encoded(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _odd_images() -> dict[str, bytes]:
+    rng = np.random.default_rng(1)
+    photo = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    palette = photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 0
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return {
+        "cmyk.jpg": _encoded(photo.convert("CMYK"), "JPEG"),
+        "palette-transparent.png": _encoded(palette, "PNG", transparency=0),
+        "sixteen-bit.png": _encoded(
+            Image.fromarray((rng.integers(0, 65535, (30, 30))).astype(np.uint16)), "PNG"
+        ),
+        "exif-rotated.jpg": _encoded(photo.convert("RGB"), "JPEG", exif=exif.tobytes()),
+        "tiny.png": _encoded(Image.new("L", (4, 4), 200), "PNG"),
+        "truncated.jpg": _encoded(photo, "JPEG")[:300],
+    }
+
+
+def _raw_store(folder: Path, files: dict[str, tuple[str, bytes]]) -> None:
+    """A raw store written directly, bypassing the collector's own validation."""
+    items = []
+    for name, (label, data) in files.items():
+        sha = hashlib.sha256(data).hexdigest()
+        path = f"images/{label}/{sha}{Path(name).suffix}"
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(data)
+        items.append(
+            ManifestItem(path=path, label=label, sha256=sha, source=name, width=1, height=1)
+        )
+    write_manifest(str(folder / "manifest.jsonl"), items)
+
+
+def test_every_odd_image_kind_is_handled_or_rejected_with_a_reason(tmp_path: Path) -> None:
+    odd = _odd_images()
+    _raw_store(tmp_path / "raw", {name: ("a", data) for name, data in odd.items()})
+    params = ProcessParams(image_size=16, color_mode="rgb", min_size=8)
+    stats = process(str(tmp_path / "raw"), str(tmp_path / "out"), params, "odd", workers=1)
+    rejected = {
+        item["item"].rsplit(".", 1)[-1] + ":" + item["reason"] for item in stats["rejected"]
+    }
+    assert sum(stats["totals"].values()) == 4, stats["rejected"]
+    assert any("smaller than min_size 8" in r for r in rejected)
+    assert any("not a readable image" in r for r in rejected)
+    assert len(stats["rejected"]) == 2
+
+
+def test_changed_file_is_rejected(tmp_path: Path) -> None:
+    data = _odd_images()["cmyk.jpg"]
+    _raw_store(tmp_path / "raw", {"x.jpg": ("a", data)})
+    [stored] = (tmp_path / "raw/images/a").iterdir()
+    stored.write_bytes(data + b"tampered")
+    with pytest.raises(ProcessError, match="fewer than min_per_class"):
+        process(str(tmp_path / "raw"), str(tmp_path / "out"), ProcessParams(), "x", workers=1)
+
+
+def test_class_below_the_minimum_is_named(raw: Path, tmp_path: Path) -> None:
+    with pytest.raises(ProcessError, match=r"'[0-9]' \(\d+\).*lower process.min_per_class"):
+        process(str(raw), str(tmp_path), ProcessParams(min_per_class=13), "digits", workers=1)
+    assert not tmp_path.exists() or not list(tmp_path.glob("*.tfrecord"))
+
+
+def test_near_duplicates_are_dropped_only_when_asked(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 200, (32, 32), dtype=np.uint8)
+    files = {
+        "a.png": ("x", _encoded(Image.fromarray(base), "PNG")),
+        "a-brighter.png": ("x", _encoded(Image.fromarray(base + 5), "PNG")),
+        "other.png": (
+            "x",
+            _encoded(Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)), "PNG"),
+        ),
+    }
+    _raw_store(tmp_path / "raw", files)
+    kept = process(str(tmp_path / "raw"), str(tmp_path / "a"), ProcessParams(), "n", workers=1)
+    assert sum(kept["totals"].values()) == 3
+    params = ProcessParams(near_duplicates=True, near_duplicate_distance=4)
+    dropped = process(str(tmp_path / "raw"), str(tmp_path / "b"), params, "n", workers=1)
+    assert sum(dropped["totals"].values()) == 2
+    assert "near duplicate of images/x/" in dropped["rejected"][0]["reason"]
+
+
+def test_near_duplicate_index_finds_within_distance() -> None:
+    index = NearDuplicateIndex(max_distance=3)
+    index.add(0b1011, "a")
+    assert index.find(0b1011 ^ (1 << 40) ^ (1 << 63) ^ 1) == "a"
+    assert index.find(0b1011 ^ 0b1111 << 20) is None
+
+
+def test_split_stability_when_ten_percent_more_items_arrive(tmp_path: Path) -> None:
+    collect(iter_digits(limit=200), out=str(tmp_path / "raw"), source="digits")
+    before = shas_by_split(_processed(tmp_path, "before"))
+    collect(iter_digits(limit=220), out=str(tmp_path / "raw"), source="digits")
+    after = shas_by_split(_processed(tmp_path, "after"))
+    for split, shas in before.items():
+        assert shas <= after[split], f"items left {split}"
+    assert sum(map(len, after.values())) > sum(map(len, before.values()))
+
+
+def _processed(tmp_path: Path, name: str) -> Path:
+    out = tmp_path / name
+    process(str(tmp_path / "raw"), str(out), ProcessParams(), "digits", workers=1)
+    return out
+
+
+def test_data_card(raw: Path, tmp_path: Path) -> None:
+    stats = process(str(raw), str(tmp_path / "out"), ProcessParams(), "digits", workers=1)
+    card = write_data_card(stats, str(tmp_path / "reports"))
+    text = card.read_text()
+    assert stats["data_hash"] in text
+    assert "| 0 |" in text
+    png = (tmp_path / "reports/data_card.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    again = write_data_card(stats, str(tmp_path / "reports2"))
+    assert (again.parent / "data_card.png").read_bytes() == png

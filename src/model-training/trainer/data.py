@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from common import storage
+from common.contracts import STATS
 from common.tfrecord import parse_example
 
 
@@ -31,7 +32,11 @@ def make_dataset(
     paths = shard_paths(data, split)
     if not paths:
         raise FileNotFoundError(f"no {split} shards in {data}; run the process stage first")
-    dataset = tf.data.TFRecordDataset(paths, num_parallel_reads=tf.data.AUTOTUNE)
+    stats = storage.read_json(storage.join(data, STATS))
+    compression = "GZIP" if stats.get("compression") == "gzip" else ""
+    dataset = tf.data.TFRecordDataset(
+        paths, compression_type=compression, num_parallel_reads=tf.data.AUTOTUNE
+    )
     if shuffle:
         dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
 

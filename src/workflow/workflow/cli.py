@@ -154,6 +154,115 @@ def status() -> None:
     )
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Version, share and restore the data (DVC).")
+app.add_typer(data_app, name="data")
+
+
+def _dvc_passthrough(project: Project, *args: str) -> None:
+    """Run a dvc command, showing its output; fail with a hint on error."""
+    result = project.dvc(*args)
+    output = (result.stdout + result.stderr).strip()
+    if output:
+        console.print(output, markup=False, highlight=False)
+    if result.returncode != 0:
+        if "no remote specified" in output.lower():
+            errors.print("hint: `make setup` configures a local default remote; see docs/data.md")
+        elif "missing cache files" in output.lower():
+            errors.print("hint: that version was never pushed from the clone that made it")
+        raise typer.Exit(result.returncode)
+
+
+DATA_STAGES = ["collect", "process"]
+RemoteOption = Annotated[str | None, typer.Option("-r", "--remote", help="DVC remote name.")]
+AllOption = Annotated[
+    bool, typer.Option("--all", help="Every DVC output (also the candidate), not just data.")
+]
+
+
+def _data_targets(project: Project, everything: bool) -> list[str]:
+    """The recorded data stages (or every recorded stage), failing if none is recorded."""
+    locked = project.locked_stages()
+    targets = locked if everything else [s for s in DATA_STAGES if s in locked]
+    if not targets:
+        errors.print("[red]error:[/red] dvc.lock records no data yet; run `mega run` first")
+        raise typer.Exit(1)
+    return targets
+
+
+@data_app.command("push")
+def data_push(remote: RemoteOption = None, everything: AllOption = False) -> None:
+    """Upload the raw and processed data that dvc.lock records to the remote."""
+    project = _project()
+    targets = _data_targets(project, everything)
+    _dvc_passthrough(project, "push", *(["-r", remote] if remote else []), *targets)
+
+
+@data_app.command("pull")
+def data_pull(remote: RemoteOption = None, everything: AllOption = False) -> None:
+    """Download and check out the data that dvc.lock records (e.g. after a fresh clone)."""
+    project = _project()
+    targets = _data_targets(project, everything)
+    _dvc_passthrough(project, "pull", *(["-r", remote] if remote else []), *targets)
+
+
+@data_app.command("versions")
+def data_versions() -> None:
+    """List each version of the processed data in git history, with its hash and counts."""
+    from workflow.versions import list_versions
+
+    project = _project()
+    processed = project.processed_dir.relative_to(project.root).as_posix()
+    try:
+        versions = list_versions(project.root, processed)
+    except ValueError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    if not versions:
+        console.print(f"no commit records {processed} in dvc.lock yet; commit dvc.lock after a run")
+        return
+    table = Table(title=f"versions of {processed}", title_justify="left")
+    for column in ("commit", "date", "DVC hash", "data hash", "examples", "message"):
+        table.add_column(column)
+    for version in versions:
+        table.add_row(
+            version.rev[:10],
+            version.date,
+            (version.dvc_md5 or "?")[:12],
+            version.stats["data_hash"][:12] if version.stats else "?",
+            version.counts,
+            version.subject,
+        )
+    console.print(table)
+
+
+@data_app.command("checkout")
+def data_checkout(
+    rev: Annotated[str, typer.Argument(help="A commit, tag or branch (see `mega data versions`).")],
+) -> None:
+    """Restore the raw and processed data as commit REV recorded them."""
+    from workflow.versions import resolve_rev, restore_lock
+
+    project = _project()
+    processed = project.processed_dir.relative_to(project.root).as_posix()
+    try:
+        commit = resolve_rev(project.root, rev)
+        restore_lock(project.root, commit, processed)
+    except ValueError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    targets = _data_targets(project, everything=False)
+    if project.dvc("checkout", *targets).returncode != 0:
+        # Not in the local cache: fetch it from the remote.
+        _dvc_passthrough(project, "pull", *targets)
+    stats = project.data_stats()
+    console.print(
+        f"restored {processed} of {commit[:10]}: data version "
+        f"{stats['data_hash'][:12] if stats else '?'}. dvc.lock now records that commit's stages, "
+        "so `mega status` shows later stages as changed; `mega run` trains on this data, and "
+        "`git checkout HEAD -- dvc.lock && dvc checkout` returns to the latest."
+    )
+
+
 @app.command()
 def serve(
     port: Annotated[int | None, typer.Option(help="Port [MEGA_SERVE_PORT, default 8000].")] = None,

@@ -78,6 +78,13 @@ class Project:
             "info": registry.version_info(version),
         }
 
+    def locked_stages(self) -> list[str]:
+        """Stages that dvc.lock records (that have run and been locked)."""
+        lock = self.root / "dvc.lock"
+        if not lock.is_file():
+            return []
+        return list((yaml.safe_load(lock.read_text()) or {}).get("stages", {}))
+
     def dvc(self, *args: str, capture: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the dvc CLI of this environment in the project root."""
         return subprocess.run(

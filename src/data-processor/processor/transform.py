@@ -1,0 +1,66 @@
+"""Per-item work done in the worker processes: read, validate, hash, preprocess, encode.
+
+This module must not import TensorFlow: it runs in freshly spawned workers,
+and a TF runtime per worker would cost hundreds of MB each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from common import storage
+from common.contracts import Preprocess
+from common.images import ImageDecodeError, decode_image, encode_png, sha256_hex, to_model_pixels
+
+
+@dataclass(frozen=True)
+class Job:
+    """One manifest item to process."""
+
+    uri: str
+    path: str
+    label: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A processed item (`png` set) or a rejected one (`reason` set)."""
+
+    job: Job
+    png: bytes | None = None
+    phash: int | None = None
+    reason: str | None = None
+
+
+def dhash(image: Image.Image) -> int:
+    """64-bit difference hash: robust to resizing and small edits, cheap to compare."""
+    small = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.BILINEAR), np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return int(sum(1 << i for i, bit in enumerate(bits) if bit))
+
+
+def transform(job: Job, spec: Preprocess, min_size: int, with_phash: bool) -> Outcome:
+    """Process one item; every failure becomes a reason, never an exception."""
+    try:
+        data = storage.read_bytes(job.uri)
+    except (FileNotFoundError, OSError) as exc:
+        return Outcome(job, reason=f"cannot read the raw file: {exc}")
+    if sha256_hex(data) != job.sha256:
+        return Outcome(job, reason="content does not match the manifest's sha256")
+    try:
+        image = decode_image(data, draft_size=spec.image_size)
+    except ImageDecodeError as exc:
+        return Outcome(job, reason=str(exc))
+    # Size limits apply to the original, not the JPEG draft.
+    width, height = image.info["source_size"]
+    if min(width, height) < min_size:
+        return Outcome(job, reason=f"image is {width}x{height}, smaller than min_size {min_size}")
+    try:
+        pixels = to_model_pixels(image, spec)
+    except (OSError, ValueError) as exc:
+        return Outcome(job, reason=f"cannot convert the image: {exc}")
+    return Outcome(job, png=encode_png(pixels), phash=dhash(image) if with_phash else None)

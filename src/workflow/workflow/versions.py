@@ -1,0 +1,104 @@
+"""Data versions: what each commit's dvc.lock recorded for the processed data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROCESS_STAGE = "process"
+
+
+@dataclass
+class DataVersion:
+    """The processed data as one commit recorded it."""
+
+    rev: str
+    date: str
+    subject: str
+    dvc_md5: str | None
+    files: int | None
+    stats: dict[str, Any] | None
+
+    @property
+    def counts(self) -> str:
+        if self.stats is None:
+            return "? (not in the cache; mega data pull)"
+        totals = self.stats["totals"]
+        split = f"train {totals['train']}, val {totals['val']}, test {totals['test']}"
+        return f"{sum(totals.values())} ({split})"
+
+
+def _git(root: Path, *args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ValueError(result.stderr.strip() or f"git {' '.join(args)} failed")
+    return result.stdout
+
+
+def processed_out(lock_text: str, processed: str) -> dict[str, Any] | None:
+    """The process stage's entry for the processed folder in a dvc.lock."""
+    lock = yaml.safe_load(lock_text) or {}
+    for out in lock.get("stages", {}).get(PROCESS_STAGE, {}).get("outs", []):
+        if out.get("path") == processed:
+            entry: dict[str, Any] = out
+            return entry
+    return None
+
+
+def read_stats(root: Path, processed: str, rev: str) -> dict[str, Any] | None:
+    """stats.json of the processed data at `rev`, from the local DVC cache if it is there."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    try:
+        text = dvc.api.read(f"{processed}/stats.json", repo=str(root), rev=rev, remote=None)
+    except (DvcException, FileNotFoundError, OSError):
+        return None
+    stats: dict[str, Any] = json.loads(text)
+    return stats
+
+
+def list_versions(root: Path, processed: str, with_stats: bool = True) -> list[DataVersion]:
+    """Every commit that changed the processed data's entry in dvc.lock, newest first."""
+    log = _git(root, "log", "--format=%H%x09%ad%x09%s", "--date=short", "--", "dvc.lock")
+    versions: list[DataVersion] = []
+    last_md5: str | None = None
+    for line in reversed(log.splitlines()):
+        rev, date, subject = line.split("\t", 2)
+        out = processed_out(_git(root, "show", f"{rev}:dvc.lock"), processed)
+        md5 = out.get("md5") if out else None
+        if md5 is None or md5 == last_md5:
+            continue  # dvc.lock changed, but not the data
+        last_md5 = md5
+        versions.append(
+            DataVersion(
+                rev=rev,
+                date=date,
+                subject=subject,
+                dvc_md5=md5,
+                files=out.get("nfiles") if out else None,
+                stats=read_stats(root, processed, rev) if with_stats else None,
+            )
+        )
+    return list(reversed(versions))
+
+
+def resolve_rev(root: Path, rev: str) -> str:
+    """The full commit id of `rev`, or a ValueError that says what went wrong."""
+    try:
+        return _git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").strip()
+    except ValueError:
+        raise ValueError(f"{rev!r} is not a commit here; see `mega data versions`") from None
+
+
+def restore_lock(root: Path, rev: str, processed: str) -> None:
+    """Put `rev`'s dvc.lock in the work tree, checking it records the processed data."""
+    text = _git(root, "show", f"{rev}:dvc.lock")
+    if processed_out(text, processed) is None:
+        raise ValueError(f"{rev[:12]} records no {processed} in dvc.lock")
+    _git(root, "checkout", rev, "--", "dvc.lock")
