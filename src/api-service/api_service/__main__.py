@@ -29,6 +29,7 @@ def serve(
     import uvicorn
 
     from api_service.app import create_app
+    from api_service.middleware import configure_logging, stop_logging
 
     overrides = {
         "serve_host": host,
@@ -41,14 +42,23 @@ def serve(
     settings = get_settings().model_copy(
         update={k: v for k, v in overrides.items() if v is not None}
     )
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(logging.INFO)
     try:
         application = create_app(settings)
     except FileNotFoundError as exc:
         raise typer.BadParameter(str(exc), param_hint="--static-dir") from exc
-    uvicorn.run(application, host=settings.serve_host, port=settings.serve_port, log_level="info")
+    # Our middleware writes the structured access log; uvicorn's own would duplicate it.
+    try:
+        uvicorn.run(
+            application,
+            host=settings.serve_host,
+            port=settings.serve_port,
+            log_level="info",
+            log_config=None,
+            access_log=False,
+        )
+    finally:
+        stop_logging()
 
 
 def main() -> None:

@@ -1,26 +1,39 @@
-"""The FastAPI application: prediction, model info, health, and the static page."""
+"""The FastAPI application: prediction, model info, health, metrics, and the static page."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio.to_thread
+import numpy as np
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_fastapi_instrumentator import Instrumentator, metrics
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api_service.model import ServedModel, load_served_model
-from common.images import ImageDecodeError, decode_image, to_model_pixels
+from api_service.batching import BatcherClosedError
+from api_service.inputs import InputError, check_part_type, sniff
+from api_service.middleware import AccessLogMiddleware, UploadGuardMiddleware
+from api_service.model import ServedModel
+from api_service.monitoring import LATENCY_BUCKETS, Metrics
+from api_service.swap import Active, ModelManager
 from common.settings import Settings, get_settings
 
 log = logging.getLogger("api_service")
+
+PREDICT_PATH = "/v1/predict"
+BATCH_PATH = "/v1/predict/batch"
 
 
 class ErrorDetail(BaseModel):
@@ -39,6 +52,20 @@ class Prediction(BaseModel):
     model_version: str
 
 
+class FileResult(BaseModel):
+    """One file of a batch request: its prediction, or why it was refused."""
+
+    filename: str | None
+    status: int = Field(description="The HTTP status this file alone would have got.")
+    prediction: Prediction | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchPrediction(BaseModel):
+    model_version: str
+    results: list[FileResult] = Field(description="One entry per uploaded file, in order.")
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -47,6 +74,17 @@ class ModelInfo(BaseModel):
     input: dict[str, Any]
     metrics: dict[str, Any]
     lineage: dict[str, Any]
+
+
+class Readiness(BaseModel):
+    status: str
+    model: str
+    model_version: str
+    alias: str
+    alias_version: str | None = Field(description="The version the alias points at now.")
+    load_error: dict[str, Any] | None = Field(
+        description="The last failed load while the served version kept serving, if any."
+    )
 
 
 class ApiError(HTTPException):
@@ -58,7 +96,7 @@ class ApiError(HTTPException):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (413, 422, 503)
+    status: {"model": ErrorBody} for status in (413, 415, 422, 503)
 }
 
 
@@ -66,29 +104,45 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
 
 
+def _prediction(model: ServedModel, probabilities: np.ndarray) -> dict[str, Any]:
+    """A `Prediction` as a plain dict: the hot path skips model validation (types are ours)."""
+    values = probabilities.tolist()
+    best = max(range(len(values)), key=values.__getitem__)
+    return {
+        "label": model.labels[best],
+        "confidence": values[best],
+        "probabilities": dict(zip(model.labels, values, strict=True)),
+        "model_version": model.version,
+    }
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the model loads at startup and a failure leaves /readyz at 503."""
     settings = settings or get_settings()
+    monitoring = Metrics()
+    manager = ModelManager(settings, monitoring)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(manager.check)
+        watcher = asyncio.create_task(manager.watch()) if settings.model_poll_seconds > 0 else None
         try:
-            app.state.model = await run_in_threadpool(load_served_model, settings)
-            log.info("serving %s version %s", settings.model_name, app.state.model.version)
-        except Exception as exc:  # any failure must leave the process up and say why
-            app.state.model = None
-            app.state.load_error = str(exc)
-            log.error("no model loaded: %s", exc)
-        yield
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await anyio.to_thread.run_sync(manager.close)
 
     app = FastAPI(
         title="Mega Pipeline API",
-        version="1.0.0",
+        version="1.1.0",
         description="Image classification with the registered production model.",
         lifespan=lifespan,
     )
-    app.state.model = None
-    app.state.load_error = "model is loading"
+    app.state.manager = manager
+    app.state.metrics = monitoring
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -109,13 +163,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error")
         return _error(500, "internal_error", "internal error; see the server log")
 
-    def current_model(request: Request) -> ServedModel:
-        model: ServedModel | None = request.app.state.model
-        if model is None:
-            raise ApiError(
-                503, "model_unavailable", f"no model loaded: {request.app.state.load_error}"
-            )
-        return model
+    def current() -> Active:
+        active = manager.active
+        if active is None:
+            reason = (manager.load_error or {}).get("message", "model is loading")
+            raise ApiError(503, "model_unavailable", f"no model loaded: {reason}")
+        return active
+
+    async def classify(uploads: list[UploadFile]) -> tuple[ServedModel, list[Any]]:
+        """Check every upload, then predict the acceptable ones together in one submission."""
+        checked: list[bytes | InputError] = []
+        for upload in uploads:
+            try:
+                check_part_type(upload.content_type)
+                data = await upload.read()
+                sniff(data)  # signature only; the header and pixels are read off the loop
+                checked.append(data)
+            except InputError as exc:
+                checked.append(exc)
+        images = [item for item in checked if isinstance(item, bytes)]
+        # A swap between picking the model and queueing closes its batcher: take the new one.
+        for _ in range(3):
+            active = current()
+            try:
+                outputs = await active.batcher.predict_many(images) if images else []
+            except BatcherClosedError:
+                continue
+            except InputError as exc:
+                raise ApiError(exc.status, exc.code, exc.message) from exc
+            produced = iter(outputs)
+            results = [next(produced) if isinstance(item, bytes) else item for item in checked]
+            for result in results:
+                if isinstance(result, InputError):
+                    monitoring.rejected.labels(code=result.code).inc()
+            return active.model, [
+                result if isinstance(result, InputError) else _prediction(active.model, result)
+                for result in results
+            ]
+        raise ApiError(503, "model_unavailable", "the model is being replaced; retry")
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -123,15 +208,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], responses=ERRORS)
-    async def readyz(request: Request) -> dict[str, str]:
-        """Readiness: a model is loaded and warmed up."""
-        model = current_model(request)
-        return {"status": "ready", "model": model.name, "model_version": model.version}
+    async def readyz() -> Readiness:
+        """Readiness: a model is loaded and warmed up; `load_error` shows a failed newer version."""
+        model = current().model
+        return Readiness(
+            status="ready",
+            model=model.name,
+            model_version=model.version,
+            alias=model.alias,
+            alias_version=manager.alias_version,
+            load_error=manager.load_error,
+        )
 
     @app.get("/v1/model", tags=["model"], responses=ERRORS)
-    async def model_info(request: Request) -> ModelInfo:
+    async def model_info() -> ModelInfo:
         """The served model's version, classes, input and test metrics."""
-        model = current_model(request)
+        model = current().model
         return ModelInfo(
             name=model.name,
             version=model.version,
@@ -142,34 +234,80 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lineage=model.lineage,
         )
 
-    @app.post("/v1/predict", tags=["model"], responses=ERRORS)
+    @app.post(PREDICT_PATH, tags=["model"], responses=ERRORS, response_model=Prediction)
     async def predict(
-        request: Request,
         file: Annotated[UploadFile, File(description="An image file (PNG, JPEG, …).")],
-    ) -> Prediction:
+    ) -> Response:
         """Classify one uploaded image."""
-        model = current_model(request)
-        if file.size is not None and file.size > settings.max_upload_bytes:
+        _, (result,) = await classify([file])
+        if isinstance(result, InputError):
+            raise ApiError(result.status, result.code, f"{file.filename or 'upload'}: {result}")
+        # Serialized directly: re-validating our own numbers costs more than the model.
+        return Response(json.dumps(result).encode(), media_type="application/json")
+
+    @app.post(BATCH_PATH, tags=["model"], responses=ERRORS)
+    async def predict_batch(
+        files: Annotated[
+            list[UploadFile], File(description="Several image files, one `files` part each.")
+        ],
+    ) -> BatchPrediction:
+        """Classify several images at once; each file gets its own result or error."""
+        if len(files) > settings.max_files_per_request:
             raise ApiError(
                 413,
-                "too_large",
-                f"file is {file.size:,} bytes; the limit is {settings.max_upload_bytes:,}",
+                "too_many_files",
+                f"{len(files)} files; the limit is {settings.max_files_per_request} per request",
             )
-        data = await file.read()
-        try:
-            pixels = to_model_pixels(decode_image(data), model.spec)
-        except ImageDecodeError as exc:
-            raise ApiError(422, "invalid_image", f"{file.filename or 'upload'}: {exc}") from exc
-        probabilities = await run_in_threadpool(model.predict, pixels)
-        best = int(probabilities.argmax())
-        return Prediction(
-            label=model.labels[best],
-            confidence=float(probabilities[best]),
-            probabilities={
-                label: float(p) for label, p in zip(model.labels, probabilities, strict=True)
-            },
+        model, results = await classify(files)
+        return BatchPrediction(
             model_version=model.version,
+            results=[
+                FileResult(
+                    filename=upload.filename,
+                    status=result.status,
+                    error=ErrorDetail(code=result.code, message=result.message),
+                )
+                if isinstance(result, InputError)
+                else FileResult(
+                    filename=upload.filename, status=200, prediction=Prediction(**result)
+                )
+                for upload, result in zip(files, results, strict=True)
+            ],
         )
+
+    # Middleware: the last added runs first. Access log (outermost) → CORS →
+    # instrumentator → upload guard → routes, so the log and the metrics see the guard's 413/415.
+    app.add_middleware(
+        UploadGuardMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        multipart_paths=frozenset({PREDICT_PATH, BATCH_PATH}),
+    )
+    instrumentator = Instrumentator(
+        should_group_status_codes=False,
+        # Its in-progress gauge ignores `registry` (one app per process only), so the
+        # access-log middleware keeps the in-flight gauge instead.
+        excluded_handlers=["/metrics"],
+        registry=monitoring.registry,
+    )
+    instrumentator.add(
+        metrics.requests(registry=monitoring.registry),
+        metrics.latency(
+            should_include_status=True, buckets=LATENCY_BUCKETS, registry=monitoring.registry
+        ),
+    )
+    instrumentator.instrument(app).expose(app, include_in_schema=False)
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+            max_age=600,
+        )
+    app.add_middleware(
+        AccessLogMiddleware, enabled=settings.access_log, in_flight=monitoring.in_flight
+    )
 
     if settings.static_dir:
         static = Path(settings.static_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,16 +13,31 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from common import storage
-from common.contracts import LABELS, LINEAGE, METRICS, PREPROCESS, Preprocess, read_labels
+from common.contracts import LABELS, LINEAGE, METRICS, PREPROCESS, STATS, Preprocess, read_labels
 from common.registry import ModelRegistry
 from common.settings import Settings
 
 TFLITE_FILE = "model.tflite"
 
+log = logging.getLogger("api_service.model")
+
+
+def _batch_sizes(max_batch: int) -> list[int]:
+    """Powers of two up to `max_batch`, largest first: a batch is cut into these sizes."""
+    sizes = [1]
+    while sizes[-1] * 2 <= max_batch:
+        sizes.append(sizes[-1] * 2)
+    return sizes[::-1]
+
 
 @dataclass
 class ServedModel:
-    """One loaded model version. `predict` is thread-safe."""
+    """One loaded model version. `predict_batch` is thread-safe.
+
+    Resizing a LiteRT input re-plans the XNNPACK delegate (milliseconds, more than
+    the inference itself), so the model keeps one interpreter per power-of-two batch
+    size and cuts a batch into those sizes: no resize and no padding on the hot path.
+    """
 
     name: str
     version: str
@@ -29,20 +46,40 @@ class ServedModel:
     spec: Preprocess
     metrics: dict[str, Any]
     lineage: dict[str, Any]
-    interpreter: Interpreter
+    interpreters: dict[int, Interpreter]
+    training_counts: dict[str, int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.spec.image_size, self.spec.image_size, self.spec.channels)
+
+    def predict_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities `[N, classes]` for uint8 images `[N, H, W, C]`."""
+        outputs = []
+        start = 0
+        # Interpreters hold their tensors: one batch at a time per model.
+        with self._lock:
+            for size in sorted(self.interpreters, reverse=True):
+                while pixels.shape[0] - start >= size:
+                    chunk = pixels[start : start + size]
+                    outputs.append(self._invoke(self.interpreters[size], chunk))
+                    start += size
+        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities for one uint8 `[H, W, C]` image."""
-        inp = self.interpreter.get_input_details()[0]
-        out = self.interpreter.get_output_details()[0]
-        batch = pixels[np.newaxis].astype(inp["dtype"])
-        # One interpreter holds one set of tensors: serialize set/invoke/get.
-        with self._lock:
-            self.interpreter.set_tensor(inp["index"], batch)
-            self.interpreter.invoke()
-            probabilities: np.ndarray = self.interpreter.get_tensor(out["index"])[0].copy()
+        probabilities: np.ndarray = self.predict_batch(pixels[np.newaxis])[0]
         return probabilities
+
+    @staticmethod
+    def _invoke(interpreter: Interpreter, batch: np.ndarray) -> np.ndarray:
+        inp = interpreter.get_input_details()[0]
+        out = interpreter.get_output_details()[0]
+        interpreter.set_tensor(inp["index"], batch.astype(inp["dtype"], copy=False))
+        interpreter.invoke()
+        result: np.ndarray = interpreter.get_tensor(out["index"]).copy()
+        return result
 
 
 def _local_copy(uri: str, cache_dir: Path) -> Path:
@@ -56,27 +93,83 @@ def _local_copy(uri: str, cache_dir: Path) -> Path:
     return target
 
 
-def load_served_model(settings: Settings) -> ServedModel:
-    """Resolve `settings.model_alias` of `settings.model_name` and load its `.tflite`."""
-    registry = ModelRegistry(settings.models_root, settings.model_name)
-    version = registry.resolve(settings.model_alias)
-    folder = _local_copy(registry.version_uri(version), Path(settings.model_cache_dir))
-    interpreter = Interpreter(
-        model_path=str(folder / TFLITE_FILE), num_threads=settings.serve_threads
+def _interpreters(path: Path, threads: int, max_batch: int, shape: tuple[int, ...]) -> dict:
+    """One allocated interpreter per batch size (only size 1 if the batch dim is fixed)."""
+    first = Interpreter(model_path=str(path), num_threads=threads)
+    signature = first.get_input_details()[0]["shape_signature"]
+    dynamic = len(signature) > 0 and signature[0] == -1
+    found: dict[int, Interpreter] = {}
+    for size in _batch_sizes(max_batch if dynamic else 1):
+        interpreter = first if size == 1 else Interpreter(model_path=str(path), num_threads=threads)
+        if size != 1:
+            index = interpreter.get_input_details()[0]["index"]
+            interpreter.resize_tensor_input(index, [size, *shape], strict=True)
+        interpreter.allocate_tensors()
+        found[size] = interpreter
+    return found
+
+
+def training_class_counts(
+    lineage: dict[str, Any], labels: list[str], models_root: str
+) -> dict[str, int] | None:
+    """Training examples per class, from the processed data the lineage names.
+
+    The version folder records the data path and its hash; the data's `stats.json`
+    holds the counts. A relative data path is tried from the working directory and
+    from the registry root's parent (the project root). The hash must match, so a
+    re-processed data folder is never taken for the one the model was trained on.
+    """
+    data = lineage.get("data")
+    if not isinstance(data, str) or not data:
+        return None
+    candidates = [data]
+    if not storage.is_gcs(data) and not os.path.isabs(data) and not storage.is_gcs(models_root):
+        candidates.append(str(Path(models_root).resolve().parent / data))
+    for candidate in candidates:
+        try:
+            stats = storage.read_json(storage.join(candidate, STATS))
+        except (OSError, ValueError):
+            continue
+        if stats.get("data_hash") != lineage.get("data_hash"):
+            log.warning("%s: data_hash differs from the model's lineage", candidate)
+            continue
+        train = stats.get("counts", {}).get("train", {})
+        return {label: int(train.get(label, 0)) for label in labels}
+    log.warning(
+        "no stats.json for %s (hash %s): the drift gauge stays NaN", data, lineage.get("data_hash")
     )
-    interpreter.allocate_tensors()
+    return None
+
+
+def load_served_model(settings: Settings, version: str | None = None) -> ServedModel:
+    """Load `version` (default: what `settings.model_alias` points at) and warm it up."""
+    registry = ModelRegistry(settings.models_root, settings.model_name)
+    version = version or registry.resolve(settings.model_alias)
+    folder = _local_copy(registry.version_uri(version), Path(settings.model_cache_dir))
+    spec = Preprocess.model_validate(storage.read_json(folder / PREPROCESS))
+    labels = read_labels(folder / LABELS)
+    lineage = storage.read_json(folder / LINEAGE)
+    shape = (spec.image_size, spec.image_size, spec.channels)
     served = ServedModel(
         name=settings.model_name,
         version=version,
         alias=settings.model_alias,
-        labels=read_labels(folder / LABELS),
-        spec=Preprocess.model_validate(storage.read_json(folder / PREPROCESS)),
+        labels=labels,
+        spec=spec,
         metrics=storage.read_json(folder / METRICS),
-        lineage=storage.read_json(folder / LINEAGE),
-        interpreter=interpreter,
+        lineage=lineage,
+        interpreters=_interpreters(
+            folder / TFLITE_FILE, settings.serve_threads, settings.max_batch, shape
+        ),
+        training_counts=training_class_counts(lineage, labels, settings.models_root),
     )
-    # Warm up so the first request does not pay for lazy initialisation.
-    served.predict(
-        np.zeros((served.spec.image_size, served.spec.image_size, served.spec.channels), np.uint8)
-    )
+    # Warm up every interpreter so no request pays for lazy initialisation, and check
+    # the output matches the labels before this version may serve.
+    for size in served.interpreters:
+        out = served.predict_batch(np.zeros((size, *shape), np.uint8))
+        if out.shape != (size, len(labels)):
+            raise ValueError(
+                f"version {version}: model output {out.shape[1:]} does not match "
+                f"{len(labels)} labels"
+            )
     return served

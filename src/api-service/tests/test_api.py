@@ -29,7 +29,10 @@ def test_model_info(client: TestClient) -> None:
     info = client.get("/v1/model").json()
     assert info["name"] == "digits-cnn"
     assert info["labels"] == [str(d) for d in range(10)]
-    assert info["input"] == {"image_size": 16, "color_mode": "grayscale"}
+    assert {k: info["input"][k] for k in ("image_size", "color_mode")} == {
+        "image_size": 16,
+        "color_mode": "grayscale",
+    }
     assert info["metrics"]["test"]["accuracy"] >= 0.8
 
 
@@ -69,7 +72,7 @@ def test_bad_uploads_get_json_errors(client: TestClient, content: bytes, code: s
 
 
 def test_missing_file_field(client: TestClient) -> None:
-    response = client.post("/v1/predict", data={"other": "x"})
+    response = client.post("/v1/predict", files={"other": ("x.png", b"x", "image/png")})
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_request"
 

@@ -7,9 +7,10 @@ command needs it, and then `Settings.require` fails with the setting's name.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class MissingSettingError(RuntimeError):
@@ -44,6 +45,29 @@ class Settings(BaseSettings):
     serve_threads: int = 1
     static_dir: str | None = None
     max_upload_bytes: int = 10 * 1024 * 1024
+    # Serving: hostile-input limits (a decoded image over max_image_pixels gets 413).
+    max_image_pixels: int = 25_000_000
+    max_files_per_request: int = 16
+    # Serving: micro-batching. A batch closes at max_batch images or max_wait_ms after
+    # its first image; max_queue bounds waiting images (503 `overloaded` beyond it).
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    max_queue: int = 1024
+    # Serving: hot swap. The alias is re-read this often (0 turns watching off).
+    model_poll_seconds: float = 5.0
+    # Serving: the drift gauge compares this many latest predictions with training.
+    drift_window: int = 1000
+    # Serving: browser origins allowed by CORS, comma-separated; empty = same origin only.
+    cors_allow_origins: Annotated[list[str], NoDecode] = []
+    access_log: bool = True
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """Accept `https://a.example,https://b.example` from the environment."""
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
 
     def require(self, *names: str) -> None:
         """Fail with a message naming every listed setting that is unset."""

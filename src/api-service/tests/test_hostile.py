@@ -1,0 +1,190 @@
+"""Hostile and unusual uploads get the right status and a JSON error, never a 500."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from support import TinyPipeline
+
+from api_service.app import create_app
+from common.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def client(tiny_pipeline: TinyPipeline) -> Iterator[TestClient]:
+    settings = Settings(models_root=str(tiny_pipeline.models), model_poll_seconds=0)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def digit(tiny_pipeline: TinyPipeline) -> tuple[Image.Image, str]:
+    """A test digit the model gets right (so a transform that breaks it shows)."""
+    path, label = tiny_pipeline.test_images()[0]
+    return Image.open(path).convert("L"), label
+
+
+def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A tiny PNG that declares width × height 1-bit pixels (all zero)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    row = b"\x00" * (1 + (width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def post(client: TestClient, data: bytes, name: str = "x.png", kind: str = "image/png"):  # type: ignore[no-untyped-def]
+    return client.post("/v1/predict", files={"file": (name, data, kind)})
+
+
+def assert_error(response, status: int, code: str) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["code"] == code
+    assert "Traceback" not in response.text
+
+
+def test_zero_bytes(client: TestClient) -> None:
+    assert_error(post(client, b""), 422, "invalid_image")
+
+
+def test_truncated_jpeg(client: TestClient, digit: tuple[Image.Image, str]) -> None:
+    data = encode(digit[0].resize((256, 256)), "JPEG", quality=95)
+    assert_error(post(client, data[: len(data) // 2], "x.jpg", "image/jpeg"), 422, "invalid_image")
+
+
+def test_png_decompression_bomb_is_refused_from_its_header(client: TestClient) -> None:
+    bomb = png_bomb()
+    assert len(bomb) < 1_000_000
+    assert_error(post(client, bomb, "bomb.png"), 413, "too_many_pixels")
+
+
+def test_body_over_the_limit_declared(client: TestClient) -> None:
+    response = post(client, b"\x89PNG\r\n\x1a\n" + b"0" * (50 * 1024 * 1024))
+    assert_error(response, 413, "too_large")
+
+
+def test_body_over_the_limit_while_streaming(tiny_pipeline: TinyPipeline) -> None:
+    """A chunked body (no Content-Length) over the limit gets 413 too.
+
+    The test client buffers the body; `test_live.py` checks over a real socket that
+    the server stops reading at the limit.
+    """
+    settings = Settings(
+        models_root=str(tiny_pipeline.models), max_upload_bytes=64 * 1024, model_poll_seconds=0
+    )
+
+    def body() -> Iterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+        for _ in range(100):
+            yield b"0" * 16384
+
+    with TestClient(create_app(settings)) as small:
+        response = small.post(
+            "/v1/predict",
+            content=body(),
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+    assert_error(response, 413, "too_large")
+
+
+def test_text_named_png(client: TestClient) -> None:
+    assert_error(post(client, b"just some text, not a picture\n"), 422, "invalid_image")
+
+
+def test_cmyk_jpeg_is_classified(client: TestClient, digit: tuple[Image.Image, str]) -> None:
+    cmyk = digit[0].convert("RGB").resize((64, 64)).convert("CMYK")
+    response = post(client, encode(cmyk, "JPEG", quality=95), "cmyk.jpg", "image/jpeg")
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] == digit[1]
+
+
+def exif_rotated(image: Image.Image) -> bytes:
+    """Pixels stored rotated, with the EXIF orientation (6) that turns them back upright."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    return encode(image.rotate(90, expand=True).convert("RGB"), "JPEG", quality=100, exif=exif)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["LA", "P", "I;16", "RGBA", "EXIF-rotated"],
+)
+def test_image_modes_give_the_same_answer(
+    client: TestClient, digit: tuple[Image.Image, str], variant: str
+) -> None:
+    image, label = digit
+    image = image.resize((64, 64))
+    if variant == "I;16":
+        wide = (np.asarray(image, dtype=np.uint16) * 257).astype(np.uint16)
+        data = encode(Image.fromarray(wide), "PNG")  # uint16 → mode I;16
+    elif variant == "EXIF-rotated":
+        data = exif_rotated(image)
+    else:
+        data = encode(image.convert(variant), "PNG")
+    response = post(client, data, f"{variant}.png")
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] == label
+
+
+def test_exif_rotation_is_applied(client: TestClient, digit: tuple[Image.Image, str]) -> None:
+    """Without honouring the tag, the rotated pixels give other probabilities."""
+    image = digit[0].resize((64, 64))
+    upright = post(client, encode(image.convert("RGB"), "JPEG", quality=100)).json()
+    tagged = post(client, exif_rotated(image)).json()
+    rotated = post(client, encode(image.rotate(90).convert("RGB"), "JPEG", quality=100)).json()
+    assert tagged["probabilities"][digit[1]] == pytest.approx(
+        upright["probabilities"][digit[1]], abs=0.05
+    )
+    assert rotated["probabilities"] != tagged["probabilities"]
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"%PDF-1.7\n...", "application/octet-stream"),
+        (b"\x89PNG\r\n\x1a\n", "text/plain"),
+        (b"8BPS\x00\x01", "image/vnd.adobe.photoshop"),
+    ],
+)
+def test_unsupported_media_types(client: TestClient, data: bytes, kind: str) -> None:
+    assert_error(post(client, data, "x.bin", kind), 415, "unsupported_media_type")
+
+
+def test_request_that_is_not_multipart(client: TestClient) -> None:
+    response = client.post("/v1/predict", json={"file": "aGVsbG8="})
+    assert_error(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about corrupt EXIF
+def test_random_bytes_never_give_a_500(client: TestClient) -> None:
+    rng = np.random.default_rng(3)
+    for prefix in (b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"II*\x00"):
+        for size in (1, 40, 400):
+            response = post(client, prefix + rng.bytes(size))
+            assert response.status_code in (413, 415, 422), (prefix, size, response.text)
+            assert "error" in response.json()

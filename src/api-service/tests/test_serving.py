@@ -1,0 +1,213 @@
+"""Batching, several files per request, metrics, access logs, CORS and readiness detail."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from support import TinyPipeline
+
+from api_service.app import create_app
+from api_service.batching import MicroBatcher
+from api_service.model import load_served_model
+from api_service.monitoring import DriftWindow, Metrics
+from common.registry import ModelRegistry
+from common.settings import Settings
+
+
+@pytest.fixture
+def client(registry_copy: ModelRegistry) -> Iterator[TestClient]:
+    settings = Settings(models_root=registry_copy.root, model_poll_seconds=0, drift_window=50)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def files_of(paths: list[Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format."""
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            head, value = line.rsplit(" ", 1)
+            if head == name or head.startswith(name + "{"):
+                return float(value)
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+def test_several_files_in_one_request(client: TestClient, tiny_pipeline: TinyPipeline) -> None:
+    samples = tiny_pipeline.test_images()[:3]
+    uploads = files_of([p for p, _ in samples])
+    uploads.insert(1, ("files", ("notes.png", b"not an image", "image/png")))
+    response = client.post("/v1/predict/batch", files=uploads)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == "1"
+    results = body["results"]
+    assert [r["filename"] for r in results] == [u[1][0] for u in uploads]
+    assert [r["status"] for r in results] == [200, 422, 200, 200]
+    assert results[1]["error"]["code"] == "invalid_image" and results[1]["prediction"] is None
+    single = client.post("/v1/predict", files={"file": uploads[0][1]}).json()
+    assert results[0]["prediction"] == single
+
+
+def test_too_many_files(tiny_pipeline: TinyPipeline) -> None:
+    settings = Settings(
+        models_root=str(tiny_pipeline.models), max_files_per_request=2, model_poll_seconds=0
+    )
+    path, _ = tiny_pipeline.test_images()[0]
+    with TestClient(create_app(settings)) as small:
+        response = small.post("/v1/predict/batch", files=files_of([path] * 3))
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too_many_files"
+
+
+def test_metrics(client: TestClient, tiny_pipeline: TinyPipeline) -> None:
+    samples = tiny_pipeline.test_images()[:20]
+    labels = []
+    for path, _ in samples:
+        labels.append(client.post("/v1/predict", files={"file": (path.name, path.read_bytes())}))
+    client.post("/v1/predict", files={"file": ("x.png", b"", "image/png")})
+    text = client.get("/metrics").text
+    predicted = [r.json()["label"] for r in labels]
+    for label in set(predicted):
+        assert metric(text, "mega_predictions_total", label=label) == predicted.count(label)
+    assert metric(
+        text, "http_request_duration_seconds_count", handler="/v1/predict", status="200"
+    ) == len(samples)
+    assert metric(text, "http_requests_total", handler="/v1/predict", status="422") == 1
+    assert metric(text, "mega_inference_batch_size_sum") == len(samples)
+    assert metric(text, "mega_inference_seconds_count") >= 1
+    assert metric(text, "mega_model_info", version="1") == 1
+    assert metric(text, "mega_model_version") == 1
+    assert metric(text, "mega_model_load_failing") == 0
+    assert metric(text, "mega_http_requests_in_flight") == 1  # the scrape itself
+    assert metric(text, "mega_drift_window_predictions") == len(samples)
+    drift = metric(text, "mega_prediction_drift")
+    assert not math.isnan(drift) and 0 <= drift < 1
+
+
+def test_drift_window_measures_distance() -> None:
+    window = DriftWindow(["a", "b"], {"a": 50, "b": 50}, size=4)
+    assert math.isnan(window.distance())
+    window.add([0, 0, 0, 0])
+    assert window.distance() == pytest.approx(0.5)
+    window.add([1, 1])  # the window keeps the latest 4: a a b b
+    assert window.distance() == pytest.approx(0.0)
+    assert math.isnan(DriftWindow(["a"], None, size=4).distance())
+
+
+def test_access_log_has_a_request_id(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="api_service.access"):
+        given = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+        made = client.get("/readyz")
+    assert given.headers["x-request-id"] == "abc-123"
+    assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]+", made.headers["x-request-id"])
+    records = [r for r in caplog.records if r.name == "api_service.access"]
+    assert [(r.path, r.status) for r in records] == [("/healthz", 200), ("/readyz", 200)]  # type: ignore[attr-defined]
+    assert records[0].request_id == "abc-123"  # type: ignore[attr-defined]
+
+
+def test_json_log_format(client: TestClient) -> None:
+    from api_service.middleware import JsonFormatter, request_id
+
+    token = request_id.set("r-1")
+    try:
+        record = logging.makeLogRecord({"msg": "GET / %s", "args": (200,), "status": 200})
+        line = JsonFormatter().format(record)
+    finally:
+        request_id.reset(token)
+    assert '"message": "GET / 200"' in line and '"request_id": "r-1"' in line
+    assert '"status": 200' in line
+
+
+def test_cors_only_for_allowed_origins(tiny_pipeline: TinyPipeline, client: TestClient) -> None:
+    preflight = {"Access-Control-Request-Method": "POST"}
+    default = client.options("/v1/predict", headers={"Origin": "https://evil.example", **preflight})
+    assert "access-control-allow-origin" not in default.headers
+    settings = Settings(
+        models_root=str(tiny_pipeline.models),
+        cors_allow_origins=["https://app.example"],
+        model_poll_seconds=0,
+    )
+    with TestClient(create_app(settings)) as cors:
+        ok = cors.options("/v1/predict", headers={"Origin": "https://app.example", **preflight})
+        bad = cors.options("/v1/predict", headers={"Origin": "https://evil.example", **preflight})
+        simple = cors.get("/healthz", headers={"Origin": "https://app.example"})
+    assert ok.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in bad.headers
+    assert simple.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_cors_setting_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEGA_CORS_ALLOW_ORIGINS", "https://a.example, https://b.example")
+    assert Settings().cors_allow_origins == ["https://a.example", "https://b.example"]
+    monkeypatch.delenv("MEGA_CORS_ALLOW_ORIGINS")
+    assert Settings().cors_allow_origins == []
+
+
+def test_readiness_detail(client: TestClient) -> None:
+    body = client.get("/readyz").json()
+    assert body["model_version"] == "1" and body["alias_version"] == "1"
+    assert body["load_error"] is None
+
+
+def test_batcher_forms_batches(tiny_pipeline: TinyPipeline) -> None:
+    """Images submitted together share batches; each gets its own row back."""
+    settings = Settings(models_root=str(tiny_pipeline.models), max_batch=8)
+    model = load_served_model(settings)
+    metrics = Metrics()
+    batcher = MicroBatcher(
+        model,
+        max_batch=8,
+        max_wait_ms=20,
+        max_queue=100,
+        max_pixels=10**6,
+        drift_window=100,
+        metrics=metrics,
+    )
+    batcher.start()
+    paths = [p for p, _ in tiny_pipeline.test_images()[:20]]
+
+    async def submit() -> list:
+        return await asyncio.gather(*(batcher.predict_many([p.read_bytes()]) for p in paths))
+
+    try:
+        results = asyncio.run(submit())
+    finally:
+        batcher.close()
+    batches = metrics.batch_size.collect()[0].samples
+    count = next(s.value for s in batches if s.name.endswith("_count"))
+    total = next(s.value for s in batches if s.name.endswith("_sum"))
+    assert total == 20 and count <= 5, "20 images should need at most a few batches"
+    from api_service.inputs import prepare
+
+    for path, (row,) in zip(paths, results, strict=True):
+        alone = model.predict(prepare(path.read_bytes(), model.spec, 10**6))
+        np.testing.assert_allclose(row, alone, atol=1e-5)
+
+
+def test_batcher_refuses_when_the_queue_is_full(tiny_pipeline: TinyPipeline) -> None:
+    from api_service.inputs import InputError
+
+    model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
+    batcher = MicroBatcher(
+        model,
+        max_batch=4,
+        max_wait_ms=0,
+        max_queue=2,
+        max_pixels=10**6,
+        drift_window=10,
+        metrics=Metrics(),
+    )  # not started: nothing drains the queue
+    with pytest.raises(InputError) as refused:
+        asyncio.run(batcher.predict_many([b"a", b"b", b"c"]))
+    assert refused.value.status == 503
