@@ -1,35 +1,116 @@
-"""The TFRecord schema of processed data, and its parse function.
+"""The TFRecord schema of processed data: a TensorFlow-free writer and the TF parse function.
 
-This is common's only TensorFlow module: import it only from containers that
-depend on TensorFlow (processor, trainer).
+Writing needs no TensorFlow: an example is three features, serialized here in
+protobuf's wire format exactly as `tf.train.Example.SerializeToString(
+deterministic=True)` would (a test checks byte equality), and records are framed
+with masked CRC-32C as TFRecord files require. So the processor runs without
+TensorFlow; only `parse_example`, used by the trainer, imports it.
 """
 
 from __future__ import annotations
 
-import tensorflow as tf
+import gzip
+import struct
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING
 
-FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),  # PNG, uint8 [H, W, C]
-    "image/sha256": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.int64),
-}
+import google_crc32c
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+IMAGE = "image/encoded"  # PNG, uint8 [H, W, C]
+SHA256 = "image/sha256"
+LABEL = "label"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    value &= (1 << 64) - 1  # negative int64 values are encoded as 10-byte two's complement
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _bytes_feature(value: bytes) -> bytes:
+    return _field(1, _field(1, value))  # Feature.bytes_list → BytesList.value
+
+
+def _int64_feature(value: int) -> bytes:
+    return _field(3, _field(1, _varint(value)))  # Feature.int64_list → packed value
 
 
 def make_example(png: bytes, sha256: str, label_index: int) -> bytes:
-    """Serialize one example in the schema above."""
-    feature = {
-        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
-        "image/sha256": tf.train.Feature(bytes_list=tf.train.BytesList(value=[sha256.encode()])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label_index])),
+    """One serialized `tf.train.Example` of the schema, map entries in key order."""
+    features = {
+        IMAGE: _bytes_feature(png),
+        SHA256: _bytes_feature(sha256.encode()),
+        LABEL: _int64_feature(label_index),
     }
-    example = tf.train.Example(features=tf.train.Features(feature=feature))
-    # Features is a protobuf map: without `deterministic` its order (and so the
-    # shard bytes and the data version hash) can change from run to run.
-    return example.SerializeToString(deterministic=True)
+    entries = b"".join(
+        _field(1, _field(1, key.encode()) + _field(2, value))
+        for key, value in sorted(features.items())
+    )
+    return _field(1, entries)  # Example.features → Features.feature map
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class TFRecordWriter:
+    """Writes TFRecord files (optionally GZIP) that `tf.data.TFRecordDataset` reads."""
+
+    def __init__(self, path: str | Path, gzip_compressed: bool = False) -> None:
+        raw = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._raw = raw
+        self._out: IO[bytes] = (
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if gzip_compressed else raw
+        )
+
+    def write(self, record: bytes) -> None:
+        length = struct.pack("<Q", len(record))
+        self._out.write(length + struct.pack("<I", _masked_crc(length)))
+        self._out.write(record + struct.pack("<I", _masked_crc(record)))
+
+    def close(self) -> None:
+        if self._out is not self._raw:
+            self._out.close()
+        self._raw.close()
+
+    def __enter__(self) -> TFRecordWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def parse_example(serialized: tf.Tensor, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Parse one serialized example into `(uint8 image [H, W, C], int64 label)`."""
-    parsed = tf.io.parse_single_example(serialized, FEATURES)
-    image = tf.io.decode_png(parsed["image/encoded"], channels=channels)
-    return image, parsed["label"]
+    """Parse one serialized example into `(uint8 image [H, W, C], int64 label)` (needs TF)."""
+    import tensorflow as tf
+
+    features = {
+        IMAGE: tf.io.FixedLenFeature([], tf.string),
+        SHA256: tf.io.FixedLenFeature([], tf.string),
+        LABEL: tf.io.FixedLenFeature([], tf.int64),
+    }
+    parsed = tf.io.parse_single_example(serialized, features)
+    image = tf.io.decode_png(parsed[IMAGE], channels=channels)
+    return image, parsed[LABEL]

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer
 

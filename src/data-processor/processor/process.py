@@ -7,6 +7,7 @@ import itertools
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -14,8 +15,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
-
-import tensorflow as tf
 
 from common import storage
 from common.contracts import (
@@ -30,7 +29,7 @@ from common.contracts import (
     read_manifest,
 )
 from common.params import ProcessParams
-from common.tfrecord import make_example
+from common.tfrecord import TFRecordWriter, make_example
 from processor.dedup import NearDuplicateIndex
 from processor.transform import Job, Outcome, transform
 
@@ -59,9 +58,9 @@ class _ShardWriter:
     folder: Path
     split: str
     target_bytes: int
-    options: tf.io.TFRecordOptions | None
+    compression: str
     parts: list[Path] = field(default_factory=list)
-    _writer: tf.io.TFRecordWriter | None = None
+    _writer: TFRecordWriter | None = None
     _bytes: int = 0
 
     def write(self, record: bytes) -> None:
@@ -69,7 +68,7 @@ class _ShardWriter:
             self._close_current()
             part = self.folder / f".{self.split}-{len(self.parts):05d}.partial"
             self.parts.append(part)
-            self._writer = tf.io.TFRecordWriter(str(part), options=self.options)
+            self._writer = TFRecordWriter(part, gzip_compressed=self.compression == "gzip")
             self._bytes = 0
         self._writer.write(record)
         self._bytes += len(record)
@@ -97,8 +96,11 @@ def _outcomes(
     if workers <= 1:
         yield from map(work, jobs)
         return
-    # spawn: the parent has TensorFlow loaded, which must not be forked.
-    context = multiprocessing.get_context("spawn")
+    # fork starts workers in milliseconds; but a process with TensorFlow loaded
+    # (a test session, a notebook) has native threads and must not fork, so it
+    # spawns (about a second per worker). The processor itself never loads TF.
+    method = "spawn" if "tensorflow" in sys.modules else "fork"
+    context = multiprocessing.get_context(method)
     with context.Pool(workers) as pool:
         iterator = iter(jobs)
         while window := list(itertools.islice(iterator, WINDOW)):
@@ -123,9 +125,6 @@ def process(
         image_size=params.image_size, color_mode=params.color_mode, resize=params.resize
     )
     ratios = params.split.model_dump()
-    options = (
-        tf.io.TFRecordOptions(compression_type="GZIP") if params.compression == "gzip" else None
-    )
     target_bytes = int(params.shard_target_mb * 1024 * 1024)
 
     counts: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
@@ -147,7 +146,10 @@ def process(
     # neither a failed run nor a re-run ever leaves a partial or mixed data set.
     staging = _staging_for(out)
     try:
-        writers = {split: _ShardWriter(staging, split, target_bytes, options) for split in SPLITS}
+        writers = {
+            split: _ShardWriter(staging, split, target_bytes, params.compression)
+            for split in SPLITS
+        }
         for outcome in _outcomes(jobs, work, workers or os.cpu_count() or 1):
             job = outcome.job
             if outcome.png is None:

@@ -1,7 +1,7 @@
 """Per-item work done in the worker processes: read, validate, hash, preprocess, encode.
 
-This module must not import TensorFlow: it runs in freshly spawned workers,
-and a TF runtime per worker would cost hundreds of MB each.
+Workers are forked (or spawned from a process that has TensorFlow loaded);
+nothing here needs TensorFlow.
 """
 
 from __future__ import annotations
