@@ -13,7 +13,7 @@ import gzip
 import struct
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import google_crc32c
 
@@ -76,8 +76,10 @@ class TFRecordWriter:
     def __init__(self, path: str | Path, gzip_compressed: bool = False) -> None:
         raw = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._raw = raw
-        self._out: IO[bytes] = (
-            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if gzip_compressed else raw
+        self._out: BinaryIO = (
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)  # type: ignore[assignment]
+            if gzip_compressed
+            else raw
         )
 
     def write(self, record: bytes) -> None:
