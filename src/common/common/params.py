@@ -76,18 +76,42 @@ class ProcessParams(_Section):
     compression: Literal["none", "gzip"] = "none"
 
 
+class AugmentParams(_Section):
+    """Random augmentation (Keras layers inside the model, active only while training)."""
+
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
+    rotation: float = Field(default=0.0, ge=0, le=0.5, description="Fraction of a full turn.")
+    zoom: float = Field(default=0.0, ge=0, lt=1, description="Fraction of the side, in or out.")
+    translation: float = Field(default=0.0, ge=0, lt=1, description="Fraction of the side.")
+    contrast: float = Field(default=0.0, ge=0, lt=1, description="Contrast factor range.")
+
+
 class TrainParams(_Section):
-    model: Literal["small_cnn"] = "small_cnn"
+    model: Literal["small_cnn", "mobilenet_v3_small", "efficientnet_b0"] = "small_cnn"
+    weights: Literal["imagenet", "none"] = Field(
+        default="imagenet", description="Backbone weights (transfer models); none works offline."
+    )
+    fine_tune_layers: int = Field(
+        default=0, ge=-1, description="Pretrained backbone layers to train, from the top; -1: all."
+    )
     epochs: int = Field(default=15, ge=1)
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=64, ge=1, description="Per replica; global = × replicas.")
     learning_rate: float = Field(default=1e-3, gt=0)
     seed: int = 42
     tracking: Literal["wandb", "none"] = "wandb"
+    cache_mb: float = Field(
+        default=1024, ge=0, description="Cache a decoded split in memory if it fits; 0: never."
+    )
+    shuffle_buffer: int = Field(default=10_000, ge=1, description="Examples in the shuffle buffer.")
+    augment: AugmentParams = AugmentParams()
 
 
 class RegistryParams(_Section):
     model_name: str = Field(default="digits-cnn", pattern=r"^[a-z0-9][a-z0-9-]*$")
     min_accuracy: float = Field(default=0.9, ge=0, le=1)
+    min_improvement: float = Field(
+        default=0.005, ge=0, le=1, description="Test accuracy a candidate must add over production."
+    )
 
     @model_validator(mode="after")
     def _not_reserved(self) -> RegistryParams:

@@ -121,5 +121,16 @@ def test_wandb_offline_run_records_the_metrics(tiny_pipeline: TinyPipeline, tmp_
     assert run_id
     [run_file] = (tmp_path / "runs").rglob(f"run-{run_id}.wandb")
     records = run_file.read_bytes()
-    for key in (b"epoch/accuracy", b"epoch/val_loss", b"data_hash"):
+    stats = json.loads((tiny_pipeline.processed / "stats.json").read_text())
+    for key in (
+        b"epoch/accuracy",  # per-epoch metrics
+        b"epoch/val_loss",
+        b"data_hash",  # the data version, with the params
+        stats["data_hash"].encode(),
+        b"learning_rate",
+        b"val/confusion_matrix",  # the validation confusion matrix
+        b"digits-small_cnn",  # the model artifact…
+        b"candidate",  # …with its aliases
+        f"data-{stats['data_hash'][:12]}".encode(),
+    ):
         assert key in records, key

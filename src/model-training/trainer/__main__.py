@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -32,24 +33,65 @@ def _fail(stage: str, exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
+class StrategyName(StrEnum):
+    auto = "auto"
+    default = "default"
+    mirrored = "mirrored"
+    multiworker = "multiworker"
+
+
 @app.command()
 def train(
     data: Annotated[str, typer.Option(help="Processed data folder or gs:// URI.")],
     out: Annotated[str, typer.Option(help="Where to export the candidate model.")],
     params: ParamsOption = Path("params.yaml"),
+    strategy: Annotated[
+        StrategyName,
+        typer.Option(
+            help="auto: several workers when TF_CONFIG or CLUSTER_SPEC is set, else all GPUs "
+            "when there are several, else one device."
+        ),
+    ] = StrategyName.auto,
+    run_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder or gs:// URI for the resumable backup (default: AIP_CHECKPOINT_DIR, "
+            "else .mega/runs/<key of out, params and data>).",
+            envvar="MEGA_TRAIN_RUN_DIR",
+        ),
+    ] = None,
 ) -> None:
-    """Train on DATA's train split (val for monitoring) and export the candidate to OUT."""
+    """Train on DATA's train split (val for monitoring) and export the candidate to OUT.
+
+    A run killed part-way resumes from its last finished epoch when started again
+    with the same arguments. Only the chief worker exports and tracks the run.
+    """
     pipeline = _params(params)
+    from trainer.distribute import StrategyError
+    from trainer.model import WeightsUnavailableError
     from trainer.train import train as run_training
 
     try:
-        summary = run_training(data, out, pipeline, get_settings())
-    except (FileNotFoundError, ValueError) as exc:
+        summary = run_training(
+            data, out, pipeline, get_settings(), strategy=strategy.value, run_dir=run_dir
+        )
+    except (FileNotFoundError, ValueError, StrategyError, WeightsUnavailableError) as exc:
         raise _fail("train", exc) from exc
     final = summary["final"]
+    setup = f"strategy {summary['strategy']}, {summary['replicas']} replica(s)" + (
+        f" on {summary['workers']} workers" if summary["workers"] > 1 else ""
+    )
+    resumed = f", resumed after epoch {summary['resumed_from']}" if summary["resumed_from"] else ""
+    if not summary["is_chief"]:
+        typer.echo(
+            f"train: {summary['task']} finished {summary['epochs']} epochs ({setup}{resumed}); "
+            "only the chief exports, this worker's copy was discarded"
+        )
+        return
     typer.echo(
-        f"train: {summary['epochs']} epochs in {summary['seconds']:.1f}s, "
-        f"val accuracy {final.get('val_accuracy', float('nan')):.4f}; candidate in {out}"
+        f"train: {summary['epochs']} epochs in {summary['seconds']:.1f}s{resumed}, "
+        f"val accuracy {final.get('val_accuracy', float('nan')):.4f} "
+        f"({setup}, global batch {summary['global_batch_size']}); candidate in {out}"
         + (
             f"; W&B run {summary['wandb_run_id']} in {summary['wandb_dir']}"
             if summary["wandb_run_id"]
@@ -64,8 +106,15 @@ def evaluate(
     data: Annotated[str, typer.Option(help="Processed data folder or gs:// URI.")],
     metrics: Annotated[str, typer.Option(help="Where to write metrics.json.")],
     details: Annotated[str, typer.Option(help="Where to write per-class details.")],
+    plots: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder for the confusion-matrix and misclassified PNGs and the training "
+            "curves (default: plots/ beside METRICS)."
+        ),
+    ] = None,
 ) -> None:
-    """Evaluate MODEL on DATA's test split; writes METRICS (DVC metrics) and DETAILS."""
+    """Evaluate MODEL on DATA's test split; writes METRICS (DVC metrics), DETAILS and PLOTS."""
     from common.contracts import PREPROCESS, Preprocess
     from trainer.evaluate import evaluate as run_evaluation
 
@@ -76,7 +125,10 @@ def evaluate(
                 storage.download_tree(model, tmp)
                 local = Path(tmp)
             spec = Preprocess.model_validate(storage.read_json(local / PREPROCESS))
-            result = run_evaluation(local, data, spec)
+            plots_dir = plots or storage.join(
+                metrics.rsplit("/", 1)[0] if "/" in metrics else ".", "plots"
+            )
+            result = run_evaluation(local, data, spec, plots=plots_dir)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail("evaluate", exc) from exc
     storage.write_json(metrics, result["metrics"])
@@ -84,7 +136,8 @@ def evaluate(
     test = result["metrics"]["test"]
     typer.echo(
         f"evaluate: test accuracy {test['accuracy']:.4f} (tflite {test['tflite_accuracy']:.4f}), "
-        f"macro F1 {test['macro_f1']:.4f} on {test['examples']} examples; metrics in {metrics}"
+        f"macro F1 {test['macro_f1']:.4f} on {test['examples']} examples; metrics in {metrics}, "
+        f"plots in {plots_dir}"
     )
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from common import storage
 from common.contracts import LABELS, Preprocess, read_labels
 from trainer.data import make_dataset
-from trainer.export import KERAS_FILE, TFLITE_FILE
+from trainer.export import HISTORY_FILE, KERAS_FILE, TFLITE_FILE
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -56,8 +56,18 @@ def tflite_predict(tflite_path: Path, images: np.ndarray) -> np.ndarray:
     return np.array(predictions, dtype=np.int64)
 
 
-def evaluate(model_dir: Path, data: str, spec: Preprocess, batch_size: int = 256) -> dict[str, Any]:
-    """Metrics of the candidate in `model_dir` on the test split of `data`."""
+def evaluate(
+    model_dir: Path,
+    data: str,
+    spec: Preprocess,
+    batch_size: int = 256,
+    plots: str | None = None,
+) -> dict[str, Any]:
+    """Metrics of the candidate in `model_dir` on the test split of `data`.
+
+    With `plots`, also writes the confusion-matrix and misclassified-examples PNGs
+    and the training curves (DVC plots) into that folder.
+    """
     labels = read_labels(storage.join(str(model_dir), LABELS))
     model = keras.models.load_model(model_dir / KERAS_FILE)
     dataset = make_dataset(data, "test", channels=spec.channels, batch_size=batch_size)
@@ -68,6 +78,19 @@ def evaluate(model_dir: Path, data: str, spec: Preprocess, batch_size: int = 256
     matrix = confusion_matrix(true, probabilities.argmax(axis=1), len(labels))
     report = classification_metrics(matrix, labels)
     tflite_pred = tflite_predict(model_dir / TFLITE_FILE, images)
+    if plots is not None:
+        from trainer.plots import write_plots
+
+        history_path = model_dir / HISTORY_FILE
+        write_plots(
+            plots,
+            matrix=matrix,
+            labels=labels,
+            images=images,
+            true=true,
+            probabilities=probabilities,
+            history=storage.read_json(history_path) if history_path.is_file() else {},
+        )
     return {
         "metrics": {
             "test": {

@@ -29,13 +29,19 @@ def export_model(
     spec: Preprocess,
     lineage: dict[str, Any],
     history: dict[str, list[float]],
+    with_tflite: bool = True,
 ) -> None:
-    """Write `.keras`, SavedModel, float32 `.tflite` and the JSON sidecars into `folder`."""
+    """Write `.keras`, SavedModel, float32 `.tflite` and the JSON sidecars into `folder`.
+
+    `with_tflite=False` skips the conversion (non-chief workers export only to keep
+    every worker's saving steps alike, and discard the result).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / KERAS_FILE)
     model.export(str(folder / SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / SAVED_MODEL_DIR))
-    (folder / TFLITE_FILE).write_bytes(converter.convert())
+    if with_tflite:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / SAVED_MODEL_DIR))
+        (folder / TFLITE_FILE).write_bytes(converter.convert())
     _write_json(folder / LABELS, labels)
     _write_json(folder / PREPROCESS, spec.model_dump())
     _write_json(folder / LINEAGE, lineage)

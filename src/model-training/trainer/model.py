@@ -1,16 +1,110 @@
-"""Keras 3 models. Preprocessing lives inside the model: it takes raw 0–255 pixels."""
+"""Keras 3 models. Preprocessing lives inside the model: it takes raw 0–255 pixels.
+
+Two families, chosen by `train.model` in params.yaml:
+
+- `small_cnn`: a compact CNN trained from scratch (the default);
+- transfer learning on a `keras.applications` backbone (`mobilenet_v3_small`,
+  `efficientnet_b0`): grayscale becomes three channels and small images are
+  resized up to the backbone's minimum inside the model, so serving still sends
+  the processed pixels unchanged.
+"""
 
 from __future__ import annotations
+
+import importlib
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import keras
 
 from common.contracts import Preprocess
+from common.params import AugmentParams
 
 
-def build_small_cnn(spec: Preprocess, num_classes: int) -> keras.Model:
-    """A compact CNN that reaches >0.95 on the digits in a few CPU seconds."""
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but are neither cached nor downloadable."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A `keras.applications` network usable as a frozen or fine-tuned feature extractor."""
+
+    builder: Callable[..., keras.Model]
+    min_size: int  # smallest input side the architecture accepts
+    weights_module: str  # keras module holding the weights URL constant
+    weights_url_attr: str
+    cache_prefix: str  # start of the cached weights' file name (no top)
+    kwargs: dict[str, Any]
+
+
+BACKBONES: dict[str, Backbone] = {
+    "mobilenet_v3_small": Backbone(
+        builder=keras.applications.MobileNetV3Small,
+        min_size=32,
+        weights_module="keras.src.applications.mobilenet_v3",
+        weights_url_attr="BASE_WEIGHT_PATH",
+        cache_prefix="weights_mobilenet_v3_small",
+        # Its own Rescaling to [-1, 1] stays inside the network.
+        kwargs={"include_preprocessing": True},
+    ),
+    "efficientnet_b0": Backbone(
+        builder=keras.applications.EfficientNetB0,
+        min_size=32,
+        weights_module="keras.src.applications.efficientnet",
+        weights_url_attr="BASE_WEIGHTS_PATH",
+        cache_prefix="efficientnetb0_notop",
+        kwargs={},  # EfficientNet always rescales and normalizes 0–255 input itself
+    ),
+}
+
+MODEL_NAMES = ("small_cnn", *BACKBONES)
+
+
+def augmentation(params: AugmentParams | None) -> list[keras.layers.Layer]:
+    """The random layers params asks for; Keras makes them identities outside training."""
+    if params is None:
+        return []
+    layers: list[keras.layers.Layer] = []
+    if params.flip != "none":
+        layers.append(keras.layers.RandomFlip(params.flip, name="aug_flip"))
+    if params.rotation:
+        layers.append(keras.layers.RandomRotation(params.rotation, name="aug_rotation"))
+    if params.zoom:
+        layers.append(keras.layers.RandomZoom(params.zoom, name="aug_zoom"))
+    if params.translation:
+        layers.append(
+            keras.layers.RandomTranslation(
+                params.translation, params.translation, name="aug_translation"
+            )
+        )
+    if params.contrast:
+        layers.append(
+            keras.layers.RandomContrast(params.contrast, value_range=(0, 255), name="aug_contrast")
+        )
+    return layers
+
+
+def _inputs_and_augmented(
+    spec: Preprocess, augment: AugmentParams | None
+) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     inputs = keras.Input(shape=(spec.image_size, spec.image_size, spec.channels), name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = inputs
+    for layer in augmentation(augment):
+        x = layer(x)
+    return inputs, x
+
+
+def build_small_cnn(
+    spec: Preprocess, num_classes: int, augment: AugmentParams | None = None
+) -> keras.Model:
+    """A compact CNN that reaches >0.95 on the digits in a few CPU seconds."""
+    inputs, x = _inputs_and_augmented(spec, augment)
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
     x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
@@ -22,12 +116,108 @@ def build_small_cnn(spec: Preprocess, num_classes: int) -> keras.Model:
     return keras.Model(inputs, outputs, name="small_cnn")
 
 
-MODELS = {"small_cnn": build_small_cnn}
+def _keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
-def build_model(name: str, spec: Preprocess, num_classes: int) -> keras.Model:
+def weights_url(backbone: Backbone) -> str:
+    """Where Keras downloads the backbone's ImageNet weights from (its own constant)."""
+    return str(getattr(importlib.import_module(backbone.weights_module), backbone.weights_url_attr))
+
+
+def check_weights_available(name: str, timeout: float = 3.0) -> None:
+    """Fail at once, with what to do, when ImageNet weights are neither cached nor reachable.
+
+    Keras would otherwise try the download inside the model constructor and only
+    fail after its own, much longer, network timeouts.
+    """
+    backbone = BACKBONES[name]
+    cache = _keras_cache_dir()
+    if cache.is_dir() and any(p.name.startswith(backbone.cache_prefix) for p in cache.iterdir()):
+        return
+    url = urlparse(weights_url(backbone))
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
     try:
-        builder = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}") from None
-    return builder(spec, num_classes)
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise WeightsUnavailableError(
+            f"model {name!r} asks for ImageNet weights, which are not in the Keras cache "
+            f"({cache}) and cannot be downloaded: {host}:{port} is unreachable ({exc}). "
+            "Connect to the network (or copy the weights file into that cache), "
+            "or set `train.weights: none` in params.yaml to train the backbone from scratch."
+        ) from exc
+
+
+def build_transfer(
+    name: str,
+    spec: Preprocess,
+    num_classes: int,
+    *,
+    weights: str = "imagenet",
+    fine_tune_layers: int = 0,
+    augment: AugmentParams | None = None,
+) -> keras.Model:
+    """A classification head on a `keras.applications` backbone.
+
+    With ImageNet weights the backbone is frozen (and its batch-norm statistics
+    kept in inference mode) except its top `fine_tune_layers` layers (-1: all);
+    with `weights="none"` the whole backbone trains, since frozen random features
+    are worthless.
+    """
+    backbone = BACKBONES[name]
+    pretrained = weights == "imagenet"
+    if pretrained:
+        check_weights_available(name)
+    inputs, x = _inputs_and_augmented(spec, augment)
+    size = max(spec.image_size, backbone.min_size)
+    if size != spec.image_size:
+        x = keras.layers.Resizing(size, size, name="to_backbone_size")(x)
+    if spec.channels == 1:
+        # Repeat gray into R, G and B: the backbones expect three channels.
+        x = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    base = backbone.builder(
+        input_shape=(size, size, 3),
+        include_top=False,
+        weights="imagenet" if pretrained else None,
+        pooling="avg",
+        **backbone.kwargs,
+    )
+    if pretrained:
+        base.trainable = fine_tune_layers != 0
+        if fine_tune_layers > 0:
+            for layer in base.layers[:-fine_tune_layers]:
+                layer.trainable = False
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+        # training=False keeps batch norm in inference mode even while fine-tuning.
+        x = base(x, training=False)
+    else:
+        x = base(x)
+    x = keras.layers.Dropout(0.2, name="head_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_model(
+    name: str,
+    spec: Preprocess,
+    num_classes: int,
+    *,
+    weights: str = "imagenet",
+    fine_tune_layers: int = 0,
+    augment: AugmentParams | None = None,
+) -> keras.Model:
+    """The model `name` for `spec`'s pixels and `num_classes` outputs (softmax)."""
+    if name == "small_cnn":
+        return build_small_cnn(spec, num_classes, augment)
+    if name in BACKBONES:
+        return build_transfer(
+            name,
+            spec,
+            num_classes,
+            weights=weights,
+            fine_tune_layers=fine_tune_layers,
+            augment=augment,
+        )
+    raise ValueError(f"unknown model {name!r}; available: {', '.join(MODEL_NAMES)}")

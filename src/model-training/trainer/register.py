@@ -48,6 +48,53 @@ def model_card(name: str, metrics: dict[str, Any], lineage: dict[str, Any]) -> s
     )
 
 
+def production_accuracy(registry: ModelRegistry) -> tuple[str, float] | None:
+    """The production version and its test accuracy, or None when there is none."""
+    version = registry.aliases().get(PRODUCTION)
+    if version is None or version not in registry.versions():
+        return None
+    info = registry.version_info(version)
+    if "test_accuracy" in info:
+        return version, float(info["test_accuracy"])
+    metrics = storage.read_json(storage.join(registry.version_uri(version), METRICS))
+    return version, float(metrics["test"]["accuracy"])
+
+
+def gate(
+    registry: ModelRegistry, version: str, accuracy: float, params: RegistryParams
+) -> tuple[str, str]:
+    """The alias `version` earns, and why.
+
+    Production needs the absolute threshold and, when a production model exists,
+    a test accuracy at least `min_improvement` above it (and strictly above).
+    """
+    if accuracy < params.min_accuracy:
+        return CANDIDATE, (
+            f"test accuracy {accuracy:.4f} < threshold {params.min_accuracy:.4f}; "
+            "production is unchanged"
+        )
+    current = production_accuracy(registry)
+    if current is None:
+        return PRODUCTION, (
+            f"test accuracy {accuracy:.4f} ≥ threshold {params.min_accuracy:.4f}; "
+            "first production model"
+        )
+    prod_version, prod_accuracy = current
+    if prod_version == version:
+        return PRODUCTION, f"already production (test accuracy {accuracy:.4f})"
+    gain = accuracy - prod_accuracy
+    if gain > 0 and gain >= params.min_improvement - 1e-12:
+        return PRODUCTION, (
+            f"test accuracy {accuracy:.4f} beats production version {prod_version} "
+            f"({prod_accuracy:.4f}) by {gain:+.4f} ≥ margin {params.min_improvement:.4f}"
+        )
+    return CANDIDATE, (
+        f"test accuracy {accuracy:.4f} does not beat production version {prod_version} "
+        f"({prod_accuracy:.4f}) by the margin {params.min_improvement:.4f} "
+        f"(change {gain:+.4f}); production is unchanged"
+    )
+
+
 def register(
     candidate: Path, metrics_path: str, registry_root: str, params: RegistryParams
 ) -> dict[str, Any]:
@@ -62,15 +109,7 @@ def register(
         storage.write_json(staging / METRICS, metrics)
         (staging / "model_card.md").write_text(model_card(params.model_name, metrics, lineage))
         version = registry.publish(staging, extra={"test_accuracy": accuracy})
-    if accuracy >= params.min_accuracy:
-        alias = PRODUCTION
-        reason = f"test accuracy {accuracy:.4f} ≥ threshold {params.min_accuracy:.4f}"
-    else:
-        alias = CANDIDATE
-        reason = (
-            f"test accuracy {accuracy:.4f} < threshold {params.min_accuracy:.4f}; "
-            "production is unchanged"
-        )
+    alias, reason = gate(registry, version, accuracy, params)
     registry.set_alias(alias, version)
     return {
         "model": params.model_name,

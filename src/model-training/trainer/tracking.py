@@ -1,4 +1,9 @@
-"""Experiment tracking with W&B: offline by default, so no key is needed."""
+"""Experiment tracking with W&B: offline by default, so no key is needed.
+
+The mode: `MEGA_WANDB_MODE` when it is set; otherwise online when `WANDB_API_KEY`
+is in the environment (wandb reads the key itself; it is never an argument),
+offline when not. `train.tracking: none` turns tracking off.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,29 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from common.settings import Settings
+
+
+def wandb_mode(settings: Settings) -> str:
+    """The W&B mode to use: an explicit setting wins, then the presence of a key."""
+    if "wandb_mode" in settings.model_fields_set:
+        return settings.wandb_mode
+    return "online" if os.environ.get("WANDB_API_KEY") else settings.wandb_mode
 
 
 class Tracker:
     """A W&B run, or nothing when tracking is off; the trainer treats both alike."""
 
     def __init__(self, enabled: bool, settings: Settings) -> None:
-        self.enabled = enabled and settings.wandb_mode != "disabled"
+        self.mode = wandb_mode(settings)
+        self.enabled = enabled and self.mode != "disabled"
         self.settings = settings
         self.run: Any = None
 
-    def start(self, config: dict[str, Any], job_type: str) -> None:
+    def start(self, config: dict[str, Any], job_type: str, run_id: str | None = None) -> None:
+        """Start (or, with the `run_id` of an interrupted run, resume) a run."""
         if not self.enabled:
             return
         import wandb
@@ -28,10 +43,12 @@ class Tracker:
         Path(self.settings.wandb_dir).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=self.settings.wandb_project,
-            mode=self.settings.wandb_mode,
+            mode=self.mode,  # type: ignore[arg-type]
             dir=self.settings.wandb_dir,
             config=config,
             job_type=job_type,
+            id=run_id,
+            resume="allow" if run_id else None,
         )
 
     @property
@@ -48,6 +65,33 @@ class Tracker:
         from wandb.integration.keras import WandbMetricsLogger
 
         return [WandbMetricsLogger(log_freq="epoch")]
+
+    def log_confusion_matrix(
+        self, key: str, true: np.ndarray, pred: np.ndarray, labels: list[str]
+    ) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        self.run.log(
+            {
+                key: wandb.plot.confusion_matrix(
+                    y_true=true.tolist(), preds=pred.tolist(), class_names=labels
+                )
+            }
+        )
+
+    def log_model(self, folder: Path, name: str, aliases: list[str]) -> None:
+        """The exported model folder as a W&B `model` artifact with `aliases`."""
+        if self.run is None:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(
+            name, type="model", metadata={"format": "keras+savedmodel+tflite"}
+        )
+        artifact.add_dir(str(folder))
+        self.run.log_artifact(artifact, aliases=aliases)
 
     def summary(self, values: dict[str, Any]) -> None:
         if self.run is not None:

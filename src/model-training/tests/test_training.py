@@ -1,0 +1,344 @@
+"""Training for real: input pipeline, models, strategies, resume, gate, plots.
+
+Strategy and resume tests run the trainer in subprocesses (`train_hook.py`), so
+logical devices, cluster settings and SIGKILL never touch this test process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import TinyPipeline, free_port, run_cli, write_params
+
+from common.contracts import Preprocess
+from common.params import AugmentParams, RegistryParams
+from common.registry import ModelRegistry
+from trainer import distribute
+from trainer.register import register
+
+HOOK = Path(__file__).with_name("train_hook.py")
+GRAY16 = Preprocess(image_size=16, color_mode="grayscale")
+
+
+def hook(
+    tiny: TinyPipeline, cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start train_hook.py on the tiny processed data, in `cwd` (holding params.yaml)."""
+    return subprocess.Popen(
+        [sys.executable, str(HOOK), "--data", str(tiny.processed), *args],
+        cwd=cwd,
+        env={**os.environ, "MEGA_WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 300) -> str:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        raise AssertionError(f"timed out:\n{output[-3000:]}") from None
+    return output
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+def test_overfits_one_batch() -> None:
+    """A model that can learn at all memorizes 32 random images and labels."""
+    import keras
+
+    from trainer.model import build_model
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (32, 16, 16, 1)).astype(np.float32)
+    labels = rng.integers(0, 10, 32)
+    model = build_model("small_cnn", GRAY16, 10)
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    first = float(model.evaluate(images, labels, verbose=0))
+    model.fit(images, labels, batch_size=32, epochs=80, verbose=0)
+    last = float(model.evaluate(images, labels, verbose=0))
+    assert first > 1.5, first  # ≈ ln(10) before training
+    assert last < 0.05, last
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0"])
+def test_transfer_model_adapts_gray_small_images_offline(name: str) -> None:
+    from trainer.model import build_model
+
+    model = build_model(name, GRAY16, 10, weights="none")
+    assert model.input_shape == (None, 16, 16, 1)  # serving still sends processed pixels
+    layer_names = {layer.name for layer in model.layers}
+    assert {"to_backbone_size", "gray_to_rgb"} <= layer_names
+    out = np.asarray(model(np.full((2, 16, 16, 1), 200.0, np.float32), training=False))
+    assert out.shape == (2, 10)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_imagenet_weights_offline_fail_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from trainer import model as models
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # nothing cached
+    closed = free_port()  # nothing listens there: connection refused, like being offline
+    monkeypatch.setattr(models, "weights_url", lambda backbone: f"http://127.0.0.1:{closed}/w/")
+    started = time.monotonic()
+    with pytest.raises(models.WeightsUnavailableError, match=r"train\.weights: none"):
+        models.build_model("mobilenet_v3_small", GRAY16, 10, weights="imagenet")
+    assert time.monotonic() - started < 5
+
+    # Weights already in the Keras cache need no network.
+    cache = tmp_path / "keras/models"
+    cache.mkdir(parents=True)
+    (cache / "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5").write_bytes(b"")
+    models.check_weights_available("mobilenet_v3_small")
+
+
+def test_augmentation_only_while_training() -> None:
+    from trainer.model import build_model
+
+    augment = AugmentParams(rotation=0.1, zoom=0.1, translation=0.1, contrast=0.2)
+    model = build_model("small_cnn", GRAY16, 10, augment=augment)
+    assert [layer.name for layer in model.layers[1:5]] == [
+        "aug_rotation",
+        "aug_zoom",
+        "aug_translation",
+        "aug_contrast",
+    ]
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 1)).astype(np.float32)
+    first = np.asarray(model(pixels, training=False))
+    np.testing.assert_array_equal(first, np.asarray(model(pixels, training=False)))
+    augmented = model.layers[1](pixels, training=True)
+    assert not np.allclose(np.asarray(augmented), pixels)
+
+
+# --- input pipeline ----------------------------------------------------------------------
+
+
+def test_pipeline_batches_caches_and_shuffles_reproducibly(tiny_pipeline: TinyPipeline) -> None:
+    from trainer.data import fits_in_cache, make_dataset
+
+    stats = json.loads((tiny_pipeline.processed / "stats.json").read_text())
+    count = stats["totals"]["train"]
+    assert fits_in_cache(count, GRAY16, cache_mb=1) and not fits_in_cache(count, GRAY16, 0.01)
+
+    def labels(seed: int) -> list[int]:
+        dataset = make_dataset(
+            str(tiny_pipeline.processed),
+            "train",
+            channels=1,
+            batch_size=50,
+            shuffle=True,
+            seed=seed,
+            count=count,
+            cache_mb=1,
+        )
+        batches = list(dataset)
+        assert batches[0][0].dtype.name == "float32" and batches[0][0].shape[1:] == (16, 16, 1)
+        assert sum(len(y) for _, y in batches) == count
+        return [int(v) for _, y in batches for v in y]
+
+    unshuffled = [
+        int(v)
+        for _, y in make_dataset(str(tiny_pipeline.processed), "train", channels=1, batch_size=50)
+        for v in y
+    ]
+    assert labels(3) == labels(3)
+    assert labels(3) != unshuffled and sorted(labels(3)) == sorted(unshuffled)
+
+
+# --- strategies --------------------------------------------------------------------------
+
+
+def test_cluster_spec_becomes_tf_config() -> None:
+    env = {
+        "CLUSTER_SPEC": json.dumps(
+            {
+                "cluster": {"workerpool0": ["a:2222"], "workerpool1": ["b:2222", "c:2222"]},
+                "environment": "cloud",
+                "task": {"type": "workerpool1", "index": 1},
+            }
+        )
+    }
+    config = distribute.cluster_config(env)
+    assert config == {
+        "cluster": {"chief": ["a:2222"], "worker": ["b:2222", "c:2222"]},
+        "task": {"type": "worker", "index": 1},
+    }
+    assert json.loads(env["TF_CONFIG"]) == config
+    task = distribute.task_of(config)
+    assert (task.is_chief, task.tag, task.num_workers) == (False, "worker-1", 3)
+    # Without a chief, worker 0 is the chief.
+    assert distribute.task_of(
+        {"cluster": {"worker": ["a", "b"]}, "task": {"type": "worker"}}
+    ).is_chief
+
+
+def test_bad_strategies_fail_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("CLUSTER_SPEC", raising=False)
+    with pytest.raises(distribute.StrategyError, match="unknown strategy 'bogus'"):
+        distribute.make_strategy("bogus")
+    with pytest.raises(distribute.StrategyError, match="needs a cluster: set TF_CONFIG"):
+        distribute.make_strategy("multiworker")
+
+
+def test_mirrored_on_two_logical_cpus(tiny_pipeline: TinyPipeline, tmp_path: Path) -> None:
+    write_params(tmp_path, {"train": {"epochs": 2, "batch_size": 16}})
+    process = hook(
+        tiny_pipeline,
+        tmp_path,
+        "--out=candidate",
+        "--strategy=mirrored",
+        "--logical-cpus=2",
+        "--summary-out=summary.json",
+    )
+    output = finish(process)
+    assert process.returncode == 0, output[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["strategy"] == "mirrored"
+    assert summary["replicas"] == 2 and summary["global_batch_size"] == 32
+    history = json.loads((tmp_path / "candidate/history.json").read_text())
+    assert len(history["loss"]) == 2 and history["loss"][1] < history["loss"][0]
+    assert (tmp_path / "candidate/model.tflite").is_file()
+
+
+@pytest.mark.slow
+def test_multiworker_two_processes_on_loopback(tiny_pipeline: TinyPipeline, tmp_path: Path) -> None:
+    write_params(tmp_path, {"train": {"epochs": 2, "batch_size": 16}})
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        processes.append(
+            hook(
+                tiny_pipeline,
+                tmp_path,
+                f"--out=out-{index}",
+                "--strategy=multiworker",
+                f"--weights-out=weights-{index}.npz",
+                f"--summary-out=summary-{index}.json",
+                env={"TF_CONFIG": tf_config, "CUDA_VISIBLE_DEVICES": "-1"},
+            )
+        )
+    outputs = [finish(p) for p in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+    chief, worker = (json.loads((tmp_path / f"summary-{i}.json").read_text()) for i in range(2))
+    assert chief["is_chief"] and not worker["is_chief"]
+    assert chief["workers"] == 2 and chief["strategy"] == "multiworker"
+    assert (tmp_path / "out-0/model.tflite").is_file()
+    assert not (tmp_path / "out-1").exists(), "only the chief may write artifacts"
+    first, second = (np.load(tmp_path / f"weights-{i}.npz") for i in range(2))
+    assert len(first.files) == len(second.files) > 0
+    for key in first.files:
+        np.testing.assert_array_equal(first[key], second[key])
+    assert not list((tmp_path / ".mega/runs").rglob("*.h5")), "backups must be cleaned up"
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_where_it_stopped(tiny_pipeline: TinyPipeline, tmp_path: Path) -> None:
+    write_params(tmp_path, {"train": {"epochs": 3}})
+    process = hook(tiny_pipeline, tmp_path, "--out=candidate", "--kill-after-epoch=1")
+    output = finish(process)
+    assert process.returncode == -9, output[-3000:]
+    assert not (tmp_path / "candidate").exists()
+    [backup] = (tmp_path / ".mega/runs").rglob("training_metadata.json")
+    assert json.loads(backup.read_text())["epoch"] == 1
+
+    train_cli = [sys.executable, "-m", "trainer", "train", "--data", str(tiny_pipeline.processed)]
+    result = run_cli(
+        [*train_cli, "--out", "candidate"],
+        tmp_path,
+        env={"MEGA_WANDB_MODE": "disabled"},
+    )
+    assert "Epoch 1/3" not in result.stdout and "Epoch 2/3" in result.stdout
+    assert "train: 3 epochs in" in result.stdout and "resumed after epoch 1" in result.stdout
+    history = json.loads((tmp_path / "candidate/history.json").read_text())
+    assert len(history["loss"]) == 3, "3 epochs in total, not 4"
+    assert not any((tmp_path / ".mega/runs").iterdir()), "the run folder goes after success"
+
+
+# --- evaluation and gate -----------------------------------------------------------------
+
+
+def test_evaluation_writes_plots(tiny_pipeline: TinyPipeline, tmp_path: Path) -> None:
+    from trainer.evaluate import evaluate
+
+    result = evaluate(
+        tiny_pipeline.candidate, str(tiny_pipeline.processed), GRAY16, plots=str(tmp_path)
+    )
+    assert set(result["details"]["per_class"]["3"]) == {"precision", "recall", "support"}
+    for name in ("confusion_matrix.png", "misclassified.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    curves = (tmp_path / "training_curves.csv").read_text().splitlines()
+    assert curves[0].split(",") == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    assert len(curves) == 1 + 6  # the tiny pipeline trains 6 epochs
+    predictions = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert predictions[0] == "actual,predicted"
+    assert len(predictions) - 1 == result["metrics"]["test"]["examples"]
+
+
+def _metrics(tmp_path: Path, accuracy: float) -> str:
+    path = tmp_path / f"metrics-{accuracy}.json"
+    path.write_text(json.dumps({"test": {"accuracy": accuracy, "examples": 10}}))
+    return str(path)
+
+
+def test_gate_first_better_and_worse_models(tiny_pipeline: TinyPipeline, tmp_path: Path) -> None:
+    params = RegistryParams(model_name="gate", min_accuracy=0.9, min_improvement=0.01)
+    root = str(tmp_path / "registry")
+    registry = ModelRegistry(root, "gate")
+
+    first = register(tiny_pipeline.candidate, _metrics(tmp_path, 0.93), root, params)
+    assert first["promoted"] and "first production model" in first["reason"]
+
+    worse = register(tiny_pipeline.candidate, _metrics(tmp_path, 0.92), root, params)
+    assert not worse["promoted"]
+    assert "does not beat production version 1 (0.9300)" in worse["reason"]
+    assert registry.aliases() == {"production": "1", "candidate": "2"}
+
+    within_margin = register(tiny_pipeline.candidate, _metrics(tmp_path, 0.935), root, params)
+    assert not within_margin["promoted"] and "margin 0.0100" in within_margin["reason"]
+
+    better = register(tiny_pipeline.candidate, _metrics(tmp_path, 0.95), root, params)
+    assert better["promoted"] and "beats production version 1" in better["reason"]
+    assert registry.aliases()["production"] == better["version"] == "4"
+
+
+def test_register_cli_says_why_it_kept_a_candidate(
+    tiny_pipeline: TinyPipeline, tmp_path: Path
+) -> None:
+    write_params(tmp_path, {"registry": {"model_name": "cli-gate", "min_accuracy": 0.5}})
+    args = [sys.executable, "-m", "trainer", "register", "--model", str(tiny_pipeline.candidate)]
+    args += ["--registry", "models"]
+    run_cli([*args, "--metrics", _metrics(tmp_path, 0.9)], tmp_path)
+    out = run_cli([*args, "--metrics", _metrics(tmp_path, 0.8)], tmp_path).stdout
+    assert out.startswith("register: cli-gate version 2 kept as candidate")
+    assert "does not beat production version 1 (0.9000)" in out
+
+
+def test_wandb_mode_online_only_with_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.settings import Settings
+    from trainer.tracking import wandb_mode
+
+    monkeypatch.delenv("MEGA_WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.chdir(Path(__file__).parent)  # no .env here
+    assert wandb_mode(Settings()) == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
+    assert wandb_mode(Settings()) == "online"
+    monkeypatch.setenv("MEGA_WANDB_MODE", "offline")  # forced offline wins over the key
+    assert wandb_mode(Settings()) == "offline"
