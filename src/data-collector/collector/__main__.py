@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from collector.base import SourceError
-from collector.collect import CollectOptions, collect_source
+from collector.collect import CollectOptions, collect_source, prune_stale
 from collector.fetch import FetchOptions
 from collector.progress import CollectProgress, summary
 from collector.sources import make_source
@@ -112,6 +112,9 @@ def run(
             err=True,
         )
         raise typer.Exit(1)
+    pruned = prune_stale(result)
+    if pruned:
+        typer.echo(f"collect: removed {pruned} file(s) no longer in the manifest")
 
 
 def main() -> None:

@@ -96,6 +96,20 @@ def _inspect(data: bytes, max_bytes: int, max_pixels: int) -> tuple[str, str, in
     return sha256_hex(data), ext, image.width, image.height
 
 
+def prune_stale(result: CollectResult) -> int:
+    """Delete images that the run's manifest no longer lists; returns how many.
+
+    The raw store persists across runs (DVC keeps it: `persist: true`), so a
+    smaller `limit` or a changed source would otherwise leave files behind that
+    the data version would still count. Call it only after a successful run.
+    """
+    keep = {storage.join(result.out, item.path) for item in result.items}
+    stale = [uri for uri in _existing_files(result.out) if uri not in keep]
+    for uri in stale:
+        storage.delete(uri)
+    return len(stale)
+
+
 def _existing_files(out: str) -> set[str]:
     """Files already in the raw store; leftovers of a killed write are deleted, not counted."""
     found = set()

@@ -49,3 +49,21 @@ def test_cli_help_and_unknown_source(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("{}")
     with pytest.raises(AssertionError, match="unknown source 'flickr'"):
         run_cli([sys.executable, "-m", "collector", "--out", "raw", "--source", "flickr"], tmp_path)
+
+
+def test_a_smaller_run_prunes_files_no_longer_listed(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("{}")
+    run_cli(
+        [sys.executable, "-m", "collector", "--out", "raw", "--limit", "30", "--no-progress"],
+        tmp_path,
+    )
+    out = run_cli(
+        [sys.executable, "-m", "collector", "--out", "raw", "--limit", "20", "--no-progress"],
+        tmp_path,
+    ).stdout
+    assert "removed 10 file(s) no longer in the manifest" in out
+    files = {
+        p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw/images").rglob("*.png")
+    }
+    assert files == {item.path for item in read_manifest(str(tmp_path / "raw/manifest.jsonl"))}
+    assert len(files) == 20
