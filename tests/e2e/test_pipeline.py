@@ -133,6 +133,17 @@ def test_mega_serve_answers_predictions(project: Path) -> None:
         server.wait(timeout=20)
 
 
+def test_a_deleted_registry_is_filled_again_by_mega_run(project: Path) -> None:
+    # Regression: DVC considered `register` done, so the registry stayed empty.
+    shutil.rmtree(project / "models/digits-cnn")
+    out = sh([MEGA, "run"], project).stdout
+    assert "registering the candidate" in out
+    assert "ran: register" in out
+    aliases = json.loads((project / "models/digits-cnn/aliases.json").read_text())
+    assert aliases["production"] == "1"
+    assert "ran:" not in sh([MEGA, "run"], project).stdout
+
+
 def test_outside_a_project_mega_says_where_to_run(tmp_path: Path) -> None:
     result = subprocess.run(
         [MEGA, "run"],

@@ -13,7 +13,7 @@ from rich.table import Table
 from common.params import ParamsError
 from common.settings import get_settings
 from workflow.project import Project, ProjectError
-from workflow.runner import log_tail, repro
+from workflow.runner import ReproResult, log_tail, repro
 
 app = typer.Typer(
     add_completion=False,
@@ -47,19 +47,30 @@ def _run_stages(targets: list[str], force: bool = False) -> None:
         # dvc runs a target's upstream stages too; count just those for the bar.
         stages = stages[: max(stages.index(t) for t in targets) + 1]
     result = repro(project.root, stages, targets, console, force=force)
-    if result.returncode != 0:
-        console.print(
-            f"[red]pipeline failed[/red] (dvc exit code {result.returncode}); last lines:"
-        )
-        if result.log_path:
-            console.print(log_tail(result.log_path), markup=False, highlight=False)
-            console.print(f"full log: {result.log_path.relative_to(project.root)}")
-        raise typer.Exit(1)
+    _exit_if_failed(project, result)
+    if "register" in stages and "register" in result.skipped and not project.registry().versions():
+        # The registry is not a DVC output: if it was deleted or MEGA_MODELS_ROOT now
+        # points elsewhere, DVC still thinks `register` is done. Publish again.
+        console.print("the registry holds no version of this model: registering the candidate")
+        again = repro(project.root, ["register"], ["register"], console, force=True, single=True)
+        _exit_if_failed(project, again)
+        result.skipped.remove("register")
+        result.ran.append("register")
     if result.ran:
         console.print(f"ran: {', '.join(result.ran)}")
     if result.skipped:
         console.print(f"up to date, skipped: {', '.join(result.skipped)}")
     _summary(project)
+
+
+def _exit_if_failed(project: Project, result: ReproResult) -> None:
+    if result.returncode == 0:
+        return
+    errors.print(f"[red]pipeline failed[/red] (dvc exit code {result.returncode}); last lines:")
+    if result.log_path:
+        errors.print(log_tail(result.log_path), markup=False, highlight=False)
+        errors.print(f"full log: {result.log_path.relative_to(project.root)}")
+    raise typer.Exit(1)
 
 
 def _summary(project: Project) -> None:

@@ -30,13 +30,22 @@ class ReproResult:
 
 
 def repro(
-    root: Path, stages: list[str], targets: list[str], console: Console, force: bool = False
+    root: Path,
+    stages: list[str],
+    targets: list[str],
+    console: Console,
+    force: bool = False,
+    single: bool = False,
 ) -> ReproResult:
-    """Run `dvc repro [targets]`, showing progress over `stages`; full output goes to a log."""
+    """Run `dvc repro [targets]`, showing progress over `stages`; full output goes to a log.
+
+    `single` re-runs just the targets, not the stages before them.
+    """
     log_dir = root / ".mega" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"repro-{dt.datetime.now():%Y%m%d-%H%M%S}.log"
-    command = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else []), *targets]
+    flags = [*(["--force"] if force else []), *(["--single-item"] if single else [])]
+    command = [sys.executable, "-m", "dvc", "repro", *flags, *targets]
     # Stage commands say `python`: make it this environment's, activated or not.
     bin_dir = str(Path(sys.executable).parent)
     env = {
