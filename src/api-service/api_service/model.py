@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +90,22 @@ def _local_copy(uri: str, cache_dir: Path) -> Path:
         return Path(uri)
     bucket_key = uri[len(storage.GCS_SCHEME) :].replace("/", "__")
     target = cache_dir / bucket_key
-    if not (target / TFLITE_FILE).exists():
-        storage.download_tree(uri, target)
+    # version.json is the registry's completion marker: a cached copy without it is
+    # a download that was cut short, and is fetched again whole.
+    if not (target / "version.json").exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{bucket_key}-"))
+        try:
+            # Serving needs neither the SavedModel nor the .keras file.
+            storage.download_tree(uri, staging, skip=_not_for_serving)
+            storage.replace_dir(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _not_for_serving(rel: str) -> bool:
+    return rel.startswith("saved_model/") or rel.endswith(".keras")
 
 
 def _interpreters(path: Path, threads: int, max_batch: int, shape: tuple[int, ...]) -> dict:

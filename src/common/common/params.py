@@ -68,7 +68,7 @@ class ProcessParams(_Section):
     near_duplicate_distance: int = Field(
         default=4, ge=0, le=16, description="Max differing bits of the 64-bit hash."
     )
-    min_per_class: int = Field(default=1, ge=1, description="Fail if a class has fewer items.")
+    min_per_class: int = Field(default=10, ge=1, description="Fail if a class has fewer items.")
     split: SplitRatios = SplitRatios()
     shard_target_mb: float = Field(
         default=100.0, gt=0, description="Close a shard past this many MB (before compression)."
@@ -96,7 +96,7 @@ class TrainParams(_Section):
     )
     epochs: int = Field(default=15, ge=1)
     batch_size: int = Field(default=64, ge=1, description="Per replica; global = × replicas.")
-    learning_rate: float = Field(default=1e-3, gt=0)
+    learning_rate: float = Field(default=2e-3, gt=0)
     seed: int = 42
     tracking: Literal["wandb", "none"] = "wandb"
     cache_mb: float = Field(

@@ -23,9 +23,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEGA_", env_file=".env", extra="ignore")
 
     # Storage roots: local folders by default, `gs://bucket/prefix` in the cloud.
-    data_root: str = "data"
     models_root: str = "models"
-    reports_root: str = "reports"
 
     # Google Cloud (needed only for cloud runs).
     gcp_project: str | None = None

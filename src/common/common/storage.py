@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +82,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Put a complete staging folder in place of `target` (same file system).
+
+    The old folder is renamed aside first and deleted last, so at every moment
+    one complete version exists under a known name.
+    """
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes(uri: str | Path, data: bytes) -> None:
@@ -164,13 +177,24 @@ def upload_tree(local_dir: str | Path, dest: str | Path) -> None:
             shutil.copy2(path, target)
 
 
-def download_tree(src: str, local_dir: str | Path) -> None:
-    """Copy every object under a `gs://` prefix (or a local folder) into `local_dir`."""
-    local_dir = Path(local_dir)
+def download_tree(
+    src: str, local_dir: str | Path, skip: Callable[[str], bool] | None = None
+) -> None:
+    """Copy every object under a `gs://` prefix (or a local folder) into `local_dir`.
+
+    `skip(relative_path)` leaves files out. An object name that would land outside
+    `local_dir` (`../` in it) is refused.
+    """
+    local_dir = Path(local_dir).resolve()
     base = src.rstrip("/") + "/"
     for uri in list_files(src):
         rel = uri[len(base) :] if is_gcs(src) else Path(uri).relative_to(src).as_posix()
-        atomic_write_bytes(local_dir / rel, read_bytes(uri))
+        if skip is not None and skip(rel):
+            continue
+        target = (local_dir / rel).resolve()
+        if not target.is_relative_to(local_dir):
+            raise ValueError(f"{uri}: object name leads outside {local_dir}; refusing it")
+        atomic_write_bytes(target, read_bytes(uri))
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:

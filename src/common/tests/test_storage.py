@@ -79,3 +79,13 @@ def test_gcs_round_trip_against_the_emulator(storage_emulator: str, tmp_path: Pa
     ]
     storage.download_tree(storage.join(base, "tree"), tmp_path / "copy")
     assert storage.tree_hash(tmp_path / "copy") == storage.tree_hash(local)
+
+
+def test_replace_dir_swaps_whole_folders(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    storage.write_text(target / "old.txt", "old")
+    staging = tmp_path / ".out-staging"
+    storage.write_text(staging / "new.txt", "new")
+    storage.replace_dir(staging, target)
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -105,7 +105,7 @@ def run(
         typer.echo(line)
     if result.failure_share > settings.max_failure_share:
         typer.echo(
-            f"collect: FAILED: {len(result.failed)} of {result.seen} items failed "
+            f"collect: error: {len(result.failed)} of {result.seen} items failed "
             f"({result.failure_share:.1%}), more than collect.max_failure_share "
             f"{settings.max_failure_share:.1%}. See {result.report} for each item and its "
             "reason; fix the source or raise the threshold.",

@@ -332,11 +332,24 @@ class ArchiveSource(Source):
     def marker(self) -> str:
         return f"archive:{self.uri}"
 
+    def fingerprint(self) -> str | None:
+        """Size and modification time of a local archive: a replaced file is read again.
+
+        An archive URL is taken as immutable (asking would cost a request per run):
+        publish a changed archive under a new URL.
+        """
+        if is_url(self.uri):
+            return None
+        stat = Path(self.uri).stat()
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+
     def _replay(self, ctx: Context) -> list[Item] | None:
         """Items from a previous complete pass, if every kept file is still there."""
         done = ctx.journal.get(self.marker)
         if not done or done.get("limits") != [ctx.fetch_options.max_bytes, ctx.max_pixels]:
             return None
+        if done.get("fingerprint") != self.fingerprint():
+            return None  # the archive file changed since: read it again
         items: list[Item] = []
         for key, label, reason in done.get("members", []):
             if reason is not None:
@@ -375,6 +388,7 @@ class ArchiveSource(Source):
         ctx.journal.record(
             self.marker,
             limits=[ctx.fetch_options.max_bytes, ctx.max_pixels],
+            fingerprint=self.fingerprint(),
             members=[list(o) for o in outcomes],
         )
 

@@ -175,3 +175,18 @@ def test_tar_over_http_is_streamed(http_server: FaultServer, tmp_path: Path) -> 
     result = collect_source(ArchiveSource(name="archive", uri=url), str(tmp_path / "raw"), FAST)
     assert sorted(item.label for item in result.items) == ["daisy", "daisy", "tulip"]
     assert len(result.failed) == 3 and http_server.hits["/photos.tar.gz"] == 1
+
+
+def test_a_replaced_local_archive_is_read_again(tmp_path: Path) -> None:
+    # Regression: the journal replayed the old archive's members for the same path.
+    archive = tmp_path / "photos.tar.gz"
+    source = ArchiveSource(name="archive", uri=str(archive))
+    _tar(archive, {"p/a/1.png": png(11), "p/b/2.png": png(12)})
+    first = collect_source(source, str(tmp_path / "raw"), FAST)
+    assert first.total == 2
+    _tar(archive, {"p/a/1.png": png(11), "p/b/2.png": png(12), "p/b/3.png": png(13)})
+    second = collect_source(
+        ArchiveSource(name="archive", uri=str(archive)), str(tmp_path / "raw"), FAST
+    )
+    assert second.total == 3
+    assert len(read_manifest(str(tmp_path / "raw/manifest.jsonl"))) == 3

@@ -35,7 +35,7 @@ def run(
     try:
         stats = process(raw, out, pipeline.process, dataset=pipeline.dataset, workers=workers)
     except ProcessError as exc:
-        typer.secho(f"process: {exc}", fg="red", err=True)
+        typer.secho(f"process: error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc
     card = write_data_card(stats, report_dir) if report_dir else None
     totals = stats["totals"]

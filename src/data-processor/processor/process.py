@@ -117,6 +117,8 @@ def process(
         raise ProcessError(
             f"no {MANIFEST} in {raw}; run the collect stage first (mega collect)"
         ) from exc
+    except ValueError as exc:  # a malformed row: the message names file and line
+        raise ProcessError(f"{exc}; re-run the collect stage to rewrite the manifest") from exc
     if not items:
         raise ProcessError(f"{raw}: the manifest lists no items; run the collect stage first")
     labels = sorted({item.label for item in items})
@@ -203,10 +205,7 @@ def _staging_for(out: str) -> Path:
 def _publish(staging: Path, out: str) -> None:
     """Replace `out` with the staged output; stats.json, the completion marker, goes last."""
     if not storage.is_gcs(out):
-        target = Path(out)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        storage.replace_dir(staging, Path(out))
         return
     names = {p.name for p in staging.iterdir()}
     for path in sorted(staging.iterdir()):

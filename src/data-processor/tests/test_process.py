@@ -23,6 +23,11 @@ from processor.process import ProcessError, assign_split, process
 RATIOS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
+def _params(**overrides: object) -> ProcessParams:
+    """Processing parameters for tiny test sets: one item per class is enough."""
+    return ProcessParams.model_validate({"min_per_class": 1, **overrides})
+
+
 def shas_by_split(folder: Path, compression: str = "") -> dict[str, set[str]]:
     result: dict[str, set[str]] = {}
     for split in ("train", "val", "test"):
@@ -54,7 +59,7 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_process_writes_shards_labels_and_stats(raw: Path, tmp_path: Path) -> None:
-    params = ProcessParams(image_size=12, shard_target_mb=0.01)
+    params = _params(image_size=12, shard_target_mb=0.01)
     stats = process(str(raw), str(tmp_path), params, dataset="digits", workers=1)
     labels = json.loads((tmp_path / "labels.json").read_text())
     assert labels == [str(d) for d in range(10)]
@@ -79,28 +84,28 @@ def test_process_writes_shards_labels_and_stats(raw: Path, tmp_path: Path) -> No
 
 
 def test_parallel_and_serial_runs_agree(raw: Path, tmp_path: Path) -> None:
-    params = ProcessParams(image_size=12)
+    params = _params(image_size=12)
     serial = process(str(raw), str(tmp_path / "serial"), params, "digits", workers=1)
     parallel = process(str(raw), str(tmp_path / "parallel"), params, "digits", workers=2)
     assert serial["data_hash"] == parallel["data_hash"]
 
 
 def test_rerun_replaces_the_output_whole(raw: Path, tmp_path: Path) -> None:
-    process(str(raw), str(tmp_path), ProcessParams(shard_target_mb=0.005), "digits", workers=1)
+    process(str(raw), str(tmp_path), _params(shard_target_mb=0.005), "digits", workers=1)
     many = len(list(tmp_path.glob("*.tfrecord")))
-    stats = process(str(raw), str(tmp_path), ProcessParams(), "digits", workers=1)
+    stats = process(str(raw), str(tmp_path), _params(), "digits", workers=1)
     assert len(list(tmp_path.glob("*.tfrecord"))) == len(stats["shards"]) < many
 
 
 def test_gzip_shards_read_back(raw: Path, tmp_path: Path) -> None:
-    stats = process(str(raw), str(tmp_path), ProcessParams(compression="gzip"), "digits", workers=1)
+    stats = process(str(raw), str(tmp_path), _params(compression="gzip"), "digits", workers=1)
     assert stats["compression"] == "gzip"
     assert sum(len(v) for v in shas_by_split(tmp_path, "GZIP").values()) == 120
 
 
 def test_output_is_identical_across_processes(raw: Path, tmp_path: Path) -> None:
     # Regression: protobuf map order made shard bytes vary with the hash seed.
-    (tmp_path / "params.yaml").write_text("process: {image_size: 12}\n")
+    (tmp_path / "params.yaml").write_text("process: {image_size: 12, min_per_class: 1}\n")
     hashes = []
     for seed in ("1", "2"):
         out = tmp_path / seed
@@ -169,7 +174,7 @@ def _raw_store(folder: Path, files: dict[str, tuple[str, bytes]]) -> None:
 def test_every_odd_image_kind_is_handled_or_rejected_with_a_reason(tmp_path: Path) -> None:
     odd = _odd_images()
     _raw_store(tmp_path / "raw", {name: ("a", data) for name, data in odd.items()})
-    params = ProcessParams(image_size=16, color_mode="rgb", min_size=8)
+    params = _params(image_size=16, color_mode="rgb", min_size=8)
     stats = process(str(tmp_path / "raw"), str(tmp_path / "out"), params, "odd", workers=1)
     rejected = {
         item["item"].rsplit(".", 1)[-1] + ":" + item["reason"] for item in stats["rejected"]
@@ -186,12 +191,12 @@ def test_changed_file_is_rejected(tmp_path: Path) -> None:
     [stored] = (tmp_path / "raw/images/a").iterdir()
     stored.write_bytes(data + b"tampered")
     with pytest.raises(ProcessError, match="fewer than min_per_class"):
-        process(str(tmp_path / "raw"), str(tmp_path / "out"), ProcessParams(), "x", workers=1)
+        process(str(tmp_path / "raw"), str(tmp_path / "out"), _params(), "x", workers=1)
 
 
 def test_class_below_the_minimum_is_named(raw: Path, tmp_path: Path) -> None:
     with pytest.raises(ProcessError, match=r"'[0-9]' \(\d+\).*lower process.min_per_class"):
-        process(str(raw), str(tmp_path), ProcessParams(min_per_class=13), "digits", workers=1)
+        process(str(raw), str(tmp_path), _params(min_per_class=13), "digits", workers=1)
     assert not tmp_path.exists() or not list(tmp_path.glob("*.tfrecord"))
 
 
@@ -207,9 +212,9 @@ def test_near_duplicates_are_dropped_only_when_asked(tmp_path: Path) -> None:
         ),
     }
     _raw_store(tmp_path / "raw", files)
-    kept = process(str(tmp_path / "raw"), str(tmp_path / "a"), ProcessParams(), "n", workers=1)
+    kept = process(str(tmp_path / "raw"), str(tmp_path / "a"), _params(), "n", workers=1)
     assert sum(kept["totals"].values()) == 3
-    params = ProcessParams(near_duplicates=True, near_duplicate_distance=4)
+    params = _params(near_duplicates=True, near_duplicate_distance=4)
     dropped = process(str(tmp_path / "raw"), str(tmp_path / "b"), params, "n", workers=1)
     assert sum(dropped["totals"].values()) == 2
     assert "near duplicate of images/x/" in dropped["rejected"][0]["reason"]
@@ -234,12 +239,12 @@ def test_split_stability_when_ten_percent_more_items_arrive(tmp_path: Path) -> N
 
 def _processed(tmp_path: Path, name: str) -> Path:
     out = tmp_path / name
-    process(str(tmp_path / "raw"), str(out), ProcessParams(), "digits", workers=1)
+    process(str(tmp_path / "raw"), str(out), _params(), "digits", workers=1)
     return out
 
 
 def test_data_card(raw: Path, tmp_path: Path) -> None:
-    stats = process(str(raw), str(tmp_path / "out"), ProcessParams(), "digits", workers=1)
+    stats = process(str(raw), str(tmp_path / "out"), _params(), "digits", workers=1)
     card = write_data_card(stats, str(tmp_path / "reports"))
     text = card.read_text()
     assert stats["data_hash"] in text

@@ -29,7 +29,7 @@ def _params(path: Path) -> PipelineParams:
 
 
 def _fail(stage: str, exc: Exception) -> typer.Exit:
-    typer.secho(f"{stage}: {exc}", fg="red", err=True)
+    typer.secho(f"{stage}: error: {exc}", fg="red", err=True)
     return typer.Exit(1)
 
 
@@ -159,7 +159,7 @@ def register(
         record = run_register(
             Path(model), metrics, registry or get_settings().models_root, pipeline.registry
         )
-    except (FileNotFoundError, KeyError, RegistryError) as exc:
+    except (FileNotFoundError, KeyError, ValueError, RegistryError) as exc:
         raise _fail("register", exc) from exc
     verdict = "promoted to production" if record["promoted"] else "kept as candidate"
     typer.echo(

@@ -300,8 +300,6 @@ def _export_atomically(
         export_model(model, staging, **sidecars)
         if on_staged is not None:
             on_staged(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        storage.replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

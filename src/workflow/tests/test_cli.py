@@ -31,6 +31,8 @@ def test_dvc_output_patterns() -> None:
     assert EPOCH.match("Epoch 3/15")["n"] == "3"
     assert SUMMARY.match("evaluate: test accuracy 0.98")
     assert not SUMMARY.match("evaluated: nothing")
+    # Regression: a stage's error line was shown with a green check mark.
+    assert not SUMMARY.match("process: error: class(es) with fewer than min_per_class")
 
 
 def test_outside_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

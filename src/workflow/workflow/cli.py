@@ -40,7 +40,7 @@ def _run_stages(targets: list[str], force: bool = False) -> None:
     if targets:
         unknown = [t for t in targets if t not in stages]
         if unknown:
-            console.print(
+            errors.print(
                 f"[red]error:[/red] unknown stage {unknown[0]!r}; stages: {', '.join(stages)}"
             )
             raise typer.Exit(2)
@@ -102,7 +102,8 @@ def _summary(project: Project) -> None:
         )
     else:
         table.add_row("production model", "none yet (no candidate passed the gate)")
-    table.add_row("next", "make serve  →  http://127.0.0.1:8000")
+    settings = project.settings
+    table.add_row("next", f"make serve  →  http://{settings.serve_host}:{settings.serve_port}")
     console.print(table)
 
 
@@ -283,20 +284,22 @@ def serve(
     project = _project()
     settings = get_settings()
     static = project.root / "src" / "frontend" / "public"
+    bind_host = host if host is not None else settings.serve_host
+    bind_port = port if port is not None else settings.serve_port
     command = [
         sys.executable,
         "-m",
         "api_service",
         "--host",
-        host or settings.serve_host,
+        bind_host,
         "--port",
-        str(port or settings.serve_port),
+        str(bind_port),
         "--model-name",
         project.params.registry.model_name,
         "--static-dir",
         str(static),
     ]
-    console.print(f"serving on http://{host or settings.serve_host}:{port or settings.serve_port}")
+    console.print(f"serving on http://{bind_host}:{bind_port}")
     sys.stdout.flush()
     os.execv(sys.executable, command)
 

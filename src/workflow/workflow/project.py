@@ -66,8 +66,9 @@ class Project:
         registry = self.registry()
         try:
             version = registry.resolve("production")
-        except RegistryError:
-            return None
+            info = registry.version_info(version)
+        except (RegistryError, FileNotFoundError):
+            return None  # no alias yet, or it names a version that was deleted
         uri = registry.version_uri(version)
         metrics_uri = storage.join(uri, "metrics.json")
         return {
@@ -75,7 +76,7 @@ class Project:
             "version": version,
             "uri": uri,
             "metrics": storage.read_json(metrics_uri) if storage.exists(metrics_uri) else {},
-            "info": registry.version_info(version),
+            "info": info,
         }
 
     def locked_stages(self) -> list[str]:

@@ -17,7 +17,7 @@ RUNNING = re.compile(r"^Running stage '(?P<stage>[\w-]+)'")
 SKIPPED = re.compile(r"^Stage '(?P<stage>[\w-]+)' didn't change, skipping")
 EPOCH = re.compile(r"^Epoch (?P<n>\d+)/(?P<total>\d+)")
 # The containers' one-line summaries, shown as they arrive.
-SUMMARY = re.compile(r"^(collect|process|train|evaluate|register): ")
+SUMMARY = re.compile(r"^(collect|process|train|evaluate|register): (?!error:)")
 
 
 @dataclass
