@@ -43,6 +43,19 @@ class ModelRegistry:
 
     def versions(self) -> list[str]:
         """Complete versions, oldest first."""
+        if not storage.is_gcs(self.base):
+            # Locally, look one level down only: a SavedModel holds many files.
+            base = Path(self.base)
+            if not base.is_dir():
+                return []
+            return sorted(
+                (
+                    p.name
+                    for p in base.iterdir()
+                    if p.name.isdigit() and (p / VERSION_FILE).is_file()
+                ),
+                key=int,
+            )
         found = set()
         marker = "/" + VERSION_FILE
         for uri in storage.list_files(self.base):

@@ -131,13 +131,20 @@ def process(
 
     counts: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
     rejected: list[Rejected] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # sha256 → label of the copy that is kept
     jobs = []
     for item in items:
-        if item.sha256 in seen:
-            rejected.append(Rejected(item=item.path, reason="exact duplicate of an earlier item"))
+        kept_label = seen.get(item.sha256)
+        if kept_label is not None:
+            reason = "exact duplicate of an earlier item"
+            if kept_label != item.label:
+                reason = (
+                    f"the same image is labelled {kept_label!r} and {item.label!r}; "
+                    f"kept as {kept_label!r}: fix the label at the source"
+                )
+            rejected.append(Rejected(item=item.path, reason=reason))
             continue
-        seen.add(item.sha256)
+        seen[item.sha256] = item.label
         jobs.append(Job(storage.join(raw, item.path), item.path, item.label, item.sha256))
 
     near = NearDuplicateIndex(params.near_duplicate_distance) if params.near_duplicates else None

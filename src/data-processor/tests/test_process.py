@@ -253,3 +253,20 @@ def test_data_card(raw: Path, tmp_path: Path) -> None:
     assert png.startswith(b"\x89PNG")
     again = write_data_card(stats, str(tmp_path / "reports2"))
     assert (again.parent / "data_card.png").read_bytes() == png
+
+
+def test_the_same_image_under_two_labels_is_named(tmp_path: Path) -> None:
+    data = _encoded(Image.new("L", (16, 16), 128), "PNG")
+    other = _encoded(Image.new("L", (16, 16), 20), "PNG")
+    _raw_store(tmp_path / "raw", {"a.png": ("cat", data), "b.png": ("dog", other)})
+    # The collector keeps one file per label and hash, so add the conflicting row by hand.
+    manifest = tmp_path / "raw/manifest.jsonl"
+    first = manifest.read_text().splitlines()[0]
+    row = json.loads(first)
+    conflict = {**row, "path": row["path"].replace("/cat/", "/dog/"), "label": "dog"}
+    (tmp_path / "raw" / conflict["path"]).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "raw" / conflict["path"]).write_bytes(data)
+    manifest.write_text(manifest.read_text() + json.dumps(conflict) + "\n")
+    stats = process(str(tmp_path / "raw"), str(tmp_path / "out"), _params(), "x", workers=1)
+    [rejected] = stats["rejected"]
+    assert "labelled 'cat' and 'dog'" in rejected["reason"]

@@ -71,8 +71,9 @@ def evaluate(
     labels = read_labels(storage.join(str(model_dir), LABELS))
     model = keras.models.load_model(model_dir / KERAS_FILE)
     dataset = make_dataset(data, "test", channels=spec.channels, batch_size=batch_size)
-    images = np.concatenate([x.numpy() for x, _ in dataset])
-    true = np.concatenate([y.numpy() for _, y in dataset])
+    batches = [(x.numpy(), y.numpy()) for x, y in dataset]  # one pass: decode once
+    images = np.concatenate([x for x, _ in batches])
+    true = np.concatenate([y for _, y in batches])
     probabilities = model.predict(images, batch_size=batch_size, verbose=0)
     loss = float(keras.losses.sparse_categorical_crossentropy(true, probabilities).numpy().mean())
     matrix = confusion_matrix(true, probabilities.argmax(axis=1), len(labels))

@@ -43,7 +43,8 @@ def repro(
     """
     log_dir = root / ".mega" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"repro-{dt.datetime.now():%Y%m%d-%H%M%S}.log"
+    # Microseconds and the pid: two runs started in the same second keep their own logs.
+    log_path = log_dir / f"repro-{dt.datetime.now():%Y%m%d-%H%M%S-%f}-{os.getpid()}.log"
     flags = [*(["--force"] if force else []), *(["--single-item"] if single else [])]
     command = [sys.executable, "-m", "dvc", "repro", *flags, *targets]
     # Stage commands say `python`: make it this environment's, activated or not.
