@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 
 from collector.collect import CollectOptions, collect_source
-from collector.fetch import FetchOptions
 from collector.sources import ManifestSource
 from common.params import CollectParams
 
@@ -61,17 +60,7 @@ def ours(urls: list[str], work: Path) -> float:
     manifest.write_text(
         "".join(json.dumps({"url": u, "label": str(i % 10)}) + "\n" for i, u in enumerate(urls))
     )
-    defaults = CollectParams()
-    options = CollectOptions(
-        fetch=FetchOptions(
-            concurrency=defaults.concurrency,
-            timeout=defaults.timeout,
-            retries=defaults.retries,
-            backoff=defaults.backoff,
-            max_bytes=defaults.max_bytes,
-        ),
-        max_pixels=defaults.max_pixels,
-    )
+    options = CollectOptions.from_params(CollectParams())
     source = ManifestSource(name="manifest", uri=str(manifest))
     started = time.perf_counter()
     result = collect_source(source, str(work / "raw"), options)

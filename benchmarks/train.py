@@ -19,7 +19,6 @@ shared; the best run is the least disturbed). Ratios are ours / baseline.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tempfile
@@ -35,7 +34,8 @@ import tensorflow as tf
 from PIL import Image
 
 from common.contracts import Preprocess
-from common.tfrecord import FEATURES, make_example, parse_example
+from common.images import sha256_hex
+from common.tfrecord import IMAGE, LABEL, feature_spec, make_example, parse_example
 from trainer.data import build_pipeline
 from trainer.model import build_model
 
@@ -91,9 +91,7 @@ def write_jpeg_set(folder: Path) -> tuple[list[Path], list[int], list[str]]:
         path.write_bytes(data)
         files.append(path)
         labels.append(index % 10)
-        writers[index % JPEG_SHARDS].write(
-            make_example(data, hashlib.sha256(data).hexdigest(), index % 10)
-        )
+        writers[index % JPEG_SHARDS].write(make_example(data, sha256_hex(data), index % 10))
     for writer in writers:
         writer.close()
     shards = sorted(str(p) for p in folder.glob("train-*.tfrecord"))
@@ -101,9 +99,9 @@ def write_jpeg_set(folder: Path) -> tuple[list[Path], list[int], list[str]]:
 
 
 def decode_jpeg_record(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    parsed = tf.io.parse_single_example(serialized, FEATURES)
-    image = tf.io.decode_jpeg(parsed["image/encoded"], channels=3)
-    return tf.ensure_shape(image, [JPEG_SIZE, JPEG_SIZE, 3]), parsed["label"]
+    parsed = tf.io.parse_single_example(serialized, feature_spec())
+    image = tf.io.decode_jpeg(parsed[IMAGE], channels=3)
+    return tf.ensure_shape(image, [JPEG_SIZE, JPEG_SIZE, 3]), parsed[LABEL]
 
 
 def one_pass(dataset: tf.data.Dataset) -> float:
@@ -155,7 +153,7 @@ def write_digit_shards(folder: Path) -> tuple[list[str], int]:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()
-        writers[index % 2].write(make_example(data, hashlib.sha256(data).hexdigest(), int(label)))
+        writers[index % 2].write(make_example(data, sha256_hex(data), int(label)))
     for writer in writers:
         writer.close()
     return shards, len(digits.images)

@@ -1,7 +1,7 @@
 """Runtime settings: where things live and how to reach services.
 
-Defaults are local and offline. Anything cloud-specific is optional until a
-command needs it, and then `Settings.require` fails with the setting's name.
+Defaults are local and offline; cloud settings stay unset until a `gs://` path
+or a cloud service needs them.
 """
 
 from __future__ import annotations
@@ -11,10 +11,6 @@ from typing import Annotated, Literal
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-
-class MissingSettingError(RuntimeError):
-    """A setting that the requested operation needs is not configured."""
 
 
 class Settings(BaseSettings):
@@ -27,7 +23,6 @@ class Settings(BaseSettings):
 
     # Google Cloud (needed only for cloud runs).
     gcp_project: str | None = None
-    gcp_region: str = "us-central1"
 
     # Experiment tracking. The API key is read by wandb itself from WANDB_API_KEY.
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
@@ -66,16 +61,6 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
-
-    def require(self, *names: str) -> None:
-        """Fail with a message naming every listed setting that is unset."""
-        missing = [name for name in names if getattr(self, name) in (None, "")]
-        if missing:
-            env_names = ", ".join(f"MEGA_{name.upper()}" for name in missing)
-            raise MissingSettingError(
-                f"missing setting(s): {env_names}. Set them in the environment or in .env "
-                "(see .env.example)."
-            )
 
 
 @lru_cache

@@ -104,15 +104,21 @@ class TFRecordWriter:
         self.close()
 
 
-def parse_example(serialized: tf.Tensor, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Parse one serialized example into `(uint8 image [H, W, C], int64 label)` (needs TF)."""
+def feature_spec() -> dict[str, tf.io.FixedLenFeature]:
+    """The schema as `tf.io.parse_*` wants it (needs TF)."""
     import tensorflow as tf
 
-    features = {
+    return {
         IMAGE: tf.io.FixedLenFeature([], tf.string),
         SHA256: tf.io.FixedLenFeature([], tf.string),
         LABEL: tf.io.FixedLenFeature([], tf.int64),
     }
-    parsed = tf.io.parse_single_example(serialized, features)
+
+
+def parse_example(serialized: tf.Tensor, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Parse one serialized example into `(uint8 image [H, W, C], int64 label)` (needs TF)."""
+    import tensorflow as tf
+
+    parsed = tf.io.parse_single_example(serialized, feature_spec())
     image = tf.io.decode_png(parsed[IMAGE], channels=channels)
     return image, parsed[LABEL]

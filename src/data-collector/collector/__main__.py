@@ -10,7 +10,6 @@ from pydantic import ValidationError
 
 from collector.base import SourceError
 from collector.collect import CollectOptions, collect_source, prune_stale
-from collector.fetch import FetchOptions
 from collector.progress import CollectProgress, summary
 from collector.sources import make_source
 from common.params import CollectParams, ParamsError, load_params
@@ -83,17 +82,7 @@ def run(
         "max_failure_share": max_failure_share,
     }
     settings = _params(params, {k: v for k, v in flags.items() if v is not None})
-    options = CollectOptions(
-        fetch=FetchOptions(
-            concurrency=settings.concurrency,
-            timeout=settings.timeout,
-            retries=settings.retries,
-            backoff=settings.backoff,
-            max_bytes=settings.max_bytes,
-        ),
-        max_pixels=settings.max_pixels,
-        limit=settings.limit,
-    )
+    options = CollectOptions.from_params(settings)
     try:
         chosen = make_source(settings)
         with CollectProgress(f"collect {settings.source}", enabled=progress) as bar:

@@ -26,6 +26,7 @@ from collector.sources import Context, PairsSource, Source
 from common import storage
 from common.contracts import COLLECT_REPORT, MANIFEST, ManifestItem, Rejected, write_manifest
 from common.images import MAX_PIXELS, ImageDecodeError, decode_image, sha256_hex
+from common.params import CollectParams
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
 
@@ -37,6 +38,21 @@ class CollectOptions:
     fetch: FetchOptions = field(default_factory=FetchOptions)
     max_pixels: int = MAX_PIXELS
     limit: int | None = None
+
+    @classmethod
+    def from_params(cls, params: CollectParams) -> CollectOptions:
+        """The options that params.yaml's `collect:` section asks for."""
+        return cls(
+            fetch=FetchOptions(
+                concurrency=params.concurrency,
+                timeout=params.timeout,
+                retries=params.retries,
+                backoff=params.backoff,
+                max_bytes=params.max_bytes,
+            ),
+            max_pixels=params.max_pixels,
+            limit=params.limit,
+        )
 
 
 class ProgressSink(Protocol):
