@@ -31,6 +31,9 @@ from typing import Any
 # At module level: FastAPI resolves the endpoints' (string) annotations from here.
 from fastapi import FastAPI, File, UploadFile
 
+from common.registry import ModelRegistry, RegistryError
+from common.settings import get_settings
+
 REPO = Path(__file__).resolve().parent.parent
 CLIENTS = 32
 SECONDS = 20.0
@@ -202,8 +205,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_ready(port: int, process: subprocess.Popen, timeout: float = 120) -> float:
-    """Seconds until GET /readyz answers 200."""
+def wait_ready(port: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until GET /readyz answers 200."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if process.poll() is not None:
@@ -212,7 +215,7 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 120) -> fl
             with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
                 sock.sendall(f"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
                 if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                    return time.monotonic() - started
+                    return
         except OSError:
             pass
         time.sleep(0.02)
@@ -263,8 +266,8 @@ def bench_server(name: str, command: list[str], env: dict[str, str], image: Path
         stderr=subprocess.DEVNULL,
     )
     try:
-        cold = wait_ready(port, process)
-        cold_total = time.monotonic() - started
+        wait_ready(port, process)
+        cold_start = time.monotonic() - started  # from before the process was started
         time.sleep(0.5)
         idle = rss_bytes(process.pid)
         peak = [idle]
@@ -283,7 +286,7 @@ def bench_server(name: str, command: list[str], env: dict[str, str], image: Path
             result["healthz"] = result_of(probe)
         done.set()
         sampler.join()
-        result.update(cold_start_s=min(cold, cold_total), rss_growth=max(peak) / idle)
+        result.update(cold_start_s=cold_start, rss_growth=max(peak) / idle)
         print(
             f"  {name}: {result['rate']:,.0f} req/s, p50 {result['p50_ms']:.1f} ms, "
             f"p99 {result['p99_ms']:.1f} ms, {result['failed']} failed",
@@ -294,9 +297,9 @@ def bench_server(name: str, command: list[str], env: dict[str, str], image: Path
         stop(process)
 
 
-def find_model(models_root: Path, name: str) -> tuple[Path, Path]:
-    aliases = json.loads((models_root / name / "aliases.json").read_text())
-    model_dir = models_root / name / aliases["production"]
+def find_model(registry: ModelRegistry, alias: str) -> tuple[Path, Path]:
+    """The version folder the alias names (as ours resolves it), and a digit image."""
+    model_dir = Path(registry.version_uri(registry.resolve(alias)))
     images = sorted((REPO / "data/raw/digits/images").glob("3/*"))
     if images:
         return model_dir, images[0]
@@ -327,11 +330,13 @@ def main() -> None:
         serve_baseline(args.serve, args.port, Path(args.model_dir))
         return
 
-    models_root = Path(os.environ.get("MEGA_MODELS_ROOT", REPO / "models"))
-    name = os.environ.get("MEGA_MODEL_NAME", "digits-cnn")
-    if not (models_root / name / "aliases.json").exists():
-        sys.exit(f"no registered {name} under {models_root}: run `make run` first")
-    model_dir, image = find_model(models_root, name)
+    settings = get_settings()
+    models_root = REPO / settings.models_root  # an absolute root stays as it is
+    registry = ModelRegistry(models_root, settings.model_name)
+    try:
+        model_dir, image = find_model(registry, settings.model_alias)
+    except RegistryError as exc:
+        sys.exit(f"{exc} (run `make run` first)")
     env = {**os.environ, "MEGA_MODELS_ROOT": str(models_root), "TF_CPP_MIN_LOG_LEVEL": "2"}
     py = sys.executable
     print(

@@ -97,9 +97,6 @@ class MicroBatcher:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def depth(self) -> int:
-        return self._queue.qsize()
-
     async def predict_many(self, images: list[bytes]) -> list[np.ndarray | InputError]:
         """Probabilities for each image (or the `InputError` that refused it)."""
         loop = asyncio.get_running_loop()

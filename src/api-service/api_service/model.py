@@ -16,7 +16,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from common import storage
 from common.contracts import LABELS, LINEAGE, METRICS, PREPROCESS, STATS, Preprocess, read_labels
-from common.registry import ModelRegistry
+from common.registry import VERSION_FILE, ModelRegistry
 from common.settings import Settings
 
 TFLITE_FILE = "model.tflite"
@@ -48,13 +48,9 @@ class ServedModel:
     spec: Preprocess
     metrics: dict[str, Any]
     lineage: dict[str, Any]
-    interpreters: dict[int, Interpreter]
+    interpreters: dict[int, _Runner]
     training_counts: dict[str, int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.spec.image_size, self.spec.image_size, self.spec.channels)
 
     def predict_batch(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities `[N, classes]` for uint8 images `[N, H, W, C]`."""
@@ -65,7 +61,7 @@ class ServedModel:
             for size in sorted(self.interpreters, reverse=True):
                 while pixels.shape[0] - start >= size:
                     chunk = pixels[start : start + size]
-                    outputs.append(self._invoke(self.interpreters[size], chunk))
+                    outputs.append(self.interpreters[size].run(chunk))
                     start += size
         return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
 
@@ -74,13 +70,21 @@ class ServedModel:
         probabilities: np.ndarray = self.predict_batch(pixels[np.newaxis])[0]
         return probabilities
 
-    @staticmethod
-    def _invoke(interpreter: Interpreter, batch: np.ndarray) -> np.ndarray:
+
+class _Runner:
+    """One allocated interpreter and its tensor indices, looked up once, not per batch."""
+
+    def __init__(self, interpreter: Interpreter) -> None:
+        self.interpreter = interpreter
         inp = interpreter.get_input_details()[0]
-        out = interpreter.get_output_details()[0]
-        interpreter.set_tensor(inp["index"], batch.astype(inp["dtype"], copy=False))
-        interpreter.invoke()
-        result: np.ndarray = interpreter.get_tensor(out["index"]).copy()
+        self.input_index: int = inp["index"]
+        self.input_dtype: np.dtype = inp["dtype"]
+        self.output_index: int = interpreter.get_output_details()[0]["index"]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.input_index, batch.astype(self.input_dtype, copy=False))
+        self.interpreter.invoke()
+        result: np.ndarray = self.interpreter.get_tensor(self.output_index).copy()
         return result
 
 
@@ -92,7 +96,7 @@ def _local_copy(uri: str, cache_dir: Path) -> Path:
     target = cache_dir / bucket_key
     # version.json is the registry's completion marker: a cached copy without it is
     # a download that was cut short, and is fetched again whole.
-    if not (target / "version.json").exists():
+    if not (target / VERSION_FILE).exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{bucket_key}-"))
         try:
@@ -108,19 +112,21 @@ def _not_for_serving(rel: str) -> bool:
     return rel.startswith("saved_model/") or rel.endswith(".keras")
 
 
-def _interpreters(path: Path, threads: int, max_batch: int, shape: tuple[int, ...]) -> dict:
+def _interpreters(
+    path: Path, threads: int, max_batch: int, shape: tuple[int, ...]
+) -> dict[int, _Runner]:
     """One allocated interpreter per batch size (only size 1 if the batch dim is fixed)."""
     first = Interpreter(model_path=str(path), num_threads=threads)
     signature = first.get_input_details()[0]["shape_signature"]
     dynamic = len(signature) > 0 and signature[0] == -1
-    found: dict[int, Interpreter] = {}
+    found: dict[int, _Runner] = {}
     for size in _batch_sizes(max_batch if dynamic else 1):
         interpreter = first if size == 1 else Interpreter(model_path=str(path), num_threads=threads)
         if size != 1:
             index = interpreter.get_input_details()[0]["index"]
             interpreter.resize_tensor_input(index, [size, *shape], strict=True)
         interpreter.allocate_tensors()
-        found[size] = interpreter
+        found[size] = _Runner(interpreter)
     return found
 
 

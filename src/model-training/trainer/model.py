@@ -204,20 +204,15 @@ def build_model(
     spec: Preprocess,
     num_classes: int,
     *,
-    weights: str = "imagenet",
-    fine_tune_layers: int = 0,
     augment: AugmentParams | None = None,
+    **backbone_options: Any,
 ) -> keras.Model:
-    """The model `name` for `spec`'s pixels and `num_classes` outputs (softmax)."""
+    """The model `name` for `spec`'s pixels and `num_classes` outputs (softmax).
+
+    `backbone_options` (`weights`, `fine_tune_layers`) go to `build_transfer`.
+    """
     if name == "small_cnn":
         return build_small_cnn(spec, num_classes, augment)
     if name in BACKBONES:
-        return build_transfer(
-            name,
-            spec,
-            num_classes,
-            weights=weights,
-            fine_tune_layers=fine_tune_layers,
-            augment=augment,
-        )
+        return build_transfer(name, spec, num_classes, augment=augment, **backbone_options)
     raise ValueError(f"unknown model {name!r}; available: {', '.join(MODEL_NAMES)}")

@@ -126,6 +126,7 @@ def train(
     stats = storage.read_json(storage.join(data, STATS))
     totals = stats["totals"]
     replicas = int(distribution.num_replicas_in_sync)
+    strategy_name = strategy_label(distribution)
     global_batch = cfg.batch_size * replicas
     common_args = {"channels": spec.channels, "batch_size": global_batch, "cache_mb": cfg.cache_mb}
     train_ds = make_dataset(
@@ -182,7 +183,7 @@ def train(
             **params.model_dump(),
             "data": data,
             "data_hash": stats["data_hash"],
-            "strategy": strategy_label(distribution),
+            "strategy": strategy_name,
             "replicas": replicas,
             "workers": task.num_workers,
             "global_batch_size": global_batch,
@@ -260,11 +261,10 @@ def train(
     resumed_from = cfg.epochs if history.first_epoch is None else history.first_epoch
     return {
         "epochs": len(history.rows),
-        "epochs_run": cfg.epochs - resumed_from,
         "resumed_from": resumed_from,
         "seconds": seconds,
         "final": {k: v[-1] for k, v in curves.items()},
-        "strategy": strategy_label(distribution),
+        "strategy": strategy_name,
         "replicas": replicas,
         "global_batch_size": global_batch,
         "task": task.tag,
