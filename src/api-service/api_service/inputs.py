@@ -6,14 +6,10 @@ the file's first bytes, the size from the image header (read without decoding).
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
-from PIL import Image
 
 from common.contracts import Preprocess
-from common.images import ImageDecodeError, load_for_model
+from common.images import ImageDecodeError, ImageTooLargeError, load_for_model
 
 # Formats the service decodes, by signature. Pillow reads many more (EPS would run
 # Ghostscript, for one), so only these are handed to it.
@@ -78,37 +74,17 @@ def sniff(data: bytes) -> str:
     raise InputError(422, "invalid_image", "not an image (PNG, JPEG, GIF, BMP, TIFF or WEBP)")
 
 
-def check_image(data: bytes, max_pixels: int) -> None:
-    """Format and pixel count from the header alone: cheap enough for the event loop."""
-    fmt = sniff(data)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=[fmt]) as image:
-                width, height = image.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(413, "too_many_pixels", f"image over the pixel limit: {exc}") from exc
-    except Exception as exc:  # any parser failure on hostile bytes is the client's problem
-        raise InputError(422, "invalid_image", f"not a readable {fmt} image") from exc
-    if width * height > max_pixels:
-        raise InputError(
-            413,
-            "too_many_pixels",
-            f"image is {width}x{height}, over the {max_pixels:,}-pixel limit",
-        )
-
-
 def prepare(data: bytes, spec: Preprocess, max_pixels: int) -> np.ndarray:
     """Decode sniffed bytes into the model's uint8 `[H, W, C]` pixels (shared preprocessing).
 
-    The decoder checks the pixel count from the header before decoding anything; when
-    it refuses, the header is read again only to tell "too many pixels" (413) from
-    "unreadable" (422), so the common path opens the image once.
+    The decoder checks the pixel count from the header before decoding anything, and
+    says which refusal it was: too many pixels (413) or unreadable (422).
     """
     try:
         return load_for_model(data, spec, max_pixels)
+    except ImageTooLargeError as exc:
+        raise InputError(413, "too_many_pixels", str(exc)) from exc
     except ImageDecodeError as exc:
-        check_image(data, max_pixels)  # raises the 413 for an oversized image
         raise InputError(422, "invalid_image", str(exc)) from exc
     except Exception as exc:  # a decoder crash on crafted input must not become a 500
         raise InputError(422, "invalid_image", f"cannot decode the image: {exc}") from exc

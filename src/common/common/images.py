@@ -19,6 +19,10 @@ class ImageDecodeError(ValueError):
     """The bytes are not a usable image; the message says why."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """The image has more pixels than allowed (a decompression bomb, or just too big)."""
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -39,7 +43,7 @@ def decode_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > max_pixels:
-                raise ImageDecodeError(
+                raise ImageTooLargeError(
                     f"image is {image.width}x{image.height}, over the {max_pixels:,}-pixel limit"
                 )
             # Kept for size checks: a JPEG draft below shrinks `image.size`.
@@ -52,7 +56,7 @@ def decode_image(
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"image over the pixel limit: {exc}") from exc
+        raise ImageTooLargeError(f"image over the pixel limit: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError("not an image, or a format Pillow cannot read") from exc
     except (OSError, SyntaxError, ValueError) as exc:

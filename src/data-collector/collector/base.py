@@ -50,6 +50,28 @@ def label_problem(label: str) -> str | None:
     return None
 
 
+NO_LABEL_FOLDER = "not inside a label folder (expected <label>/<file>)"
+
+
+def is_metadata(parts: list[str]) -> bool:
+    """Hidden files and macOS archive folders: OS and editor metadata, never data."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in parts)
+
+
+def classify_path(parts: list[str], label_at: int) -> tuple[str, str | None] | None:
+    """`(label, problem)` of a file at path `parts`; None for metadata to skip.
+
+    The label is the folder at `label_at` (0: the first below the root, -2: the
+    file's own folder); `problem` says why the file cannot be kept under it.
+    """
+    if is_metadata(parts):
+        return None
+    if len(parts) < 2:
+        return "", NO_LABEL_FOLDER
+    label = parts[label_at]
+    return label, label_problem(label)
+
+
 def rejected(key: str, label: str, reason: str) -> Item:
     """An item known bad before any download; it is reported like any other failure."""
 

@@ -24,7 +24,15 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from collector.base import Item, ItemRejectedError, SourceError, label_problem, rejected
+from collector.base import (
+    Item,
+    ItemRejectedError,
+    SourceError,
+    classify_path,
+    is_metadata,
+    label_problem,
+    rejected,
+)
 from collector.fetch import USER_AGENT, Fetcher, FetchOptions, TransientHTTPError, too_big
 from collector.journal import Journal
 from common import storage
@@ -122,7 +130,7 @@ class FolderSource(Source):
         return sorted(
             p
             for p in root.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            if p.is_file() and not is_metadata(list(p.relative_to(root).parts))
         )
 
     async def items(self, ctx: Context) -> AsyncGenerator[Item, None]:
@@ -134,12 +142,11 @@ class FolderSource(Source):
         for path in files:
             rel = path.relative_to(root).as_posix()
             key = f"{self.root.rstrip('/')}/{rel}"
-            parts = rel.split("/")
-            if len(parts) < 2:
-                yield rejected(key, "", "not inside a label folder (expected <label>/<file>)")
+            classified = classify_path(rel.split("/"), label_at=0)
+            if classified is None:
                 continue
-            label = parts[0]
-            if problem := label_problem(label):
+            label, problem = classified
+            if problem:
                 yield rejected(key, label, problem)
                 continue
             yield Item(key=key, label=label, load=_read_local(path, ctx.fetch_options.max_bytes))
@@ -188,13 +195,11 @@ class GcsSource(Source):
         _, prefix = storage.split_gcs(self.uri.rstrip("/") + "/")
         for blob in blobs:
             key = f"gs://{blob.bucket.name}/{blob.name}"
-            parts = blob.name[len(prefix) :].split("/")
-            if len(parts) < 2 or any(p.startswith(".") for p in parts):
-                if len(parts) < 2:
-                    yield rejected(key, "", "not inside a label folder (expected <label>/<file>)")
+            classified = classify_path(blob.name[len(prefix) :].split("/"), label_at=0)
+            if classified is None:
                 continue
-            label = parts[0]
-            if problem := label_problem(label):
+            label, problem = classified
+            if problem:
                 yield rejected(key, label, problem)
             elif blob.size is not None and blob.size > ctx.fetch_options.max_bytes:
                 yield rejected(key, label, too_big(blob.size, ctx.fetch_options.max_bytes).reason)
@@ -420,14 +425,13 @@ class ArchiveSource(Source):
             return _Member(key, "", reason="unsafe archive entry: absolute path")
         if ".." in parts:
             return _Member(key, "", reason="unsafe archive entry: '..' path traversal")
-        if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-            return None  # editor and OS metadata, not data
-        label = parts[-2] if len(parts) >= 2 else ""
+        classified = classify_path(list(parts), label_at=-2)
+        if classified is None:
+            return None
+        label, problem = classified
         if link:
             return _Member(key, label, reason="archive entry is a link or special file")
-        if not label:
-            return _Member(key, "", reason="not inside a label folder (expected <label>/<file>)")
-        if problem := label_problem(label):
+        if problem:
             return _Member(key, label, reason=problem)
         if size > max_bytes:
             return _Member(key, label, reason=too_big(size, max_bytes).reason)

@@ -190,3 +190,15 @@ def test_a_replaced_local_archive_is_read_again(tmp_path: Path) -> None:
     )
     assert second.total == 3
     assert len(read_manifest(str(tmp_path / "raw/manifest.jsonl"))) == 3
+
+
+def test_macos_metadata_folders_are_skipped_by_every_source(tmp_path: Path) -> None:
+    # docs/data.md promises __MACOSX/ is ignored; only the archive source used to.
+    data = tmp_path / "data"
+    (data / "cat").mkdir(parents=True)
+    (data / "cat" / "1.png").write_bytes(png(21))
+    (data / "__MACOSX" / "cat").mkdir(parents=True)
+    (data / "__MACOSX" / "cat" / "1.png").write_bytes(b"resource fork")
+    result = collect_source(FolderSource(name="folder", root=str(data)), str(tmp_path / "raw"))
+    assert result.total == 1
+    assert not result.failed
