@@ -224,6 +224,9 @@ class _Run:
             self._done("written")
         if self.source.remember:
             ctx.journal.record(item.key, target=target, **row.model_dump(exclude={"source"}))
+            if (text := ctx.journal.due_upload()) is not None:
+                # A gs:// journal is rewritten whole: never on the event loop.
+                await asyncio.to_thread(storage.write_text, ctx.journal.uri, text)
 
     async def run(self, progress: ProgressSink | None) -> CollectResult:
         self.progress = progress

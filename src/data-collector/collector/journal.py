@@ -57,15 +57,26 @@ class Journal:
         entry = {"key": key, **fields}
         self.entries[key] = entry
         if storage.is_gcs(self.uri):
-            self._dirty = True
-            if time.monotonic() - self._last_flush > GCS_FLUSH_SECONDS:
-                self.flush()
+            self._dirty = True  # uploaded by the caller via `due_upload`, off the event loop
             return
         if self._handle is None:
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
             self._handle = open(self.uri, "a", encoding="utf-8")  # noqa: SIM115 - held open
         self._handle.write(json.dumps(entry, sort_keys=True) + "\n")
         self._handle.flush()  # in the page cache now: survives SIGKILL
+
+    def due_upload(self) -> str | None:
+        """For a gs:// journal: its full text when an upload is due, else None.
+
+        The text is rendered here, on the caller's thread, so the upload can run in a
+        worker thread while new entries keep arriving; the clock restarts now so
+        concurrent callers do not upload the same state twice.
+        """
+        if not self._dirty or time.monotonic() - self._last_flush <= GCS_FLUSH_SECONDS:
+            return None
+        self._dirty = False
+        self._last_flush = time.monotonic()
+        return self._render()
 
     def flush(self) -> None:
         if self._dirty:

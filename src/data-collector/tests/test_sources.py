@@ -202,3 +202,16 @@ def test_macos_metadata_folders_are_skipped_by_every_source(tmp_path: Path) -> N
     result = collect_source(FolderSource(name="folder", root=str(data)), str(tmp_path / "raw"))
     assert result.total == 1
     assert not result.failed
+
+
+@pytest.mark.integration
+def test_gcs_journal_uploads_are_handed_to_the_caller(storage_emulator: str) -> None:
+    from collector.journal import GCS_FLUSH_SECONDS, Journal
+
+    journal = Journal(f"{storage_emulator}/raw-journal")
+    journal.record("https://example.invalid/a.png", target="t", sha256="s")
+    assert journal.due_upload() is None  # not due yet: no upload inside record()
+    journal._last_flush -= GCS_FLUSH_SECONDS + 1
+    text = journal.due_upload()
+    assert text is not None and "a.png" in text
+    assert journal.due_upload() is None  # the same state is not uploaded twice
