@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from common.tfrecord import TFRecordWriter, make_example, parse_example
+from common.tfrecord import TFRecordWriter, make_example, parse_examples
 
 
 def tf_example(png: bytes, sha256: str, label: int) -> bytes:
@@ -37,10 +37,16 @@ def test_record_files_equal_tensorflows(tmp_path: Path) -> None:
 
 
 def test_gzip_records_read_back_in_tensorflow(tmp_path: Path) -> None:
-    png = tf.io.encode_png(tf.constant([[[7]], [[200]]], dtype=tf.uint8)).numpy()
+    pixels = tf.constant([[[7], [200]], [[9], [100]]], dtype=tf.uint8)
+    png = tf.io.encode_png(pixels).numpy()
     with TFRecordWriter(tmp_path / "x.tfrecord", gzip_compressed=True) as writer:
         writer.write(make_example(png, "c" * 64, 4))
-    [record] = tf.data.TFRecordDataset(str(tmp_path / "x.tfrecord"), compression_type="GZIP")
-    image, label = parse_example(record, channels=1)
-    assert image.numpy().ravel().tolist() == [7, 200]
-    assert int(label) == 4
+        writer.write(make_example(png, "d" * 64, 6))
+    records = tf.data.TFRecordDataset(str(tmp_path / "x.tfrecord"), compression_type="GZIP")
+    [batch] = records.batch(8)
+    images, labels = parse_examples(batch, channels=1, image_size=2)
+    assert images.shape == (2, 2, 2, 1) and images.dtype == tf.uint8
+    assert images.numpy()[1].ravel().tolist() == [7, 200, 9, 100]
+    assert labels.numpy().tolist() == [4, 6]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        parse_examples(batch, channels=1, image_size=3)  # not the size the split promises

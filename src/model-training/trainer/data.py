@@ -1,9 +1,13 @@
 """tf.data input from the processed TFRecord shards.
 
 The pipeline: shard files (shuffled when training) → interleaved parallel reads →
-parallel parse and decode → in-memory cache of the decoded uint8 pixels when the
-split fits → shuffle → batch → float32 → prefetch. Decoding, the expensive part,
-runs on every core while the accelerator trains on the previous batch.
+batches of serialized records → one vectorized parse per batch and parallel PNG
+decodes → prefetch. Batches stay uint8: the model casts and rescales them itself,
+so the host moves a quarter of the bytes float32 would take.
+
+When a split fits in memory, its decoded pixels are cached once and every epoch
+after the first only shuffles and batches them. Otherwise the serialized records
+are shuffled before decoding, so the shuffle buffer holds compressed bytes.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import tensorflow as tf
 
 from common import storage
 from common.contracts import PREPROCESS, STATS, Preprocess
-from common.tfrecord import parse_example
+from common.tfrecord import parse_examples
 
-Decode = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+# Serialized records in, `(uint8 pixels [B, H, W, C], int64 labels [B])` out.
+DecodeBatch = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 # Enough shards in flight to hide per-file latency (gs://) without a thread per shard.
 MAX_PARALLEL_SHARDS = 16
@@ -31,15 +36,9 @@ def shard_paths(data: str, split: str) -> list[str]:
     ]
 
 
-def _to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    # Cast whole batches: one vectorized op instead of one per image, and the cache
-    # holds uint8, a quarter of the float32 size.
-    return tf.cast(images, tf.float32), labels
-
-
 def build_pipeline(
     paths: list[str],
-    decode: Decode,
+    decode_batch: DecodeBatch,
     *,
     batch_size: int,
     compression: str = "",
@@ -49,28 +48,28 @@ def build_pipeline(
     cache: bool = False,
     shuffle_buffer: int = 10_000,
 ) -> tf.data.Dataset:
-    """Batches of `(float32 pixels [B, H, W, C], int64 labels [B])` from TFRecord `paths`.
-
-    `decode` turns one serialized record into `(uint8 image, label)`.
-    """
+    """Batches of `(uint8 pixels [B, H, W, C], int64 labels [B])` from TFRecord `paths`."""
     files = tf.data.Dataset.from_tensor_slices(paths)
     if shuffle:
         files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    dataset = files.interleave(
+    records = files.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
         cycle_length=min(len(paths), MAX_PARALLEL_SHARDS),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
-        dataset = dataset.cache()
+
+    def decoded(dataset: tf.data.Dataset) -> tf.data.Dataset:
+        return dataset.batch(batch_size).map(decode_batch, num_parallel_calls=tf.data.AUTOTUNE)
+
+    # Cached: decode in batches once, then keep single examples so each epoch reshuffles.
+    dataset = decoded(records).unbatch().cache() if cache else records
     if count is not None:
         # A known length lets Keras size epochs and progress without a warm-up pass.
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
     if shuffle:
         buffer = min(shuffle_buffer, count) if count else shuffle_buffer
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size) if cache else decoded(dataset)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -83,7 +82,6 @@ def make_dataset(
     data: str,
     split: str,
     *,
-    channels: int,
     batch_size: int,
     shuffle: bool = False,
     seed: int = 0,
@@ -93,21 +91,20 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """The `split` of the processed folder `data`; `count`: the split size (from stats.json).
 
-    The decoded split is cached in memory when it takes at most `cache_mb` MB.
+    Image size and channels come from the folder's preprocess.json. The decoded
+    split is cached in memory when it takes at most `cache_mb` MB.
     """
     paths = shard_paths(data, split)
     if not paths:
         raise FileNotFoundError(f"no {split} shards in {data}; run the process stage first")
     stats = storage.read_json(storage.join(data, STATS))
+    spec = Preprocess.model_validate(storage.read_json(storage.join(data, PREPROCESS)))
     compression = "GZIP" if stats.get("compression") == "gzip" else ""
     total = count if count is not None else stats.get("totals", {}).get(split)
-    cache = False
-    if cache_mb > 0 and total:
-        spec = Preprocess.model_validate(storage.read_json(storage.join(data, PREPROCESS)))
-        cache = fits_in_cache(int(total), spec, cache_mb)
+    cache = bool(total) and fits_in_cache(int(total), spec, cache_mb)
 
     def _decode(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return parse_example(serialized, channels)
+        return parse_examples(serialized, spec.channels, spec.image_size)
 
     return build_pipeline(
         paths,
