@@ -162,6 +162,30 @@ def test_pipeline_batches_caches_and_shuffles_reproducibly(tiny_pipeline: TinyPi
     assert sorted(labels(3, cache_mb=0)) == sorted(unshuffled)
 
 
+def test_repeated_pipeline_keeps_epochs_whole(tiny_pipeline: TinyPipeline) -> None:
+    """`fit` runs one endless iterator for `steps_per_epoch` steps at a time: each such
+    run of steps must be exactly one reshuffled epoch, short last batch included."""
+    from trainer.data import make_dataset, steps_per_epoch
+
+    stats = json.loads((tiny_pipeline.processed / "stats.json").read_text())
+    count = stats["totals"]["train"]
+    assert count % 50, "the tiny split should end in a short batch"
+    steps = steps_per_epoch(count, 50)
+    for cache_mb in (1, 0):
+        dataset = make_dataset(
+            str(tiny_pipeline.processed),
+            "train",
+            batch_size=50,
+            shuffle=True,
+            count=count,
+            cache_mb=cache_mb,
+        )
+        batches = iter(dataset.repeat())
+        epochs = [[int(v) for _ in range(steps) for v in next(batches)[1]] for _ in range(2)]
+        assert len(epochs[0]) == len(epochs[1]) == count
+        assert sorted(epochs[0]) == sorted(epochs[1]) and epochs[0] != epochs[1]
+
+
 # --- strategies --------------------------------------------------------------------------
 
 

@@ -73,6 +73,11 @@ def build_pipeline(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def steps_per_epoch(count: int, batch_size: int) -> int:
+    """Batches in one pass over `count` examples (the last one may be short)."""
+    return -(-count // batch_size)
+
+
 def fits_in_cache(count: int, spec: Preprocess, cache_mb: float) -> bool:
     """Whether `count` decoded uint8 images of `spec` take at most `cache_mb` MB."""
     return cache_mb > 0 and count * spec.image_size**2 * spec.channels <= cache_mb * 1e6

@@ -27,7 +27,7 @@ from common import storage
 from common.contracts import LABELS, PREPROCESS, STATS, Preprocess, read_labels
 from common.params import PipelineParams
 from common.settings import Settings
-from trainer.data import make_dataset
+from trainer.data import make_dataset, steps_per_epoch
 from trainer.distribute import make_strategy, patch_keras_for_multiworker, strategy_label
 from trainer.evaluate import confusion_matrix
 from trainer.export import export_model
@@ -203,9 +203,17 @@ def train(
             model._distribute_strategy = None
         started = time.monotonic()
         with distribution.scope():
+            # Endless datasets with a fixed number of steps keep one iterator for the
+            # whole run. A fresh iterator each epoch costs little alone, but under a
+            # distribution strategy it re-traces and re-creates per-device buffers:
+            # about a fifth of each short epoch here (benchmarks/train.py).
             model.fit(
-                train_ds,
-                validation_data=val_ds,
+                train_ds.repeat(),
+                steps_per_epoch=steps_per_epoch(totals["train"], global_batch),
+                validation_data=val_ds.repeat() if val_ds is not None else None,
+                validation_steps=(
+                    steps_per_epoch(totals["val"], global_batch) if val_ds is not None else None
+                ),
                 epochs=cfg.epochs,
                 callbacks=[history, backup, *tracker.callbacks(), *callbacks],
                 shuffle=False,  # the dataset shuffles itself
