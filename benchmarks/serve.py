@@ -2,7 +2,8 @@
 
 Three servers run in turn on loopback, each on the same model and the same image:
 
-- ours: `python -m api_service` (LiteRT, micro-batching, every check and metric on);
+- ours: `python -m api_service` (LiteRT in its inference process, micro-batching,
+  every check, metric and access log on);
 - naive: FastAPI `async def` that decodes the upload and calls Keras `model.predict`
   once per request (the usual course API service);
 - ceiling: the same FastAPI upload endpoint that reads the file and returns a constant.
@@ -223,10 +224,15 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 120) -> No
 
 
 def rss_bytes(pid: int) -> int:
+    """Resident memory of `pid` and its children (ours runs inference in a child)."""
+    total = 0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.exists() else []:
+        total += rss_bytes(int(child))
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+            return total + int(line.split()[1]) * 1024
+    return total
 
 
 def client_process(port: int, path: str, image: Path | None, seconds: float) -> subprocess.Popen:
@@ -286,6 +292,7 @@ def bench_server(name: str, command: list[str], env: dict[str, str], image: Path
             result["healthz"] = result_of(probe)
         done.set()
         sampler.join()
+        # Memory of the whole process tree: ours runs its model in a child process.
         result.update(cold_start_s=cold_start, rss_growth=max(peak) / idle)
         print(
             f"  {name}: {result['rate']:,.0f} req/s, p50 {result['p50_ms']:.1f} ms, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Annotated
 
 import typer
@@ -10,6 +11,8 @@ import typer
 from common.settings import get_settings
 
 app = typer.Typer(add_completion=False, help=__doc__)
+
+SWITCH_INTERVAL_S = 0.0005
 
 
 @app.command()
@@ -43,6 +46,9 @@ def serve(
         update={k: v for k, v in overrides.items() if v is not None}
     )
     configure_logging(logging.INFO)
+    # The batcher and log threads wake for short moments; each must take the GIL from
+    # a busy event loop, which by default hands it over only every 5 ms.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         application = create_app(settings)
     except FileNotFoundError as exc:

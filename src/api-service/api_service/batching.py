@@ -1,10 +1,12 @@
-"""Micro-batching: requests queue images, one worker thread decodes and infers them in batches.
+"""Micro-batching: requests queue images; a thread hands them in batches to the inference process.
 
-The event loop only enqueues bytes and awaits a future; decoding and LiteRT run on
-the worker thread (both release the GIL for their heavy parts), so a saturated model
-never delays `/healthz`. A batch closes at `max_batch` images or `max_wait_ms` after
-its first image, whichever comes first; whatever queued while the previous batch ran
-joins the next one at once, so batches grow with load on their own.
+The event loop only enqueues bytes and awaits a future. The batcher thread sends
+each batch to the model's inference process (`api_service.worker`), which decodes
+and runs LiteRT with its own GIL, and waits for the answer without holding this
+process's. So a saturated model never delays `/healthz`. A batch closes at
+`max_batch` images or `max_wait_ms` after its first image, whichever comes first;
+whatever queued while the previous batch ran joins the next one at once, so batches
+grow with load on their own.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from api_service.inputs import InputError, prepare
+from api_service.inputs import InputError
 from api_service.model import ServedModel
 from api_service.monitoring import DriftWindow, Metrics
+from api_service.worker import InferenceWorker, WorkerError
 
 log = logging.getLogger("api_service.batching")
 
@@ -53,7 +56,7 @@ def _deliver(results: list[tuple[asyncio.Future[np.ndarray | InputError], object
 
 
 class MicroBatcher:
-    """A queue and a worker thread in front of one `ServedModel`."""
+    """A queue, a batcher thread and an inference process in front of one `ServedModel`."""
 
     def __init__(
         self,
@@ -65,13 +68,16 @@ class MicroBatcher:
         max_pixels: int,
         drift_window: int,
         metrics: Metrics,
+        threads: int = 1,
     ) -> None:
         self.model = model
         self.max_batch = max(1, max_batch)
         self.max_wait = max(0.0, max_wait_ms) / 1000
         self.max_queue = max_queue
-        self.max_pixels = max_pixels
         self.metrics = metrics
+        self.worker = InferenceWorker(
+            model, threads=threads, max_batch=self.max_batch, max_pixels=max_pixels
+        )
         self.drift = DriftWindow(model.labels, model.training_counts, drift_window)
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._closed = False
@@ -85,10 +91,12 @@ class MicroBatcher:
         }
 
     def start(self) -> None:
+        """Start the inference process (WorkerError if the model fails to load), then the thread."""
+        self.worker.start()
         self._thread.start()
 
     def close(self, timeout: float | None = 30) -> None:
-        """Stop taking work, finish what is queued, then end the worker."""
+        """Stop taking work, finish what is queued, then end the thread and the process."""
         with self._lock:
             if self._closed:
                 return
@@ -96,6 +104,7 @@ class MicroBatcher:
             self._queue.put(_STOP)
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self.worker.close()
 
     async def predict_many(self, images: list[bytes]) -> list[np.ndarray | InputError]:
         """Probabilities for each image (or the `InputError` that refused it)."""
@@ -151,31 +160,23 @@ class MicroBatcher:
         self.metrics.queue_depth.set(self._queue.qsize())
         for item in batch:
             self.metrics.queue_seconds.observe(started - item.enqueued)
-        results: list[object] = []
-        pixels: list[np.ndarray] = []
-        for item in batch:
-            try:
-                image = prepare(item.data, self.model.spec, self.max_pixels)
-            except InputError as exc:
-                results.append(exc)
-                continue
-            results.append(None)
-            pixels.append(image)
-        decoded = time.perf_counter()
-        self.metrics.preprocess_seconds.observe(decoded - started)
-        if pixels:
-            probabilities = self.model.predict_batch(np.stack(pixels))
-            self.metrics.inference_seconds.observe(time.perf_counter() - decoded)
-            self.metrics.batch_size.observe(len(pixels))
-            classes = probabilities.argmax(axis=1).tolist()
+        try:
+            results, decode_s, infer_s = self.worker.run([item.data for item in batch])
+        except WorkerError as exc:
+            # The next batch starts a new process (`run` does when there is none).
+            log.error("inference process failed on a batch of %d: %s", len(batch), exc)
+            self._complete(batch, [exc] * len(batch))
+            return
+        self.metrics.preprocess_seconds.observe(decode_s)
+        rows = [result for result in results if not isinstance(result, InputError)]
+        if rows:
+            self.metrics.inference_seconds.observe(infer_s)
+            self.metrics.batch_size.observe(len(rows))
+            classes = np.argmax(rows, axis=1).tolist()
             self.drift.add(classes)
-            rows = iter(range(len(pixels)))
-            for i, result in enumerate(results):
-                if result is None:
-                    row = next(rows)
-                    results[i] = probabilities[row]
-                    self._predicted[classes[row]].inc()
-        self._complete(batch, results)
+            for label in classes:
+                self._predicted[label].inc()
+        self._complete(batch, list(results))
 
     @staticmethod
     def _complete(batch: list[_Item], results: list[object]) -> None:

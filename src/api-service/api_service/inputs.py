@@ -75,13 +75,15 @@ def sniff(data: bytes) -> str:
 
 
 def prepare(data: bytes, spec: Preprocess, max_pixels: int) -> np.ndarray:
-    """Decode sniffed bytes into the model's uint8 `[H, W, C]` pixels (shared preprocessing).
+    """Decode bytes into the model's uint8 `[H, W, C]` pixels (shared preprocessing).
 
-    The decoder checks the pixel count from the header before decoding anything, and
-    says which refusal it was: too many pixels (413) or unreadable (422).
+    Only the decoder of the format the signature shows may run. It checks the pixel
+    count from the header before decoding anything, and says which refusal it was:
+    too many pixels (413) or unreadable (422).
     """
+    fmt = sniff(data)
     try:
-        return load_for_model(data, spec, max_pixels)
+        return load_for_model(data, spec, max_pixels, formats=(fmt,))
     except ImageTooLargeError as exc:
         raise InputError(413, "too_many_pixels", str(exc)) from exc
     except ImageDecodeError as exc:

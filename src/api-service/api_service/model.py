@@ -1,4 +1,8 @@
-"""The served model: resolved from a registry alias and run with LiteRT."""
+"""The served model: resolved from a registry alias, its files, and the LiteRT engine.
+
+`load_served_model` fetches a version and reads what describes it; the `Engine`
+that runs the `.tflite` lives in the inference process (`api_service.worker`).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +37,7 @@ def _batch_sizes(max_batch: int) -> list[int]:
 
 @dataclass
 class ServedModel:
-    """One loaded model version. `predict_batch` is thread-safe.
-
-    Resizing a LiteRT input re-plans the XNNPACK delegate (milliseconds, more than
-    the inference itself), so the model keeps one interpreter per power-of-two batch
-    size and cuts a batch into those sizes: no resize and no padding on the hot path.
-    """
+    """One model version: what it is, what it expects, and where its `.tflite` is."""
 
     name: str
     version: str
@@ -48,27 +46,12 @@ class ServedModel:
     spec: Preprocess
     metrics: dict[str, Any]
     lineage: dict[str, Any]
-    interpreters: dict[int, _Runner]
+    tflite: Path
     training_counts: dict[str, int] | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def predict_batch(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities `[N, classes]` for uint8 images `[N, H, W, C]`."""
-        outputs = []
-        start = 0
-        # Interpreters hold their tensors: one batch at a time per model.
-        with self._lock:
-            for size in sorted(self.interpreters, reverse=True):
-                while pixels.shape[0] - start >= size:
-                    chunk = pixels[start : start + size]
-                    outputs.append(self.interpreters[size].run(chunk))
-                    start += size
-        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
-
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities for one uint8 `[H, W, C]` image."""
-        probabilities: np.ndarray = self.predict_batch(pixels[np.newaxis])[0]
-        return probabilities
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.spec.image_size, self.spec.image_size, self.spec.channels)
 
 
 class _Runner:
@@ -86,6 +69,42 @@ class _Runner:
         self.interpreter.invoke()
         result: np.ndarray = self.interpreter.get_tensor(self.output_index).copy()
         return result
+
+
+class Engine:
+    """LiteRT interpreters for one `.tflite`, one per power-of-two batch size.
+
+    Resizing a LiteRT input re-plans the XNNPACK delegate (milliseconds, more than
+    the inference itself), so the engine keeps one interpreter per batch size and
+    cuts a batch into those sizes: no resize and no padding on the hot path. Not
+    thread-safe: interpreters hold their tensors.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], threads: int, max_batch: int) -> None:
+        self.runners = _interpreters(path, threads, max_batch, shape)
+
+    def predict_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities `[N, classes]` for uint8 images `[N, H, W, C]`."""
+        outputs = []
+        start = 0
+        for size in sorted(self.runners, reverse=True):
+            while pixels.shape[0] - start >= size:
+                outputs.append(self.runners[size].run(pixels[start : start + size]))
+                start += size
+        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities for one uint8 `[H, W, C]` image."""
+        probabilities: np.ndarray = self.predict_batch(pixels[np.newaxis])[0]
+        return probabilities
+
+    def warm_up(self, shape: tuple[int, ...], classes: int) -> None:
+        """Run every interpreter once, so no request pays for lazy initialisation, and
+        check the output matches the labels before the version may serve."""
+        for size in self.runners:
+            out = self.predict_batch(np.zeros((size, *shape), np.uint8))
+            if out.shape != (size, classes):
+                raise ValueError(f"model output {out.shape[1:]} does not match {classes} labels")
 
 
 def _local_copy(uri: str, cache_dir: Path) -> Path:
@@ -163,34 +182,23 @@ def training_class_counts(
 
 
 def load_served_model(settings: Settings, version: str | None = None) -> ServedModel:
-    """Load `version` (default: what `settings.model_alias` points at) and warm it up."""
+    """Fetch `version` (default: what `settings.model_alias` points at) and describe it."""
     registry = ModelRegistry(settings.models_root, settings.model_name)
     version = version or registry.resolve(settings.model_alias)
     folder = _local_copy(registry.version_uri(version), Path(settings.model_cache_dir))
-    spec = Preprocess.model_validate(storage.read_json(folder / PREPROCESS))
     labels = read_labels(folder / LABELS)
     lineage = storage.read_json(folder / LINEAGE)
-    shape = (spec.image_size, spec.image_size, spec.channels)
-    served = ServedModel(
+    tflite = folder / TFLITE_FILE
+    if not tflite.is_file():
+        raise FileNotFoundError(f"version {version} has no {TFLITE_FILE}")
+    return ServedModel(
         name=settings.model_name,
         version=version,
         alias=settings.model_alias,
         labels=labels,
-        spec=spec,
+        spec=Preprocess.model_validate(storage.read_json(folder / PREPROCESS)),
         metrics=storage.read_json(folder / METRICS),
         lineage=lineage,
-        interpreters=_interpreters(
-            folder / TFLITE_FILE, settings.serve_threads, settings.max_batch, shape
-        ),
+        tflite=tflite,
         training_counts=training_class_counts(lineage, labels, settings.models_root),
     )
-    # Warm up every interpreter so no request pays for lazy initialisation, and check
-    # the output matches the labels before this version may serve.
-    for size in served.interpreters:
-        out = served.predict_batch(np.zeros((size, *shape), np.uint8))
-        if out.shape != (size, len(labels)):
-            raise ValueError(
-                f"version {version}: model output {out.shape[1:]} does not match "
-                f"{len(labels)} labels"
-            )
-    return served

@@ -62,11 +62,24 @@ class DriftWindow:
 
 
 class Metrics:
-    """The service's own metrics (the HTTP ones come from the instrumentator)."""
+    """Every metric the service exposes, HTTP ones included."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.http_requests = Counter(
+            "http_requests",
+            "HTTP requests by route template, method and status.",
+            ["handler", "method", "status"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request latency by route template, method and status.",
+            ["handler", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge(
             "mega_http_requests_in_flight",
             "HTTP requests being handled (received, not yet answered).",
@@ -142,6 +155,28 @@ class Metrics:
             "Predictions in the drift window.",
             registry=r,
         )
+
+    def http_recorder(self) -> Callable[[str, str, int, float], None]:
+        """`record(handler, method, status, seconds)` for the access-log middleware.
+
+        Label lookups cost more than the observation itself, so each label set's
+        children are looked up once and kept.
+        """
+        children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+        def record(handler: str, method: str, status: int, seconds: float) -> None:
+            key = (handler, method, status)
+            pair = children.get(key)
+            if pair is None:
+                labels = {"handler": handler, "method": method, "status": str(status)}
+                pair = children[key] = (
+                    self.http_requests.labels(**labels),
+                    self.http_latency.labels(**labels),
+                )
+            pair[0].inc()
+            pair[1].observe(seconds)
+
+        return record
 
     def bind_drift(self, current: Callable[[], DriftWindow | None]) -> None:
         """Compute the drift gauges at scrape time from whatever model is current."""

@@ -70,6 +70,9 @@ class ModelManager:
                 return
             try:
                 model = load_served_model(self.settings, version)
+                # Starting loads and warms the model in its inference process.
+                batcher = self._batcher(model)
+                batcher.start()
             except Exception as exc:  # keep the old model serving, whatever went wrong
                 self.metrics.load_failures.labels(version=version).inc()
                 self._failed(version, exc)
@@ -79,11 +82,11 @@ class ModelManager:
                     30.0, 10 * self.settings.model_poll_seconds
                 )
                 return
-            self._swap_in(model)
+            self._swap_in(model, batcher)
 
-    def _swap_in(self, model: ServedModel) -> None:
+    def _batcher(self, model: ServedModel) -> MicroBatcher:
         s = self.settings
-        batcher = MicroBatcher(
+        return MicroBatcher(
             model,
             max_batch=s.max_batch,
             max_wait_ms=s.max_wait_ms,
@@ -91,8 +94,10 @@ class ModelManager:
             max_pixels=s.max_image_pixels,
             drift_window=s.drift_window,
             metrics=self.metrics,
+            threads=s.serve_threads,
         )
-        batcher.start()
+
+    def _swap_in(self, model: ServedModel, batcher: MicroBatcher) -> None:
         old, self.active = self.active, Active(model, batcher)
         self._failed_until.pop(model.version, None)
         self._clear_error()

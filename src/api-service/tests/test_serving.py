@@ -189,9 +189,11 @@ def test_batcher_forms_batches(tiny_pipeline: TinyPipeline) -> None:
     total = next(s.value for s in batches if s.name.endswith("_sum"))
     assert total == 20 and count <= 5, "20 images should need at most a few batches"
     from api_service.inputs import prepare
+    from api_service.model import Engine
 
+    engine = Engine(model.tflite, model.input_shape, threads=1, max_batch=1)
     for path, (row,) in zip(paths, results, strict=True):
-        alone = model.predict(prepare(path.read_bytes(), model.spec, 10**6))
+        alone = engine.predict(prepare(path.read_bytes(), model.spec, 10**6))
         np.testing.assert_allclose(row, alone, atol=1e-5)
 
 
@@ -211,3 +213,23 @@ def test_batcher_refuses_when_the_queue_is_full(tiny_pipeline: TinyPipeline) -> 
     with pytest.raises(InputError) as refused:
         asyncio.run(batcher.predict_many([b"a", b"b", b"c"]))
     assert refused.value.status == 503
+
+
+def test_a_dead_inference_process_is_replaced(
+    registry_copy: ModelRegistry, tiny_pipeline: TinyPipeline
+) -> None:
+    """A decoder crash kills the inference process, not the server: the batch in
+    flight fails with a JSON 500 and the next request gets a new process."""
+    upload = {"file": ("digit.png", tiny_pipeline.test_images()[0][0].read_bytes(), "image/png")}
+    settings = Settings(models_root=registry_copy.root, model_poll_seconds=0)
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        worker = app.state.manager.active.batcher.worker
+        process = worker._process
+        process.kill()
+        process.wait()
+        first = client.post("/v1/predict", files=upload)
+        assert first.status_code == 500 and first.json()["error"]["code"] == "internal_error"
+        second = client.post("/v1/predict", files=upload)
+        assert second.status_code == 200, second.text
+        assert worker._process is not None and worker._process.pid != process.pid

@@ -28,20 +28,24 @@ def sha256_hex(data: bytes) -> str:
 
 
 def decode_image(
-    data: bytes, max_pixels: int = MAX_PIXELS, draft_size: int | None = None
+    data: bytes,
+    max_pixels: int = MAX_PIXELS,
+    draft_size: int | None = None,
+    formats: tuple[str, ...] | None = None,
 ) -> Image.Image:
     """Decode and fully load an image, rejecting empty, truncated and oversized input.
 
     With `draft_size`, a JPEG is decoded directly at the smallest DCT scale that
     is still at least that many pixels on its short side: several times faster
-    when the model input is much smaller than the photo.
+    when the model input is much smaller than the photo. `formats` limits the
+    decoders Pillow may try (e.g. to the format the caller already recognised).
     """
     if not data:
         raise ImageDecodeError("empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=formats)
             if image.width * image.height > max_pixels:
                 raise ImageTooLargeError(
                     f"image is {image.width}x{image.height}, over the {max_pixels:,}-pixel limit"
@@ -98,6 +102,12 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def load_for_model(data: bytes, spec: Preprocess, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_for_model(
+    data: bytes,
+    spec: Preprocess,
+    max_pixels: int = MAX_PIXELS,
+    formats: tuple[str, ...] | None = None,
+) -> np.ndarray:
     """Bytes → model pixels, as the processor makes them: what serving must use too."""
-    return to_model_pixels(decode_image(data, max_pixels, draft_size=spec.image_size), spec)
+    image = decode_image(data, max_pixels, draft_size=spec.image_size, formats=formats)
+    return to_model_pixels(image, spec)

@@ -36,6 +36,13 @@ def test_bad_bytes_are_rejected_with_a_reason(data: bytes, reason: str) -> None:
         decode_image(data)
 
 
+def test_only_the_named_decoders_may_run() -> None:
+    png = encoded(Image.new("L", (8, 8)))
+    assert decode_image(png, formats=("PNG",)).size == (8, 8)
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        decode_image(png, formats=("JPEG", "GIF"))
+
+
 def test_pixel_limit() -> None:
     data = encoded(Image.new("L", (300, 300)))
     with pytest.raises(ImageDecodeError, match="pixel limit"):

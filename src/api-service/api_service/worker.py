@@ -1,0 +1,173 @@
+"""Decoding and inference in a child process, so the event loop keeps its GIL to itself.
+
+Decoding a small upload and running the model release the GIL a dozen times per
+image. In one process, each time the batcher thread wants it back it waits for the
+busy event loop to hand it over (up to the interpreter's switch interval), so under
+load the service ran on one core while the other sat idle. The child has its own
+interpreter and GIL: the server's batcher thread only sends a batch of raw uploads
+and waits, without the GIL, for probabilities.
+
+The child is `python -m api_service.worker FD`, talking over one end of a socket
+pair with `multiprocessing.connection` framing. It imports no web framework. A
+decoder crash on a crafted image kills the child, not the server: the batch in
+flight fails with 500s and the next batch starts a new child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import socket
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from api_service.inputs import InputError, prepare
+from api_service.model import Engine, ServedModel
+from common.contracts import Preprocess
+
+READY_TIMEOUT_S = 60.0
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class WorkerError(RuntimeError):
+    """The inference process could not load the model, or it died."""
+
+
+BatchResult = tuple[list[np.ndarray | InputError], float, float]
+
+
+class InferenceWorker:
+    """The server's handle on one inference process for one model version."""
+
+    def __init__(self, model: ServedModel, *, threads: int, max_batch: int, max_pixels: int):
+        self.version = model.version
+        self._config = {
+            "tflite": str(model.tflite),
+            "spec": model.spec.model_dump(),
+            "classes": len(model.labels),
+            "threads": threads,
+            "max_batch": max_batch,
+            "max_pixels": max_pixels,
+        }
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+
+    def start(self) -> None:
+        """Start the process; return once its model is loaded and warm (else WorkerError)."""
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "api_service.worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+            )
+            conn = Connection(ours.detach())
+        try:
+            conn.send(self._config)
+            if not conn.poll(READY_TIMEOUT_S):
+                raise WorkerError(f"the inference process was not ready in {READY_TIMEOUT_S:.0f} s")
+            status, detail = conn.recv()
+        except (EOFError, OSError) as exc:
+            process.wait(5)
+            conn.close()
+            raise WorkerError(
+                f"the inference process exited with {process.returncode} while loading"
+            ) from exc
+        except WorkerError:
+            process.kill()
+            conn.close()
+            raise
+        if status != "ready":
+            process.wait(5)
+            conn.close()
+            raise WorkerError(detail)
+        self._process, self._conn = process, conn
+
+    def run(self, images: list[bytes]) -> BatchResult:
+        """Per image its probabilities or the InputError that refused it; decode and
+        inference seconds. Not thread-safe: one batch at a time."""
+        if self._conn is None:
+            self.start()
+        assert self._conn is not None
+        try:
+            self._conn.send_bytes(pickle.dumps(images, protocol=PROTOCOL))
+            reply = pickle.loads(self._conn.recv_bytes())
+        except (EOFError, OSError) as exc:
+            code = self._process.wait(5) if self._process is not None else None
+            self._forget()
+            raise WorkerError(f"the inference process died (exit code {code})") from exc
+        if reply[0] != "ok":
+            raise WorkerError(reply[1])
+        _, rows, probabilities, decode_s, infer_s = reply
+        results = [
+            InputError(*row) if isinstance(row, tuple) else probabilities[row] for row in rows
+        ]
+        return results, decode_s, infer_s
+
+    def close(self) -> None:
+        """Ask the process to exit and wait for it (killed after a few seconds)."""
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.send_bytes(b"")
+        if self._process is not None:
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._forget()
+
+    def _forget(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+        self._process = None
+
+
+# --- the child ----------------------------------------------------------------------------
+
+
+def _handle(engine: Engine, images: list[bytes], spec: Preprocess, max_pixels: int) -> tuple:
+    started = time.perf_counter()
+    rows: list[int | tuple[int, str, str]] = []
+    pixels: list[np.ndarray] = []
+    for data in images:
+        try:
+            pixels.append(prepare(data, spec, max_pixels))
+            rows.append(len(pixels) - 1)
+        except InputError as exc:
+            rows.append((exc.status, exc.code, exc.message))
+    decoded = time.perf_counter()
+    probabilities = engine.predict_batch(np.stack(pixels)) if pixels else None
+    return ("ok", rows, probabilities, decoded - started, time.perf_counter() - decoded)
+
+
+def serve(conn: Connection) -> None:
+    """Load the engine the first message describes, then answer batches until told to stop."""
+    config: dict[str, Any] = conn.recv()
+    spec = Preprocess.model_validate(config["spec"])
+    shape = (spec.image_size, spec.image_size, spec.channels)
+    try:
+        engine = Engine(Path(config["tflite"]), shape, config["threads"], config["max_batch"])
+        engine.warm_up(shape, config["classes"])
+    except Exception as exc:  # reported to the server, which keeps its current model
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
+    while message := conn.recv_bytes():
+        try:
+            reply = _handle(engine, pickle.loads(message), spec, config["max_pixels"])
+        except Exception as exc:  # this batch fails; the process serves the next one
+            reply = ("failed", f"{type(exc).__name__}: {exc}")
+        conn.send_bytes(pickle.dumps(reply, protocol=PROTOCOL))
+
+
+if __name__ == "__main__":
+    connection = Connection(int(sys.argv[1]))
+    with contextlib.suppress(EOFError, KeyboardInterrupt):  # the server went away
+        serve(connection)
