@@ -13,7 +13,8 @@
   cores the pipeline can at most use both for decoding, so this ratio is bounded by
   about 2 × (Pillow's cost per image / TensorFlow's), near 3.
 - `input_bound`: small_cnn training throughput on the real pipeline (digits-like
-  32×32 PNG shards, cached as the default `cache_mb` decides) against the same model
+  PNG shards at the default `process.image_size`, cached as the default `cache_mb`
+  decides) against the same model
   fed one in-memory uint8 batch over and over (no input work at all).
 - `mirrored_overhead`: the same training under MirroredStrategy on one device
   against no strategy.
@@ -40,6 +41,7 @@ from PIL import Image
 
 from common.contracts import Preprocess
 from common.images import sha256_hex
+from common.params import load_params
 from common.tfrecord import make_example, parse_examples
 from trainer.data import build_pipeline, steps_per_epoch
 from trainer.model import build_model
@@ -50,6 +52,8 @@ JPEG_SHARDS = 8
 BATCH = 64
 ROUNDS = 5
 TRAIN_EPOCHS = 8  # the first is warm-up (tracing, cache fill); the rest are timed
+# The digits at the pipeline's default size, as `make run` trains them.
+DIGIT_SIZE = load_params(Path(__file__).resolve().parent.parent / "params.yaml").process.image_size
 
 
 def best_of(sides: dict[str, Callable[[], float]], rounds: int = ROUNDS) -> dict[str, float]:
@@ -159,14 +163,16 @@ def input_pipeline(folder: Path) -> tuple[str, str]:
 
 
 def write_digit_shards(folder: Path) -> tuple[list[str], int]:
-    """The processor's format: scikit-learn digits as 32×32 grayscale PNG in 2 shards."""
+    """The processor's format: scikit-learn digits as grayscale PNG in 2 shards."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     shards = [str(folder / f"train-{k:05d}-of-00002.tfrecord") for k in range(2)]
     writers = [tf.io.TFRecordWriter(path) for path in shards]
     for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
-        image = Image.fromarray((pixels * 255 / 16).astype(np.uint8)).resize((32, 32))
+        image = Image.fromarray((pixels * 255 / 16).astype(np.uint8)).resize(
+            (DIGIT_SIZE, DIGIT_SIZE)
+        )
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()
@@ -197,7 +203,7 @@ def train_rate(
     by other work on the machine) measures the steady state best.
     """
     keras.utils.set_random_seed(0)
-    spec = Preprocess(image_size=32, color_mode="grayscale")
+    spec = Preprocess(image_size=DIGIT_SIZE, color_mode="grayscale")
     scope = strategy.scope() if strategy is not None else tf.distribute.get_strategy().scope()
     with scope:
         model = build_model("small_cnn", spec, 10)
@@ -222,15 +228,15 @@ def training(folder: Path) -> tuple[str, str]:
     def pipeline() -> tf.data.Dataset:
         return build_pipeline(
             shards,
-            lambda batch: parse_examples(batch, 1, 32),
+            lambda batch: parse_examples(batch, 1, DIGIT_SIZE),
             batch_size=BATCH,
             shuffle=True,
             count=count,
-            cache=True,  # 1,797 × 32 × 32 bytes: well under the default cache_mb
+            cache=True,  # 1,797 small images: well under the default cache_mb
         )
 
     rng = np.random.default_rng(0)
-    images = tf.constant(rng.integers(0, 256, (BATCH, 32, 32, 1)).astype(np.uint8))
+    images = tf.constant(rng.integers(0, 256, (BATCH, DIGIT_SIZE, DIGIT_SIZE, 1)).astype(np.uint8))
     labels = tf.constant(rng.integers(0, 10, BATCH))
     steps = steps_per_epoch(count, BATCH)
     synthetic = tf.data.Dataset.from_tensors((images, labels))
