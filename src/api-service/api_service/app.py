@@ -316,12 +316,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(monitoring.registry), media_type=CONTENT_TYPE_LATEST)
 
+    upload_paths = frozenset({PREDICT_PATH, BATCH_PATH})
     # Middleware: the last added runs first. Access log and HTTP metrics (outermost) →
     # CORS → upload guard → routes, so the log and the metrics see the guard's 413/415.
     app.add_middleware(
         UploadGuardMiddleware,
         max_bytes=settings.max_upload_bytes,
-        multipart_paths=frozenset({PREDICT_PATH, BATCH_PATH}),
+        multipart_paths=upload_paths,
     )
     if settings.cors_allow_origins:
         app.add_middleware(
@@ -338,6 +339,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         in_flight=monitoring.in_flight,
         record=monitoring.http_recorder(),
         unmeasured=frozenset({METRICS_PATH}),  # scrapes would only measure themselves
+        guarded=upload_paths,
     )
 
     if settings.static_dir:

@@ -104,7 +104,11 @@ class MicroBatcher:
             self._queue.put(_STOP)
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self.worker.close()
+        if self._thread.is_alive():
+            # A batch is stuck: stop its process; the thread then fails that batch.
+            self.worker.kill()
+        elif not self._thread.ident:
+            self.worker.close()  # never started: the process is ours to end
 
     async def predict_many(self, images: list[bytes]) -> list[np.ndarray | InputError]:
         """Probabilities for each image (or the `InputError` that refused it)."""
@@ -141,6 +145,7 @@ class MicroBatcher:
             except Exception as exc:  # keep the worker alive; the requests get a 500
                 log.exception("batch of %d failed", len(batch))
                 self._complete(batch, [exc] * len(batch))
+        self.worker.close()  # this thread alone talks to the process
 
     def _drain(self, batch: list[_Item]) -> bool:
         """Move queued items into `batch` up to `max_batch`; True if the stop marker came."""

@@ -76,6 +76,7 @@ class UploadGuardMiddleware:
             return
         length: int | None = None
         content_type = ""
+        chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -85,6 +86,8 @@ class UploadGuardMiddleware:
                     return
             elif name == b"content-type":
                 content_type = value.decode("latin-1").lower()
+            elif name == b"transfer-encoding":
+                chunked = True
         if scope["path"] in self.multipart_paths and not content_type.startswith(
             "multipart/form-data"
         ):
@@ -95,10 +98,10 @@ class UploadGuardMiddleware:
                 "send the image as multipart/form-data (a `file` field)",
             )
             return
-        if length is not None:
-            if length > self.max_bytes:
-                await send_error(send, 413, "too_large", self._message(length))
-                return
+        if length is not None and length > self.max_bytes:
+            await send_error(send, 413, "too_large", self._message(length))
+            return
+        if length is not None and not chunked:
             # HTTP framing ends the body at Content-Length: nothing more to count.
             await self.app(scope, receive, send)
             return
@@ -154,12 +157,14 @@ class AccessLogMiddleware:
         in_flight: Gauge | None = None,
         record: Callable[[str, str, int, float], None] | None = None,
         unmeasured: frozenset[str] = frozenset(),
+        guarded: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.enabled = enabled
         self.in_flight = in_flight
         self.record = record
         self.unmeasured = unmeasured
+        self.guarded = guarded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -194,9 +199,11 @@ class AccessLogMiddleware:
                 self.in_flight.dec()
             path = scope["path"]
             if self.record is not None and path not in self.unmeasured:
-                # Routing stored the matched route in the scope; no match is "none".
+                # Routing stored the matched route in the scope. A route the upload
+                # guard answered before routing counts as itself; anything else is "none".
                 route = scope.get("route")
-                self.record(getattr(route, "path", "none"), scope["method"], status, seconds)
+                handler = route.path if route else path if path in self.guarded else "none"
+                self.record(handler, scope["method"], status, seconds)
             if self.enabled:
                 client = scope.get("client")
                 access_log.info(

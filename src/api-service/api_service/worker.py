@@ -16,10 +16,13 @@ flight fails with 500s and the next batch starts a new child.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -32,6 +35,8 @@ from api_service.model import Engine, ServedModel
 from common.contracts import Preprocess
 
 READY_TIMEOUT_S = 60.0
+# A batch that takes longer is taken for a hung decoder: the process is replaced.
+BATCH_TIMEOUT_S = 60.0
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
@@ -57,6 +62,8 @@ class InferenceWorker:
         }
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        self._closed = False
+        self._busy_since: float | None = None
 
     def start(self) -> None:
         """Start the process; return once its model is loaded and warm (else WorkerError)."""
@@ -72,35 +79,50 @@ class InferenceWorker:
             if not conn.poll(READY_TIMEOUT_S):
                 raise WorkerError(f"the inference process was not ready in {READY_TIMEOUT_S:.0f} s")
             status, detail = conn.recv()
-        except (EOFError, OSError) as exc:
-            process.wait(5)
+            if status != "ready":
+                raise WorkerError(detail)
+        except BaseException as exc:
+            _end(process)
             conn.close()
-            raise WorkerError(
-                f"the inference process exited with {process.returncode} while loading"
-            ) from exc
-        except WorkerError:
-            process.kill()
-            conn.close()
+            if isinstance(exc, (EOFError, OSError)):
+                raise WorkerError(
+                    f"the inference process exited with {process.returncode} while loading"
+                ) from exc
             raise
-        if status != "ready":
-            process.wait(5)
-            conn.close()
-            raise WorkerError(detail)
         self._process, self._conn = process, conn
+        threading.Thread(
+            target=self._watch, args=(process,), name=f"{self.version}-watchdog", daemon=True
+        ).start()
+
+    def _watch(self, process: subprocess.Popen[bytes]) -> None:
+        """Kill `process` if a batch runs past BATCH_TIMEOUT_S (a hung decoder): the
+        waiting `run` then fails that batch, and the next batch starts a new process.
+        A timer thread rather than a timeout on every read keeps the hot path lean."""
+        while process.poll() is None:
+            time.sleep(1.0)
+            started = self._busy_since
+            if started is not None and time.monotonic() - started > BATCH_TIMEOUT_S:
+                process.kill()
 
     def run(self, images: list[bytes]) -> BatchResult:
         """Per image its probabilities or the InputError that refused it; decode and
-        inference seconds. Not thread-safe: one batch at a time."""
+        inference seconds. One batch at a time, from one thread."""
         if self._conn is None:
+            if self._closed:
+                raise WorkerError("the inference process was stopped")
             self.start()
-        assert self._conn is not None
+        assert self._conn is not None and self._process is not None
+        self._busy_since = time.monotonic()
         try:
             self._conn.send_bytes(pickle.dumps(images, protocol=PROTOCOL))
             reply = pickle.loads(self._conn.recv_bytes())
         except (EOFError, OSError) as exc:
-            code = self._process.wait(5) if self._process is not None else None
+            _end(self._process)
+            code = self._process.returncode
             self._forget()
             raise WorkerError(f"the inference process died (exit code {code})") from exc
+        finally:
+            self._busy_since = None
         if reply[0] != "ok":
             raise WorkerError(reply[1])
         _, rows, probabilities, decode_s, infer_s = reply
@@ -110,17 +132,24 @@ class InferenceWorker:
         return results, decode_s, infer_s
 
     def close(self) -> None:
-        """Ask the process to exit and wait for it (killed after a few seconds)."""
+        """Ask the process to exit and wait for it (killed after a few seconds).
+
+        Only from the thread that runs batches; any other thread uses `kill`.
+        """
+        self._closed = True
         if self._conn is not None:
             with contextlib.suppress(OSError):
                 self._conn.send_bytes(b"")
         if self._process is not None:
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            _end(self._process, grace=5.0)
         self._forget()
+
+    def kill(self) -> None:
+        """Stop the process now, from any thread; no new one is started after this."""
+        self._closed = True
+        process = self._process
+        if process is not None:
+            process.kill()
 
     def _forget(self) -> None:
         if self._conn is not None:
@@ -129,7 +158,23 @@ class InferenceWorker:
         self._process = None
 
 
+def _end(process: subprocess.Popen[bytes], grace: float = 0.0) -> None:
+    """Wait `grace` seconds for the process to exit, then kill it and reap it."""
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 # --- the child ----------------------------------------------------------------------------
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this process once its parent is gone, even if a decode never returns."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _handle(engine: Engine, images: list[bytes], spec: Preprocess, max_pixels: int) -> tuple:
@@ -168,6 +213,11 @@ def serve(conn: Connection) -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C or a supervisor's SIGTERM reaches the whole process group; the server
+    # drains its requests first and then closes this process's connection.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     connection = Connection(int(sys.argv[1]))
-    with contextlib.suppress(EOFError, KeyboardInterrupt):  # the server went away
+    with contextlib.suppress(EOFError):  # the server went away
         serve(connection)

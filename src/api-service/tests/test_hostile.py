@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -110,6 +111,44 @@ def test_body_over_the_limit_while_streaming(tiny_pipeline: TinyPipeline) -> Non
             headers={"content-type": "multipart/form-data; boundary=b"},
         )
     assert_error(response, 413, "too_large")
+
+
+def test_a_small_content_length_does_not_lift_the_limit_on_a_chunked_body() -> None:
+    """Content-Length and Transfer-Encoding together: the body is counted as it
+    streams (h11 frames such a request as chunked, so the length proves nothing)."""
+    from api_service.middleware import UploadGuardMiddleware
+
+    seen = bytearray()
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        while (message := await receive())["type"] == "http.request":
+            seen.extend(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+
+    chunks = [{"type": "http.request", "body": b"0" * 1000, "more_body": True}] * 5
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/predict",
+        "headers": [
+            (b"content-type", b"multipart/form-data; boundary=b"),
+            (b"content-length", b"10"),
+            (b"transfer-encoding", b"chunked"),
+        ],
+    }
+    guard = UploadGuardMiddleware(app, max_bytes=2500, multipart_paths=frozenset({"/v1/predict"}))
+    asyncio.run(guard(scope, receive, send))
+    assert len(seen) <= 3000  # cut off at the first chunk past the limit
+    assert sent[0]["status"] == 413
 
 
 def test_text_named_png(client: TestClient) -> None:

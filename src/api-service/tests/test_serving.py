@@ -76,6 +76,7 @@ def test_metrics(client: TestClient, tiny_pipeline: TinyPipeline) -> None:
     for path, _ in samples:
         labels.append(client.post("/v1/predict", files={"file": (path.name, path.read_bytes())}))
     client.post("/v1/predict", files={"file": ("x.png", b"", "image/png")})
+    client.post("/v1/predict", content=b"{}", headers={"content-type": "application/json"})
     text = client.get("/metrics").text
     predicted = [r.json()["label"] for r in labels]
     for label in set(predicted):
@@ -84,6 +85,8 @@ def test_metrics(client: TestClient, tiny_pipeline: TinyPipeline) -> None:
         text, "http_request_duration_seconds_count", handler="/v1/predict", status="200"
     ) == len(samples)
     assert metric(text, "http_requests_total", handler="/v1/predict", status="422") == 1
+    # The upload guard answers before routing; its 415 still counts under the route.
+    assert metric(text, "http_requests_total", handler="/v1/predict", status="415") == 1
     assert metric(text, "mega_inference_batch_size_sum") == len(samples)
     assert metric(text, "mega_inference_seconds_count") >= 1
     assert metric(text, "mega_model_info", version="1") == 1
@@ -233,3 +236,33 @@ def test_a_dead_inference_process_is_replaced(
         second = client.post("/v1/predict", files=upload)
         assert second.status_code == 200, second.text
         assert worker._process is not None and worker._process.pid != process.pid
+
+
+def test_a_hung_inference_process_is_killed_and_replaced(
+    tiny_pipeline: TinyPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+    import time
+
+    from api_service import worker as worker_module
+    from api_service.worker import InferenceWorker, WorkerError
+
+    monkeypatch.setattr(worker_module, "BATCH_TIMEOUT_S", 1.0)
+    model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
+    image = tiny_pipeline.test_images()[0][0].read_bytes()
+    worker = InferenceWorker(model, threads=1, max_batch=4, max_pixels=10**6)
+    worker.start()
+    try:
+        hung = worker._process
+        assert hung is not None
+        os.kill(hung.pid, signal.SIGSTOP)  # as if a decoder never returned
+        started = time.monotonic()
+        with pytest.raises(WorkerError):
+            worker.run([image])
+        assert time.monotonic() - started < 10
+        [probabilities], _, _ = worker.run([image])  # a new process answers
+        assert probabilities.shape == (len(model.labels),)
+        assert worker._process is not None and worker._process.pid != hung.pid
+    finally:
+        worker.close()
