@@ -52,8 +52,10 @@ JPEG_SHARDS = 8
 BATCH = 64
 ROUNDS = 5
 TRAIN_EPOCHS = 8  # the first is warm-up (tracing, cache fill); the rest are timed
-# The digits at the pipeline's default size, as `make run` trains them.
-DIGIT_SIZE = load_params(Path(__file__).resolve().parent.parent / "params.yaml").process.image_size
+# The digits at the pipeline's default size, trained as `make run` trains them.
+DEFAULTS = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+DIGIT_SIZE = DEFAULTS.process.image_size
+STEPS_PER_EXECUTION = DEFAULTS.train.steps_per_execution
 
 
 def best_of(sides: dict[str, Callable[[], float]], rounds: int = ROUNDS) -> dict[str, float]:
@@ -208,7 +210,10 @@ def train_rate(
     with scope:
         model = build_model("small_cnn", spec, 10)
         model.compile(
-            keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+            keras.optimizers.Adam(1e-3),
+            "sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            steps_per_execution=STEPS_PER_EXECUTION,
         )
     timer = EpochTimer()
     # As the trainer fits: one endless iterator, a fixed number of steps per epoch.

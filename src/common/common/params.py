@@ -94,8 +94,13 @@ class TrainParams(_Section):
     fine_tune_layers: int = Field(
         default=0, ge=-1, description="Pretrained backbone layers to train, from the top; -1: all."
     )
-    epochs: int = Field(default=15, ge=1)
+    epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=64, ge=1, description="Per replica; global = × replicas.")
+    steps_per_execution: int = Field(
+        default=8,
+        ge=1,
+        description="Training steps per call into the compiled step (fewer Python round trips).",
+    )
     learning_rate: float = Field(default=2e-3, gt=0)
     seed: int = 42
     tracking: Literal["wandb", "none"] = "wandb"

@@ -166,6 +166,9 @@ def train(
             optimizer=keras.optimizers.Adam(cfg.learning_rate),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
+            # Keras 3.15 fails to trace several steps per execution across replicas
+            # ("must feed a value for placeholder ... while/cond"): one step per call there.
+            steps_per_execution=cfg.steps_per_execution if replicas == 1 else 1,
         )
 
     run = run_dir or default_run_dir(out, params, stats["data_hash"])
