@@ -52,10 +52,7 @@ JPEG_SHARDS = 8
 BATCH = 64
 ROUNDS = 5
 TRAIN_EPOCHS = 8  # the first is warm-up (tracing, cache fill); the rest are timed
-# The digits at the pipeline's default size, trained as `make run` trains them.
-DEFAULTS = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
-DIGIT_SIZE = DEFAULTS.process.image_size
-STEPS_PER_EXECUTION = DEFAULTS.train.steps_per_execution
+PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 
 
 def best_of(sides: dict[str, Callable[[], float]], rounds: int = ROUNDS) -> dict[str, float]:
@@ -164,17 +161,15 @@ def input_pipeline(folder: Path) -> tuple[str, str]:
 # --- input_bound and mirrored_overhead -----------------------------------------------------
 
 
-def write_digit_shards(folder: Path) -> tuple[list[str], int]:
-    """The processor's format: scikit-learn digits as grayscale PNG in 2 shards."""
+def write_digit_shards(folder: Path, size: int) -> tuple[list[str], int]:
+    """The processor's format: scikit-learn digits as `size`² grayscale PNG in 2 shards."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     shards = [str(folder / f"train-{k:05d}-of-00002.tfrecord") for k in range(2)]
     writers = [tf.io.TFRecordWriter(path) for path in shards]
     for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
-        image = Image.fromarray((pixels * 255 / 16).astype(np.uint8)).resize(
-            (DIGIT_SIZE, DIGIT_SIZE)
-        )
+        image = Image.fromarray((pixels * 255 / 16).astype(np.uint8)).resize((size, size))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()
@@ -197,7 +192,11 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def train_rate(
-    dataset: tf.data.Dataset, examples: int, strategy: tf.distribute.Strategy | None
+    dataset: tf.data.Dataset,
+    examples: int,
+    strategy: tf.distribute.Strategy | None,
+    spec: Preprocess,
+    steps_per_execution: int,
 ) -> float:
     """Examples per second of small_cnn training: its fastest epoch after the warm-up.
 
@@ -205,7 +204,6 @@ def train_rate(
     by other work on the machine) measures the steady state best.
     """
     keras.utils.set_random_seed(0)
-    spec = Preprocess(image_size=DIGIT_SIZE, color_mode="grayscale")
     scope = strategy.scope() if strategy is not None else tf.distribute.get_strategy().scope()
     with scope:
         model = build_model("small_cnn", spec, 10)
@@ -213,7 +211,7 @@ def train_rate(
             keras.optimizers.Adam(1e-3),
             "sparse_categorical_crossentropy",
             metrics=["accuracy"],
-            steps_per_execution=STEPS_PER_EXECUTION,
+            steps_per_execution=steps_per_execution,
         )
     timer = EpochTimer()
     # As the trainer fits: one endless iterator, a fixed number of steps per epoch.
@@ -228,12 +226,20 @@ def train_rate(
 
 
 def training(folder: Path) -> tuple[str, str]:
-    shards, count = write_digit_shards(folder)
+    # The digits at the pipeline's default size, trained as `make run` trains them.
+    defaults = load_params(PARAMS)
+    spec = Preprocess(image_size=defaults.process.image_size, color_mode="grayscale")
+    shards, count = write_digit_shards(folder, spec.image_size)
+
+    def rate(
+        dataset: tf.data.Dataset, examples: int, strategy: tf.distribute.Strategy | None = None
+    ) -> float:
+        return train_rate(dataset, examples, strategy, spec, defaults.train.steps_per_execution)
 
     def pipeline() -> tf.data.Dataset:
         return build_pipeline(
             shards,
-            lambda batch: parse_examples(batch, 1, DIGIT_SIZE),
+            lambda batch: parse_examples(batch, spec.channels, spec.image_size),
             batch_size=BATCH,
             shuffle=True,
             count=count,
@@ -241,22 +247,22 @@ def training(folder: Path) -> tuple[str, str]:
         )
 
     rng = np.random.default_rng(0)
-    images = tf.constant(rng.integers(0, 256, (BATCH, DIGIT_SIZE, DIGIT_SIZE, 1)).astype(np.uint8))
+    images = tf.constant(rng.integers(0, 256, (BATCH, *spec.shape)).astype(np.uint8))
     labels = tf.constant(rng.integers(0, 10, BATCH))
     steps = steps_per_epoch(count, BATCH)
     synthetic = tf.data.Dataset.from_tensors((images, labels))
 
     bound = best_of(
         {
-            "ours": lambda: train_rate(pipeline(), count, None),
-            "baseline": lambda: train_rate(synthetic, steps * BATCH, None),
+            "ours": lambda: rate(pipeline(), count),
+            "baseline": lambda: rate(synthetic, steps * BATCH),
         }
     )
     mirrored = tf.distribute.MirroredStrategy(devices=["/cpu:0"])
     overhead = best_of(
         {
-            "ours": lambda: train_rate(pipeline(), count, mirrored),
-            "baseline": lambda: train_rate(pipeline(), count, None),
+            "ours": lambda: rate(pipeline(), count, mirrored),
+            "baseline": lambda: rate(pipeline(), count),
         }
     )
     return (

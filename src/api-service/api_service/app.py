@@ -113,6 +113,14 @@ def multipart_body(field: str, description: str, many: bool = False) -> dict[str
     }
 
 
+def file_parts(form: FormData, field: str) -> list[UploadFile]:
+    """The form's file parts named `field`; 422 when there is none or one is not a file."""
+    parts = form.getlist(field)
+    if not parts or not all(isinstance(p, UploadFile) for p in parts):
+        raise ApiError(422, "invalid_request", f"{field}: an image file part is required")
+    return parts  # type: ignore[return-value]
+
+
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
 
@@ -249,15 +257,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lineage=model.lineage,
         )
 
-    # Both predict routes read the multipart form themselves rather than through
-    # FastAPI `File` parameters: that machinery costs more per request than the model.
-    # `multipart_body` documents the form in the OpenAPI schema all the same.
-    def file_parts(form: FormData, field: str) -> list[UploadFile]:
-        parts = form.getlist(field)
-        if not parts or not all(isinstance(p, UploadFile) for p in parts):
-            raise ApiError(422, "invalid_request", f"{field}: an image file part is required")
-        return parts  # type: ignore[return-value]
-
+    # Both predict routes read the multipart form themselves (`file_parts`) rather
+    # than through FastAPI `File` parameters: that machinery costs more per request
+    # than the model. `multipart_body` documents the form in the OpenAPI schema.
     @app.post(
         PREDICT_PATH,
         tags=["model"],

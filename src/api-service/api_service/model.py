@@ -49,10 +49,6 @@ class ServedModel:
     tflite: Path
     training_counts: dict[str, int] | None = None
 
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.spec.image_size, self.spec.image_size, self.spec.channels)
-
 
 class _Runner:
     """One allocated interpreter and its tensor indices, looked up once, not per batch."""
@@ -81,6 +77,7 @@ class Engine:
     """
 
     def __init__(self, path: Path, shape: tuple[int, ...], threads: int, max_batch: int) -> None:
+        self.shape = shape
         self.runners = _interpreters(path, threads, max_batch, shape)
 
     def predict_batch(self, pixels: np.ndarray) -> np.ndarray:
@@ -98,11 +95,11 @@ class Engine:
         probabilities: np.ndarray = self.predict_batch(pixels[np.newaxis])[0]
         return probabilities
 
-    def warm_up(self, shape: tuple[int, ...], classes: int) -> None:
+    def warm_up(self, classes: int) -> None:
         """Run every interpreter once, so no request pays for lazy initialisation, and
         check the output matches the labels before the version may serve."""
         for size in self.runners:
-            out = self.predict_batch(np.zeros((size, *shape), np.uint8))
+            out = self.predict_batch(np.zeros((size, *self.shape), np.uint8))
             if out.shape != (size, classes):
                 raise ValueError(f"model output {out.shape[1:]} does not match {classes} labels")
 

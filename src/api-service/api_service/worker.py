@@ -196,10 +196,9 @@ def serve(conn: Connection) -> None:
     """Load the engine the first message describes, then answer batches until told to stop."""
     config: dict[str, Any] = conn.recv()
     spec = Preprocess.model_validate(config["spec"])
-    shape = (spec.image_size, spec.image_size, spec.channels)
     try:
-        engine = Engine(Path(config["tflite"]), shape, config["threads"], config["max_batch"])
-        engine.warm_up(shape, config["classes"])
+        engine = Engine(Path(config["tflite"]), spec.shape, config["threads"], config["max_batch"])
+        engine.warm_up(config["classes"])
     except Exception as exc:  # reported to the server, which keeps its current model
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return

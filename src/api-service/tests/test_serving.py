@@ -194,7 +194,7 @@ def test_batcher_forms_batches(tiny_pipeline: TinyPipeline) -> None:
     from api_service.inputs import prepare
     from api_service.model import Engine
 
-    engine = Engine(model.tflite, model.input_shape, threads=1, max_batch=1)
+    engine = Engine(model.tflite, model.spec.shape, threads=1, max_batch=1)
     for path, (row,) in zip(paths, results, strict=True):
         alone = engine.predict(prepare(path.read_bytes(), model.spec, 10**6))
         np.testing.assert_allclose(row, alone, atol=1e-5)

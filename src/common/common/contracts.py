@@ -54,6 +54,11 @@ class Preprocess(BaseModel):
     def channels(self) -> int:
         return 1 if self.color_mode == "grayscale" else 3
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One image's `(height, width, channels)` as the model takes it."""
+        return (self.image_size, self.image_size, self.channels)
+
 
 def write_manifest(uri: str, items: Iterable[ManifestItem]) -> None:
     """Write the manifest, sorted by path so identical data gives identical bytes."""

@@ -138,6 +138,7 @@ def test_pipeline_batches_caches_and_shuffles_reproducibly(tiny_pipeline: TinyPi
         dataset = make_dataset(
             str(tiny_pipeline.processed),
             "train",
+            spec=GRAY16,
             batch_size=50,
             shuffle=True,
             seed=seed,
@@ -152,7 +153,7 @@ def test_pipeline_batches_caches_and_shuffles_reproducibly(tiny_pipeline: TinyPi
 
     unshuffled = [
         int(v)
-        for _, y in make_dataset(str(tiny_pipeline.processed), "train", batch_size=50)
+        for _, y in make_dataset(str(tiny_pipeline.processed), "train", spec=GRAY16, batch_size=50)
         for v in y
     ]
     assert labels(3) == labels(3)
@@ -175,6 +176,7 @@ def test_repeated_pipeline_keeps_epochs_whole(tiny_pipeline: TinyPipeline) -> No
         dataset = make_dataset(
             str(tiny_pipeline.processed),
             "train",
+            spec=GRAY16,
             batch_size=50,
             shuffle=True,
             count=count,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from common import storage
-from common.contracts import PREPROCESS, STATS, Preprocess
+from common.contracts import STATS, Preprocess
 from common.tfrecord import parse_examples
 
 # Serialized records in, `(uint8 pixels [B, H, W, C], int64 labels [B])` out.
@@ -87,6 +87,7 @@ def make_dataset(
     data: str,
     split: str,
     *,
+    spec: Preprocess,
     batch_size: int,
     shuffle: bool = False,
     seed: int = 0,
@@ -96,14 +97,13 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """The `split` of the processed folder `data`; `count`: the split size (from stats.json).
 
-    Image size and channels come from the folder's preprocess.json. The decoded
+    `spec` is the folder's preprocess.json (the caller has read it). The decoded
     split is cached in memory when it takes at most `cache_mb` MB.
     """
     paths = shard_paths(data, split)
     if not paths:
         raise FileNotFoundError(f"no {split} shards in {data}; run the process stage first")
     stats = storage.read_json(storage.join(data, STATS))
-    spec = Preprocess.model_validate(storage.read_json(storage.join(data, PREPROCESS)))
     compression = "GZIP" if stats.get("compression") == "gzip" else ""
     total = count if count is not None else stats.get("totals", {}).get(split)
     cache = bool(total) and fits_in_cache(int(total), spec, cache_mb)

@@ -70,7 +70,7 @@ def evaluate(
     """
     labels = read_labels(storage.join(str(model_dir), LABELS))
     model = keras.models.load_model(model_dir / KERAS_FILE)
-    dataset = make_dataset(data, "test", batch_size=batch_size)
+    dataset = make_dataset(data, "test", spec=spec, batch_size=batch_size)
     batches = [(x.numpy(), y.numpy()) for x, y in dataset]  # one pass: decode once
     images = np.concatenate([x for x, _ in batches])
     true = np.concatenate([y for _, y in batches])

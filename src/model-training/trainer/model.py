@@ -92,7 +92,7 @@ def augmentation(params: AugmentParams | None) -> list[keras.layers.Layer]:
 def _inputs_and_augmented(
     spec: Preprocess, augment: AugmentParams | None
 ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    inputs = keras.Input(shape=(spec.image_size, spec.image_size, spec.channels), name="pixels")
+    inputs = keras.Input(shape=spec.shape, name="pixels")
     x = inputs
     for layer in augmentation(augment):
         x = layer(x)

@@ -128,7 +128,7 @@ def train(
     replicas = int(distribution.num_replicas_in_sync)
     strategy_name = strategy_label(distribution)
     global_batch = cfg.batch_size * replicas
-    common_args = {"batch_size": global_batch, "cache_mb": cfg.cache_mb}
+    common_args = {"spec": spec, "batch_size": global_batch, "cache_mb": cfg.cache_mb}
     train_ds = make_dataset(
         data,
         "train",
