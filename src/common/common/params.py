@@ -56,7 +56,7 @@ class SplitRatios(_Section):
 
 
 class ProcessParams(_Section):
-    image_size: int = Field(default=32, ge=8, le=1024)
+    image_size: int = Field(default=16, ge=8, le=1024)
     color_mode: Literal["grayscale", "rgb"] = "grayscale"
     resize: Literal["stretch", "pad"] = Field(
         default="stretch", description="stretch to a square, or keep the aspect ratio and pad"
