@@ -55,9 +55,8 @@ def train(
     run_dir: Annotated[
         str | None,
         typer.Option(
-            help="Folder or gs:// URI for the resumable backup (default: AIP_CHECKPOINT_DIR, "
-            "else .mega/runs/<key of out, params and data>).",
-            envvar="MEGA_TRAIN_RUN_DIR",
+            help="Folder or gs:// URI for the resumable backup [MEGA_TRAIN_RUN_DIR] (unset: "
+            "AIP_CHECKPOINT_DIR, else .mega/runs/<key of out, params and data>).",
         ),
     ] = None,
 ) -> None:
@@ -73,7 +72,13 @@ def train(
 
     try:
         summary = run_training(
-            data, out, pipeline, get_settings(), strategy=strategy.value, run_dir=run_dir
+            data,
+            out,
+            pipeline,
+            get_settings(),
+            strategy=strategy.value,
+            # From settings, so that MEGA_TRAIN_RUN_DIR in .env counts, like every setting.
+            run_dir=run_dir or get_settings().train_run_dir,
         )
     except (FileNotFoundError, ValueError, StrategyError, WeightsUnavailableError) as exc:
         raise _fail("train", exc) from exc
