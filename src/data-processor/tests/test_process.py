@@ -311,7 +311,8 @@ def test_a_single_class_is_refused_before_any_work(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("small_in", "missing"), [({"train"}, "val, test"), ({"train", "val"}, "test")]
+    ("small_in", "missing"),
+    [({"train"}, "val, test"), ({"train", "val"}, "test"), ({"test"}, "train, val")],
 )
 def test_a_class_missing_from_a_split_is_named(
     tmp_path: Path, small_in: set[str], missing: str
