@@ -36,7 +36,7 @@ def test_folder_source_takes_labels_from_subfolders(tmp_path: Path) -> None:
     assert sorted(item.label for item in result.items) == ["cat", "cat", "dog"]
     reasons = {Path(f.item).name: f.reason for f in result.failed}
     assert reasons == {
-        "notes.txt": "not an image, or a format Pillow cannot read",
+        "notes.txt": "not an image (PNG, JPEG, GIF, BMP, TIFF or WebP)",
         "loose.png": "not inside a label folder (expected <label>/<file>)",
     }
     assert not (tmp_path / "raw/.collect_journal.jsonl").exists()  # local files are re-read

@@ -124,7 +124,10 @@ def process(
     labels = sorted({item.label for item in items})
     label_index = {label: i for i, label in enumerate(labels)}
     spec = Preprocess(
-        image_size=params.image_size, color_mode=params.color_mode, resize=params.resize
+        image_size=params.image_size,
+        color_mode=params.color_mode,
+        resize=params.resize,
+        min_size=params.min_size,
     )
     ratios = params.split.model_dump()
     target_bytes = int(params.shard_target_mb * 1024 * 1024)
@@ -148,9 +151,7 @@ def process(
         jobs.append(Job(storage.join(raw, item.path), item.path, item.label, item.sha256))
 
     near = NearDuplicateIndex(params.near_duplicate_distance) if params.near_duplicates else None
-    work = partial(
-        transform, spec=spec, min_size=params.min_size, with_phash=params.near_duplicates
-    )
+    work = partial(transform, spec=spec, with_phash=params.near_duplicates)
     # The whole output is built in a staging folder and swapped in at the end, so
     # neither a failed run nor a re-run ever leaves a partial or mixed data set.
     staging = _staging_for(out)

@@ -76,6 +76,7 @@ def test_process_writes_shards_labels_and_stats(raw: Path, tmp_path: Path) -> No
         "image_size": 12,
         "color_mode": "grayscale",
         "resize": "stretch",
+        "min_size": 8,  # serving refuses smaller images too
     }
 
 
@@ -176,7 +177,7 @@ def test_every_odd_image_kind_is_handled_or_rejected_with_a_reason(tmp_path: Pat
         item["item"].rsplit(".", 1)[-1] + ":" + item["reason"] for item in stats["rejected"]
     }
     assert sum(stats["totals"].values()) == 4, stats["rejected"]
-    assert any("smaller than min_size 8" in r for r in rejected)
+    assert any("smaller than min_size 8 on a side" in r for r in rejected)
     assert any("not a readable image" in r for r in rejected)
     assert len(stats["rejected"]) == 2
 
