@@ -196,7 +196,8 @@ def training_outcome(data: bytes, spec: Preprocess, tmp_path: Path) -> np.ndarra
     [item] = read_manifest(storage.join(out, "manifest.jsonl"))
     uri = storage.join(out, item.path)
     assert storage.read_bytes(uri) == data  # the raw store keeps the file as it came
-    outcome = transform(Job(uri, item.path, item.label, sha256_hex(data)), spec, with_phash=True)
+    job = Job(uri, item.path, item.label, sha256_hex(data))
+    outcome = transform(job, spec, with_phash=True, max_pixels=MAX_PIXELS)
     if outcome.reason is not None:
         return outcome.reason
     assert outcome.png is not None

@@ -31,6 +31,8 @@ def test_folder_source_takes_labels_from_subfolders(tmp_path: Path) -> None:
         (data / label / f"{index}.png").write_bytes(png(index))
     (data / "dog" / "notes.txt").write_text("not an image")
     (data / "dog" / ".DS_Store").write_bytes(b"\0")  # hidden: ignored
+    (data / "dog" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")  # Windows metadata: ignored
+    (data / "cat" / "desktop.ini").write_text("[.ShellClassInfo]")
     (data / "loose.png").write_bytes(png(9))
     result = collect_source(FolderSource(name="folder", root=str(data)), str(tmp_path / "raw"))
     assert sorted(item.label for item in result.items) == ["cat", "cat", "dog"]

@@ -13,7 +13,14 @@ from PIL import Image
 
 from common import storage
 from common.contracts import Preprocess
-from common.images import ImageDecodeError, as_gray, encode_png, prepare_image, sha256_hex
+from common.images import (
+    MAX_PIXELS,
+    ImageDecodeError,
+    as_gray,
+    encode_png,
+    prepare_image,
+    sha256_hex,
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,9 @@ def dhash(image: Image.Image) -> int:
     return int(sum(1 << i for i, bit in enumerate(bits) if bit))
 
 
-def transform(job: Job, spec: Preprocess, with_phash: bool) -> Outcome:
+def transform(
+    job: Job, spec: Preprocess, with_phash: bool, max_pixels: int = MAX_PIXELS
+) -> Outcome:
     """Process one item; every failure becomes a reason, never an exception.
 
     Decoding, the size checks and the conversion are `common.images.prepare_image`,
@@ -56,7 +65,7 @@ def transform(job: Job, spec: Preprocess, with_phash: bool) -> Outcome:
     if sha256_hex(data) != job.sha256:
         return Outcome(job, reason="content does not match the manifest's sha256")
     try:
-        image, pixels = prepare_image(data, spec)
+        image, pixels = prepare_image(data, spec, max_pixels)
     except ImageDecodeError as exc:
         return Outcome(job, reason=str(exc))
     except (OSError, ValueError) as exc:  # a conversion Pillow could not do
