@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     static_dir: str | None = None
     max_upload_bytes: int = 10 * 1024 * 1024
     # Serving: hostile-input limits (a decoded image over max_image_pixels gets 413).
-    max_image_pixels: int = 25_000_000
+    # The same default as collect.max_pixels (common.images.MAX_PIXELS, checked by a
+    # test): serving must not refuse what training took.
+    max_image_pixels: int = 40_000_000
     max_files_per_request: int = 16
     # Serving: micro-batching. A batch closes at max_batch images or max_wait_ms after
     # its first image; max_queue bounds waiting images (503 `overloaded` beyond it).

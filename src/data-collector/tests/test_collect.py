@@ -39,7 +39,7 @@ def test_bad_items_are_reported_not_fatal(tmp_path: Path) -> None:
     assert result.total == 1 and result.duplicates == 1
     report = json.loads((tmp_path / "collect_report.json").read_text())
     assert [f["reason"] for f in report["failed"]] == [
-        "not an image, or a format Pillow cannot read",
+        "not an image (PNG, JPEG, GIF, BMP, TIFF or WebP)",
         "empty file",
     ]
 

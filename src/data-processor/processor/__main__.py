@@ -36,7 +36,14 @@ def run(
     from processor.process import ProcessError, process
 
     try:
-        stats = process(raw, out, pipeline.process, dataset=pipeline.dataset, workers=workers)
+        stats = process(
+            raw,
+            out,
+            pipeline.process,
+            dataset=pipeline.dataset,
+            workers=workers,
+            max_pixels=pipeline.collect.max_pixels,
+        )
     except ProcessError as exc:
         typer.secho(f"process: error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc

@@ -28,6 +28,7 @@ from common.contracts import (
     Split,
     read_manifest,
 )
+from common.images import MAX_PIXELS
 from common.params import ProcessParams
 from common.tfrecord import TFRecordWriter, make_example
 from processor.dedup import NearDuplicateIndex
@@ -108,9 +109,18 @@ def _outcomes(
 
 
 def process(
-    raw: str, out: str, params: ProcessParams, dataset: str, workers: int | None = None
+    raw: str,
+    out: str,
+    params: ProcessParams,
+    dataset: str,
+    workers: int | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> dict[str, Any]:
-    """Process the raw store at `raw` into `out`; returns the stats written to stats.json."""
+    """Process the raw store at `raw` into `out`; returns the stats written to stats.json.
+
+    `max_pixels` is the collector's limit (collect.max_pixels): what it kept is not
+    refused here for its size.
+    """
     try:
         items = read_manifest(storage.join(raw, MANIFEST))
     except FileNotFoundError as exc:
@@ -125,7 +135,10 @@ def process(
     _check_classes(raw, labels)
     label_index = {label: i for i, label in enumerate(labels)}
     spec = Preprocess(
-        image_size=params.image_size, color_mode=params.color_mode, resize=params.resize
+        image_size=params.image_size,
+        color_mode=params.color_mode,
+        resize=params.resize,
+        min_size=params.min_size,
     )
     ratios = params.split.model_dump()
     target_bytes = int(params.shard_target_mb * 1024 * 1024)
@@ -149,9 +162,7 @@ def process(
         jobs.append(Job(storage.join(raw, item.path), item.path, item.label, item.sha256))
 
     near = NearDuplicateIndex(params.near_duplicate_distance) if params.near_duplicates else None
-    work = partial(
-        transform, spec=spec, min_size=params.min_size, with_phash=params.near_duplicates
-    )
+    work = partial(transform, spec=spec, with_phash=params.near_duplicates, max_pixels=max_pixels)
     # The whole output is built in a staging folder and swapped in at the end, so
     # neither a failed run nor a re-run ever leaves a partial or mixed data set.
     staging = _staging_for(out)

@@ -94,6 +94,7 @@ def test_process_writes_shards_labels_and_stats(raw: Path, tmp_path: Path) -> No
         "image_size": 12,
         "color_mode": "grayscale",
         "resize": "stretch",
+        "min_size": 8,  # serving refuses smaller images too
     }
 
 
@@ -197,7 +198,7 @@ def test_every_odd_image_kind_is_handled_or_rejected_with_a_reason(tmp_path: Pat
         item["item"].rsplit(".", 1)[-1] + ":" + item["reason"] for item in stats["rejected"]
     }
     assert sum(stats["totals"].values()) == BACKGROUND + 4, stats["rejected"]
-    assert any("smaller than min_size 8" in r for r in rejected)
+    assert any("smaller than min_size 8 on a side" in r for r in rejected)
     assert any("not a readable image" in r for r in rejected)
     assert len(stats["rejected"]) == 2
 
@@ -353,3 +354,32 @@ def test_the_cli_refuses_one_class_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("process: error: ") and "only 1 class ('cat')" in line
+
+
+def test_what_the_collector_kept_under_its_pixel_limit_is_not_refused_here(
+    tmp_path: Path,
+) -> None:
+    # Regression: collect.max_pixels was raised, but the processor kept its own 40 Mpx limit.
+    from collector.collect import CollectOptions, collect_source
+    from collector.sources import PairsSource
+
+    big = _encoded(Image.new("L", (6500, 6500), 200), "PNG")  # 42.25 Mpx
+    # With a background of two classes that reach every split, as the processor requires.
+    items = [("bg0", big), *_with_background({}).values()]
+    raw = str(tmp_path / "raw")
+    collected = collect_source(
+        PairsSource(name="t", pairs=items), raw, CollectOptions(max_pixels=50_000_000)
+    )
+    assert not collected.failed
+    (tmp_path / "params.yaml").write_text(
+        "collect:\n  max_pixels: 50000000\n"
+        f"process: {{min_per_class: 1, split: {json.dumps(TEST_SPLIT)}}}\n"
+    )
+    subprocess.run(
+        [sys.executable, "-m", "processor", "--raw", raw, "--out", "out"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert not [r for r in stats["rejected"] if "pixel" in r["reason"]], stats["rejected"]
