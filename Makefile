@@ -22,10 +22,14 @@ setup: $(STAMP)
 		$(BIN)/dvc remote add --local --default local "$(DVC_REMOTE)" && \
 		echo "setup: DVC default remote 'local' → $(DVC_REMOTE)"; }
 
+# Each long step is announced: a first install runs for minutes with --quiet output.
 $(STAMP): $(SETUP_INPUTS)
+	@echo "setup: Python environment $(VENV) (created if missing)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "setup: installing uv $(UV_VERSION) into $(VENV)"
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -c requirements/lock.txt -r requirements/lock.in
+	@echo "setup: installing the locked dependencies (minutes the first time, seconds once cached)"
+	@$(BIN)/uv pip install --python $(BIN)/python --quiet -c requirements/lock.txt -r requirements/lock.in
 	@touch $@
 	@echo "setup: done (.venv)"
 

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     wandb_project: str = "mega-pipeline"
     wandb_dir: str = ".wandb"
 
+    # Training: the resumable backup folder or gs:// URI (`trainer train --run-dir` wins;
+    # unset: AIP_CHECKPOINT_DIR on Vertex AI, else .mega/runs/<key>).
+    train_run_dir: str | None = None
+
     # Serving.
     model_name: str = "digits-cnn"
     model_alias: str = "production"

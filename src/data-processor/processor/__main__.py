@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
+from common.cli import App, version_option
 from common.params import ParamsError, load_params
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = App(help=__doc__)
 
 
 @app.command()
@@ -18,11 +19,13 @@ def run(
     out: Annotated[str, typer.Option(help="Output folder or gs:// URI for the shards.")],
     params: Annotated[Path, typer.Option(help="Pipeline parameters file.")] = Path("params.yaml"),
     report_dir: Annotated[
-        str | None, typer.Option(help="Write data_card.md and its chart here.")
+        str | None,
+        typer.Option(show_default="no data card", help="Write data_card.md and its chart here."),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes [default: one per core].")
+        int | None, typer.Option(min=1, show_default="one per core", help="Worker processes.")
     ] = None,
+    version: Annotated[bool, version_option("mega-data-processor")] = False,
 ) -> None:
     """Validate, deduplicate, resize, split and shard RAW into OUT."""
     try:

@@ -72,7 +72,8 @@ def test_tiny_model_learns_and_tflite_agrees(tiny_pipeline: TinyPipeline) -> Non
 
 def metrics_file(tmp_path: Path, accuracy: float) -> str:
     path = tmp_path / f"metrics-{accuracy}.json"
-    path.write_text(json.dumps({"test": {"accuracy": accuracy, "examples": 10}}))
+    test = {"accuracy": accuracy, "macro_f1": accuracy, "examples": 10}
+    path.write_text(json.dumps({"test": test}))
     return str(path)
 
 

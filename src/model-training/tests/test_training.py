@@ -325,7 +325,8 @@ def test_evaluation_writes_plots(tiny_pipeline: TinyPipeline, tmp_path: Path) ->
 
 def _metrics(tmp_path: Path, accuracy: float) -> str:
     path = tmp_path / f"metrics-{accuracy}.json"
-    path.write_text(json.dumps({"test": {"accuracy": accuracy, "examples": 10}}))
+    test = {"accuracy": accuracy, "macro_f1": accuracy, "examples": 10}
+    path.write_text(json.dumps({"test": test}))
     return str(path)
 
 

@@ -13,10 +13,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import typer
 
 from common import storage
+from common.cli import App, from_setting, version_option
 from common.params import ParamsError, PipelineParams, load_params
 from common.settings import get_settings
 
-app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
+app = App(help=__doc__, no_args_is_help=True)
+
+
+@app.callback()
+def _options(version: Annotated[bool, version_option("mega-model-training")] = False) -> None:
+    """Train, evaluate and register the image classifier."""
+
 
 ParamsOption = Annotated[Path, typer.Option(help="Pipeline parameters file.")]
 
@@ -55,9 +62,9 @@ def train(
     run_dir: Annotated[
         str | None,
         typer.Option(
-            help="Folder or gs:// URI for the resumable backup (default: AIP_CHECKPOINT_DIR, "
-            "else .mega/runs/<key of out, params and data>).",
-            envvar="MEGA_TRAIN_RUN_DIR",
+            show_default=from_setting("train_run_dir")
+            + ", else AIP_CHECKPOINT_DIR, else .mega/runs/<key of out, params and data>",
+            help="Folder or gs:// URI for the resumable backup.",
         ),
     ] = None,
 ) -> None:
@@ -73,7 +80,13 @@ def train(
 
     try:
         summary = run_training(
-            data, out, pipeline, get_settings(), strategy=strategy.value, run_dir=run_dir
+            data,
+            out,
+            pipeline,
+            get_settings(),
+            strategy=strategy.value,
+            # From settings, so that MEGA_TRAIN_RUN_DIR in .env counts, like every setting.
+            run_dir=run_dir or get_settings().train_run_dir,
         )
     except (FileNotFoundError, ValueError, StrategyError, WeightsUnavailableError) as exc:
         raise _fail("train", exc) from exc
@@ -109,8 +122,8 @@ def evaluate(
     plots: Annotated[
         str | None,
         typer.Option(
-            help="Folder for the confusion-matrix and misclassified PNGs and the training "
-            "curves (default: plots/ beside METRICS)."
+            show_default="plots/ beside METRICS",
+            help="Folder for the confusion-matrix and misclassified PNGs and the training curves.",
         ),
     ] = None,
 ) -> None:
@@ -146,7 +159,10 @@ def register(
     model: Annotated[str, typer.Option(help="Candidate model folder.")],
     metrics: Annotated[str, typer.Option(help="metrics.json from evaluate.")],
     registry: Annotated[
-        str | None, typer.Option(help="Registry root folder or gs:// URI [MEGA_MODELS_ROOT].")
+        str | None,
+        typer.Option(
+            show_default=from_setting("models_root"), help="Registry root folder or gs:// URI."
+        ),
     ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:

@@ -7,21 +7,26 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from common.cli import App, console_for, from_setting, version_option
 from common.params import ParamsError
 from common.settings import get_settings
 from workflow.project import Project, ProjectError
 from workflow.runner import ReproResult, log_tail, repro
 
-app = typer.Typer(
-    add_completion=False,
+app = App(
     no_args_is_help=True,
     help="Mega Pipeline: collect → process → train → evaluate → register → serve.",
 )
-console = Console()
-errors = Console(stderr=True)
+# Off a terminal (piped, or in .mega/logs) these never wrap or cut a line.
+console = console_for()
+errors = console_for(stderr=True)
+
+
+@app.callback()
+def _options(version: Annotated[bool, version_option("mega-workflow")] = False) -> None:
+    """Mega Pipeline: collect → process → train → evaluate → register → serve."""
 
 
 def _project() -> Project:
@@ -166,7 +171,7 @@ def status() -> None:
     )
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Version, share and restore the data (DVC).")
+data_app = App(no_args_is_help=True, help="Version, share and restore the data (DVC).")
 app.add_typer(data_app, name="data")
 
 
@@ -185,9 +190,15 @@ def _dvc_passthrough(project: Project, *args: str) -> None:
 
 
 DATA_STAGES = ["collect", "process"]
-RemoteOption = Annotated[str | None, typer.Option("-r", "--remote", help="DVC remote name.")]
+RemoteOption = Annotated[
+    str | None,
+    typer.Option("-r", "--remote", show_default="DVC's default remote", help="DVC remote name."),
+]
 AllOption = Annotated[
-    bool, typer.Option("--all", help="Every DVC output (also the candidate), not just data.")
+    bool,
+    typer.Option(
+        "--all", show_default="off", help="Every DVC output (also the candidate), not just data."
+    ),
 ]
 
 
@@ -277,8 +288,12 @@ def data_checkout(
 
 @app.command()
 def serve(
-    port: Annotated[int | None, typer.Option(help="Port [MEGA_SERVE_PORT, default 8000].")] = None,
-    host: Annotated[str | None, typer.Option(help="Bind address [MEGA_SERVE_HOST].")] = None,
+    port: Annotated[
+        int | None, typer.Option(show_default=from_setting("serve_port"), help="Port.")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(show_default=from_setting("serve_host"), help="Bind address.")
+    ] = None,
 ) -> None:
     """Serve the production model's API and the web page on one port."""
     project = _project()
