@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import typer
 
 from common import storage
+from common.contracts import LINEAGE
 from common.params import ParamsError, PipelineParams, load_params
 from common.settings import get_settings
+from trainer.inputs import InputError, check_candidate, check_metrics, check_processed
+from trainer.quiet import quiet_tensorflow_import
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
+
+# export.py's KERAS_FILE and TFLITE_FILE, named here because importing export imports
+# TensorFlow (a test checks they agree).
+CANDIDATE_MODEL_FILES = ("model.keras", "model.tflite")
 
 ParamsOption = Annotated[Path, typer.Option(help="Pipeline parameters file.")]
 
@@ -67,6 +71,11 @@ def train(
     with the same arguments. Only the chief worker exports and tracks the run.
     """
     pipeline = _params(params)
+    try:
+        check_processed(data, ("train",))
+    except InputError as exc:
+        raise _fail("train", exc) from exc
+    quiet_tensorflow_import()
     from trainer.distribute import StrategyError
     from trainer.model import WeightsUnavailableError
     from trainer.train import train as run_training
@@ -115,6 +124,13 @@ def evaluate(
     ] = None,
 ) -> None:
     """Evaluate MODEL on DATA's test split; writes METRICS (DVC metrics), DETAILS and PLOTS."""
+    try:
+        if not storage.is_gcs(model):  # a gs:// candidate is checked once downloaded
+            check_candidate(model, CANDIDATE_MODEL_FILES)
+        check_processed(data, ("test",))
+    except InputError as exc:
+        raise _fail("evaluate", exc) from exc
+    quiet_tensorflow_import()
     from common.contracts import PREPROCESS, Preprocess
     from trainer.evaluate import evaluate as run_evaluation
 
@@ -152,6 +168,11 @@ def register(
 ) -> None:
     """Publish MODEL to the registry; alias it production if it passes the gate."""
     pipeline = _params(params)
+    try:
+        check_candidate(model, (LINEAGE,))
+        check_metrics(metrics)
+    except InputError as exc:
+        raise _fail("register", exc) from exc
     from common.registry import RegistryError
     from trainer.register import register as run_register
 
