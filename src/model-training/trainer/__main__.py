@@ -76,16 +76,30 @@ def train(
     except InputError as exc:
         raise _fail("train", exc) from exc
     quiet_tensorflow_import()
+    from trainer.budget import TooLargeError
     from trainer.distribute import StrategyError
     from trainer.model import WeightsUnavailableError
+    from trainer.train import RUNS_ROOT
     from trainer.train import train as run_training
 
     try:
         summary = run_training(
             data, out, pipeline, get_settings(), strategy=strategy.value, run_dir=run_dir
         )
-    except (FileNotFoundError, ValueError, StrategyError, WeightsUnavailableError) as exc:
+    except (
+        FileNotFoundError,
+        ValueError,
+        StrategyError,
+        TooLargeError,
+        WeightsUnavailableError,
+    ) as exc:
         raise _fail("train", exc) from exc
+    removed = summary["removed_backups"]
+    if removed:
+        typer.echo(
+            f"train: removed {len(removed)} backup(s) of earlier runs with other parameters "
+            f"({sum(size for _, size in removed) / 1e6:.1f} MB) under {RUNS_ROOT}"
+        )
     final = summary["final"]
     setup = f"strategy {summary['strategy']}, {summary['replicas']} replica(s)" + (
         f" on {summary['workers']} workers" if summary["workers"] > 1 else ""

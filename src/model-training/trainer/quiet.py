@@ -27,11 +27,12 @@ def quiet_tensorflow_import() -> None:
     """Import `tensorflow` and `keras` with stderr captured; replay what is not noise.
 
     Sets `TF_CPP_MIN_LOG_LEVEL=3` first unless the environment already sets it
-    (`TF_CPP_MIN_LOG_LEVEL=0` brings every C++ log line back for debugging); at 3
-    the later CUDA probe's `cuInit` error is silent too.
+    (`TF_CPP_MIN_LOG_LEVEL=0` brings every C++ log line back for debugging, and
+    nothing is filtered then); at 3 the later CUDA probe's `cuInit` error is silent too.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
+    if os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3") == "0" or "tensorflow" in sys.modules:
+        import tensorflow  # every log line asked for, or already imported
+
         return
     sys.stderr.flush()
     saved = os.dup(2)
