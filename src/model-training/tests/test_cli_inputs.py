@@ -131,6 +131,14 @@ def test_train_refuses_a_file_as_data(tmp_path: Path) -> None:
     assert_clean_failure(result, "train", "--data data: is a file, not a folder")
 
 
+def test_train_refuses_a_file_as_out(tmp_path: Path) -> None:
+    make_processed(tmp_path / "data")
+    write_params(tmp_path)
+    (tmp_path / "candidate").write_text("")
+    result = run_trainer(tmp_path, "train", "--data", "data", "--out", "candidate")
+    assert_clean_failure(result, "train", "--out candidate: is a file", "pass a folder path")
+
+
 EVALUATE_CASES: dict[str, tuple[Breaker, Breaker, tuple[str, ...]]] = {
     "missing model folder": (
         lambda m: __import__("shutil").rmtree(m),

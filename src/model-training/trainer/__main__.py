@@ -13,7 +13,15 @@ from common import storage
 from common.contracts import LINEAGE
 from common.params import ParamsError, PipelineParams, load_params
 from common.settings import get_settings
-from trainer.inputs import InputError, check_candidate, check_metrics, check_processed
+from trainer.inputs import (
+    RERUN_TRAIN,
+    InputError,
+    check_candidate,
+    check_metrics,
+    check_output_folder,
+    check_processed,
+    read_preprocess,
+)
 from trainer.quiet import quiet_tensorflow_import
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
@@ -73,6 +81,7 @@ def train(
     pipeline = _params(params)
     try:
         check_processed(data, ("train",))
+        check_output_folder(out)
     except InputError as exc:
         raise _fail("train", exc) from exc
     quiet_tensorflow_import()
@@ -145,7 +154,6 @@ def evaluate(
     except InputError as exc:
         raise _fail("evaluate", exc) from exc
     quiet_tensorflow_import()
-    from common.contracts import PREPROCESS, Preprocess
     from trainer.evaluate import evaluate as run_evaluation
 
     try:
@@ -154,7 +162,8 @@ def evaluate(
             if storage.is_gcs(model):
                 storage.download_tree(model, tmp)
                 local = Path(tmp)
-            spec = Preprocess.model_validate(storage.read_json(local / PREPROCESS))
+                check_candidate(tmp, CANDIDATE_MODEL_FILES)
+            spec = read_preprocess(str(local), RERUN_TRAIN)
             plots_dir = plots or storage.join(
                 metrics.rsplit("/", 1)[0] if "/" in metrics else ".", "plots"
             )
