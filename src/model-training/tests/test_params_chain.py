@@ -96,7 +96,12 @@ def _served_prediction(models: Path, name: str, image: bytes) -> tuple[np.ndarra
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "flip", "process"), CHAINS, ids=[c[0] for c in CHAINS])
 def test_every_option_survives_the_chain(
-    model: str, flip: str, process: dict[str, Any], photos: Path, tmp_path: Path
+    model: str,
+    flip: str,
+    process: dict[str, Any],
+    photos: Path,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     import keras
 
@@ -139,7 +144,10 @@ def test_every_option_survives_the_chain(
     spec = Preprocess.model_validate_json((Path(candidate) / "preprocess.json").read_text())
     assert (spec.color_mode, spec.resize) == (process["color_mode"], process["resize"])
 
+    capfd.readouterr()
     result = evaluate(Path(candidate), data, spec)
+    noise = capfd.readouterr().err
+    assert "XNNPACK" not in noise and "I0000" not in noise, noise
     test = result["metrics"]["test"]
     assert test["examples"] > 0 and 0 <= test["tflite_accuracy"] <= 1, test
     (tmp_path / "metrics.json").write_text(json.dumps(result["metrics"]))
