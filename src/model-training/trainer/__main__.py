@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import typer
 
 from common import storage
 from common.cli import App, from_setting, version_option
+from common.contracts import LINEAGE
 from common.params import ParamsError, PipelineParams, load_params
 from common.settings import get_settings
+from trainer.inputs import (
+    RERUN_TRAIN,
+    InputError,
+    check_candidate,
+    check_metrics,
+    check_output_folder,
+    check_processed,
+    read_preprocess,
+)
+from trainer.quiet import quiet_tensorflow_import
 
 app = App(help=__doc__, no_args_is_help=True)
 
@@ -24,6 +32,10 @@ app = App(help=__doc__, no_args_is_help=True)
 def _options(version: Annotated[bool, version_option("mega-model-training")] = False) -> None:
     """Train, evaluate and register the image classifier."""
 
+
+# export.py's KERAS_FILE and TFLITE_FILE, named here because importing export imports
+# TensorFlow (a test checks they agree).
+CANDIDATE_MODEL_FILES = ("model.keras", "model.tflite")
 
 ParamsOption = Annotated[Path, typer.Option(help="Pipeline parameters file.")]
 
@@ -74,8 +86,16 @@ def train(
     with the same arguments. Only the chief worker exports and tracks the run.
     """
     pipeline = _params(params)
+    try:
+        check_processed(data, ("train",))
+        check_output_folder(out)
+    except InputError as exc:
+        raise _fail("train", exc) from exc
+    quiet_tensorflow_import()
+    from trainer.budget import TooLargeError
     from trainer.distribute import StrategyError
     from trainer.model import WeightsUnavailableError
+    from trainer.train import RUNS_ROOT
     from trainer.train import train as run_training
 
     try:
@@ -88,8 +108,20 @@ def train(
             # From settings, so that MEGA_TRAIN_RUN_DIR in .env counts, like every setting.
             run_dir=run_dir or get_settings().train_run_dir,
         )
-    except (FileNotFoundError, ValueError, StrategyError, WeightsUnavailableError) as exc:
+    except (
+        FileNotFoundError,
+        ValueError,
+        StrategyError,
+        TooLargeError,
+        WeightsUnavailableError,
+    ) as exc:
         raise _fail("train", exc) from exc
+    removed = summary["removed_backups"]
+    if removed:
+        typer.echo(
+            f"train: removed {len(removed)} backup(s) of earlier runs with other parameters "
+            f"({sum(size for _, size in removed) / 1e6:.1f} MB) under {RUNS_ROOT}"
+        )
     final = summary["final"]
     setup = f"strategy {summary['strategy']}, {summary['replicas']} replica(s)" + (
         f" on {summary['workers']} workers" if summary["workers"] > 1 else ""
@@ -128,7 +160,13 @@ def evaluate(
     ] = None,
 ) -> None:
     """Evaluate MODEL on DATA's test split; writes METRICS (DVC metrics), DETAILS and PLOTS."""
-    from common.contracts import PREPROCESS, Preprocess
+    try:
+        if not storage.is_gcs(model):  # a gs:// candidate is checked once downloaded
+            check_candidate(model, CANDIDATE_MODEL_FILES)
+        check_processed(data, ("test",))
+    except InputError as exc:
+        raise _fail("evaluate", exc) from exc
+    quiet_tensorflow_import()
     from trainer.evaluate import evaluate as run_evaluation
 
     try:
@@ -137,7 +175,8 @@ def evaluate(
             if storage.is_gcs(model):
                 storage.download_tree(model, tmp)
                 local = Path(tmp)
-            spec = Preprocess.model_validate(storage.read_json(local / PREPROCESS))
+                check_candidate(tmp, CANDIDATE_MODEL_FILES)
+            spec = read_preprocess(str(local), RERUN_TRAIN)
             plots_dir = plots or storage.join(
                 metrics.rsplit("/", 1)[0] if "/" in metrics else ".", "plots"
             )
@@ -168,6 +207,11 @@ def register(
 ) -> None:
     """Publish MODEL to the registry; alias it production if it passes the gate."""
     pipeline = _params(params)
+    try:
+        check_candidate(model, (LINEAGE,))
+        check_metrics(metrics)
+    except InputError as exc:
+        raise _fail("register", exc) from exc
     from common.registry import RegistryError
     from trainer.register import register as run_register
 

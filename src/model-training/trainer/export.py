@@ -21,6 +21,23 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _export_saved_model(model: keras.Model, path: Path) -> None:
+    """A SavedModel whose `serve` endpoint runs `model` in inference mode.
+
+    `model.export` traces `model.__call__` without `training=False`, and then a
+    nested backbone's stochastic depth (EfficientNet's `block*_drop` Dropout layers)
+    keeps its random ops, which the TFLite converter refuses (ERROR_NEEDS_FLEX_OPS).
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    [inputs] = model.inputs
+    signature = tf.TensorSpec((None, *inputs.shape[1:]), inputs.dtype, name="pixels")
+    archive.add_endpoint(
+        "serve", lambda pixels: model(pixels, training=False), input_signature=[signature]
+    )
+    archive.write_out(str(path), verbose=False)
+
+
 def export_model(
     model: keras.Model,
     folder: Path,
@@ -38,7 +55,7 @@ def export_model(
     """
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / KERAS_FILE)
-    model.export(str(folder / SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
+    _export_saved_model(model, folder / SAVED_MODEL_DIR)
     if with_tflite:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / SAVED_MODEL_DIR))
         (folder / TFLITE_FILE).write_bytes(converter.convert())
