@@ -192,6 +192,10 @@ REGISTER_CASES: dict[str, tuple[object, tuple[str, ...]]] = {
         ("metrics.json: test.accuracy: Input should be a valid number",),
     ),
     "accuracy above 1": ({"test": {"accuracy": 98}}, ("test.accuracy", "less than or equal")),
+    "macro F1 missing": (
+        {"test": {"accuracy": 0.99}},
+        ("metrics.json: test.macro_f1: Field required",),
+    ),
     "metrics missing": (None, ("metrics.json: not found",)),
 }
 
@@ -213,7 +217,7 @@ def test_register_names_the_bad_metrics_file(case: str, tmp_path: Path) -> None:
 def test_register_names_a_bad_lineage_file(tmp_path: Path) -> None:
     candidate = make_candidate(tmp_path / "candidate")
     _write(candidate / "lineage.json", "")
-    _write(tmp_path / "metrics.json", {"test": {"accuracy": 0.99}})
+    _write(tmp_path / "metrics.json", {"test": {"accuracy": 0.99, "macro_f1": 0.99}})
     write_params(tmp_path)
     result = run_trainer(
         tmp_path, "register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"

@@ -25,6 +25,9 @@ def candidate(tmp_path: Path, labels: list[str], name: str = "candidate") -> Pat
     folder = tmp_path / name
     folder.mkdir()
     (folder / "labels.json").write_text(json.dumps(labels))
+    (folder / "preprocess.json").write_text(
+        json.dumps({"image_size": 16, "color_mode": "grayscale", "resize": "stretch"})
+    )
     (folder / "lineage.json").write_text(json.dumps({"trained_at": "t", "params": {}}))
     (folder / "model.tflite").write_bytes(b"stand-in for the model: the gate only copies it")
     return folder

@@ -41,6 +41,7 @@ class _TestMetrics(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     accuracy: float = Field(ge=0, le=1)
+    macro_f1: float = Field(ge=0, le=1)  # the gate's class-balance check
 
 
 class _Metrics(BaseModel):
@@ -171,5 +172,5 @@ def check_output_folder(out: str) -> None:
 
 
 def check_metrics(uri: str) -> None:
-    """Check evaluate's `metrics.json`: a `test` object with an `accuracy` in [0, 1]."""
+    """Check evaluate's `metrics.json`: a `test` object with `accuracy` and `macro_f1` in [0, 1]."""
     _validated(_Metrics, uri, f"{RERUN_EVALUATE} to rewrite it")
