@@ -11,6 +11,7 @@ from common import storage
 from common.contracts import LINEAGE, METRICS
 from common.params import RegistryParams
 from common.registry import ModelRegistry
+from trainer.lineage import RUN_RECORD, model_hash, version_lineage
 
 PRODUCTION = "production"
 CANDIDATE = "candidate"
@@ -101,14 +102,19 @@ def register(
     """Publish `candidate` with its metrics; alias it `production` if it passes the gate."""
     metrics = storage.read_json(metrics_path)
     accuracy = float(metrics["test"]["accuracy"])
-    lineage = storage.read_json(candidate / LINEAGE)
+    # The candidate's lineage with its run's facts and today's git state: the version
+    # records them, but only the model's own files decide whether it is a new version.
+    lineage = version_lineage(candidate)
     registry = ModelRegistry(registry_root, params.model_name)
     with tempfile.TemporaryDirectory(prefix="register-") as tmp:
         staging = Path(tmp) / "model"
-        shutil.copytree(candidate, staging)
+        shutil.copytree(candidate, staging, ignore=shutil.ignore_patterns(RUN_RECORD))
+        storage.write_json(staging / LINEAGE, lineage)
         storage.write_json(staging / METRICS, metrics)
         (staging / "model_card.md").write_text(model_card(params.model_name, metrics, lineage))
-        version = registry.publish(staging, extra={"test_accuracy": accuracy})
+        version = registry.publish(
+            staging, extra={"test_accuracy": accuracy}, content_hash=model_hash(candidate)
+        )
     alias, reason = gate(registry, version, accuracy, params)
     registry.set_alias(alias, version)
     return {
