@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from common import storage
 from common.params import ParamsError
 from common.settings import get_settings
 from workflow.project import Project, ProjectError
@@ -245,6 +246,11 @@ def data_versions() -> None:
             version.subject,
         )
     console.print(table)
+    if any(version.stats is None for version in versions):
+        console.print(
+            "? : that version's data is in neither this clone's DVC cache nor the remote "
+            "(made in another clone and never pushed); its dvc.lock entry is still listed"
+        )
 
 
 @data_app.command("checkout")
@@ -256,6 +262,8 @@ def data_checkout(
 
     project = _project()
     processed = project.processed_dir.relative_to(project.root).as_posix()
+    lock = project.root / "dvc.lock"
+    previous = lock.read_bytes() if lock.is_file() else None
     try:
         commit = resolve_rev(project.root, rev)
         restore_lock(project.root, commit, processed)
@@ -263,9 +271,22 @@ def data_checkout(
         errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     targets = _data_targets(project, everything=False)
-    if project.dvc("checkout", *targets).returncode != 0:
-        # Not in the local cache: fetch it from the remote.
-        _dvc_passthrough(project, "pull", *targets)
+    # Not in the local cache: fetch it from the remote.
+    if project.dvc("checkout", *targets).returncode != 0 and (
+        project.dvc("pull", *targets).returncode != 0
+    ):
+        # A failed checkout has removed the data: put the lock and the data back.
+        if previous is None:
+            lock.unlink(missing_ok=True)
+        else:
+            storage.atomic_write_bytes(lock, previous)
+            project.dvc("checkout", *_data_targets(project, everything=False))
+        errors.print(
+            f"[red]error:[/red] the data of {commit[:10]} is in neither this clone's DVC cache "
+            "nor the remote (it was never pushed from the clone that made it); "
+            "dvc.lock and the data are unchanged"
+        )
+        raise typer.Exit(1)
     stats = project.data_stats()
     console.print(
         f"restored {processed} of {commit[:10]}: data version "
