@@ -43,9 +43,14 @@ def _git(root: Path, *args: str) -> str:
 
 
 def processed_out(lock_text: str, processed: str) -> dict[str, Any] | None:
-    """The process stage's entry for the processed folder in a dvc.lock."""
-    lock = yaml.safe_load(lock_text) or {}
-    for out in lock.get("stages", {}).get(PROCESS_STAGE, {}).get("outs", []):
+    """The process stage's entry for the processed folder in a dvc.lock (None if none)."""
+    try:
+        lock = yaml.safe_load(lock_text) or {}
+    except yaml.YAMLError:
+        return None  # e.g. a commit with conflict markers in dvc.lock: no version there
+    if not isinstance(lock, dict):
+        return None
+    for out in (lock.get("stages") or {}).get(PROCESS_STAGE, {}).get("outs", []):
         if out.get("path") == processed:
             entry: dict[str, Any] = out
             return entry
