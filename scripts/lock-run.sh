@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 root=$PWD
 # The run uses this checkout's environment, whose packages are this work tree: it must
 # be HEAD (dvc.lock and reports/ may differ, they are what this script rewrites).
-changes=$(git status --porcelain -- . ':(exclude)dvc.lock' ':(exclude)reports')
+changes=$(git status --porcelain --untracked-files=no -- . ':(exclude)dvc.lock' ':(exclude)reports'
+    git status --porcelain -- src)
 if [ -n "$changes" ]; then
     echo "lock-run: commit or stash these first (the run must be of HEAD):" >&2
     echo "$changes" >&2
