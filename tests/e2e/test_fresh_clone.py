@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-import click
 import pytest
 import typer
 from support import REPO
@@ -42,11 +42,10 @@ def assert_clean_exit(result: subprocess.CompletedProcess[str], code: int = 0) -
 def command_paths() -> list[tuple[str, ...]]:
     """Every `mega` command and sub-command, e.g. ("run",), ("data", "versions")."""
 
-    def walk(command: click.Command, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+    def walk(command: Any, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
         paths = [prefix]
-        if isinstance(command, click.Group):
-            for name, sub in command.commands.items():
-                paths += walk(sub, (*prefix, name))
+        for name, sub in getattr(command, "commands", {}).items():  # a group's sub-commands
+            paths += walk(sub, (*prefix, name))
         return paths
 
     return walk(typer.main.get_command(app), ())
