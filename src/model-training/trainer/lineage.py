@@ -16,6 +16,7 @@ git commit and dirty flag read at register time (the registry is not a DVC outpu
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import subprocess
@@ -34,6 +35,16 @@ RUN_FACTS = ("trained_at", "wandb_run_id")
 def model_hash(folder: Path) -> str:
     """The identity of a trained model: its folder's tree hash without the run record."""
     return storage.tree_hash(folder, exclude={RUN_RECORD})
+
+
+def version_identity(candidate: Path, metrics: dict[str, Any]) -> str:
+    """What makes a registry version: the model's files and their evaluation, nothing per-run.
+
+    Training the same inputs again gives the same identity, so no new version; the same
+    model evaluated on other data is a new version, whose metrics.json stays true.
+    """
+    evaluation = json.dumps(metrics, sort_keys=True)
+    return hashlib.sha256(f"{model_hash(candidate)}\n{evaluation}".encode()).hexdigest()
 
 
 def pipeline_outputs(root: Path = Path()) -> list[str]:

@@ -11,7 +11,7 @@ from common import storage
 from common.contracts import LINEAGE, METRICS
 from common.params import RegistryParams
 from common.registry import ModelRegistry
-from trainer.lineage import RUN_RECORD, model_hash, version_lineage
+from trainer.lineage import RUN_RECORD, version_identity, version_lineage
 
 PRODUCTION = "production"
 CANDIDATE = "candidate"
@@ -103,7 +103,7 @@ def register(
     metrics = storage.read_json(metrics_path)
     accuracy = float(metrics["test"]["accuracy"])
     # The candidate's lineage with its run's facts and today's git state: the version
-    # records them, but only the model's own files decide whether it is a new version.
+    # records them, but only the model's files and metrics decide whether it is new.
     lineage = version_lineage(candidate)
     registry = ModelRegistry(registry_root, params.model_name)
     with tempfile.TemporaryDirectory(prefix="register-") as tmp:
@@ -113,7 +113,9 @@ def register(
         storage.write_json(staging / METRICS, metrics)
         (staging / "model_card.md").write_text(model_card(params.model_name, metrics, lineage))
         version = registry.publish(
-            staging, extra={"test_accuracy": accuracy}, content_hash=model_hash(candidate)
+            staging,
+            extra={"test_accuracy": accuracy},
+            content_hash=version_identity(candidate, metrics),
         )
     alias, reason = gate(registry, version, accuracy, params)
     registry.set_alias(alias, version)
