@@ -121,3 +121,9 @@ def test_a_broken_lock_in_history_is_no_version() -> None:
     assert processed_out("just text\n", "data/processed/digits") is None
     entry = processed_out(LOCK.format(md5="c" * 32), "data/processed/digits")
     assert entry is not None and entry["md5"] == "c" * 32 + ".dir"
+
+
+def test_pull_without_a_remote_says_how_to_get_one(history: Path) -> None:
+    result = runner.invoke(app, ["data", "pull"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1
+    assert "`make setup` configures a local default remote" in result.output

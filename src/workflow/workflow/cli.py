@@ -178,7 +178,7 @@ def _dvc_passthrough(project: Project, *args: str) -> None:
     if output:
         console.print(output, markup=False, highlight=False)
     if result.returncode != 0:
-        if "no remote specified" in output.lower():
+        if "no remote specified" in output.lower() or "no default remote" in output.lower():
             errors.print("hint: `make setup` configures a local default remote; see docs/data.md")
         elif "missing cache files" in output.lower():
             errors.print("hint: that version was never pushed from the clone that made it")
