@@ -108,6 +108,11 @@ def test_checkout_of_data_that_is_nowhere_changes_nothing(history: Path) -> None
     lock = (history / "dvc.lock").read_bytes()
     result = runner.invoke(app, ["data", "checkout", "HEAD~1"], env={"COLUMNS": "300"})
     assert result.exit_code == 1
+    assert "no DVC remote is configured" in result.output  # the first reason it fails
+    remote = ["remote", "add", "--local", "--default", "r", str(history / "remote")]
+    subprocess.run([sys.executable, "-m", "dvc", *remote], cwd=history, check=True)
+    result = runner.invoke(app, ["data", "checkout", "HEAD~1"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1
     assert "neither this clone's DVC cache nor the remote" in result.output
     assert (history / "dvc.lock").read_bytes() == lock
     status = subprocess.run(["git", "status", "--porcelain"], cwd=history, capture_output=True)

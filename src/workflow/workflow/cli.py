@@ -253,6 +253,31 @@ def data_versions() -> None:
         )
 
 
+def _pull_failure(output: str) -> str:
+    """Why `dvc pull` failed, in words, from its output."""
+    text = output.lower()
+    if "no remote specified" in text or "no default remote" in text:
+        return "no DVC remote is configured (`make setup` adds a local one; see docs/data.md)"
+    if "missing cache files" in text or "checkout failed" in text:
+        return (
+            "it is in neither this clone's DVC cache nor the remote "
+            "(it was never pushed from the clone that made it)"
+        )
+    errors_lines = [line for line in output.splitlines() if line.startswith("ERROR")]
+    return errors_lines[-1] if errors_lines else "dvc pull failed"
+
+
+def _put_back_lock(project: Project, previous: bytes | None) -> None:
+    """Restore the dvc.lock of before a failed checkout, and the data it records."""
+    lock = project.root / "dvc.lock"
+    if previous is None:
+        lock.unlink(missing_ok=True)
+        return
+    storage.atomic_write_bytes(lock, previous)
+    # A failed `dvc checkout` has already removed the data it could not restore.
+    project.dvc("checkout", *_data_targets(project, everything=False))
+
+
 @data_app.command("checkout")
 def data_checkout(
     rev: Annotated[str, typer.Argument(help="A commit, tag or branch (see `mega data versions`).")],
@@ -271,22 +296,17 @@ def data_checkout(
         errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     targets = _data_targets(project, everything=False)
-    # Not in the local cache: fetch it from the remote.
-    if project.dvc("checkout", *targets).returncode != 0 and (
-        project.dvc("pull", *targets).returncode != 0
-    ):
-        # A failed checkout has removed the data: put the lock and the data back.
-        if previous is None:
-            lock.unlink(missing_ok=True)
-        else:
-            storage.atomic_write_bytes(lock, previous)
-            project.dvc("checkout", *_data_targets(project, everything=False))
-        errors.print(
-            f"[red]error:[/red] the data of {commit[:10]} is in neither this clone's DVC cache "
-            "nor the remote (it was never pushed from the clone that made it); "
-            "dvc.lock and the data are unchanged"
-        )
-        raise typer.Exit(1)
+    if project.dvc("checkout", *targets).returncode != 0:
+        # Not in the local cache: fetch it from the remote.
+        pulled = project.dvc("pull", *targets)
+        if pulled.returncode != 0:
+            _put_back_lock(project, previous)
+            errors.print(
+                f"[red]error:[/red] cannot restore the data of {commit[:10]}: "
+                f"{_pull_failure(pulled.stdout + pulled.stderr)}; dvc.lock and the data are "
+                "unchanged"
+            )
+            raise typer.Exit(1)
     stats = project.data_stats()
     console.print(
         f"restored {processed} of {commit[:10]}: data version "
