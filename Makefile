@@ -10,7 +10,7 @@ SETUP_INPUTS := requirements/lock.txt requirements/lock.in requirements/dev.in \
 LOCAL_PACKAGES := mega-common mega-data-collector mega-data-processor mega-model-training \
 	mega-api-service mega-workflow
 
-.PHONY: setup run serve test lint format bench lock clean
+.PHONY: setup run lock-run serve test lint format bench lock clean
 
 # DVC's default remote: a folder outside the repository, shared by every clone on
 # this machine, recorded in .dvc/config.local (not in git). Override: make setup DVC_REMOTE=…
@@ -36,6 +36,11 @@ $(STAMP): $(SETUP_INPUTS)
 ## run: set up, then run the whole pipeline (stages whose inputs are unchanged are skipped)
 run: setup
 	$(BIN)/mega run
+
+## lock-run: regenerate dvc.lock and reports/ as a fresh clone's default run makes them
+## (after changing a stage's code or params.yaml; commit the result)
+lock-run: setup
+	scripts/lock-run.sh
 
 ## serve: the API and the web page on http://127.0.0.1:8000
 serve: setup

@@ -293,13 +293,14 @@ class _Run:
     def _write_outputs(self) -> None:
         result = self.result
         write_manifest(storage.join(self.out, MANIFEST), result.items)
+        # Only facts about the data: DVC hashes this folder, so this run's own counts
+        # (written, already present) would make a re-run look like new data. They are
+        # in the summary line and the run's log instead.
         storage.write_json(
             result.report,
             {
                 "source": self.source.name,
                 "items": result.total,
-                "written": result.written,
-                "already_present": result.already_present,
                 "duplicates": result.duplicates,
                 "failed": [f.model_dump() for f in result.failed],
             },

@@ -11,6 +11,7 @@ from common import storage
 from common.contracts import LABELS, LINEAGE, METRICS, read_labels
 from common.params import RegistryParams
 from common.registry import ModelRegistry
+from trainer.lineage import RUN_RECORD, version_identity, version_lineage
 
 PRODUCTION = "production"
 CANDIDATE = "candidate"
@@ -130,14 +131,21 @@ def register(
         )
     accuracy = float(test["accuracy"])
     labels = read_labels(candidate / LABELS)
-    lineage = storage.read_json(candidate / LINEAGE)
+    # The candidate's lineage with its run's facts and today's git state: the version
+    # records them, but only the model's files and metrics decide whether it is new.
+    lineage = version_lineage(candidate)
     registry = ModelRegistry(registry_root, params.model_name)
     with tempfile.TemporaryDirectory(prefix="register-") as tmp:
         staging = Path(tmp) / "model"
-        shutil.copytree(candidate, staging)
+        shutil.copytree(candidate, staging, ignore=shutil.ignore_patterns(RUN_RECORD))
+        storage.write_json(staging / LINEAGE, lineage)
         storage.write_json(staging / METRICS, metrics)
         (staging / "model_card.md").write_text(model_card(params.model_name, metrics, lineage))
-        version = registry.publish(staging, extra={"test_accuracy": accuracy})
+        version = registry.publish(
+            staging,
+            extra={"test_accuracy": accuracy},
+            content_hash=version_identity(candidate, metrics),
+        )
     alias, reason = gate(registry, version, test, params, labels)
     registry.set_alias(alias, version)
     return {

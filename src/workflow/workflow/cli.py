@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from common import storage
 from common.cli import App, console_for, from_setting, version_option
 from common.params import ParamsError
 from common.settings import get_settings
@@ -182,7 +183,7 @@ def _dvc_passthrough(project: Project, *args: str) -> None:
     if output:
         console.print(output, markup=False, highlight=False)
     if result.returncode != 0:
-        if "no remote specified" in output.lower():
+        if "no remote specified" in output.lower() or "no default remote" in output.lower():
             errors.print("hint: `make setup` configures a local default remote; see docs/data.md")
         elif "missing cache files" in output.lower():
             errors.print("hint: that version was never pushed from the clone that made it")
@@ -256,6 +257,36 @@ def data_versions() -> None:
             version.subject,
         )
     console.print(table)
+    if any(version.stats is None for version in versions):
+        console.print(
+            "? : that version's data is in neither this clone's DVC cache nor the remote "
+            "(made in another clone and never pushed); its dvc.lock entry is still listed"
+        )
+
+
+def _pull_failure(output: str) -> str:
+    """Why `dvc pull` failed, in words, from its output."""
+    text = output.lower()
+    if "no remote specified" in text or "no default remote" in text:
+        return "no DVC remote is configured (`make setup` adds a local one; see docs/data.md)"
+    if "missing cache files" in text or "checkout failed" in text:
+        return (
+            "it is in neither this clone's DVC cache nor the remote "
+            "(it was never pushed from the clone that made it)"
+        )
+    errors_lines = [line for line in output.splitlines() if line.startswith("ERROR")]
+    return errors_lines[-1] if errors_lines else "dvc pull failed"
+
+
+def _put_back_lock(project: Project, previous: bytes | None) -> None:
+    """Restore the dvc.lock of before a failed checkout, and the data it records."""
+    lock = project.root / "dvc.lock"
+    if previous is None:
+        lock.unlink(missing_ok=True)
+        return
+    storage.atomic_write_bytes(lock, previous)
+    # A failed `dvc checkout` has already removed the data it could not restore.
+    project.dvc("checkout", *_data_targets(project, everything=False))
 
 
 @data_app.command("checkout")
@@ -267,6 +298,8 @@ def data_checkout(
 
     project = _project()
     processed = project.processed_dir.relative_to(project.root).as_posix()
+    lock = project.root / "dvc.lock"
+    previous = lock.read_bytes() if lock.is_file() else None
     try:
         commit = resolve_rev(project.root, rev)
         restore_lock(project.root, commit, processed)
@@ -276,7 +309,15 @@ def data_checkout(
     targets = _data_targets(project, everything=False)
     if project.dvc("checkout", *targets).returncode != 0:
         # Not in the local cache: fetch it from the remote.
-        _dvc_passthrough(project, "pull", *targets)
+        pulled = project.dvc("pull", *targets)
+        if pulled.returncode != 0:
+            _put_back_lock(project, previous)
+            errors.print(
+                f"[red]error:[/red] cannot restore the data of {commit[:10]}: "
+                f"{_pull_failure(pulled.stdout + pulled.stderr)}; dvc.lock and the data are "
+                "unchanged"
+            )
+            raise typer.Exit(1)
     stats = project.data_stats()
     console.print(
         f"restored {processed} of {commit[:10]}: data version "
