@@ -16,6 +16,7 @@ GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
 def candidate(folder: Path, trained_at: str, weights: bytes = b"w") -> Path:
     folder.mkdir(parents=True)
     (folder / "model.tflite").write_bytes(weights)
+    (folder / "labels.json").write_text(json.dumps(["a", "b"]))  # the gate needs two classes
     lineage = {"data_hash": "d", "params": {}, "trained_at": trained_at, "wandb_run_id": "r1"}
     write_lineage(folder, lineage)
     write_run_record(folder, lineage)
@@ -61,7 +62,7 @@ def test_a_run_record_of_other_files_is_not_believed(tmp_path: Path) -> None:
 
 def test_the_same_model_trained_again_is_one_version(repo: Path) -> None:
     metrics = repo / "metrics.json"
-    metrics.write_text(json.dumps({"test": {"accuracy": 0.95}}))
+    metrics.write_text(json.dumps({"test": {"accuracy": 0.95, "macro_f1": 0.95}}))
     params = RegistryParams(model_name="m", min_accuracy=0.5)
     models = str(repo / "models")
     first = register(
