@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -23,6 +23,12 @@ class Settings(BaseSettings):
 
     # Google Cloud (needed only for cloud runs).
     gcp_project: str | None = None
+
+    # External services (Cloud Storage, W&B): seconds to open a connection, to wait for
+    # one answer, and for one operation with its retries (common.services.ServiceBudget).
+    service_connect_timeout: float = Field(default=5.0, gt=0)
+    service_read_timeout: float = Field(default=10.0, gt=0)
+    service_retry_seconds: float = Field(default=15.0, gt=0)
 
     # Experiment tracking. The API key is read by wandb itself from WANDB_API_KEY.
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
