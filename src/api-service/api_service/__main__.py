@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from common.services import exit_on_service_error
 from common.settings import get_settings
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -75,7 +76,8 @@ def serve(
 
 
 def main() -> None:
-    app()
+    with exit_on_service_error("api_service"):
+        app()
 
 
 if __name__ == "__main__":

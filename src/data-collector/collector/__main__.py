@@ -13,6 +13,7 @@ from collector.collect import CollectOptions, collect_source, prune_stale
 from collector.progress import CollectProgress, summary
 from collector.sources import make_source
 from common.params import CollectParams, ParamsError, load_params
+from common.services import exit_on_service_error
 
 app = typer.Typer(add_completion=False, help=__doc__)
 SOURCES = get_args(CollectParams.model_fields["source"].annotation)
@@ -107,7 +108,8 @@ def run(
 
 
 def main() -> None:
-    app()
+    with exit_on_service_error("collector"):
+        app()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from common.params import ParamsError, load_params
+from common.services import exit_on_service_error
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -48,7 +49,8 @@ def run(
 
 
 def main() -> None:
-    app()
+    with exit_on_service_error("processor"):
+        app()
 
 
 if __name__ == "__main__":

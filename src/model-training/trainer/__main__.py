@@ -14,6 +14,7 @@ import typer
 
 from common import storage
 from common.params import ParamsError, PipelineParams, load_params
+from common.services import exit_on_service_error
 from common.settings import get_settings
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
@@ -169,7 +170,8 @@ def register(
 
 
 def main() -> None:
-    app()
+    with exit_on_service_error("trainer"):
+        app()
 
 
 if __name__ == "__main__":

@@ -3,10 +3,17 @@
 The mode: `MEGA_WANDB_MODE` when it is set; otherwise online when `WANDB_API_KEY`
 is in the environment (wandb reads the key itself; it is never an argument),
 offline when not. `train.tracking: none` turns tracking off.
+
+Online, a W&B server that cannot be reached, stays silent or refuses the key fails the
+run at start, before any training, with one line (`ServiceError`): the user asked for
+online tracking, and a run that quietly went offline in a container that is thrown
+away afterwards (Vertex AI, CI) would lose its record. wandb's own settings bound the
+wait (`init_timeout`, the GraphQL request timeout) from `MEGA_SERVICE_*`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +21,13 @@ from typing import Any
 import keras
 import numpy as np
 
+from common.services import ServiceBudget, ServiceError
 from common.settings import Settings
+
+WANDB_FIX = (
+    "run offline with MEGA_WANDB_MODE=offline (upload later with `wandb sync`) "
+    "or turn tracking off with train.tracking: none"
+)
 
 
 def wandb_mode(settings: Settings) -> str:
@@ -40,16 +53,34 @@ class Tracker:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
+        # wandb's usage telemetry logs its own failed uploads at exit; they would bury
+        # the one-line error when the server is down. Our runs' data is unaffected.
+        logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
         Path(self.settings.wandb_dir).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(
-            project=self.settings.wandb_project,
-            mode=self.mode,  # type: ignore[arg-type]
-            dir=self.settings.wandb_dir,
-            config=config,
-            job_type=job_type,
-            id=run_id,
-            resume="allow" if run_id else None,
-        )
+        budget = ServiceBudget.from_settings(self.settings)
+        try:
+            self.run = wandb.init(
+                project=self.settings.wandb_project,
+                mode=self.mode,  # type: ignore[arg-type]
+                dir=self.settings.wandb_dir,
+                config=config,
+                job_type=job_type,
+                id=run_id,
+                resume="allow" if run_id else None,
+                settings=wandb.Settings(
+                    init_timeout=budget.retry_seconds,
+                    x_graphql_timeout_seconds=budget.read_timeout,
+                ),
+            )
+        except wandb.errors.Error as exc:
+            raise wandb_service_error(exc, self._server()) from exc
+
+    @staticmethod
+    def _server() -> str:
+        """The server wandb talked to: WANDB_BASE_URL, else its default."""
+        import wandb
+
+        return os.environ.get("WANDB_BASE_URL") or str(wandb.Settings().base_url)
 
     @property
     def run_id(self) -> str | None:
@@ -100,3 +131,28 @@ class Tracker:
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
+
+
+def wandb_service_error(exc: Exception, server: str) -> ServiceError:
+    """wandb's failure to start an online run, as one line naming the server and the fix."""
+    import wandb
+
+    message = getattr(exc, "message", None) or str(exc)
+    service = f"W&B ({server})"
+    if isinstance(exc, wandb.errors.AuthenticationError):
+        return ServiceError(service, f"the API key was refused: {message}", WANDB_FIX)
+    unreachable = ("timed out", "connection refused", "deadline", "no such host", "dial tcp")
+    if isinstance(exc, wandb.errors.CommError) and any(
+        word in message.lower() for word in unreachable
+    ):
+        return ServiceError(
+            service,
+            f"unreachable: {message}",
+            "check the network or WANDB_BASE_URL (MEGA_SERVICE_RETRY_SECONDS sets how long "
+            f"to keep trying), or {WANDB_FIX}",
+        )
+    return ServiceError(
+        service,
+        f"refused to start the run ({message}); check WANDB_API_KEY and the project's access",
+        WANDB_FIX,
+    )
