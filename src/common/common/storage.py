@@ -120,9 +120,8 @@ def gcs_errors(uri: str) -> Iterator[None]:
     except (api.RetryError, auth.TransportError, requests.RequestException, OSError) as exc:
         if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
             raise  # a local file, not the service
-        cause = exc.cause if isinstance(exc, api.RetryError) and exc.cause else exc
         raise ServiceError(
-            service, f"unreachable ({type(cause).__name__}: {cause})", _GCS_UNREACHABLE_FIX
+            service, f"unreachable ({_unreachable_reason(exc)})", _GCS_UNREACHABLE_FIX
         ) from exc
     except api.NotFound:
         raise
@@ -130,6 +129,21 @@ def gcs_errors(uri: str) -> Iterator[None]:
         raise ServiceError(
             service, f"request refused ({exc.code} {exc.message})", _GCS_DENIED_FIX
         ) from exc
+
+
+def _unreachable_reason(exc: BaseException) -> str:
+    """A short why for a failed connection; the clients nest the cause several levels deep."""
+    from google.api_core.exceptions import RetryError
+
+    cause: BaseException = exc.cause if isinstance(exc, RetryError) and exc.cause else exc
+    text = str(cause).lower()
+    if "refused" in text:
+        return "connection refused"
+    if "timed out" in text or "timeout" in type(cause).__name__.lower():
+        return "no answer in time"
+    if "name or service not known" in text or "name resolution" in text:
+        return "host name not found"
+    return f"{type(cause).__name__}: {cause}"
 
 
 def _blob(uri: str) -> Any:

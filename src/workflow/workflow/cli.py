@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.params import ParamsError
+from common.services import exit_on_service_error
 from common.settings import get_settings
 from workflow.project import Project, ProjectError
 from workflow.runner import ReproResult, log_tail, repro
@@ -66,6 +67,12 @@ def _run_stages(targets: list[str], force: bool = False) -> None:
 def _exit_if_failed(project: Project, result: ReproResult) -> None:
     if result.returncode == 0:
         return
+    if result.errors and result.log_path:
+        # A stage said what went wrong in one line: that line, not dvc's wrapping.
+        log = result.log_path.relative_to(project.root)
+        for line in result.errors:
+            errors.print(f"{line} (full log: {log})", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     errors.print(f"[red]pipeline failed[/red] (dvc exit code {result.returncode}); last lines:")
     if result.log_path:
         errors.print(log_tail(result.log_path), markup=False, highlight=False)
@@ -305,7 +312,8 @@ def serve(
 
 
 def main() -> None:
-    app()
+    with exit_on_service_error("mega"):
+        app()
 
 
 if __name__ == "__main__":
