@@ -25,11 +25,13 @@ EXIT_UNAVAILABLE = 69
 class ServiceError(RuntimeError):
     """An external service is unreachable, silent, or refused our credentials.
 
-    `str()` is one line: `<service>: <problem>; <fix>`.
+    `str()` is one line: `<service>: <problem>; <fix>`. `denied` tells a refusal of the
+    credentials (401, 403, none found) from a service that could not be reached.
     """
 
-    def __init__(self, service: str, problem: str, fix: str) -> None:
+    def __init__(self, service: str, problem: str, fix: str, *, denied: bool = False) -> None:
         self.service = service
+        self.denied = denied
         self.problem = _one_line(problem)
         self.fix = fix
         super().__init__(f"{service}: {self.problem}; {fix}")

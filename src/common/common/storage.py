@@ -114,9 +114,13 @@ def gcs_errors(uri: str) -> Iterator[None]:
     try:
         yield
     except (api.Unauthorized, api.Forbidden) as exc:
-        raise ServiceError(service, f"access denied ({exc.code})", _GCS_DENIED_FIX) from exc
+        raise ServiceError(
+            service, f"access denied ({exc.code})", _GCS_DENIED_FIX, denied=True
+        ) from exc
     except (auth.DefaultCredentialsError, auth.RefreshError) as exc:
-        raise ServiceError(service, f"no usable credentials: {exc}", _GCS_DENIED_FIX) from exc
+        raise ServiceError(
+            service, f"no usable credentials: {exc}", _GCS_DENIED_FIX, denied=True
+        ) from exc
     except (api.RetryError, auth.TransportError, requests.RequestException, OSError) as exc:
         if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
             raise  # a local file, not the service
@@ -127,7 +131,7 @@ def gcs_errors(uri: str) -> Iterator[None]:
         raise
     except api.GoogleAPICallError as exc:
         raise ServiceError(
-            service, f"request refused ({exc.code} {exc.message})", _GCS_DENIED_FIX
+            service, f"request refused ({exc.code} {exc.message})", _GCS_DENIED_FIX, denied=True
         ) from exc
 
 
@@ -149,6 +153,16 @@ def _unreachable_reason(exc: BaseException) -> str:
 def _blob(uri: str) -> Any:
     bucket, key = split_gcs(uri)
     return gcs_client().bucket(bucket).blob(key)
+
+
+def probe(uri: str) -> None:
+    """Check that a `gs://` prefix answers (one listing of at most one object).
+
+    Raises ServiceError within the budget when it cannot be reached or refuses us.
+    """
+    bucket, key = split_gcs(uri)
+    with gcs_errors(uri):
+        list(gcs_client().list_blobs(bucket, prefix=key, max_results=1, **gcs_call_options()))
 
 
 def gcs_blobs(prefix: str) -> list[Any]:

@@ -140,7 +140,7 @@ def wandb_service_error(exc: Exception, server: str) -> ServiceError:
     message = getattr(exc, "message", None) or str(exc)
     service = f"W&B ({server})"
     if isinstance(exc, wandb.errors.AuthenticationError):
-        return ServiceError(service, f"the API key was refused: {message}", WANDB_FIX)
+        return ServiceError(service, f"the API key was refused: {message}", WANDB_FIX, denied=True)
     unreachable = ("timed out", "connection refused", "deadline", "no such host", "dial tcp")
     if isinstance(exc, wandb.errors.CommError) and any(
         word in message.lower() for word in unreachable
@@ -155,4 +155,5 @@ def wandb_service_error(exc: Exception, server: str) -> ServiceError:
         service,
         f"refused to start the run ({message}); check WANDB_API_KEY and the project's access",
         WANDB_FIX,
+        denied=True,
     )

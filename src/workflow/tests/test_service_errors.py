@@ -66,3 +66,47 @@ def test_a_stage_failing_on_a_service_shows_its_one_line(project: Path) -> None:
     [line] = [line for line in result.stderr.splitlines() if line.strip()]
     assert line.startswith(f"collector: error: Cloud Storage emulator at {closed}"), line
     assert "unreachable" in line and "(full log: .mega/logs/" in line
+
+
+@pytest.fixture
+def project_with_gs_remote(tmp_path: Path) -> Path:
+    """A DVC project (no git) whose collected data is recorded, with a gs:// default remote."""
+    write_params(tmp_path)
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  collect:\n    cmd: mkdir -p data/raw/x && echo hi > data/raw/x/a.txt\n"
+        "    outs:\n      - data/raw/x\n"
+    )
+    dvc = [sys.executable, "-m", "dvc"]
+    for args in (
+        ["init", "--no-scm", "-q"],
+        ["repro", "-q"],
+        ["remote", "add", "--default", "gcs", "gs://test-bucket/store"],
+    ):
+        subprocess.run([*dvc, *args], cwd=tmp_path, check=True, capture_output=True)
+    return tmp_path
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("service_fault", ["refused", "hang"], indirect=True)
+@pytest.mark.parametrize("command", ["push", "pull"])
+def test_data_push_and_pull_to_an_unreachable_gs_remote(
+    service_fault: str, command: str, project_with_gs_remote: Path
+) -> None:
+    result = mega(
+        ["data", command], project_with_gs_remote, {"STORAGE_EMULATOR_HOST": service_fault}
+    )
+    line = assert_one_line_service_error(
+        result, "mega", f"Cloud Storage emulator at {service_fault} (gs://test-bucket)"
+    )
+    assert "unreachable" in line
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_data_push_to_a_reachable_gs_remote_still_works(
+    storage_emulator: str, project_with_gs_remote: Path
+) -> None:
+    result = mega(["data", "push"], project_with_gs_remote, {})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "files pushed" in result.stdout, result.stdout

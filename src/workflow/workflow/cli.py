@@ -213,6 +213,7 @@ def data_push(remote: RemoteOption = None, everything: AllOption = False) -> Non
     """Upload the raw and processed data that dvc.lock records to the remote."""
     project = _project()
     targets = _data_targets(project, everything)
+    project.check_remote(remote)
     _dvc_passthrough(project, "push", *(["-r", remote] if remote else []), *targets)
 
 
@@ -221,6 +222,7 @@ def data_pull(remote: RemoteOption = None, everything: AllOption = False) -> Non
     """Download and check out the data that dvc.lock records (e.g. after a fresh clone)."""
     project = _project()
     targets = _data_targets(project, everything)
+    project.check_remote(remote)
     _dvc_passthrough(project, "pull", *(["-r", remote] if remote else []), *targets)
 
 
