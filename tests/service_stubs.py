@@ -16,6 +16,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import pytest
 from support import free_port
@@ -120,3 +121,69 @@ def assert_one_line_service_error(
     assert len(lines) == 1, result.stderr[-3000:]
     assert lines[0].startswith(f"{prefix}: error: {service}"), lines[0]
     return lines[0]
+
+
+class WandbGoesSilent:
+    """A loopback W&B server that starts runs, then never answers their uploads.
+
+    GraphQL gets a run record for `UpsertBucket` and empty data otherwise, until the run
+    starts streaming (the first request under `/files/`): from then on every request is
+    held without an answer, as when the network goes away during a run.
+    """
+
+    RUN: ClassVar[dict[str, Any]] = {
+        "upsertBucket": {
+            "bucket": {
+                "id": "YnVja2V0",
+                "name": "silentrun",
+                "displayName": "silent",
+                "description": "",
+                "config": "{}",
+                "sweepName": None,
+                "historyLineCount": 0,
+                "project": {"id": "cHJvag==", "name": "p", "entity": {"id": "ZQ==", "name": "e"}},
+            },
+            "inserted": True,
+        }
+    }
+
+    def __init__(self) -> None:
+        stop = threading.Event()
+        silent = threading.Event()
+        self.stop = stop
+        run = self.RUN
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if self.path.startswith("/files/"):
+                    silent.set()
+                if silent.is_set():
+                    stop.wait()  # held: no answer
+                    return
+                try:
+                    operation = json.loads(body).get("operationName")
+                except ValueError:
+                    operation = None
+                out = json.dumps({"data": run if operation == "UpsertBucket" else {}}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_PUT = do_POST  # noqa: N815
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()

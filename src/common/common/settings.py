@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "mega-pipeline"
     wandb_dir: str = ".wandb"
+    # Online: how long the end of a run may wait for its last uploads before giving up
+    # with a warning (the data stays on disk for `wandb sync`); 0 waits for ever.
+    wandb_finish_timeout: float = Field(default=120.0, ge=0)
 
     # Serving.
     model_name: str = "digits-cnn"
