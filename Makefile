@@ -10,7 +10,7 @@ SETUP_INPUTS := requirements/lock.txt requirements/lock.in requirements/dev.in \
 LOCAL_PACKAGES := mega-common mega-data-collector mega-data-processor mega-model-training \
 	mega-api-service mega-workflow
 
-.PHONY: setup run serve test lint format bench lock clean
+.PHONY: setup run lock-run serve test lint format bench lock clean
 
 # DVC's default remote: a folder outside the repository, shared by every clone on
 # this machine, recorded in .dvc/config.local (not in git). Override: make setup DVC_REMOTE=…
@@ -22,16 +22,25 @@ setup: $(STAMP)
 		$(BIN)/dvc remote add --local --default local "$(DVC_REMOTE)" && \
 		echo "setup: DVC default remote 'local' → $(DVC_REMOTE)"; }
 
+# Each long step is announced: a first install runs for minutes with --quiet output.
 $(STAMP): $(SETUP_INPUTS)
+	@echo "setup: Python environment $(VENV) (created if missing)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "setup: installing uv $(UV_VERSION) into $(VENV)"
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -c requirements/lock.txt -r requirements/lock.in
+	@echo "setup: installing the locked dependencies (minutes the first time, seconds once cached)"
+	@$(BIN)/uv pip install --python $(BIN)/python --quiet -c requirements/lock.txt -r requirements/lock.in
 	@touch $@
 	@echo "setup: done (.venv)"
 
 ## run: set up, then run the whole pipeline (stages whose inputs are unchanged are skipped)
 run: setup
 	$(BIN)/mega run
+
+## lock-run: regenerate dvc.lock and reports/ as a fresh clone's default run makes them
+## (after changing a stage's code or params.yaml; commit the result)
+lock-run: setup
+	scripts/lock-run.sh
 
 ## serve: the API and the web page on http://127.0.0.1:8000
 serve: setup

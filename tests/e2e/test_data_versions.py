@@ -61,17 +61,17 @@ def commit(root: Path, message: str) -> str:
 
 def test_versions_round_trip_and_checkout(tmp_path: Path) -> None:
     remote = str(tmp_path / "remote")
-    project = new_project(tmp_path / "project", remote, limit=150)
+    project = new_project(tmp_path / "project", remote, limit=250)
     sh([MEGA, "process"], project)
-    v1 = commit(project, "data v1: 150 digits")
+    v1 = commit(project, "data v1: 250 digits")
     sh([MEGA, "data", "push"], project)
     v1_hashes = hashes(project)
     v1_stats = json.loads((project / "data/processed/digits/stats.json").read_text())
 
-    write_params(project, {"collect": {"limit": 180}})
+    write_params(project, {"collect": {"limit": 300}})
     out = sh([MEGA, "process"], project)
     assert "ran: collect, process" in out
-    v2 = commit(project, "data v2: 180 digits")
+    v2 = commit(project, "data v2: 300 digits")
     v2_hashes = hashes(project)
     assert v2_hashes != v1_hashes
 
@@ -79,7 +79,7 @@ def test_versions_round_trip_and_checkout(tmp_path: Path) -> None:
 
     listing = sh([MEGA, "data", "versions"], project)
     assert v1[:10] in listing and v2[:10] in listing
-    assert "150 (train" in listing and "180 (train" in listing
+    assert "250 (train" in listing and "300 (train" in listing
     assert v1_stats["data_hash"][:12] in listing
 
     # A fresh clone has no data until it pulls; then the bytes are identical.

@@ -45,6 +45,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sh(["git", "init", "-q"], root)
     sh([sys.executable, "-m", "dvc", "init", "-q"], root)
     sh([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], root)
+    shutil.copy(REPO / ".dvcignore", root)  # the template's, not `dvc init`'s
     sh(["git", "add", "-A"], root)
     sh(["git", "commit", "-qm", "template"], root)
     return root

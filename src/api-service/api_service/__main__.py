@@ -9,26 +9,40 @@ from typing import Annotated
 
 import typer
 
+from common.cli import App, from_setting, version_option
 from common.services import exit_on_service_error
 from common.settings import get_settings
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = App(help=__doc__)
 
 SWITCH_INTERVAL_S = 0.0005
 
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address [MEGA_SERVE_HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [MEGA_SERVE_PORT].")] = None,
+    host: Annotated[
+        str | None, typer.Option(show_default=from_setting("serve_host"), help="Bind address.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(show_default=from_setting("serve_port"), help="Port.")
+    ] = None,
     models_root: Annotated[
-        str | None, typer.Option(help="Registry root [MEGA_MODELS_ROOT].")
+        str | None, typer.Option(show_default=from_setting("models_root"), help="Registry root.")
     ] = None,
-    model_name: Annotated[str | None, typer.Option(help="Model name [MEGA_MODEL_NAME].")] = None,
-    alias: Annotated[str | None, typer.Option(help="Alias or version [MEGA_MODEL_ALIAS].")] = None,
+    model_name: Annotated[
+        str | None, typer.Option(show_default=from_setting("model_name"), help="Model name.")
+    ] = None,
+    alias: Annotated[
+        str | None,
+        typer.Option(show_default=from_setting("model_alias"), help="Alias or version."),
+    ] = None,
     static_dir: Annotated[
-        str | None, typer.Option(help="Serve this folder's page at / [MEGA_STATIC_DIR].")
+        str | None,
+        typer.Option(
+            show_default=from_setting("static_dir"), help="Serve this folder's page at /."
+        ),
     ] = None,
+    version: Annotated[bool, version_option("mega-api-service")] = False,
 ) -> None:
     """Start the API (and the page, with --static-dir) on HOST:PORT."""
     import uvicorn

@@ -227,3 +227,47 @@ def test_random_bytes_never_give_a_500(client: TestClient) -> None:
             response = post(client, prefix + rng.bytes(size))
             assert response.status_code in (413, 415, 422), (prefix, size, response.text)
             assert "error" in response.json()
+
+
+def _same_digit(digit: Image.Image, kind: str) -> bytes:
+    """The test digit as a file of another kind that training also accepts."""
+    if kind == "mpo":  # a phone camera's JPEG with an MP index
+        big = digit.convert("RGB").resize((64, 64), Image.Resampling.NEAREST)
+        return encode(big, "MPO", save_all=True, append_images=[big], quality=100)
+    if kind == "tiff-float":  # 32-bit float, values 0-1
+        values = np.asarray(digit, dtype=np.float32) / 255.0
+        return encode(Image.fromarray(values, mode="F"), "TIFF")
+    return encode(digit.convert("RGB"), "TIFF")
+
+
+@pytest.mark.parametrize("kind", ["mpo", "tiff-float", "tiff"])
+def test_kinds_training_accepts_are_served_like_the_png(
+    client: TestClient, digit: tuple[Image.Image, str], kind: str
+) -> None:
+    # Regression: a 0-1 float TIFF was served as an all-black image.
+    reference = post(client, encode(digit[0], "PNG")).json()
+    response = post(client, _same_digit(digit[0], kind), f"x.{kind}", "image/jpeg")
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] == reference["label"] == digit[1]
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code", "words"),
+    [
+        (encode(Image.new("L", (4, 4), 255), "PNG"), 422, "image_too_small", "min_size 8"),
+        (
+            encode(Image.fromarray(np.full((8, 8), -2.0, np.float32), mode="F"), "TIFF"),
+            422,
+            "invalid_image",
+            "float image values run -2",
+        ),
+        (encode(Image.new("RGBA", (16, 16)), "ICO"), 415, "unsupported_media_type", "ICO"),
+    ],
+    ids=["smaller-than-min-size", "float-out-of-range", "ico"],
+)
+def test_kinds_training_refuses_are_refused_with_the_reason(
+    client: TestClient, data: bytes, status: int, code: str, words: str
+) -> None:
+    response = post(client, data)
+    assert_error(response, status, code)
+    assert words in response.json()["error"]["message"]

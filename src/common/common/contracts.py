@@ -49,6 +49,9 @@ class Preprocess(BaseModel):
     image_size: int
     color_mode: Literal["grayscale", "rgb"]
     resize: Literal["stretch", "pad"] = "stretch"
+    # Images smaller on a side were refused in training (process.min_size); serving
+    # refuses them too. 1 for models trained before this was recorded.
+    min_size: int = Field(default=1, ge=1)
 
     @property
     def channels(self) -> int:

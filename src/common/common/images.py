@@ -1,58 +1,162 @@
-"""Image decoding and the one preprocessing function training and serving share."""
+"""The input contract: which image files every stage accepts, and how they become pixels.
+
+The collector, the processor and the API all decode through `decode_image` and
+convert through `to_model_pixels`, so a file that training would accept is served
+the same way, and a file it refuses is refused by serving with the same reason.
+See docs/data.md ("What images are accepted").
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from common.contracts import Preprocess
 
-# Pillow's own decompression-bomb guard, made an error instead of a warning.
+# Pillow's own decompression-bomb guard, made an error instead of a warning. The
+# default of collect.max_pixels and of the API's MEGA_MAX_IMAGE_PIXELS (a test checks).
 MAX_PIXELS = 40_000_000
 
 
 class ImageDecodeError(ValueError):
     """The bytes are not a usable image; the message says why."""
 
+    code = "invalid_image"
+
 
 class ImageTooLargeError(ImageDecodeError):
     """The image has more pixels than allowed (a decompression bomb, or just too big)."""
+
+    code = "too_many_pixels"
+
+
+class ImageTooSmallError(ImageDecodeError):
+    """The image is smaller on a side than the data's `min_size`."""
+
+    code = "image_too_small"
+
+
+class UnsupportedImageError(ImageDecodeError):
+    """A recognised file or pixel layout that the pipeline does not take."""
+
+    code = "unsupported_media_type"
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """An accepted file format: Pillow's name for it (its only decoder allowed to run)
+    and the extension the raw store gives such files."""
+
+    name: str
+    extension: str
+
+
+_PNG = ImageFormat("PNG", "png")
+_JPEG = ImageFormat("JPEG", "jpg")  # also MPO: a JPEG with an MP index, as phones write
+_GIF = ImageFormat("GIF", "gif")
+_BMP = ImageFormat("BMP", "bmp")
+_TIFF = ImageFormat("TIFF", "tif")
+_WEBP = ImageFormat("WEBP", "webp")
+ACCEPTED_NAMES = "PNG, JPEG, GIF, BMP, TIFF or WebP"
+
+# Accepted formats by their first bytes. Pillow reads many more (EPS would run
+# Ghostscript, for one), so only the decoder of the recognised format may run.
+_SIGNATURES: tuple[tuple[bytes, ImageFormat], ...] = (
+    (b"\x89PNG\r\n\x1a\n", _PNG),
+    (b"\xff\xd8\xff", _JPEG),
+    (b"GIF87a", _GIF),
+    (b"GIF89a", _GIF),
+    (b"BM", _BMP),
+    (b"II*\x00", _TIFF),
+    (b"MM\x00*", _TIFF),
+)
+# Recognised media that are not images we take: "unsupported" rather than "not an image".
+_REFUSED_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF", "PDF"),
+    (b"%!PS", "PostScript"),
+    (b"8BPS", "Photoshop"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"PK\x03\x04", "ZIP"),
+    (b"\x1f\x8b", "gzip"),
+    (b"<svg", "SVG"),
+    (b"<?xml", "XML"),
+    (b"\x00\x00\x00\x0cjP", "JPEG 2000"),
+    (b"II+\x00", "BigTIFF"),
+    (b"MM\x00+", "BigTIFF"),
+)
+
+# Pixel layouts (Pillow modes) a file may decode to. Everything is turned into 8-bit
+# L or RGB by `to_model_pixels`; 1-bit, palette, alpha, CMYK, YCbCr, LAB and HSV by
+# Pillow's conversions, deeper integer and float images by `_to_8bit`.
+ACCEPTED_MODES = frozenset(
+    {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+    | {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+)
+_VIA_RGB = frozenset({"LAB", "HSV", "YCbCr", "CMYK", "RGBX"})
+_DEEP_INTEGER = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sniff_format(data: bytes) -> ImageFormat:
+    """The accepted format the first bytes show.
+
+    Raises ImageDecodeError for empty or unknown bytes, UnsupportedImageError for
+    known media the pipeline does not take (PDF, HEIC, SVG, ...).
+    """
+    if not data:
+        raise ImageDecodeError("empty file")
+    for magic, fmt in _SIGNATURES:
+        if data.startswith(magic):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _WEBP
+    for magic, name in _REFUSED_SIGNATURES:
+        if data.startswith(magic):
+            raise UnsupportedImageError(f"{name} files are not supported; use {ACCEPTED_NAMES}")
+    if data[4:8] == b"ftyp":
+        raise UnsupportedImageError(
+            f"HEIF/AVIF/MP4 files are not supported; convert to JPEG or PNG ({ACCEPTED_NAMES})"
+        )
+    raise ImageDecodeError(f"not an image ({ACCEPTED_NAMES})")
+
+
 def decode_image(
     data: bytes,
     max_pixels: int = MAX_PIXELS,
     draft_size: int | None = None,
-    formats: tuple[str, ...] | None = None,
 ) -> Image.Image:
-    """Decode and fully load an image, rejecting empty, truncated and oversized input.
+    """Decode, fully load and check an image against the input contract.
 
-    With `draft_size`, a JPEG is decoded directly at the smallest DCT scale that
-    is still at least that many pixels on its short side: several times faster
-    when the model input is much smaller than the photo. `formats` limits the
-    decoders Pillow may try (e.g. to the format the caller already recognised).
+    Only the decoder of the format `sniff_format` recognises may run; the pixel count
+    is checked from the header before decoding. An animated or multi-page file gives
+    its first frame (an MPO its primary image). With `draft_size`, a JPEG is decoded
+    directly at the smallest DCT scale that is still at least that many pixels on its
+    short side: several times faster when the model input is much smaller than the
+    photo; `info["source_size"]` keeps the size before that.
+
+    Raises ImageDecodeError (or its subclasses ImageTooLargeError,
+    UnsupportedImageError) with a one-line reason.
     """
-    if not data:
-        raise ImageDecodeError("empty file")
+    fmt = sniff_format(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=formats)
+            image = Image.open(io.BytesIO(data), formats=(fmt.name,))
             if image.width * image.height > max_pixels:
                 raise ImageTooLargeError(
                     f"image is {image.width}x{image.height}, over the {max_pixels:,}-pixel limit"
                 )
             # Kept for size checks: a JPEG draft below shrinks `image.size`.
             image.info["source_size"] = image.size
-            if draft_size is not None and image.format == "JPEG":
+            if draft_size is not None and fmt is _JPEG:
                 short = min(image.size)
                 scale = max(1, short // draft_size)
                 image.draft(image.mode, (image.width // scale, image.height // scale))
@@ -62,25 +166,89 @@ def decode_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image over the pixel limit: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not an image, or a format Pillow cannot read") from exc
+        raise ImageDecodeError(f"not a readable {fmt.name} image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"not a readable image: {exc}") from exc
+    if image.mode not in ACCEPTED_MODES:
+        raise UnsupportedImageError(
+            f"pixel mode {image.mode} is not supported; save the image as 8-bit RGB or grayscale"
+        )
+    _value_scale(image)  # refuses value ranges that cannot be converted
     return image
 
 
+def check_min_size(image: Image.Image, min_size: int) -> None:
+    """Refuse an image smaller than `min_size` on either side (before any JPEG draft)."""
+    width, height = image.info.get("source_size", image.size)
+    if min(width, height) < min_size:
+        raise ImageTooSmallError(
+            f"image is {width}x{height}, smaller than min_size {min_size} on a side"
+        )
+
+
+def _value_scale(image: Image.Image) -> float | None:
+    """The factor that brings a deeper-than-8-bit image to 0–255; None for 8-bit modes.
+
+    16- and 32-bit integer images are scaled by 255/max (a 12-bit scan in 16 bits
+    still fills the range); negative values are refused. Float images must hold
+    finite values in 0–1 (scaled by 255) or 0–255 (taken as they are); others are
+    refused with the range found. Raises ImageDecodeError.
+    """
+    if image.mode not in _DEEP_INTEGER and image.mode != "F":
+        return None
+    array = np.asarray(image)  # native dtype: no float64 copy of a large image
+    if array.size == 0:
+        return 1.0
+    if image.mode == "F" and not np.isfinite(array).all():
+        raise ImageDecodeError("float image holds NaN or infinite values")
+    low, high = float(array.min()), float(array.max())
+    if image.mode == "F":
+        if low < 0 or high > 255:
+            raise ImageDecodeError(
+                f"float image values run {low:g} to {high:g}; expected 0 to 1 or 0 to 255"
+            )
+        return 255.0 if high <= 1.0 else 1.0
+    if low < 0:
+        raise ImageDecodeError(
+            f"integer image holds negative values (down to {low:g}); "
+            "save it as unsigned 8- or 16-bit"
+        )
+    return 255.0 / (high or 1.0)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A deeper-than-8-bit image as 8-bit grayscale (see `_value_scale`); others unchanged."""
+    scale = _value_scale(image)
+    if scale is None:
+        return image
+    array = np.asarray(image, dtype=np.float32) * np.float32(scale)
+    return Image.fromarray(np.rint(array).clip(0, 255).astype(np.uint8))
+
+
+def as_gray(image: Image.Image) -> Image.Image:
+    """Any accepted image as 8-bit L, by the conversions `to_model_pixels` uses
+    (deep images scaled, not clipped; LAB, HSV, YCbCr and CMYK through RGB)."""
+    image = _to_8bit(image)
+    if image.mode in _VIA_RGB:
+        image = image.convert("RGB")
+    return image.convert("L")
+
+
 def to_model_pixels(image: Image.Image, spec: Preprocess) -> np.ndarray:
-    """Orient, convert and resize an image to the model's uint8 `[H, W, C]` input."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale to 8 bits rather than clip.
-        array = np.asarray(image, dtype=np.float64)
-        peak = array.max() or 1.0
-        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8))
+    """Orient, convert and resize an image to the model's uint8 `[H, W, C]` input.
+
+    EXIF orientation is applied; deep images are scaled to 8 bits (see `_to_8bit`);
+    transparency is composited on black. Raises ImageDecodeError for a float or
+    integer image whose values cannot be converted.
+    """
+    image = _to_8bit(ImageOps.exif_transpose(image))
     if image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
         # Composite transparency on black, the digits' background.
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
+    if image.mode in _VIA_RGB:
+        image = image.convert("RGB")  # Pillow has no direct conversion from these to L
     image = image.convert("L" if spec.color_mode == "grayscale" else "RGB")
     size = (spec.image_size, spec.image_size)
     if spec.resize == "pad":
@@ -102,12 +270,19 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def load_for_model(
-    data: bytes,
-    spec: Preprocess,
-    max_pixels: int = MAX_PIXELS,
-    formats: tuple[str, ...] | None = None,
-) -> np.ndarray:
-    """Bytes → model pixels, as the processor makes them: what serving must use too."""
-    image = decode_image(data, max_pixels, draft_size=spec.image_size, formats=formats)
-    return to_model_pixels(image, spec)
+def prepare_image(
+    data: bytes, spec: Preprocess, max_pixels: int = MAX_PIXELS
+) -> tuple[Image.Image, np.ndarray]:
+    """Bytes → (decoded image, model pixels): the one path training and serving share.
+
+    Raises ImageDecodeError or a subclass (too many pixels, too small for
+    `spec.min_size`, unsupported format or pixel mode, unconvertible values).
+    """
+    image = decode_image(data, max_pixels, draft_size=spec.image_size)
+    check_min_size(image, spec.min_size)
+    return image, to_model_pixels(image, spec)
+
+
+def load_for_model(data: bytes, spec: Preprocess, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Bytes → model pixels `[H, W, C]` uint8, as the processor makes them."""
+    return prepare_image(data, spec, max_pixels)[1]

@@ -56,7 +56,7 @@ class SplitRatios(_Section):
 
 
 class ProcessParams(_Section):
-    image_size: int = Field(default=32, ge=8, le=1024)
+    image_size: int = Field(default=16, ge=8, le=1024)
     color_mode: Literal["grayscale", "rgb"] = "grayscale"
     resize: Literal["stretch", "pad"] = Field(
         default="stretch", description="stretch to a square, or keep the aspect ratio and pad"
@@ -114,6 +114,13 @@ class TrainParams(_Section):
 class RegistryParams(_Section):
     model_name: str = Field(default="digits-cnn", pattern=r"^[a-z0-9][a-z0-9-]*$")
     min_accuracy: float = Field(default=0.9, ge=0, le=1)
+    min_macro_f1: float = Field(
+        default=0.85,
+        ge=0,
+        le=1,
+        description="Test macro F1 (mean per-class F1) a candidate needs: catches a class "
+        "the model neglects, which accuracy hides when classes are imbalanced.",
+    )
     min_improvement: float = Field(
         default=0.005, ge=0, le=1, description="Test accuracy a candidate must add over production."
     )

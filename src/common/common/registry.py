@@ -6,8 +6,8 @@ Layout under the registry root:
     <name>/<version>/version.json  written last: a version without it is incomplete
     <name>/aliases.json         {"production": "3", "candidate": "4"}
 
-Versions are increasing integers. Publishing the same candidate twice (same
-content hash) returns the existing version, so re-runs are idempotent.
+Versions are increasing integers. Publishing the same model twice (same content
+hash) returns the existing version, so re-runs are idempotent.
 """
 
 from __future__ import annotations
@@ -70,16 +70,24 @@ class ModelRegistry:
         )
         return data
 
-    def publish(self, model_dir: str | Path, extra: dict[str, Any] | None = None) -> str:
+    def publish(
+        self,
+        model_dir: str | Path,
+        extra: dict[str, Any] | None = None,
+        content_hash: str | None = None,
+    ) -> str:
         """Copy a local model folder in as a new version; returns its version.
 
-        The version marker is written last, so a crash mid-copy never yields a
-        version that looks complete.
+        `content_hash` identifies the model (default: the folder's tree hash). A
+        version with the same hash is returned instead of a new one, so a caller
+        that adds per-publication files (a card, the time) passes the hash of the
+        model alone. The version marker is written last, so a crash mid-copy never
+        yields a version that looks complete.
         """
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise RegistryError(f"model folder not found: {model_dir}")
-        content_hash = storage.tree_hash(model_dir)
+        content_hash = content_hash or storage.tree_hash(model_dir)
         for version in self.versions():
             if self.version_info(version).get("content_hash") == content_hash:
                 return version

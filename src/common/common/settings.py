@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # with a warning (the data stays on disk for `wandb sync`); 0 waits for ever.
     wandb_finish_timeout: float = Field(default=120.0, ge=0)
 
+    # Training: the resumable backup folder or gs:// URI (`trainer train --run-dir` wins;
+    # unset: AIP_CHECKPOINT_DIR on Vertex AI, else .mega/runs/<key>).
+    train_run_dir: str | None = None
+
     # Serving.
     model_name: str = "digits-cnn"
     model_alias: str = "production"
@@ -48,7 +52,9 @@ class Settings(BaseSettings):
     static_dir: str | None = None
     max_upload_bytes: int = 10 * 1024 * 1024
     # Serving: hostile-input limits (a decoded image over max_image_pixels gets 413).
-    max_image_pixels: int = 25_000_000
+    # The same default as collect.max_pixels (common.images.MAX_PIXELS, checked by a
+    # test): serving must not refuse what training took.
+    max_image_pixels: int = 40_000_000
     max_files_per_request: int = 16
     # Serving: micro-batching. A batch closes at max_batch images or max_wait_ms after
     # its first image; max_queue bounds waiting images (503 `overloaded` beyond it).

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -315,10 +315,15 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def tree_hash(local_dir: str | Path) -> str:
-    """A content hash of a local folder: relative paths and file contents."""
+def tree_hash(local_dir: str | Path, exclude: Collection[str] = ()) -> str:
+    """A content hash of a local folder: relative paths and file contents.
+
+    `exclude` names relative paths (posix) left out of the hash.
+    """
     local_dir = Path(local_dir)
     digest = hashlib.sha256()
     for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(local_dir).as_posix()}\0{sha256_file(path)}\n".encode())
+        relative = path.relative_to(local_dir).as_posix()
+        if relative not in exclude:
+            digest.update(f"{relative}\0{sha256_file(path)}\n".encode())
     return digest.hexdigest()

@@ -7,6 +7,7 @@ from PIL import Image
 from common.contracts import Preprocess
 from common.images import (
     ImageDecodeError,
+    UnsupportedImageError,
     decode_image,
     encode_png,
     load_for_model,
@@ -36,11 +37,14 @@ def test_bad_bytes_are_rejected_with_a_reason(data: bytes, reason: str) -> None:
         decode_image(data)
 
 
-def test_only_the_named_decoders_may_run() -> None:
+def test_only_the_decoder_of_the_sniffed_format_may_run() -> None:
     png = encoded(Image.new("L", (8, 8)))
-    assert decode_image(png, formats=("PNG",)).size == (8, 8)
-    with pytest.raises(ImageDecodeError, match="not an image"):
-        decode_image(png, formats=("JPEG", "GIF"))
+    assert decode_image(png).size == (8, 8)
+    gif_body = encoded(Image.new("L", (8, 8)), "GIF")
+    with pytest.raises(ImageDecodeError, match="not a readable PNG image"):
+        decode_image(png[:8] + gif_body)  # a PNG signature: the GIF decoder never runs
+    with pytest.raises(UnsupportedImageError, match="PostScript files are not supported"):
+        decode_image(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")
 
 
 def test_pixel_limit() -> None:

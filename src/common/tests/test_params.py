@@ -50,3 +50,29 @@ def test_invalid_yaml(tmp_path: Path) -> None:
     path.write_text("train: [unclosed")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(path)
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, object]:
+    """`{"a": {"b": 1}}` → `{"a.b": 1}`."""
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_schema_defaults_are_the_params_file_values() -> None:
+    """params.yaml is the documented default: it lists every key, with the schema's default.
+
+    So a key left out of a fork's params.yaml (or an empty file) means what the
+    committed file says.
+    """
+    written = _flat(yaml.safe_load((REPO / "params.yaml").read_text()))
+    defaults = _flat(PipelineParams().model_dump())
+    assert sorted(written) == sorted(defaults), "keys differ between params.yaml and the schema"
+    differing = {
+        key: (defaults[key], written[key]) for key in defaults if defaults[key] != written[key]
+    }
+    assert not differing, f"schema default ≠ params.yaml value: {differing}"

@@ -12,10 +12,13 @@ from collector.base import SourceError
 from collector.collect import CollectOptions, collect_source, prune_stale
 from collector.progress import CollectProgress, summary
 from collector.sources import make_source
+from common.cli import App, version_option
 from common.params import CollectParams, ParamsError, load_params
 from common.services import exit_on_service_error
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = App(help=__doc__)
+# The overrides' default: whatever params.yaml's `collect:` section says.
+FROM_PARAMS = "params.yaml"
 SOURCES = get_args(CollectParams.model_fields["source"].annotation)
 
 
@@ -45,29 +48,54 @@ def run(
     out: Annotated[str, typer.Option(help="Raw store folder or gs:// URI, e.g. data/raw/digits.")],
     params: Annotated[Path, typer.Option(help="Pipeline parameters file.")] = Path("params.yaml"),
     source: Annotated[
-        str | None, typer.Option(help="Override collect.source: " + ", ".join(SOURCES) + ".")
+        str | None,
+        typer.Option(
+            show_default=FROM_PARAMS, help="Override collect.source: " + ", ".join(SOURCES) + "."
+        ),
     ] = None,
     uri: Annotated[
         str | None,
-        typer.Option(help="Override collect.uri: manifest, archive, folder or gs:// prefix."),
+        typer.Option(
+            show_default=FROM_PARAMS,
+            help="Override collect.uri: manifest, archive, folder or gs:// prefix.",
+        ),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Override collect.limit.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(show_default=FROM_PARAMS, help="Override collect.limit.")
+    ] = None,
     concurrency: Annotated[
-        int | None, typer.Option(help="Override collect.concurrency (requests in flight).")
+        int | None,
+        typer.Option(
+            show_default=FROM_PARAMS, help="Override collect.concurrency (requests in flight)."
+        ),
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option(help="Override collect.timeout (seconds per request).")
+        float | None,
+        typer.Option(
+            show_default=FROM_PARAMS, help="Override collect.timeout (seconds per request)."
+        ),
     ] = None,
-    retries: Annotated[int | None, typer.Option(help="Override collect.retries.")] = None,
+    retries: Annotated[
+        int | None, typer.Option(show_default=FROM_PARAMS, help="Override collect.retries.")
+    ] = None,
     backoff: Annotated[
-        float | None, typer.Option(help="Override collect.backoff (first retry wait, s).")
+        float | None,
+        typer.Option(
+            show_default=FROM_PARAMS, help="Override collect.backoff (first retry wait, s)."
+        ),
     ] = None,
-    max_bytes: Annotated[int | None, typer.Option(help="Override collect.max_bytes.")] = None,
-    max_pixels: Annotated[int | None, typer.Option(help="Override collect.max_pixels.")] = None,
+    max_bytes: Annotated[
+        int | None, typer.Option(show_default=FROM_PARAMS, help="Override collect.max_bytes.")
+    ] = None,
+    max_pixels: Annotated[
+        int | None, typer.Option(show_default=FROM_PARAMS, help="Override collect.max_pixels.")
+    ] = None,
     max_failure_share: Annotated[
-        float | None, typer.Option(help="Override collect.max_failure_share (0-1).")
+        float | None,
+        typer.Option(show_default=FROM_PARAMS, help="Override collect.max_failure_share (0-1)."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    version: Annotated[bool, version_option("mega-data-collector")] = False,
 ) -> None:
     """Collect images with labels into OUT/images/<label>/ and write the manifest."""
     flags = {

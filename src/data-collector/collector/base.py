@@ -53,9 +53,18 @@ def label_problem(label: str) -> str | None:
 NO_LABEL_FOLDER = "not inside a label folder (expected <label>/<file>)"
 
 
+# Files Windows Explorer leaves in folders (thumbnail caches, folder settings).
+_WINDOWS_METADATA = {"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"}
+
+
 def is_metadata(parts: list[str]) -> bool:
-    """Hidden files and macOS archive folders: OS and editor metadata, never data."""
-    return any(part.startswith(".") or part == "__MACOSX" for part in parts)
+    """OS and editor metadata, never data: hidden files (`.DS_Store`, macOS `._`
+    AppleDouble files), macOS `__MACOSX/` archive folders and Windows' Thumbs.db
+    and desktop.ini."""
+    return any(
+        part.startswith(".") or part == "__MACOSX" or part.lower() in _WINDOWS_METADATA
+        for part in parts
+    )
 
 
 def classify_path(parts: list[str], label_at: int) -> tuple[str, str | None] | None:

@@ -25,10 +25,8 @@ from collector.journal import Journal
 from collector.sources import Context, PairsSource, Source
 from common import storage
 from common.contracts import COLLECT_REPORT, MANIFEST, ManifestItem, Rejected, write_manifest
-from common.images import MAX_PIXELS, ImageDecodeError, decode_image, sha256_hex
+from common.images import MAX_PIXELS, ImageDecodeError, decode_image, sha256_hex, sniff_format
 from common.params import CollectParams
-
-EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
 
 
 @dataclass(frozen=True)
@@ -97,19 +95,18 @@ class CollectResult:
 
 
 def _inspect(data: bytes, max_bytes: int, max_pixels: int) -> tuple[str, str, int, int]:
-    """(sha256, extension, width, height) of a valid image, or ItemRejectedError."""
+    """(sha256, extension, width, height) of a valid image, or ItemRejectedError.
+
+    Valid means valid by the input contract in common.images, which the processor
+    and the API apply too.
+    """
     if len(data) > max_bytes:
         raise too_big(len(data), max_bytes)
     try:
         image = decode_image(data, max_pixels=max_pixels)
     except ImageDecodeError as exc:
         raise ItemRejectedError(str(exc)) from exc
-    ext = EXTENSIONS.get(image.format or "")
-    if ext is None:
-        raise ItemRejectedError(
-            f"unsupported format {image.format}; use PNG, JPEG, GIF, BMP or WebP"
-        )
-    return sha256_hex(data), ext, image.width, image.height
+    return sha256_hex(data), sniff_format(data).extension, image.width, image.height
 
 
 def prune_stale(result: CollectResult) -> int:
@@ -296,13 +293,14 @@ class _Run:
     def _write_outputs(self) -> None:
         result = self.result
         write_manifest(storage.join(self.out, MANIFEST), result.items)
+        # Only facts about the data: DVC hashes this folder, so this run's own counts
+        # (written, already present) would make a re-run look like new data. They are
+        # in the summary line and the run's log instead.
         storage.write_json(
             result.report,
             {
                 "source": self.source.name,
                 "items": result.total,
-                "written": result.written,
-                "already_present": result.already_present,
                 "duplicates": result.duplicates,
                 "failed": [f.model_dump() for f in result.failed],
             },

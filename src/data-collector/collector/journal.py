@@ -85,7 +85,11 @@ class Journal:
         self._last_flush = time.monotonic()
 
     def _render(self) -> str:
-        return "".join(json.dumps(e, sort_keys=True) + "\n" for e in self.entries.values())
+        # Sorted, not in the order downloads happened to finish: the journal lies in
+        # the raw store that DVC hashes, so equal data must give equal bytes.
+        return "".join(
+            json.dumps(self.entries[key], sort_keys=True) + "\n" for key in sorted(self.entries)
+        )
 
     def close(self) -> None:
         """Persist everything; locally, compact the file to one line per key."""

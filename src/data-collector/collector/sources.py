@@ -11,19 +11,19 @@ import asyncio
 import csv
 import io
 import json
-import re
 import tarfile
 import tempfile
 import zipfile
 from collections.abc import AsyncGenerator, Generator, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from collector.archive_names import entry_parts, is_directory_name, tar_kind, zip_kind, zip_name
 from collector.base import (
     Item,
     ItemRejectedError,
@@ -327,8 +327,9 @@ class ArchiveSource(Source):
 
     A tar archive is read as it downloads; a zip is spooled to a temporary file first
     (its index sits at the end). The folder that directly holds a file is its label.
-    Entries are never extracted by name, and absolute, `..` and link entries are
-    rejected, so a hostile archive cannot write outside the raw store.
+    Entry names may use `/` or `\\` and a `./` prefix (see archive_names). Entries are
+    never extracted by name, and absolute, drive-letter, network, `..` and link
+    entries are rejected, so a hostile archive cannot write outside the raw store.
     """
 
     uri: str = ""
@@ -426,20 +427,25 @@ class ArchiveSource(Source):
                     "entries already collected are not written twice"
                 ) from exc
 
-    def _member(self, name: str, size: int, link: bool, max_bytes: int) -> _Member | None:
-        """Classify one entry: None to skip silently, or a member with a reason or label."""
+    def _member(self, name: str, size: int, kind: str, max_bytes: int) -> _Member | None:
+        """Classify one entry: None to skip silently, or a member with a reason or label.
+
+        `kind` is "file", "directory" or why the entry is not a regular file.
+        """
+        if kind == "directory" or is_directory_name(name):
+            return None
         key = f"{self.uri}!{name}"
-        parts = PurePosixPath(name).parts
-        if name.startswith(("/", "\\")) or "\\" in name or re.match(r"^[A-Za-z]:", name):
-            return _Member(key, "", reason="unsafe archive entry: absolute path")
-        if ".." in parts:
-            return _Member(key, "", reason="unsafe archive entry: '..' path traversal")
-        classified = classify_path(list(parts), label_at=-2)
+        parts, unsafe = entry_parts(name)
+        if parts is None:
+            return _Member(key, "", reason=unsafe)
+        if not parts:
+            return None
+        classified = classify_path(parts, label_at=-2)
         if classified is None:
             return None
         label, problem = classified
-        if link:
-            return _Member(key, label, reason="archive entry is a link or special file")
+        if kind != "file":
+            return _Member(key, label, reason=kind)
         if problem:
             return _Member(key, label, reason=problem)
         if size > max_bytes:
@@ -449,9 +455,7 @@ class ArchiveSource(Source):
     def _tar_members(self, handle: IO[bytes], max_bytes: int) -> Iterator[_Member]:
         with tarfile.open(fileobj=handle, mode="r|*") as tar:  # "|": a stream, no seeking
             for info in tar:
-                if info.isdir():
-                    continue
-                member = self._member(info.name, info.size, not info.isfile(), max_bytes)
+                member = self._member(info.name, info.size, tar_kind(info), max_bytes)
                 if member is None:
                     continue
                 if member.reason is None:
@@ -463,11 +467,7 @@ class ArchiveSource(Source):
     def _zip_members(self, handle: IO[bytes], max_bytes: int) -> Iterator[_Member]:
         with zipfile.ZipFile(handle) as archive:
             for info in archive.infolist():
-                if info.is_dir():
-                    continue
-                mode = (info.external_attr >> 16) & 0o170000
-                link = mode not in (0, 0o100000)  # only regular files (or unknown type)
-                member = self._member(info.filename, info.file_size, link, max_bytes)
+                member = self._member(zip_name(info), info.file_size, zip_kind(info), max_bytes)
                 if member is None:
                     continue
                 if member.reason is None:

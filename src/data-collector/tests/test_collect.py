@@ -8,6 +8,7 @@ from support import run_cli
 
 from collector.collect import collect
 from collector.digits import iter_digits
+from common import storage
 from common.contracts import read_manifest
 
 
@@ -32,6 +33,16 @@ def test_rerun_writes_nothing_and_gives_identical_files(tmp_path: Path) -> None:
     assert (tmp_path / "manifest.jsonl").read_bytes() == manifest
 
 
+def test_raw_store_is_the_same_bytes_however_it_was_filled(tmp_path: Path) -> None:
+    # DVC hashes the raw store: a fresh run and a re-run over existing files must agree,
+    # or a fresh clone's `make run` leaves dvc.lock changed.
+    fresh, rerun = tmp_path / "fresh", tmp_path / "rerun"
+    collect(iter_digits(limit=20), out=str(fresh), source="digits")
+    collect(iter_digits(limit=12), out=str(rerun), source="digits")
+    collect(iter_digits(limit=20), out=str(rerun), source="digits")
+    assert storage.tree_hash(rerun) == storage.tree_hash(fresh)
+
+
 def test_bad_items_are_reported_not_fatal(tmp_path: Path) -> None:
     good = next(iter_digits(limit=1))
     items = [good, ("3", b"not an image"), ("4", b""), good]
@@ -39,7 +50,7 @@ def test_bad_items_are_reported_not_fatal(tmp_path: Path) -> None:
     assert result.total == 1 and result.duplicates == 1
     report = json.loads((tmp_path / "collect_report.json").read_text())
     assert [f["reason"] for f in report["failed"]] == [
-        "not an image, or a format Pillow cannot read",
+        "not an image (PNG, JPEG, GIF, BMP, TIFF or WebP)",
         "empty file",
     ]
 
@@ -67,3 +78,16 @@ def test_a_smaller_run_prunes_files_no_longer_listed(tmp_path: Path) -> None:
     }
     assert files == {item.path for item in read_manifest(str(tmp_path / "raw/manifest.jsonl"))}
     assert len(files) == 20
+
+
+def test_journal_is_written_in_key_order_not_completion_order(tmp_path: Path) -> None:
+    from collector.journal import Journal
+
+    journal = Journal(str(tmp_path), enabled=True)
+    for key in ("https://b.example/2.png", "https://a.example/1.png"):  # finished in this order
+        journal.record(key, target=f"images/x/{key[-5]}.png")
+    journal.close()
+    lines = (tmp_path / ".collect_journal.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == sorted(
+        ["https://a.example/1.png", "https://b.example/2.png"]
+    )

@@ -94,7 +94,7 @@ def test_every_fault_ends_in_the_right_outcome(http_server: FaultServer, tmp_pat
     assert reasons[faults["slow"]].startswith("timed out")
     assert server.hits["/slow.png"] == 3
     assert "truncated" in reasons[faults["truncated"]]
-    assert reasons[faults["text"]] == "not an image, or a format Pillow cannot read"
+    assert reasons[faults["text"]] == "not an image (PNG, JPEG, GIF, BMP, TIFF or WebP)"
     assert reasons[faults["empty"]] == "empty file"
     assert reasons[faults["big"]].startswith("over the byte limit")
     assert "pixel limit" in reasons[faults["bomb"]]

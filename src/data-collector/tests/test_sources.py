@@ -31,12 +31,14 @@ def test_folder_source_takes_labels_from_subfolders(tmp_path: Path) -> None:
         (data / label / f"{index}.png").write_bytes(png(index))
     (data / "dog" / "notes.txt").write_text("not an image")
     (data / "dog" / ".DS_Store").write_bytes(b"\0")  # hidden: ignored
+    (data / "dog" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")  # Windows metadata: ignored
+    (data / "cat" / "desktop.ini").write_text("[.ShellClassInfo]")
     (data / "loose.png").write_bytes(png(9))
     result = collect_source(FolderSource(name="folder", root=str(data)), str(tmp_path / "raw"))
     assert sorted(item.label for item in result.items) == ["cat", "cat", "dog"]
     reasons = {Path(f.item).name: f.reason for f in result.failed}
     assert reasons == {
-        "notes.txt": "not an image, or a format Pillow cannot read",
+        "notes.txt": "not an image (PNG, JPEG, GIF, BMP, TIFF or WebP)",
         "loose.png": "not inside a label folder (expected <label>/<file>)",
     }
     assert not (tmp_path / "raw/.collect_journal.jsonl").exists()  # local files are re-read
@@ -79,7 +81,7 @@ def test_archive_rejects_traversal_and_links(tmp_path: Path) -> None:
     reasons = {f.item.split("!", 1)[1]: f.reason for f in result.failed}
     assert reasons["../escape/evil.png"] == "unsafe archive entry: '..' path traversal"
     assert reasons["/abs/evil.png"] == "unsafe archive entry: absolute path"
-    assert reasons["photos/daisy/link.png"] == "archive entry is a link or special file"
+    assert reasons["photos/daisy/link.png"] == "archive entry is a symbolic link (to '/etc/passwd')"
     assert reasons["photos/LICENSE.txt"].startswith("not an image")
     assert len(reasons) == 4
     written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*.png")}

@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
+from common.cli import App, version_option
 from common.params import ParamsError, load_params
 from common.services import exit_on_service_error
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = App(help=__doc__)
 
 
 @app.command()
@@ -19,11 +20,13 @@ def run(
     out: Annotated[str, typer.Option(help="Output folder or gs:// URI for the shards.")],
     params: Annotated[Path, typer.Option(help="Pipeline parameters file.")] = Path("params.yaml"),
     report_dir: Annotated[
-        str | None, typer.Option(help="Write data_card.md and its chart here.")
+        str | None,
+        typer.Option(show_default="no data card", help="Write data_card.md and its chart here."),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes [default: one per core].")
+        int | None, typer.Option(min=1, show_default="one per core", help="Worker processes.")
     ] = None,
+    version: Annotated[bool, version_option("mega-data-processor")] = False,
 ) -> None:
     """Validate, deduplicate, resize, split and shard RAW into OUT."""
     try:
@@ -34,7 +37,14 @@ def run(
     from processor.process import ProcessError, process
 
     try:
-        stats = process(raw, out, pipeline.process, dataset=pipeline.dataset, workers=workers)
+        stats = process(
+            raw,
+            out,
+            pipeline.process,
+            dataset=pipeline.dataset,
+            workers=workers,
+            max_pixels=pipeline.collect.max_pixels,
+        )
     except ProcessError as exc:
         typer.secho(f"process: error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc

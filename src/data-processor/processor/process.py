@@ -28,6 +28,7 @@ from common.contracts import (
     Split,
     read_manifest,
 )
+from common.images import MAX_PIXELS
 from common.params import ProcessParams
 from common.tfrecord import TFRecordWriter, make_example
 from processor.dedup import NearDuplicateIndex
@@ -108,9 +109,18 @@ def _outcomes(
 
 
 def process(
-    raw: str, out: str, params: ProcessParams, dataset: str, workers: int | None = None
+    raw: str,
+    out: str,
+    params: ProcessParams,
+    dataset: str,
+    workers: int | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> dict[str, Any]:
-    """Process the raw store at `raw` into `out`; returns the stats written to stats.json."""
+    """Process the raw store at `raw` into `out`; returns the stats written to stats.json.
+
+    `max_pixels` is the collector's limit (collect.max_pixels): what it kept is not
+    refused here for its size.
+    """
     try:
         items = read_manifest(storage.join(raw, MANIFEST))
     except FileNotFoundError as exc:
@@ -122,9 +132,13 @@ def process(
     if not items:
         raise ProcessError(f"{raw}: the manifest lists no items; run the collect stage first")
     labels = sorted({item.label for item in items})
+    _check_classes(raw, labels)
     label_index = {label: i for i, label in enumerate(labels)}
     spec = Preprocess(
-        image_size=params.image_size, color_mode=params.color_mode, resize=params.resize
+        image_size=params.image_size,
+        color_mode=params.color_mode,
+        resize=params.resize,
+        min_size=params.min_size,
     )
     ratios = params.split.model_dump()
     target_bytes = int(params.shard_target_mb * 1024 * 1024)
@@ -148,9 +162,7 @@ def process(
         jobs.append(Job(storage.join(raw, item.path), item.path, item.label, item.sha256))
 
     near = NearDuplicateIndex(params.near_duplicate_distance) if params.near_duplicates else None
-    work = partial(
-        transform, spec=spec, min_size=params.min_size, with_phash=params.near_duplicates
-    )
+    work = partial(transform, spec=spec, with_phash=params.near_duplicates, max_pixels=max_pixels)
     # The whole output is built in a staging folder and swapped in at the end, so
     # neither a failed run nor a re-run ever leaves a partial or mixed data set.
     staging = _staging_for(out)
@@ -174,15 +186,7 @@ def process(
             writers[split].write(make_example(outcome.png, job.sha256, label_index[job.label]))
             counts[split][job.label] += 1
 
-        totals_by_class = {label: sum(counts[s][label] for s in SPLITS) for label in labels}
-        too_few = {k: v for k, v in totals_by_class.items() if v < params.min_per_class}
-        if too_few:
-            listing = ", ".join(f"{label!r} ({n})" for label, n in sorted(too_few.items()))
-            raise ProcessError(
-                f"class(es) with fewer than min_per_class={params.min_per_class} usable items: "
-                f"{listing}. Collect more images for them, remove them, or lower "
-                "process.min_per_class in params.yaml."
-            )
+        _check_counts(labels, counts, params)
         shard_hashes = {
             shard.name: storage.sha256_file(shard)
             for split in SPLITS
@@ -196,6 +200,69 @@ def process(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return stats
+
+
+def _check_classes(raw: str, labels: list[str]) -> None:
+    """Refuse, before any work, a data set that cannot train a classifier at all.
+
+    Raises:
+        ProcessError: fewer than two classes; a one-class model answers that class
+            with full confidence for every image, and its test accuracy says nothing.
+    """
+    if len(labels) < 2:
+        found = f"only 1 class ({labels[0]!r})" if labels else "no class"
+        raise ProcessError(
+            f"{raw}: {found}; a classifier needs at least 2 (with one it answers that class "
+            "for every image). Collect images of at least one more class (one folder or "
+            "label per class) and run the collect stage again."
+        )
+
+
+def _check_counts(
+    labels: list[str], counts: dict[str, Counter[str]], params: ProcessParams
+) -> None:
+    """Refuse usable counts that cannot be trained and evaluated honestly.
+
+    Every class needs `min_per_class` usable items, and at least one in train, in test
+    and (unless `split.val` is 0) in val: a class absent from test is never measured
+    (its recall is undefined and macro F1 silently skips it), one absent from val is
+    never monitored, one absent from train is never learned.
+
+    Raises:
+        ProcessError: naming each class and what it lacks, with the fixes.
+    """
+    totals_by_class = {label: sum(counts[s][label] for s in SPLITS) for label in labels}
+    too_few = {k: v for k, v in totals_by_class.items() if v < params.min_per_class}
+    if too_few:
+        listing = ", ".join(f"{label!r} ({n})" for label, n in sorted(too_few.items()))
+        raise ProcessError(
+            f"class(es) with fewer than min_per_class={params.min_per_class} usable items: "
+            f"{listing}. Collect more images for them, remove them, or lower "
+            "process.min_per_class in params.yaml."
+        )
+    needed = [s for s in SPLITS if s != "val" or params.split.val > 0]
+    gaps = {
+        label: [s for s in needed if counts[s][label] == 0]
+        for label in labels
+        if any(counts[s][label] == 0 for s in needed)
+    }
+    if gaps:
+        listing = "; ".join(
+            f"{label!r} has no example in {', '.join(g)}" for label, g in gaps.items()
+        )
+        splits = sorted({s for g in gaps.values() for s in g} - {"train"})
+        raise ProcessError(
+            f"the split leaves class(es) unmeasured: {listing}; every class needs examples in "
+            f"{', '.join(needed)} to be trained and evaluated honestly. Collect more images "
+            "for them (the split is by content hash, about "
+            + ", ".join(f"{s} {getattr(params.split, s):.0%}" for s in needed)
+            + ")"
+            + (
+                f", or raise process.split.{' and process.split.'.join(splits)} in params.yaml."
+                if splits
+                else "."
+            )
+        )
 
 
 def _staging_for(out: str) -> Path:

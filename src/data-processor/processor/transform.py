@@ -13,7 +13,14 @@ from PIL import Image
 
 from common import storage
 from common.contracts import Preprocess
-from common.images import ImageDecodeError, decode_image, encode_png, sha256_hex, to_model_pixels
+from common.images import (
+    MAX_PIXELS,
+    ImageDecodeError,
+    as_gray,
+    encode_png,
+    prepare_image,
+    sha256_hex,
+)
 
 
 @dataclass(frozen=True)
@@ -38,13 +45,19 @@ class Outcome:
 
 def dhash(image: Image.Image) -> int:
     """64-bit difference hash: robust to resizing and small edits, cheap to compare."""
-    small = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.BILINEAR), np.int16)
+    small = np.asarray(as_gray(image).resize((9, 8), Image.Resampling.BILINEAR), np.int16)
     bits = (small[:, 1:] > small[:, :-1]).flatten()
     return int(sum(1 << i for i, bit in enumerate(bits) if bit))
 
 
-def transform(job: Job, spec: Preprocess, min_size: int, with_phash: bool) -> Outcome:
-    """Process one item; every failure becomes a reason, never an exception."""
+def transform(
+    job: Job, spec: Preprocess, with_phash: bool, max_pixels: int = MAX_PIXELS
+) -> Outcome:
+    """Process one item; every failure becomes a reason, never an exception.
+
+    Decoding, the size checks and the conversion are `common.images.prepare_image`,
+    the very path the API serves through.
+    """
     try:
         data = storage.read_bytes(job.uri)
     except (FileNotFoundError, OSError) as exc:
@@ -52,15 +65,9 @@ def transform(job: Job, spec: Preprocess, min_size: int, with_phash: bool) -> Ou
     if sha256_hex(data) != job.sha256:
         return Outcome(job, reason="content does not match the manifest's sha256")
     try:
-        image = decode_image(data, draft_size=spec.image_size)
+        image, pixels = prepare_image(data, spec, max_pixels)
     except ImageDecodeError as exc:
         return Outcome(job, reason=str(exc))
-    # Size limits apply to the original, not the JPEG draft.
-    width, height = image.info["source_size"]
-    if min(width, height) < min_size:
-        return Outcome(job, reason=f"image is {width}x{height}, smaller than min_size {min_size}")
-    try:
-        pixels = to_model_pixels(image, spec)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # a conversion Pillow could not do
         return Outcome(job, reason=f"cannot convert the image: {exc}")
     return Outcome(job, png=encode_png(pixels), phash=dhash(image) if with_phash else None)

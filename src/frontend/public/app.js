@@ -80,6 +80,10 @@ function problemFromResponse(status, body) {
     return new Problem("busy", "The server is busy",
       "Too many images are waiting; try again in a moment.");
   }
+  if (code === "image_too_small") {
+    return new Problem("too-small", "That image is too small",
+      "The model was trained on larger images; choose a bigger one.", message);
+  }
   switch (status) {
     case 413:
       return new Problem("too-large",
@@ -283,7 +287,7 @@ function showProblem(problem) {
   $("error-server").hidden = !problem.serverMessage;
   $("error").dataset.kind = problem.kind;
   // Trying again helps when the server was down or busy, not when the file is wrong.
-  $("retry").hidden = !lastInput || ["too-large", "not-an-image"].includes(problem.kind);
+  $("retry").hidden = !lastInput || ["too-large", "too-small", "not-an-image"].includes(problem.kind);
   showOnly("error");
 }
 

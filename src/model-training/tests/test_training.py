@@ -107,19 +107,24 @@ def test_imagenet_weights_offline_fail_at_once(
 
 
 def test_augmentation_only_while_training() -> None:
-    from trainer.model import build_model
+    from trainer.model import build_model, with_augmentation
 
     augment = AugmentParams(rotation=0.1, zoom=0.1, translation=0.1, contrast=0.2)
-    model = build_model("small_cnn", GRAY16, 10, augment=augment)
+    serving = build_model("small_cnn", GRAY16, 10)
+    model = with_augmentation(serving, GRAY16, augment)
     assert [layer.name for layer in model.layers[1:5]] == [
         "aug_rotation",
         "aug_zoom",
         "aug_translation",
         "aug_contrast",
     ]
+    assert model.layers[5] is serving, "the fitted model must share the served model's weights"
+    assert not [layer for layer in serving.layers if layer.name.startswith("aug_")]
+    assert with_augmentation(serving, GRAY16, AugmentParams()) is serving
     pixels = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 1)).astype(np.float32)
     first = np.asarray(model(pixels, training=False))
     np.testing.assert_array_equal(first, np.asarray(model(pixels, training=False)))
+    np.testing.assert_allclose(first, np.asarray(serving(pixels, training=False)), rtol=1e-6)
     augmented = model.layers[1](pixels, training=True)
     assert not np.allclose(np.asarray(augmented), pixels)
 
@@ -325,7 +330,8 @@ def test_evaluation_writes_plots(tiny_pipeline: TinyPipeline, tmp_path: Path) ->
 
 def _metrics(tmp_path: Path, accuracy: float) -> str:
     path = tmp_path / f"metrics-{accuracy}.json"
-    path.write_text(json.dumps({"test": {"accuracy": accuracy, "examples": 10}}))
+    test = {"accuracy": accuracy, "macro_f1": accuracy, "examples": 10}
+    path.write_text(json.dumps({"test": test}))
     return str(path)
 
 

@@ -2,22 +2,41 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import typer
 
 from common import storage
+from common.cli import App, from_setting, version_option
+from common.contracts import LINEAGE
 from common.params import ParamsError, PipelineParams, load_params
 from common.services import exit_on_service_error
 from common.settings import get_settings
+from trainer.inputs import (
+    RERUN_TRAIN,
+    InputError,
+    check_candidate,
+    check_metrics,
+    check_output_folder,
+    check_processed,
+    read_preprocess,
+)
+from trainer.quiet import quiet_tensorflow_import
 
-app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
+app = App(help=__doc__, no_args_is_help=True)
+
+
+@app.callback()
+def _options(version: Annotated[bool, version_option("mega-model-training")] = False) -> None:
+    """Train, evaluate and register the image classifier."""
+
+
+# export.py's KERAS_FILE and TFLITE_FILE, named here because importing export imports
+# TensorFlow (a test checks they agree).
+CANDIDATE_MODEL_FILES = ("model.keras", "model.tflite")
 
 ParamsOption = Annotated[Path, typer.Option(help="Pipeline parameters file.")]
 
@@ -56,9 +75,9 @@ def train(
     run_dir: Annotated[
         str | None,
         typer.Option(
-            help="Folder or gs:// URI for the resumable backup (default: AIP_CHECKPOINT_DIR, "
-            "else .mega/runs/<key of out, params and data>).",
-            envvar="MEGA_TRAIN_RUN_DIR",
+            show_default=from_setting("train_run_dir")
+            + ", else AIP_CHECKPOINT_DIR, else .mega/runs/<key of out, params and data>",
+            help="Folder or gs:// URI for the resumable backup.",
         ),
     ] = None,
 ) -> None:
@@ -68,16 +87,42 @@ def train(
     with the same arguments. Only the chief worker exports and tracks the run.
     """
     pipeline = _params(params)
+    try:
+        check_processed(data, ("train",))
+        check_output_folder(out)
+    except InputError as exc:
+        raise _fail("train", exc) from exc
+    quiet_tensorflow_import()
+    from trainer.budget import TooLargeError
     from trainer.distribute import StrategyError
     from trainer.model import WeightsUnavailableError
+    from trainer.train import RUNS_ROOT
     from trainer.train import train as run_training
 
     try:
         summary = run_training(
-            data, out, pipeline, get_settings(), strategy=strategy.value, run_dir=run_dir
+            data,
+            out,
+            pipeline,
+            get_settings(),
+            strategy=strategy.value,
+            # From settings, so that MEGA_TRAIN_RUN_DIR in .env counts, like every setting.
+            run_dir=run_dir or get_settings().train_run_dir,
         )
-    except (FileNotFoundError, ValueError, StrategyError, WeightsUnavailableError) as exc:
+    except (
+        FileNotFoundError,
+        ValueError,
+        StrategyError,
+        TooLargeError,
+        WeightsUnavailableError,
+    ) as exc:
         raise _fail("train", exc) from exc
+    removed = summary["removed_backups"]
+    if removed:
+        typer.echo(
+            f"train: removed {len(removed)} backup(s) of earlier runs with other parameters "
+            f"({sum(size for _, size in removed) / 1e6:.1f} MB) under {RUNS_ROOT}"
+        )
     final = summary["final"]
     setup = f"strategy {summary['strategy']}, {summary['replicas']} replica(s)" + (
         f" on {summary['workers']} workers" if summary["workers"] > 1 else ""
@@ -110,13 +155,19 @@ def evaluate(
     plots: Annotated[
         str | None,
         typer.Option(
-            help="Folder for the confusion-matrix and misclassified PNGs and the training "
-            "curves (default: plots/ beside METRICS)."
+            show_default="plots/ beside METRICS",
+            help="Folder for the confusion-matrix and misclassified PNGs and the training curves.",
         ),
     ] = None,
 ) -> None:
     """Evaluate MODEL on DATA's test split; writes METRICS (DVC metrics), DETAILS and PLOTS."""
-    from common.contracts import PREPROCESS, Preprocess
+    try:
+        if not storage.is_gcs(model):  # a gs:// candidate is checked once downloaded
+            check_candidate(model, CANDIDATE_MODEL_FILES)
+        check_processed(data, ("test",))
+    except InputError as exc:
+        raise _fail("evaluate", exc) from exc
+    quiet_tensorflow_import()
     from trainer.evaluate import evaluate as run_evaluation
 
     try:
@@ -125,7 +176,8 @@ def evaluate(
             if storage.is_gcs(model):
                 storage.download_tree(model, tmp)
                 local = Path(tmp)
-            spec = Preprocess.model_validate(storage.read_json(local / PREPROCESS))
+                check_candidate(tmp, CANDIDATE_MODEL_FILES)
+            spec = read_preprocess(str(local), RERUN_TRAIN)
             plots_dir = plots or storage.join(
                 metrics.rsplit("/", 1)[0] if "/" in metrics else ".", "plots"
             )
@@ -147,12 +199,20 @@ def register(
     model: Annotated[str, typer.Option(help="Candidate model folder.")],
     metrics: Annotated[str, typer.Option(help="metrics.json from evaluate.")],
     registry: Annotated[
-        str | None, typer.Option(help="Registry root folder or gs:// URI [MEGA_MODELS_ROOT].")
+        str | None,
+        typer.Option(
+            show_default=from_setting("models_root"), help="Registry root folder or gs:// URI."
+        ),
     ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Publish MODEL to the registry; alias it production if it passes the gate."""
     pipeline = _params(params)
+    try:
+        check_candidate(model, (LINEAGE,))
+        check_metrics(metrics)
+    except InputError as exc:
+        raise _fail("register", exc) from exc
     from common.registry import RegistryError
     from trainer.register import register as run_register
 

@@ -19,21 +19,13 @@ import tensorflow as tf
 from common import storage
 from common.contracts import STATS, Preprocess
 from common.tfrecord import parse_examples
+from trainer.inputs import shard_paths
 
 # Serialized records in, `(uint8 pixels [B, H, W, C], int64 labels [B])` out.
 DecodeBatch = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 # Enough shards in flight to hide per-file latency (gs://) without a thread per shard.
 MAX_PARALLEL_SHARDS = 16
-
-
-def shard_paths(data: str, split: str) -> list[str]:
-    """The split's shard files, sorted; local folders and gs:// alike."""
-    return [
-        uri
-        for uri in storage.list_files(data)
-        if uri.rsplit("/", 1)[-1].startswith(f"{split}-") and uri.endswith(".tfrecord")
-    ]
 
 
 def build_pipeline(

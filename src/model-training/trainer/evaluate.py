@@ -12,6 +12,7 @@ from common import storage
 from common.contracts import LABELS, Preprocess, read_labels
 from trainer.data import make_dataset
 from trainer.export import HISTORY_FILE, KERAS_FILE, TFLITE_FILE
+from trainer.quiet import filtered_native_stderr
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -44,8 +45,9 @@ def tflite_predict(tflite_path: Path, images: np.ndarray) -> np.ndarray:
     """Class indices the exported `.tflite` predicts, one image at a time as served."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(tflite_path))
-    interpreter.allocate_tensors()
+    with filtered_native_stderr():  # LiteRT's "Created ... XNNPACK delegate" notice
+        interpreter = Interpreter(model_path=str(tflite_path))
+        interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
     predictions = []

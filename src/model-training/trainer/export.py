@@ -1,24 +1,138 @@
-"""Export a trained model in every format the contract names."""
+"""Export a trained model in every format the contract names, byte-reproducibly.
+
+The same weights give the same bytes in every process and at every time: DVC hashes
+the candidate, so any per-save noise (clock, object ids, set order) would make a
+re-run of unchanged inputs look like a new model and leave `dvc.lock` changed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
+import re
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from common.contracts import LABELS, LINEAGE, PREPROCESS, Preprocess
+from common import storage
+from common.contracts import LABELS, PREPROCESS, Preprocess
+from trainer.lineage import write_lineage, write_run_record
 
 KERAS_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
 TFLITE_FILE = "model.tflite"
 HISTORY_FILE = "history.json"
+# Zip entry times: the zip format's earliest date, as reproducible-build tools use.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+SHARED_ID = re.compile(rb'"shared_object_id": (\d+)')
 
 
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _export_saved_model(model: keras.Model, path: Path) -> None:
+    """A SavedModel whose `serve` endpoint runs `model` in inference mode.
+
+    `model.export` traces `model.__call__` without `training=False`, and then a
+    nested backbone's stochastic depth (EfficientNet's `block*_drop` Dropout layers)
+    keeps its random ops, which the TFLite converter refuses (ERROR_NEEDS_FLEX_OPS).
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    [inputs] = model.inputs
+    signature = tf.TensorSpec((None, *inputs.shape[1:]), inputs.dtype, name="pixels")
+    archive.add_endpoint(
+        "serve", lambda pixels: model(pixels, training=False), input_signature=[signature]
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def _renumber_shared_ids(config: bytes) -> bytes:
+    """Replace Keras's `shared_object_id`s (Python object ids) by 0, 1, 2… in order of use."""
+    numbers: dict[bytes, int] = {}
+
+    def number(match: re.Match[bytes]) -> bytes:
+        return b'"shared_object_id": %d' % numbers.setdefault(match[1], len(numbers))
+
+    return SHARED_ID.sub(number, config)
+
+
+def normalize_keras_archive(path: Path) -> None:
+    """Rewrite a `.keras` zip without its save time, entry dates or object ids.
+
+    What is left (config, weights, Keras version) is what loading uses.
+    """
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata, sort_keys=True).encode()
+            elif info.filename == "config.json":
+                data = _renumber_shared_ids(data)
+            entry = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
+            entry.compress_type = info.compress_type
+            entry.external_attr = 0o644 << 16
+            archive.writestr(entry, data)
+    storage.atomic_write_bytes(path, buffer.getvalue())
+
+
+def derive_fingerprint_uuid(saved_model: Path) -> None:
+    """Replace the SavedModel fingerprint's random `uuid` by one derived from its hashes.
+
+    TensorFlow draws the uuid at random on every save; deriving it from the content
+    hashes that sit beside it keeps "same content, same id" and the bytes reproducible.
+    """
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    path = saved_model / "fingerprint.pb"
+    if not path.is_file():
+        return
+    fingerprint = fingerprint_pb2.FingerprintDef()
+    fingerprint.ParseFromString(path.read_bytes())
+    fingerprint.ClearField("uuid")
+    digest = hashlib.sha256(fingerprint.SerializeToString(deterministic=True)).digest()
+    fingerprint.uuid = str(int.from_bytes(digest[:16], "big"))
+    storage.atomic_write_bytes(path, fingerprint.SerializeToString(deterministic=True))
+
+
+@contextlib.contextmanager
+def _variables_in_model_order(model: keras.Model) -> Iterator[None]:
+    """Make `model.export` list variables in the model's own order.
+
+    Keras takes the SavedModel's variable list from the traced functions, whose order
+    changes from process to process; that reorders the checkpoint and the graph.
+    """
+    from keras.src.export import saved_model_export_archive as archive_module
+
+    original: Callable[..., tuple[list[Any], list[Any]]] = (
+        archive_module._list_variables_used_by_fns
+    )
+    rank = {id(variable.value): index for index, variable in enumerate(model.variables)}
+
+    def ordered(fns: Any) -> tuple[list[Any], list[Any]]:
+        trainable, other = original(fns)
+
+        def key(variable: Any) -> int:
+            return rank.get(id(variable), len(rank))
+
+        return sorted(trainable, key=key), sorted(other, key=key)
+
+    archive_module._list_variables_used_by_fns = ordered
+    try:
+        yield
+    finally:
+        archive_module._list_variables_used_by_fns = original
 
 
 def export_model(
@@ -33,16 +147,22 @@ def export_model(
 ) -> None:
     """Write `.keras`, SavedModel, float32 `.tflite` and the JSON sidecars into `folder`.
 
+    `lineage` is split: the per-run facts go to the run record (trainer.lineage).
+
     `with_tflite=False` skips the conversion (non-chief workers export only to keep
     every worker's saving steps alike, and discard the result).
     """
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / KERAS_FILE)
-    model.export(str(folder / SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
+    normalize_keras_archive(folder / KERAS_FILE)
+    with _variables_in_model_order(model):
+        _export_saved_model(model, folder / SAVED_MODEL_DIR)
+    derive_fingerprint_uuid(folder / SAVED_MODEL_DIR)
     if with_tflite:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / SAVED_MODEL_DIR))
         (folder / TFLITE_FILE).write_bytes(converter.convert())
     _write_json(folder / LABELS, labels)
     _write_json(folder / PREPROCESS, spec.model_dump())
-    _write_json(folder / LINEAGE, lineage)
     _write_json(folder / HISTORY_FILE, history)
+    write_lineage(folder, lineage)
+    write_run_record(folder, lineage)  # last: it records the hash of everything above

@@ -70,7 +70,7 @@ MODEL_NAMES = ("small_cnn", *BACKBONES)
 
 
 def augmentation(params: AugmentParams | None) -> list[keras.layers.Layer]:
-    """The random layers params asks for; Keras makes them identities outside training."""
+    """The random layers params asks for (identities outside training)."""
     if params is None:
         return []
     layers: list[keras.layers.Layer] = []
@@ -93,26 +93,51 @@ def augmentation(params: AugmentParams | None) -> list[keras.layers.Layer]:
     return layers
 
 
-def _inputs_and_augmented(
-    spec: Preprocess, augment: AugmentParams | None
-) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+def with_augmentation(
+    model: keras.Model, spec: Preprocess, augment: AugmentParams | None
+) -> keras.Model:
+    """The model to fit: the random layers `augment` asks for, then `model` (shared weights).
+
+    Only `model` is exported. Keras makes random layers identities at inference, but
+    their ops stay in the traced graph, and the TFLite converter refuses them
+    (ERROR_NEEDS_FLEX_OPS), so they must not be part of the serving model at all.
+    Returns `model` itself when no augmentation is asked for.
+    """
+    layers = augmentation(augment)
+    if not layers:
+        return model
     inputs = keras.Input(shape=spec.shape, name="pixels")
     x = inputs
-    for layer in augmentation(augment):
+    for layer in layers:
         x = layer(x)
-    return inputs, x
+    return keras.Model(inputs, model(x), name=f"{model.name}_augmented")
 
 
-def build_small_cnn(
-    spec: Preprocess, num_classes: int, augment: AugmentParams | None = None
-) -> keras.Model:
-    """A compact CNN that reaches >0.95 on the digits in a few CPU seconds."""
-    inputs, x = _inputs_and_augmented(spec, augment)
-    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+# The small CNN's dense head sees at most this many cells per side (see build_small_cnn).
+HEAD_GRID = 4
+
+
+def build_small_cnn(spec: Preprocess, num_classes: int) -> keras.Model:
+    """A compact CNN that reaches >0.95 on the digits in a few CPU seconds.
+
+    Two conv blocks halve the side twice; a Flatten → Dense head on what is left
+    would grow with the image (1024×1024 pixels: 256×256×64 features, 537 M weights
+    in the first dense layer). So when the map is larger than `HEAD_GRID` cells per
+    side, an average pooling first shrinks it to between `HEAD_GRID` and
+    `2 × HEAD_GRID - 1` cells per side: the head stays under 0.5 M weights at any
+    image size, and images of up to 19 pixels (the 16-pixel digits) keep exactly the
+    original model.
+    """
+    inputs = keras.Input(shape=spec.shape, name="pixels")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
     x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
     x = keras.layers.MaxPooling2D()(x)
+    side = int(x.shape[1])
+    if side > HEAD_GRID:
+        pool = side // HEAD_GRID
+        x = keras.layers.AveragePooling2D(pool, name="head_grid_pool")(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dropout(0.3)(x)
     x = keras.layers.Dense(128, activation="relu")(x)
@@ -195,7 +220,6 @@ def build_transfer(
     *,
     weights: str = "imagenet",
     fine_tune_layers: int = 0,
-    augment: AugmentParams | None = None,
 ) -> keras.Model:
     """A classification head on a `keras.applications` backbone.
 
@@ -208,7 +232,8 @@ def build_transfer(
     pretrained = weights == "imagenet"
     if pretrained:
         check_weights_available(name)
-    inputs, x = _inputs_and_augmented(spec, augment)
+    inputs = keras.Input(shape=spec.shape, name="pixels")
+    x = inputs
     size = max(spec.image_size, backbone.min_size)
     if size != spec.image_size:
         x = keras.layers.Resizing(size, size, name="to_backbone_size")(x)
@@ -244,16 +269,15 @@ def build_model(
     name: str,
     spec: Preprocess,
     num_classes: int,
-    *,
-    augment: AugmentParams | None = None,
     **backbone_options: Any,
 ) -> keras.Model:
-    """The model `name` for `spec`'s pixels and `num_classes` outputs (softmax).
+    """The serving model `name` for `spec`'s pixels and `num_classes` outputs (softmax).
 
     `backbone_options` (`weights`, `fine_tune_layers`) go to `build_transfer`.
+    Augmentation is not part of it: see `with_augmentation`.
     """
     if name == "small_cnn":
-        return build_small_cnn(spec, num_classes, augment)
+        return build_small_cnn(spec, num_classes)
     if name in BACKBONES:
-        return build_transfer(name, spec, num_classes, augment=augment, **backbone_options)
+        return build_transfer(name, spec, num_classes, **backbone_options)
     raise ValueError(f"unknown model {name!r}; available: {', '.join(MODEL_NAMES)}")

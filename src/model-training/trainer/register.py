@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from common import storage
-from common.contracts import LINEAGE, METRICS
+from common.contracts import LABELS, LINEAGE, METRICS, read_labels
 from common.params import RegistryParams
 from common.registry import ModelRegistry
+from trainer.lineage import RUN_RECORD, version_identity, version_lineage
 
 PRODUCTION = "production"
 CANDIDATE = "candidate"
@@ -60,25 +61,46 @@ def production_accuracy(registry: ModelRegistry) -> tuple[str, float] | None:
     return version, float(metrics["test"]["accuracy"])
 
 
+def _thresholds(accuracy: float, macro_f1: float, params: RegistryParams) -> tuple[bool, str]:
+    """Whether both absolute thresholds are met, and the verdict on each for the reason."""
+    checks = [
+        ("test accuracy", accuracy, params.min_accuracy),
+        ("macro F1", macro_f1, params.min_macro_f1),
+    ]
+    text = ", ".join(
+        f"{name} {value:.4f} {'≥' if value >= floor else '<'} threshold {floor:.4f}"
+        for name, value, floor in checks
+    )
+    return all(value >= floor for _, value, floor in checks), text
+
+
 def gate(
-    registry: ModelRegistry, version: str, accuracy: float, params: RegistryParams
+    registry: ModelRegistry,
+    version: str,
+    test: dict[str, Any],
+    params: RegistryParams,
+    labels: list[str],
 ) -> tuple[str, str]:
     """The alias `version` earns, and why.
 
-    Production needs the absolute threshold and, when a production model exists,
-    a test accuracy at least `min_improvement` above it (and strictly above).
+    `test` is metrics.json's `test` section (`accuracy` and `macro_f1` in 0..1).
+    Production needs a model of at least two classes, both absolute thresholds
+    (accuracy, and macro F1 so that a neglected class fails even on imbalanced
+    data) and, when a production model exists, a test accuracy at least
+    `min_improvement` above it (and strictly above).
     """
-    if accuracy < params.min_accuracy:
+    accuracy, macro_f1 = float(test["accuracy"]), float(test["macro_f1"])
+    if len(labels) < 2:
         return CANDIDATE, (
-            f"test accuracy {accuracy:.4f} < threshold {params.min_accuracy:.4f}; "
-            "production is unchanged"
+            f"the model knows {len(labels)} class ({', '.join(map(repr, labels))}) and answers "
+            "it for every image; production is unchanged"
         )
+    passed, verdict = _thresholds(accuracy, macro_f1, params)
+    if not passed:
+        return CANDIDATE, f"{verdict}; production is unchanged"
     current = production_accuracy(registry)
     if current is None:
-        return PRODUCTION, (
-            f"test accuracy {accuracy:.4f} ≥ threshold {params.min_accuracy:.4f}; "
-            "first production model"
-        )
+        return PRODUCTION, f"{verdict}; first production model"
     prod_version, prod_accuracy = current
     if prod_version == version:
         return PRODUCTION, f"already production (test accuracy {accuracy:.4f})"
@@ -100,16 +122,31 @@ def register(
 ) -> dict[str, Any]:
     """Publish `candidate` with its metrics; alias it `production` if it passes the gate."""
     metrics = storage.read_json(metrics_path)
-    accuracy = float(metrics["test"]["accuracy"])
-    lineage = storage.read_json(candidate / LINEAGE)
+    test = metrics.get("test", {}) if isinstance(metrics, dict) else {}
+    missing = [key for key in ("accuracy", "macro_f1") if key not in test]
+    if missing:
+        raise ValueError(
+            f"{metrics_path} has no {', '.join('test.' + key for key in missing)}; "
+            "re-run the evaluate stage (mega evaluate) to write it"
+        )
+    accuracy = float(test["accuracy"])
+    labels = read_labels(candidate / LABELS)
+    # The candidate's lineage with its run's facts and today's git state: the version
+    # records them, but only the model's files and metrics decide whether it is new.
+    lineage = version_lineage(candidate)
     registry = ModelRegistry(registry_root, params.model_name)
     with tempfile.TemporaryDirectory(prefix="register-") as tmp:
         staging = Path(tmp) / "model"
-        shutil.copytree(candidate, staging)
+        shutil.copytree(candidate, staging, ignore=shutil.ignore_patterns(RUN_RECORD))
+        storage.write_json(staging / LINEAGE, lineage)
         storage.write_json(staging / METRICS, metrics)
         (staging / "model_card.md").write_text(model_card(params.model_name, metrics, lineage))
-        version = registry.publish(staging, extra={"test_accuracy": accuracy})
-    alias, reason = gate(registry, version, accuracy, params)
+        version = registry.publish(
+            staging,
+            extra={"test_accuracy": accuracy},
+            content_hash=version_identity(candidate, metrics),
+        )
+    alias, reason = gate(registry, version, test, params, labels)
     registry.set_alias(alias, version)
     return {
         "model": params.model_name,

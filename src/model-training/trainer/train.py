@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -27,12 +28,13 @@ from common import storage
 from common.contracts import LABELS, PREPROCESS, STATS, Preprocess, read_labels
 from common.params import PipelineParams
 from common.settings import Settings
-from trainer.data import make_dataset, steps_per_epoch
+from trainer import budget
+from trainer.data import fits_in_cache, make_dataset, steps_per_epoch
 from trainer.distribute import make_strategy, patch_keras_for_multiworker, strategy_label
 from trainer.evaluate import confusion_matrix
 from trainer.export import export_model
 from trainer.lineage import build_lineage
-from trainer.model import build_model
+from trainer.model import build_model, with_augmentation
 from trainer.tracking import Tracker
 
 RUNS_ROOT = ".mega/runs"
@@ -80,6 +82,42 @@ def default_run_dir(out: str, params: PipelineParams, data_hash: str) -> str:
         {"out": out, "train": params.train.model_dump(), "data_hash": data_hash}, sort_keys=True
     )
     return storage.join(RUNS_ROOT, hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def remove_stale_runs(keep: str, root: str = RUNS_ROOT) -> list[tuple[str, int]]:
+    """Delete the backups under `root` other than `keep`; returns each (folder, bytes).
+
+    A backup is only ever resumed by a run with the same key (the same output,
+    parameters and data), so one left by a killed run with other parameters would
+    otherwise stay on disk for good, and a few failed experiments pile up GBs.
+    """
+    folder = Path(root)
+    if storage.is_gcs(root) or not folder.is_dir():
+        return []
+    removed = []
+    for run in sorted(folder.iterdir()):
+        if run.is_dir() and run.resolve() != Path(keep).resolve():
+            size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
+            shutil.rmtree(run, ignore_errors=True)
+            removed.append((str(run), size))
+    return removed
+
+
+def _check_memory(
+    model: keras.Model, params: PipelineParams, spec: Preprocess, totals: dict[str, int], step: int
+) -> None:
+    """Refuse (`budget.TooLargeError`) a training whose estimated peak memory does not fit."""
+    cached = [n for n in (totals.get("train", 0), totals.get("val", 0)) if n]
+    cache_bytes = sum(
+        n * math.prod(spec.shape) for n in cached if fits_in_cache(n, spec, params.train.cache_mb)
+    )
+    budget.check_fits(
+        budget.estimate(model, step, cache_bytes),
+        budget.available_memory(),
+        model=params.train.model,
+        image="×".join(str(d) for d in spec.shape),
+        batch_size=params.train.batch_size,
+    )
 
 
 def remove_tree(uri: str) -> None:
@@ -154,14 +192,11 @@ def train(
         val_ds = val_ds.with_options(options) if val_ds is not None else None
 
     with distribution.scope():
-        model = build_model(
-            cfg.model,
-            spec,
-            len(labels),
-            weights=cfg.weights,
-            fine_tune_layers=cfg.fine_tune_layers,
-            augment=cfg.augment,
+        serving = build_model(
+            cfg.model, spec, len(labels), weights=cfg.weights, fine_tune_layers=cfg.fine_tune_layers
         )
+        # Fit through the random layers; export `serving`, which shares the weights.
+        model = with_augmentation(serving, spec, cfg.augment)
         model.compile(
             optimizer=keras.optimizers.Adam(cfg.learning_rate),
             loss="sparse_categorical_crossentropy",
@@ -171,7 +206,13 @@ def train(
             steps_per_execution=cfg.steps_per_execution if replicas == 1 else 1,
         )
 
+    # Examples one step holds in this process's memory (replicas on this machine).
+    _check_memory(model, params, spec, totals, global_batch // max(task.num_workers, 1))
+
     run = run_dir or default_run_dir(out, params, stats["data_hash"])
+    stale: list[tuple[str, int]] = []
+    if run_dir is None and task.is_chief and not os.environ.get("AIP_CHECKPOINT_DIR"):
+        stale = remove_stale_runs(run)
     worker_dir = storage.join(run, task.tag)  # each worker backs up its own copy
     history = EpochHistory(storage.join(worker_dir, HISTORY))
     backup = keras.callbacks.BackupAndRestore(
@@ -203,7 +244,8 @@ def train(
             # a sample (x, y) batch across workers, which MultiWorkerMirroredStrategy
             # rejects. Unpinned, the model builds while tracing the train step, under
             # the same strategy through the scope below.
-            model._distribute_strategy = None
+            for pinned in (model, serving):
+                pinned._distribute_strategy = None
         started = time.monotonic()
         with distribution.scope():
             # Endless datasets with a fixed number of steps keep one iterator for the
@@ -227,7 +269,7 @@ def train(
             key: [row[key] for row in history.rows] for key in history.rows[-1] if key != "epoch"
         }
         if val_ds is not None and tracker.run is not None:
-            true, pred = _predict_classes(model, val_ds)
+            true, pred = _predict_classes(serving, val_ds)
             tracker.log_confusion_matrix("val/confusion_matrix", true, pred, labels)
             tracker.summary(
                 {"val/confusion_matrix_counts": confusion_matrix(true, pred, len(labels)).tolist()}
@@ -254,12 +296,12 @@ def train(
                     aliases=["candidate", f"data-{stats['data_hash'][:12]}"],
                 )
 
-            _export_atomically(model, out, on_staged=log_model, **sidecars)
+            _export_atomically(serving, out, on_staged=log_model, **sidecars)
         else:
             # Saving may involve every worker, so non-chief workers save too, then
             # throw their copy away: only the chief writes artifacts.
             with tempfile.TemporaryDirectory(prefix=f"trainer-{task.tag}-") as tmp:
-                export_model(model, Path(tmp), with_tflite=False, **sidecars)
+                export_model(serving, Path(tmp), with_tflite=False, **sidecars)
     finally:
         tracker.finish()
     remove_tree(worker_dir)
@@ -283,6 +325,7 @@ def train(
         "is_chief": task.is_chief,
         "wandb_run_id": tracker.run_id,
         "wandb_dir": tracker.run_dir,
+        "removed_backups": stale,
     }
 
 

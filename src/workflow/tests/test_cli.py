@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,73 @@ def test_unknown_stage_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     result = runner.invoke(app, ["train"], env={"COLUMNS": "300"})
     assert result.exit_code == 2
     assert "unknown stage 'train'" in result.output
+
+
+LOCK = """schema: '2.0'
+stages:
+  process:
+    cmd: 'true'
+    outs:
+    - path: data/processed/digits
+      hash: md5
+      md5: {md5}.dir
+      size: 1
+      nfiles: 1
+"""
+
+
+@pytest.fixture
+def history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project whose git history records two data versions that no cache or remote holds."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    (tmp_path / "dvc.yaml").write_text(
+        "stages: {process: {cmd: 'true', outs: [data/processed/digits]}}\n"
+    )
+    (tmp_path / "params.yaml").write_text("{}\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    for n, md5 in enumerate(("a" * 32, "b" * 32)):
+        (tmp_path / "dvc.lock").write_text(LOCK.format(md5=md5))
+        subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+        subprocess.run([*git, "commit", "-qm", f"data v{n + 1}"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_versions_whose_data_is_nowhere_are_listed_with_a_note(history: Path) -> None:
+    # Regression: a fresh clone's `mega data versions` ended in DataIndexDirError.
+    result = runner.invoke(app, ["data", "versions"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "data v1" in result.output and "data v2" in result.output
+    assert "? (data not here)" in result.output
+    assert "neither this clone's DVC cache nor the remote" in result.output
+
+
+def test_checkout_of_data_that_is_nowhere_changes_nothing(history: Path) -> None:
+    lock = (history / "dvc.lock").read_bytes()
+    result = runner.invoke(app, ["data", "checkout", "HEAD~1"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1
+    assert "no DVC remote is configured" in result.output  # the first reason it fails
+    remote = ["remote", "add", "--local", "--default", "r", str(history / "remote")]
+    subprocess.run([sys.executable, "-m", "dvc", *remote], cwd=history, check=True)
+    result = runner.invoke(app, ["data", "checkout", "HEAD~1"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1
+    assert "neither this clone's DVC cache nor the remote" in result.output
+    assert (history / "dvc.lock").read_bytes() == lock
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=history, capture_output=True)
+    assert status.stdout == b""
+
+
+def test_a_broken_lock_in_history_is_no_version() -> None:
+    from workflow.versions import processed_out
+
+    assert processed_out("<<<<<<< HEAD\nstages: {\n", "data/processed/digits") is None
+    assert processed_out("just text\n", "data/processed/digits") is None
+    entry = processed_out(LOCK.format(md5="c" * 32), "data/processed/digits")
+    assert entry is not None and entry["md5"] == "c" * 32 + ".dir"
+
+
+def test_pull_without_a_remote_says_how_to_get_one(history: Path) -> None:
+    result = runner.invoke(app, ["data", "pull"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1
+    assert "`make setup` configures a local default remote" in result.output

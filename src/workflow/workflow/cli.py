@@ -7,22 +7,28 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from common import storage
+from common.cli import App, console_for, from_setting, version_option
 from common.params import ParamsError
 from common.services import exit_on_service_error
 from common.settings import get_settings
 from workflow.project import Project, ProjectError
 from workflow.runner import ReproResult, log_tail, repro
 
-app = typer.Typer(
-    add_completion=False,
+app = App(
     no_args_is_help=True,
     help="Mega Pipeline: collect → process → train → evaluate → register → serve.",
 )
-console = Console()
-errors = Console(stderr=True)
+# Off a terminal (piped, or in .mega/logs) these never wrap or cut a line.
+console = console_for()
+errors = console_for(stderr=True)
+
+
+@app.callback()
+def _options(version: Annotated[bool, version_option("mega-workflow")] = False) -> None:
+    """Mega Pipeline: collect → process → train → evaluate → register → serve."""
 
 
 def _project() -> Project:
@@ -173,7 +179,7 @@ def status() -> None:
     )
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Version, share and restore the data (DVC).")
+data_app = App(no_args_is_help=True, help="Version, share and restore the data (DVC).")
 app.add_typer(data_app, name="data")
 
 
@@ -184,7 +190,7 @@ def _dvc_passthrough(project: Project, *args: str) -> None:
     if output:
         console.print(output, markup=False, highlight=False)
     if result.returncode != 0:
-        if "no remote specified" in output.lower():
+        if "no remote specified" in output.lower() or "no default remote" in output.lower():
             errors.print("hint: `make setup` configures a local default remote; see docs/data.md")
         elif "missing cache files" in output.lower():
             errors.print("hint: that version was never pushed from the clone that made it")
@@ -192,9 +198,15 @@ def _dvc_passthrough(project: Project, *args: str) -> None:
 
 
 DATA_STAGES = ["collect", "process"]
-RemoteOption = Annotated[str | None, typer.Option("-r", "--remote", help="DVC remote name.")]
+RemoteOption = Annotated[
+    str | None,
+    typer.Option("-r", "--remote", show_default="DVC's default remote", help="DVC remote name."),
+]
 AllOption = Annotated[
-    bool, typer.Option("--all", help="Every DVC output (also the candidate), not just data.")
+    bool,
+    typer.Option(
+        "--all", show_default="off", help="Every DVC output (also the candidate), not just data."
+    ),
 ]
 
 
@@ -254,6 +266,36 @@ def data_versions() -> None:
             version.subject,
         )
     console.print(table)
+    if any(version.stats is None for version in versions):
+        console.print(
+            "? : that version's data is in neither this clone's DVC cache nor the remote "
+            "(made in another clone and never pushed); its dvc.lock entry is still listed"
+        )
+
+
+def _pull_failure(output: str) -> str:
+    """Why `dvc pull` failed, in words, from its output."""
+    text = output.lower()
+    if "no remote specified" in text or "no default remote" in text:
+        return "no DVC remote is configured (`make setup` adds a local one; see docs/data.md)"
+    if "missing cache files" in text or "checkout failed" in text:
+        return (
+            "it is in neither this clone's DVC cache nor the remote "
+            "(it was never pushed from the clone that made it)"
+        )
+    errors_lines = [line for line in output.splitlines() if line.startswith("ERROR")]
+    return errors_lines[-1] if errors_lines else "dvc pull failed"
+
+
+def _put_back_lock(project: Project, previous: bytes | None) -> None:
+    """Restore the dvc.lock of before a failed checkout, and the data it records."""
+    lock = project.root / "dvc.lock"
+    if previous is None:
+        lock.unlink(missing_ok=True)
+        return
+    storage.atomic_write_bytes(lock, previous)
+    # A failed `dvc checkout` has already removed the data it could not restore.
+    project.dvc("checkout", *_data_targets(project, everything=False))
 
 
 @data_app.command("checkout")
@@ -265,6 +307,8 @@ def data_checkout(
 
     project = _project()
     processed = project.processed_dir.relative_to(project.root).as_posix()
+    lock = project.root / "dvc.lock"
+    previous = lock.read_bytes() if lock.is_file() else None
     try:
         commit = resolve_rev(project.root, rev)
         restore_lock(project.root, commit, processed)
@@ -274,7 +318,15 @@ def data_checkout(
     targets = _data_targets(project, everything=False)
     if project.dvc("checkout", *targets).returncode != 0:
         # Not in the local cache: fetch it from the remote.
-        _dvc_passthrough(project, "pull", *targets)
+        pulled = project.dvc("pull", *targets)
+        if pulled.returncode != 0:
+            _put_back_lock(project, previous)
+            errors.print(
+                f"[red]error:[/red] cannot restore the data of {commit[:10]}: "
+                f"{_pull_failure(pulled.stdout + pulled.stderr)}; dvc.lock and the data are "
+                "unchanged"
+            )
+            raise typer.Exit(1)
     stats = project.data_stats()
     console.print(
         f"restored {processed} of {commit[:10]}: data version "
@@ -286,8 +338,12 @@ def data_checkout(
 
 @app.command()
 def serve(
-    port: Annotated[int | None, typer.Option(help="Port [MEGA_SERVE_PORT, default 8000].")] = None,
-    host: Annotated[str | None, typer.Option(help="Bind address [MEGA_SERVE_HOST].")] = None,
+    port: Annotated[
+        int | None, typer.Option(show_default=from_setting("serve_port"), help="Port.")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(show_default=from_setting("serve_host"), help="Bind address.")
+    ] = None,
 ) -> None:
     """Serve the production model's API and the web page on one port."""
     project = _project()

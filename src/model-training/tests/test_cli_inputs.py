@@ -1,0 +1,250 @@
+"""The trainer CLI's first impression: bad inputs fail at once, clearly, without TensorFlow.
+
+Each case runs `python -X importtime -m trainer ...` on a folder with one thing
+wrong, and checks the one-line message (the file, what is wrong, what to do),
+a non-zero exit, no traceback, no TensorFlow log line, and that TensorFlow was
+never imported (from the interpreter's import log, not from a clock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support import write_params
+
+PREPROCESS = {"image_size": 16, "color_mode": "grayscale", "resize": "stretch"}
+STATS = {"totals": {"train": 8, "val": 1, "test": 1}, "data_hash": "ab" * 32}
+TF_NOISE = ("I0000", "E0000", "W0000", "absl::InitializeLog", "cuInit", "oneDNN")
+
+
+def _write(path: Path, content: object) -> None:
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+def make_processed(folder: Path) -> Path:
+    """A processed-data folder that passes the checks (shards are never read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write(folder / "preprocess.json", PREPROCESS)
+    _write(folder / "labels.json", ["a", "b"])
+    _write(folder / "stats.json", STATS)
+    for split in ("train", "val", "test"):
+        (folder / f"{split}-00000.tfrecord").write_bytes(b"")
+    return folder
+
+
+def make_candidate(folder: Path) -> Path:
+    """A candidate folder that passes the checks (model files are never loaded)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write(folder / "preprocess.json", PREPROCESS)
+    _write(folder / "labels.json", ["a", "b"])
+    _write(folder / "lineage.json", {"data_hash": "ab" * 32})
+    (folder / "model.keras").write_bytes(b"")
+    (folder / "model.tflite").write_bytes(b"")
+    return folder
+
+
+def run_trainer(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "trainer", *args],
+        cwd=cwd,
+        env={**env, "MEGA_WANDB_MODE": "disabled", "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str], stage: str, *parts: str) -> None:
+    """One `<stage>: error:` line holding `parts`; no traceback, no TF noise, no TF import."""
+    imports = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    message = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert result.returncode != 0, result
+    assert len(message) == 1, message
+    assert message[0].startswith(f"{stage}: error: "), message
+    for part in parts:
+        assert part in message[0], (part, message[0])
+    output = result.stdout + "\n".join(message)
+    assert "Traceback" not in output
+    assert not [noise for noise in TF_NOISE if noise in output], output
+    modules = {line.rsplit("|", 1)[-1].strip() for line in imports}
+    assert imports and not {m for m in modules if m.split(".")[0] in ("tensorflow", "keras")}
+
+
+Breaker = Callable[[Path], None]
+
+TRAIN_CASES: dict[str, tuple[Breaker, tuple[str, ...]]] = {
+    "missing folder": (lambda d: None, ("--data", "no such folder")),
+    "no preprocess.json": (
+        lambda d: (d / "preprocess.json").unlink(),
+        ("preprocess.json: not found", "process stage"),
+    ),
+    "preprocess.json not JSON": (
+        lambda d: _write(d / "preprocess.json", "{image_size: 16"),
+        ("preprocess.json: not valid JSON", "process stage"),
+    ),
+    "preprocess.json lacks image_size": (
+        lambda d: _write(d / "preprocess.json", {"color_mode": "rgb"}),
+        ("preprocess.json: image_size: Field required", "process stage"),
+    ),
+    "labels.json not a list": (
+        lambda d: _write(d / "labels.json", {"a": 0}),
+        ("labels.json: expected a JSON list of class names", "process stage"),
+    ),
+    "stats.json lacks totals": (
+        lambda d: _write(d / "stats.json", {"data_hash": "x"}),
+        ("stats.json: totals: Field required", "process stage"),
+    ),
+    "no train examples": (
+        lambda d: _write(d / "stats.json", {**STATS, "totals": {"train": 0, "test": 1}}),
+        ("stats.json: the train split has no examples", "process.split"),
+    ),
+    "no train shards": (
+        lambda d: (d / "train-00000.tfrecord").unlink(),
+        ("no train-*.tfrecord shards", "process stage"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TRAIN_CASES)
+def test_train_refuses_bad_data_before_tensorflow(case: str, tmp_path: Path) -> None:
+    breaker, parts = TRAIN_CASES[case]
+    data = tmp_path / "data"
+    if case != "missing folder":
+        breaker(make_processed(data))
+    write_params(tmp_path)
+    result = run_trainer(tmp_path, "train", "--data", str(data), "--out", "candidate")
+    assert_clean_failure(result, "train", *parts)
+    assert not (tmp_path / "candidate").exists()
+
+
+def test_train_refuses_a_file_as_data(tmp_path: Path) -> None:
+    write_params(tmp_path)
+    (tmp_path / "data").write_text("")
+    result = run_trainer(tmp_path, "train", "--data", "data", "--out", "candidate")
+    assert_clean_failure(result, "train", "--data data: is a file, not a folder")
+
+
+def test_train_refuses_a_file_as_out(tmp_path: Path) -> None:
+    make_processed(tmp_path / "data")
+    write_params(tmp_path)
+    (tmp_path / "candidate").write_text("")
+    result = run_trainer(tmp_path, "train", "--data", "data", "--out", "candidate")
+    assert_clean_failure(result, "train", "--out candidate: is a file", "pass a folder path")
+
+
+EVALUATE_CASES: dict[str, tuple[Breaker, Breaker, tuple[str, ...]]] = {
+    "missing model folder": (
+        lambda m: __import__("shutil").rmtree(m),
+        lambda d: None,
+        ("--model", "no such folder", "trainer train --out"),
+    ),
+    "no model.tflite": (
+        lambda m: (m / "model.tflite").unlink(),
+        lambda d: None,
+        ("model.tflite: not found", "train stage"),
+    ),
+    "candidate labels.json not JSON": (
+        lambda m: _write(m / "labels.json", "[a, b]"),
+        lambda d: None,
+        ("candidate/labels.json: not valid JSON", "train stage"),
+    ),
+    "no test shards": (
+        lambda m: None,
+        lambda d: (d / "test-00000.tfrecord").unlink(),
+        ("no test-*.tfrecord shards", "process stage"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", EVALUATE_CASES)
+def test_evaluate_refuses_bad_inputs_before_tensorflow(case: str, tmp_path: Path) -> None:
+    break_model, break_data, parts = EVALUATE_CASES[case]
+    break_model(make_candidate(tmp_path / "candidate"))
+    break_data(make_processed(tmp_path / "data"))
+    result = run_trainer(
+        tmp_path,
+        "evaluate",
+        "--model",
+        "candidate",
+        "--data",
+        "data",
+        "--metrics",
+        "metrics.json",
+        "--details",
+        "details.json",
+    )
+    assert_clean_failure(result, "evaluate", *parts)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+REGISTER_CASES: dict[str, tuple[object, tuple[str, ...]]] = {
+    "metrics lacks test": ({"val": {"accuracy": 0.9}}, ("metrics.json: test: Field required",)),
+    "metrics not JSON": ("{'test': 1}", ("metrics.json: not valid JSON",)),
+    "accuracy not a number": (
+        {"test": {"accuracy": "high"}},
+        ("metrics.json: test.accuracy: Input should be a valid number",),
+    ),
+    "accuracy above 1": ({"test": {"accuracy": 98}}, ("test.accuracy", "less than or equal")),
+    "macro F1 missing": (
+        {"test": {"accuracy": 0.99}},
+        ("metrics.json: test.macro_f1: Field required",),
+    ),
+    "metrics missing": (None, ("metrics.json: not found",)),
+}
+
+
+@pytest.mark.parametrize("case", REGISTER_CASES)
+def test_register_names_the_bad_metrics_file(case: str, tmp_path: Path) -> None:
+    content, parts = REGISTER_CASES[case]
+    make_candidate(tmp_path / "candidate")
+    if content is not None:
+        _write(tmp_path / "metrics.json", content)
+    write_params(tmp_path)
+    result = run_trainer(
+        tmp_path, "register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"
+    )
+    assert_clean_failure(result, "register", *parts, "evaluate stage")
+    assert not (tmp_path / "r").exists()
+
+
+def test_register_names_a_bad_lineage_file(tmp_path: Path) -> None:
+    candidate = make_candidate(tmp_path / "candidate")
+    _write(candidate / "lineage.json", "")
+    _write(tmp_path / "metrics.json", {"test": {"accuracy": 0.99, "macro_f1": 0.99}})
+    write_params(tmp_path)
+    result = run_trainer(
+        tmp_path, "register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"
+    )
+    assert_clean_failure(result, "register", "lineage.json: not valid JSON", "train stage")
+
+
+def test_candidate_file_names_match_the_exporter() -> None:
+    from trainer.__main__ import CANDIDATE_MODEL_FILES
+    from trainer.export import KERAS_FILE, TFLITE_FILE
+
+    assert (KERAS_FILE, TFLITE_FILE) == CANDIDATE_MODEL_FILES
+
+
+@pytest.mark.slow
+def test_tensorflow_start_up_noise_is_kept_out(tmp_path: Path) -> None:
+    """TensorFlow imported through the trainer's helper, then run: stderr stays empty."""
+    code = (
+        "from trainer.quiet import quiet_tensorflow_import\n"
+        "quiet_tensorflow_import()\n"
+        "import tensorflow as tf\n"
+        "print(int(tf.constant(1) + 1))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2"
+    assert not [noise for noise in TF_NOISE if noise in result.stderr], result.stderr

@@ -1,0 +1,115 @@
+"""The registry gate judges class balance too: a model blind to a class never becomes production.
+
+These tests build candidate folders and metrics files by hand (the gate only copies the
+model), so they need no training.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from common.params import RegistryParams
+from common.registry import ModelRegistry
+from trainer.evaluate import classification_metrics, confusion_matrix
+from trainer.register import register
+
+
+def candidate(tmp_path: Path, labels: list[str], name: str = "candidate") -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "labels.json").write_text(json.dumps(labels))
+    (folder / "preprocess.json").write_text(
+        json.dumps({"image_size": 16, "color_mode": "grayscale", "resize": "stretch"})
+    )
+    (folder / "lineage.json").write_text(json.dumps({"trained_at": "t", "params": {}}))
+    (folder / "model.tflite").write_bytes(b"stand-in for the model: the gate only copies it")
+    return folder
+
+
+def metrics(tmp_path: Path, accuracy: float, macro_f1: float) -> str:
+    path = tmp_path / f"metrics-{accuracy}-{macro_f1}.json"
+    test = {"accuracy": accuracy, "macro_f1": macro_f1, "examples": 180}
+    path.write_text(json.dumps({"test": test}))
+    return str(path)
+
+
+def gate_params() -> RegistryParams:
+    return RegistryParams.model_validate(
+        {"model_name": "gate", "min_accuracy": 0.9, "min_macro_f1": 0.85}
+    )
+
+
+def test_zero_recall_on_a_small_class_is_not_promoted(tmp_path: Path) -> None:
+    """170 test images of one class, 10 of another, the small one never predicted."""
+    true = np.array([0] * 170 + [1] * 10)
+    matrix = confusion_matrix(true, np.zeros_like(true), 2)
+    report = classification_metrics(matrix, ["common", "rare"])
+    assert report["per_class"]["rare"]["recall"] == 0.0
+    path = metrics(tmp_path, report["accuracy"], report["macro_f1"])
+    record = register(
+        candidate(tmp_path, ["common", "rare"]), path, str(tmp_path / "r"), gate_params()
+    )
+    assert not record["promoted"]
+    assert "macro F1 0.4857 < threshold 0.8500" in record["reason"]
+    assert "test accuracy 0.9444 ≥ threshold 0.9000" in record["reason"]
+    assert ModelRegistry(tmp_path / "r", "gate").aliases() == {"candidate": "1"}
+
+
+def test_balanced_model_is_promoted_and_the_reason_shows_both_checks(tmp_path: Path) -> None:
+    path = metrics(tmp_path, 0.95, 0.94)
+    record = register(candidate(tmp_path, ["a", "b"]), path, str(tmp_path / "r"), gate_params())
+    assert record["promoted"]
+    assert record["reason"] == (
+        "test accuracy 0.9500 ≥ threshold 0.9000, macro F1 0.9400 ≥ threshold 0.8500; "
+        "first production model"
+    )
+
+
+def test_macro_f1_below_the_floor_keeps_production(tmp_path: Path) -> None:
+    root = str(tmp_path / "r")
+    register(
+        candidate(tmp_path, ["a", "b"], "one"), metrics(tmp_path, 0.95, 0.94), root, gate_params()
+    )
+    better_but_blind = metrics(tmp_path, 0.99, 0.6)
+    record = register(candidate(tmp_path, ["a", "b"], "two"), better_but_blind, root, gate_params())
+    assert not record["promoted"] and "macro F1 0.6000 < threshold 0.8500" in record["reason"]
+    assert ModelRegistry(root, "gate").aliases() == {"production": "1", "candidate": "2"}
+
+
+def test_a_one_class_model_is_never_promoted(tmp_path: Path) -> None:
+    path = metrics(tmp_path, 1.0, 1.0)
+    record = register(candidate(tmp_path, ["cat"]), path, str(tmp_path / "r"), gate_params())
+    assert not record["promoted"]
+    assert "1 class ('cat')" in record["reason"] and "production is unchanged" in record["reason"]
+
+
+def test_metrics_without_macro_f1_are_refused_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"test": {"accuracy": 0.99}}))
+    with pytest.raises(ValueError, match=r"test\.macro_f1.*evaluate"):
+        register(candidate(tmp_path, ["a", "b"]), str(path), str(tmp_path / "r"), gate_params())
+
+
+def test_the_register_line_reports_macro_f1(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"registry": {"model_name": "gate", "min_macro_f1": 0.85}})
+    )
+    folder = candidate(tmp_path, ["common", "rare"])
+    args = ["--model", str(folder), "--metrics", metrics(tmp_path, 0.9444, 0.4857)]
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "register", *args, "--registry", "r"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("register: gate version 1 kept as candidate (")
+    assert "macro F1 0.4857 < threshold 0.8500; production is unchanged" in result.stdout

@@ -1,0 +1,176 @@
+"""Checks of what the trainer reads, made before TensorFlow is imported.
+
+Importing TensorFlow takes seconds, so a wrong path or a malformed file found
+only afterwards costs the user that wait and a cryptic error. Each check here
+reads the file a stage needs and raises `InputError` with one line naming the
+file, what is wrong with it, and what to do. This module must not import
+TensorFlow or Keras (a test checks it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common import storage
+from common.contracts import LABELS, LINEAGE, PREPROCESS, STATS, Preprocess, Split
+
+RERUN_PROCESS = "re-run the process stage (mega run, or python -m processor) to rewrite it"
+RERUN_TRAIN = "re-run the train stage (mega run, or python -m trainer train) to rewrite it"
+RERUN_EVALUATE = "re-run the evaluate stage (mega run, or python -m trainer evaluate)"
+
+
+class InputError(ValueError):
+    """A file the trainer reads is missing or malformed; the message says which and the fix."""
+
+
+class _Stats(BaseModel):
+    """The part of the processor's `stats.json` the trainer relies on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    totals: dict[str, int] = Field(description="Examples per split.")
+    data_hash: str = Field(min_length=1)
+    compression: str = "none"
+
+
+class _TestMetrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    accuracy: float = Field(ge=0, le=1)
+    macro_f1: float = Field(ge=0, le=1)  # the gate's class-balance check
+
+
+class _Metrics(BaseModel):
+    """The part of evaluate's `metrics.json` the gate relies on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    test: _TestMetrics
+
+
+@dataclass(frozen=True)
+class ProcessedData:
+    """A processed data folder that passed the checks."""
+
+    spec: Preprocess
+    labels: list[str]
+    stats: dict[str, Any]
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'the top level'}: {err['msg']}"
+        for err in exc.errors()
+    )
+
+
+def read_json_file(uri: str, fix: str) -> Any:
+    """The parsed JSON at `uri`; `InputError` (naming `uri` and `fix`) if absent or invalid."""
+    if not storage.exists(uri):
+        raise InputError(f"{uri}: not found; {fix}")
+    try:
+        return storage.read_json(uri)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise InputError(f"{uri}: not valid JSON ({exc}); {fix}") from exc
+    except OSError as exc:  # e.g. a folder where the file should be
+        raise InputError(f"{uri}: cannot be read ({exc.strerror or exc}); {fix}") from exc
+
+
+def _validated(model: type[BaseModel], uri: str, fix: str) -> Any:
+    raw = read_json_file(uri, fix)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(f"{uri}: {_problems(exc)}; {fix}") from exc
+
+
+def read_preprocess(folder: str, fix: str) -> Preprocess:
+    """The folder's `preprocess.json`, validated."""
+    spec: Preprocess = _validated(Preprocess, storage.join(folder, PREPROCESS), fix)
+    return spec
+
+
+def read_class_names(folder: str, fix: str) -> list[str]:
+    """The folder's `labels.json`: a non-empty JSON list of distinct class names."""
+    uri = storage.join(folder, LABELS)
+    labels = read_json_file(uri, fix)
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise InputError(f"{uri}: expected a JSON list of class names; {fix}")
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise InputError(f"{uri}: needs at least two distinct class names, has {labels!r}; {fix}")
+    return labels
+
+
+def _require_folder(folder: str, option: str, what: str) -> None:
+    if storage.is_gcs(folder):
+        return  # a prefix is not an object; its files are checked one by one
+    path = Path(folder)
+    if not path.exists():
+        raise InputError(f"{option} {folder}: no such folder; {what}")
+    if not path.is_dir():
+        raise InputError(f"{option} {folder}: is a file, not a folder; {what}")
+
+
+def shard_paths(data: str, split: str) -> list[str]:
+    """The split's TFRecord shard files in `data`, sorted; local folders and gs:// alike."""
+    return [
+        uri
+        for uri in storage.list_files(data)
+        if uri.rsplit("/", 1)[-1].startswith(f"{split}-") and uri.endswith(".tfrecord")
+    ]
+
+
+def check_processed(data: str, splits: tuple[Split, ...]) -> ProcessedData:
+    """Check the processed folder `data` holds what training on `splits` reads.
+
+    Raises `InputError` for a missing folder, a missing or malformed
+    `preprocess.json`, `labels.json` or `stats.json`, or a split with no
+    examples or no shard files.
+    """
+    _require_folder(
+        data, "--data", "pass the processed data folder (data/processed/<dataset>) or run mega run"
+    )
+    spec = read_preprocess(data, RERUN_PROCESS)
+    labels = read_class_names(data, RERUN_PROCESS)
+    stats: _Stats = _validated(_Stats, storage.join(data, STATS), RERUN_PROCESS)
+    for split in splits:
+        if stats.totals.get(split, 0) < 1:
+            raise InputError(
+                f"{storage.join(data, STATS)}: the {split} split has no examples; "
+                "collect more images or change process.split in params.yaml, then re-run"
+            )
+        if not shard_paths(data, split):
+            raise InputError(f"{data}: no {split}-*.tfrecord shards; {RERUN_PROCESS}")
+    return ProcessedData(spec=spec, labels=labels, stats=stats.model_dump())
+
+
+def check_candidate(model: str, files: tuple[str, ...]) -> None:
+    """Check the exported candidate folder `model`: its sidecars parse and `files` exist."""
+    _require_folder(model, "--model", "pass the folder that `trainer train --out` wrote")
+    read_preprocess(model, RERUN_TRAIN)
+    read_class_names(model, RERUN_TRAIN)
+    for name in files:
+        uri = storage.join(model, name)
+        if name == LINEAGE:
+            if not isinstance(read_json_file(uri, RERUN_TRAIN), dict):
+                raise InputError(f"{uri}: expected a JSON object; {RERUN_TRAIN}")
+        elif not storage.exists(uri):
+            raise InputError(f"{uri}: not found; {RERUN_TRAIN}")
+
+
+def check_output_folder(out: str) -> None:
+    """Check `--out` can become the candidate folder: not an existing file."""
+    if not storage.is_gcs(out) and Path(out).exists() and not Path(out).is_dir():
+        raise InputError(
+            f"--out {out}: is a file; the candidate is a folder, so pass a folder path "
+            "(e.g. models/candidate) or remove the file"
+        )
+
+
+def check_metrics(uri: str) -> None:
+    """Check evaluate's `metrics.json`: a `test` object with `accuracy` and `macro_f1` in [0, 1]."""
+    _validated(_Metrics, uri, f"{RERUN_EVALUATE} to rewrite it")

@@ -1,0 +1,102 @@
+"""Every CLI (`mega` and each container's `python -m <package>`) follows the same conventions.
+
+Help names each option's value (no `<bool>`/`<str>` type metavars) and shows each
+optional option's default; `--version` works; output that is not a terminal is never
+wrapped or cut at 80 columns.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+BIN = Path(sys.executable).parent
+# (module holding `app`, how a user starts it, the distribution it belongs to)
+CLIS = [
+    ("collector.__main__", [sys.executable, "-m", "collector"], "mega-data-collector"),
+    ("processor.__main__", [sys.executable, "-m", "processor"], "mega-data-processor"),
+    ("trainer.__main__", [sys.executable, "-m", "trainer"], "mega-model-training"),
+    ("api_service.__main__", [sys.executable, "-m", "api_service"], "mega-api-service"),
+    ("workflow.cli", [str(BIN / "mega")], "mega-workflow"),
+]
+TYPE_METAVAR = re.compile(r"<(bool|str|int|float|path|text)[^>]*>", re.IGNORECASE)
+# Wide enough that no help row wraps, so each option's row is one line.
+WIDE = {"COLUMNS": "400", "TERMINAL_WIDTH": "400"}
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    yield path, command
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield from _commands(sub, (*path, name))
+
+
+def _every_command() -> list[tuple[str, tuple[str, ...]]]:
+    found = []
+    for module, _, _ in CLIS:
+        root = typer.main.get_command(importlib.import_module(module).app)
+        found += [(module, path) for path, _ in _commands(root)]
+    return found
+
+
+def _help(module: str, path: tuple[str, ...]) -> tuple[str, Any]:
+    app = importlib.import_module(module).app
+    result = CliRunner().invoke(app, [*path, "--help"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return result.output, command
+
+
+@pytest.mark.parametrize(
+    ("module", "path"), [pytest.param(m, p, id=" ".join([m, *p])) for m, p in _every_command()]
+)
+def test_help_names_values_and_shows_defaults(module: str, path: tuple[str, ...]) -> None:
+    output, command = _help(module, path)
+    assert not TYPE_METAVAR.search(output), TYPE_METAVAR.findall(output)
+    rows = output.splitlines()
+    for param in command.params:
+        if param.param_type_name != "option" or param.required or param.name == "version":
+            continue
+        longest = max(param.opts, key=len)
+        start = re.compile(rf"^│\s*(\*\s*)?{re.escape(longest)}\b")
+        [row] = [r for r in rows if start.search(r)]
+        assert "[default: " in row, f"{module} {' '.join(path)}: {param.opts[0]}: {row.strip()}"
+
+
+@pytest.mark.parametrize(("module", "argv", "distribution"), CLIS)
+def test_version(module: str, argv: list[str], distribution: str) -> None:
+    result = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(rf"{distribution} \d+\.\d+\.\d+\S*\n", result.stdout), result.stdout
+
+
+def test_piped_error_line_is_never_wrapped(tmp_path: Path) -> None:
+    folder = tmp_path / ("a-folder-name-long-enough-that-the-error-line-passes-eighty-columns" * 2)
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in {"COLUMNS", "LINES"}}
+    result = subprocess.run(
+        [str(BIN / "mega"), "status"], cwd=folder, capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert str(folder) in line and line.startswith("error: no dvc.yaml in ")
+
+
+def test_piped_console_output_is_never_wrapped() -> None:
+    code = "from common.cli import console_for; console_for().print('summary ' + 'x' * 300)"
+    env = {k: v for k, v in os.environ.items() if k not in {"COLUMNS", "LINES"}}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert result.stdout == "summary " + "x" * 300 + "\n"
