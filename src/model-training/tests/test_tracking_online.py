@@ -21,7 +21,7 @@ __all__ = ["service_fault"]  # the fixture, imported for pytest
 def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project folder with tiny processed data and `train.tracking: wandb`."""
     root = tmp_path_factory.mktemp("online-tracking")
-    write_params(root, {"collect": {"limit": 200}, "train": {"tracking": "wandb", "epochs": 1}})
+    write_params(root, {"train": {"tracking": "wandb", "epochs": 1}})
     py = sys.executable
     env = {"MEGA_WANDB_MODE": "disabled"}
     run_cli([py, "-m", "collector", "--out", "data/raw/digits", "--no-progress"], root, env)
