@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -15,9 +16,9 @@ import pytest
 from support import BIN, REPO, LiveServer, TinyPipeline, free_port, run_cli, start_api, write_params
 
 
-@pytest.fixture
-def storage_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A gcp-storage-emulator on a free loopback port, with bucket `test-bucket`."""
+@contextlib.contextmanager
+def running_storage_emulator() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A gcp-storage-emulator on a free loopback port with bucket `test-bucket`, and its process."""
     from common import storage
 
     port = free_port()
@@ -51,7 +52,7 @@ def storage_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        yield "gs://test-bucket"
+        yield "gs://test-bucket", process
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -60,6 +61,20 @@ def storage_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = old
+
+
+@pytest.fixture
+def storage_emulator() -> Iterator[str]:
+    """A gcp-storage-emulator on a free loopback port, with bucket `test-bucket`."""
+    with running_storage_emulator() as (uri, _):
+        yield uri
+
+
+@pytest.fixture
+def storage_emulator_process() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like `storage_emulator`, with the process, for tests that stop the emulator."""
+    with running_storage_emulator() as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

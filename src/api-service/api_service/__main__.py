@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from common.cli import App, from_setting, version_option
+from common.services import exit_on_service_error
 from common.settings import get_settings
 
 app = App(help=__doc__)
@@ -89,7 +90,8 @@ def serve(
 
 
 def main() -> None:
-    app()
+    with exit_on_service_error("api_service"):
+        app()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -24,10 +24,19 @@ class Settings(BaseSettings):
     # Google Cloud (needed only for cloud runs).
     gcp_project: str | None = None
 
+    # External services (Cloud Storage, W&B): seconds to open a connection, to wait for
+    # one answer, and for one operation with its retries (common.services.ServiceBudget).
+    service_connect_timeout: float = Field(default=5.0, gt=0)
+    service_read_timeout: float = Field(default=10.0, gt=0)
+    service_retry_seconds: float = Field(default=15.0, gt=0)
+
     # Experiment tracking. The API key is read by wandb itself from WANDB_API_KEY.
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "mega-pipeline"
     wandb_dir: str = ".wandb"
+    # Online: how long the end of a run may wait for its last uploads before giving up
+    # with a warning (the data stays on disk for `wandb sync`); 0 waits for ever.
+    wandb_finish_timeout: float = Field(default=120.0, ge=0)
 
     # Training: the resumable backup folder or gs:// URI (`trainer train --run-dir` wins;
     # unset: AIP_CHECKPOINT_DIR on Vertex AI, else .mega/runs/<key>).

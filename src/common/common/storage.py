@@ -3,6 +3,10 @@
 Local writes go to a temporary file in the same folder and are renamed into
 place, so readers never see a half-written file. Object writes to Cloud Storage
 are atomic by nature.
+
+Every Cloud Storage request is bounded by the settings' `ServiceBudget` (connect and
+read timeouts, a retry deadline); a bucket that cannot be reached or that refuses the
+credentials raises `common.services.ServiceError` with the way out.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from collections.abc import Callable, Collection, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from common.services import ServiceBudget, ServiceError
 
 if TYPE_CHECKING:
     from google.cloud import storage as gcs
@@ -50,7 +56,10 @@ def split_gcs(uri: str) -> tuple[str, str]:
 
 @lru_cache
 def gcs_client() -> gcs.Client:
-    """A Cloud Storage client; honours STORAGE_EMULATOR_HOST for tests."""
+    """A Cloud Storage client; honours STORAGE_EMULATOR_HOST for tests.
+
+    Raises ServiceError when no Google credentials can be found.
+    """
     from google.cloud import storage as gcs_lib
 
     from common.settings import get_settings
@@ -59,12 +68,108 @@ def gcs_client() -> gcs.Client:
         from google.auth.credentials import AnonymousCredentials
 
         return gcs_lib.Client(project="emulator", credentials=AnonymousCredentials())
-    return gcs_lib.Client(project=get_settings().gcp_project)
+    with gcs_errors(GCS_SCHEME):
+        return gcs_lib.Client(project=get_settings().gcp_project)
+
+
+def gcs_call_options() -> dict[str, Any]:
+    """`timeout` and `retry` for one google-cloud-storage call, from the settings' budget."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    from common.settings import get_settings
+
+    budget = ServiceBudget.from_settings(get_settings())
+    return {"timeout": budget.timeout, "retry": DEFAULT_RETRY.with_timeout(budget.retry_seconds)}
+
+
+def _gcs_service(uri: str) -> str:
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    where = f"{GCS_SCHEME}{uri[len(GCS_SCHEME) :].split('/', 1)[0]}" if is_gcs(uri) else uri
+    if emulator:
+        return f"Cloud Storage emulator at {emulator} ({where})"
+    return f"Cloud Storage ({where})"
+
+
+_GCS_UNREACHABLE_FIX = (
+    "check the network (or STORAGE_EMULATOR_HOST), or keep the data and models on local "
+    "paths (the default); MEGA_SERVICE_RETRY_SECONDS sets how long to keep trying"
+)
+_GCS_DENIED_FIX = (
+    "check the Google credentials (`gcloud auth application-default login` or "
+    "GOOGLE_APPLICATION_CREDENTIALS) and that the account may use this bucket"
+)
+
+
+@contextlib.contextmanager
+def gcs_errors(uri: str) -> Iterator[None]:
+    """Turn the client's 'cannot reach' and 'not allowed' failures into a ServiceError.
+
+    NotFound passes through (callers treat a missing object as a missing file).
+    """
+    import requests
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    service = _gcs_service(uri)
+    try:
+        yield
+    except (api.Unauthorized, api.Forbidden) as exc:
+        raise ServiceError(
+            service, f"access denied ({exc.code})", _GCS_DENIED_FIX, denied=True
+        ) from exc
+    except (auth.DefaultCredentialsError, auth.RefreshError) as exc:
+        raise ServiceError(
+            service, f"no usable credentials: {exc}", _GCS_DENIED_FIX, denied=True
+        ) from exc
+    except (api.RetryError, auth.TransportError, requests.RequestException, OSError) as exc:
+        if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
+            raise  # a local file, not the service
+        raise ServiceError(
+            service, f"unreachable ({_unreachable_reason(exc)})", _GCS_UNREACHABLE_FIX
+        ) from exc
+    except api.NotFound:
+        raise
+    except api.GoogleAPICallError as exc:
+        raise ServiceError(
+            service, f"request refused ({exc.code} {exc.message})", _GCS_DENIED_FIX, denied=True
+        ) from exc
+
+
+def _unreachable_reason(exc: BaseException) -> str:
+    """A short why for a failed connection; the clients nest the cause several levels deep."""
+    from google.api_core.exceptions import RetryError
+
+    cause: BaseException = exc.cause if isinstance(exc, RetryError) and exc.cause else exc
+    text = str(cause).lower()
+    if "refused" in text:
+        return "connection refused"
+    if "timed out" in text or "timeout" in type(cause).__name__.lower():
+        return "no answer in time"
+    if "name or service not known" in text or "name resolution" in text:
+        return "host name not found"
+    return f"{type(cause).__name__}: {cause}"
 
 
 def _blob(uri: str) -> Any:
     bucket, key = split_gcs(uri)
     return gcs_client().bucket(bucket).blob(key)
+
+
+def probe(uri: str) -> None:
+    """Check that a `gs://` prefix answers (one listing of at most one object).
+
+    Raises ServiceError within the budget when it cannot be reached or refuses us.
+    """
+    bucket, key = split_gcs(uri)
+    with gcs_errors(uri):
+        list(gcs_client().list_blobs(bucket, prefix=key, max_results=1, **gcs_call_options()))
+
+
+def gcs_blobs(prefix: str) -> list[Any]:
+    """Every object under a `gs://` prefix (google-cloud-storage Blobs, with sizes)."""
+    bucket, key = split_gcs(prefix)
+    with gcs_errors(prefix):
+        return list(gcs_client().list_blobs(bucket, prefix=key, **gcs_call_options()))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -100,7 +205,8 @@ def replace_dir(staging: Path, target: Path) -> None:
 def write_bytes(uri: str | Path, data: bytes) -> None:
     """Write bytes atomically to a local path or a `gs://` object."""
     if is_gcs(uri):
-        _blob(str(uri)).upload_from_string(data)
+        with gcs_errors(str(uri)):
+            _blob(str(uri)).upload_from_string(data, **gcs_call_options())
     else:
         atomic_write_bytes(uri, data)
 
@@ -119,7 +225,8 @@ def read_bytes(uri: str | Path) -> bytes:
         from google.api_core.exceptions import NotFound
 
         try:
-            data: bytes = _blob(str(uri)).download_as_bytes()
+            with gcs_errors(str(uri)):
+                data: bytes = _blob(str(uri)).download_as_bytes(**gcs_call_options())
         except NotFound as exc:
             raise FileNotFoundError(str(uri)) from exc
         return data
@@ -139,8 +246,8 @@ def delete(uri: str | Path) -> None:
     if is_gcs(uri):
         from google.api_core.exceptions import NotFound
 
-        with contextlib.suppress(NotFound):
-            _blob(str(uri)).delete()
+        with contextlib.suppress(NotFound), gcs_errors(str(uri)):
+            _blob(str(uri)).delete(**gcs_call_options())
     else:
         Path(uri).unlink(missing_ok=True)
 
@@ -148,15 +255,16 @@ def delete(uri: str | Path) -> None:
 def exists(uri: str | Path) -> bool:
     """True if a file (or, locally, a folder) exists at `uri`."""
     if is_gcs(uri):
-        return bool(_blob(str(uri)).exists())
+        with gcs_errors(str(uri)):
+            return bool(_blob(str(uri)).exists(**gcs_call_options()))
     return Path(uri).exists()
 
 
 def list_files(prefix: str | Path) -> Iterator[str]:
     """Every file under a folder or `gs://` prefix, as full paths/URIs, sorted."""
     if is_gcs(prefix):
-        bucket, key = split_gcs(str(prefix).rstrip("/") + "/")
-        names = sorted(b.name for b in gcs_client().list_blobs(bucket, prefix=key))
+        bucket, _ = split_gcs(str(prefix))
+        names = sorted(b.name for b in gcs_blobs(str(prefix).rstrip("/") + "/"))
         yield from (f"{GCS_SCHEME}{bucket}/{name}" for name in names if not name.endswith("/"))
         return
     root = Path(prefix)
@@ -170,7 +278,8 @@ def upload_tree(local_dir: str | Path, dest: str | Path) -> None:
     for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(local_dir).as_posix()
         if is_gcs(dest):
-            _blob(join(dest, rel)).upload_from_filename(str(path))
+            with gcs_errors(str(dest)):
+                _blob(join(dest, rel)).upload_from_filename(str(path), **gcs_call_options())
         else:
             target = Path(dest, rel)
             target.parent.mkdir(parents=True, exist_ok=True)

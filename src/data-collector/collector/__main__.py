@@ -14,6 +14,7 @@ from collector.progress import CollectProgress, summary
 from collector.sources import make_source
 from common.cli import App, version_option
 from common.params import CollectParams, ParamsError, load_params
+from common.services import exit_on_service_error
 
 app = App(help=__doc__)
 # The overrides' default: whatever params.yaml's `collect:` section says.
@@ -135,7 +136,8 @@ def run(
 
 
 def main() -> None:
-    app()
+    with exit_on_service_error("collector"):
+        app()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from collector.fetch import USER_AGENT, Fetcher, FetchOptions, TransientHTTPErro
 from collector.journal import Journal
 from common import storage
 from common.params import CollectParams
+from common.services import ServiceError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
@@ -178,9 +179,10 @@ class GcsSource(Source):
     uri: str = ""
 
     def _blobs(self) -> list[Any]:
-        bucket, prefix = storage.split_gcs(self.uri.rstrip("/") + "/")
         try:
-            blobs = list(storage.gcs_client().list_blobs(bucket, prefix=prefix))
+            blobs = storage.gcs_blobs(self.uri.rstrip("/") + "/")
+        except ServiceError:
+            raise  # unreachable or denied: the service's own one-line message
         except Exception as exc:  # the client raises many types; all mean "cannot list"
             raise SourceError(f"collect.uri: cannot list {self.uri}: {exc}") from exc
         return sorted((b for b in blobs if not b.name.endswith("/")), key=lambda b: b.name)
@@ -208,9 +210,16 @@ class GcsSource(Source):
 
 
 def _read_blob(blob: Any) -> Any:
+    def download() -> bytes:
+        with storage.gcs_errors(f"gs://{blob.bucket.name}/{blob.name}"):
+            data: bytes = blob.download_as_bytes(**storage.gcs_call_options())
+        return data
+
     async def load() -> bytes:
         try:
-            data: bytes = await asyncio.to_thread(blob.download_as_bytes)
+            data = await asyncio.to_thread(download)
+        except ServiceError:
+            raise  # the bucket, not this item: stop the run with the service's message
         except Exception as exc:  # the client already retried transient errors
             raise ItemRejectedError(f"download failed: {exc}") from exc
         return data

@@ -9,6 +9,7 @@ import typer
 
 from common.cli import App, version_option
 from common.params import ParamsError, load_params
+from common.services import exit_on_service_error
 
 app = App(help=__doc__)
 
@@ -58,7 +59,8 @@ def run(
 
 
 def main() -> None:
-    app()
+    with exit_on_service_error("processor"):
+        app()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from common import storage
 from common.cli import App, from_setting, version_option
 from common.contracts import LINEAGE
 from common.params import ParamsError, PipelineParams, load_params
+from common.services import exit_on_service_error
 from common.settings import get_settings
 from trainer.inputs import (
     RERUN_TRAIN,
@@ -229,7 +230,8 @@ def register(
 
 
 def main() -> None:
-    app()
+    with exit_on_service_error("trainer"):
+        app()
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ Two families, chosen by `train.model` in params.yaml:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import socket
-from collections.abc import Callable
+import urllib.error
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ import keras
 
 from common.contracts import Preprocess
 from common.params import AugmentParams
+from common.services import ServiceBudget
+from common.settings import get_settings
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -173,6 +177,42 @@ def check_weights_available(name: str, timeout: float = 3.0) -> None:
         ) from exc
 
 
+@contextlib.contextmanager
+def bounded_weights_download(name: str) -> Iterator[None]:
+    """Bound Keras' weights download and say what failed, in one line.
+
+    Keras downloads with urllib and no timeout: a host that accepts the connection and
+    never answers would hang the run for ever. Each socket wait gets the settings'
+    read timeout (process-wide, only while the backbone is built); a failed download
+    becomes WeightsUnavailableError.
+    """
+    budget = ServiceBudget.from_settings(get_settings())
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(budget.read_timeout)
+    try:
+        yield
+    except (TimeoutError, ConnectionError, socket.gaierror, urllib.error.URLError) as exc:
+        why = (
+            f"no answer within {budget.read_timeout:g} s" if isinstance(exc, TimeoutError) else exc
+        )
+        raise _download_failed(name, str(why)) from exc
+    except Exception as exc:
+        if type(exc) is not Exception or not str(exc).startswith("URL fetch failure"):
+            raise  # not the download: Keras raises a bare Exception only for that
+        raise _download_failed(name, str(exc)) from exc
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _download_failed(name: str, why: str) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"model {name!r} asks for ImageNet weights, which are not in the Keras cache "
+        f"({_keras_cache_dir()}) and could not be downloaded ({why}). Connect to the "
+        "network (or copy the weights file into that cache), or set `train.weights: none` "
+        "in params.yaml to train the backbone from scratch."
+    )
+
+
 def build_transfer(
     name: str,
     spec: Preprocess,
@@ -200,13 +240,14 @@ def build_transfer(
     if spec.channels == 1:
         # Repeat gray into R, G and B: the backbones expect three channels.
         x = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x])
-    base = backbone.builder(
-        input_shape=(size, size, 3),
-        include_top=False,
-        weights="imagenet" if pretrained else None,
-        pooling="avg",
-        **backbone.kwargs,
-    )
+    with bounded_weights_download(name):
+        base = backbone.builder(
+            input_shape=(size, size, 3),
+            include_top=False,
+            weights="imagenet" if pretrained else None,
+            pooling="avg",
+            **backbone.kwargs,
+        )
     if pretrained:
         base.trainable = fine_tune_layers != 0
         if fine_tune_layers > 0:

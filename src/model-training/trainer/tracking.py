@@ -3,18 +3,34 @@
 The mode: `MEGA_WANDB_MODE` when it is set; otherwise online when `WANDB_API_KEY`
 is in the environment (wandb reads the key itself; it is never an argument),
 offline when not. `train.tracking: none` turns tracking off.
+
+Online, a W&B server that cannot be reached, stays silent or refuses the key fails the
+run at start, before any training, with one line (`ServiceError`): the user asked for
+online tracking, and a run that quietly went offline in a container that is thrown
+away afterwards (Vertex AI, CI) would lose its record. wandb's own settings bound the
+wait (`init_timeout`, the GraphQL request timeout) from `MEGA_SERVICE_*`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
+from common.services import ServiceBudget, ServiceError
 from common.settings import Settings
+
+WANDB_FIX = (
+    "run offline with MEGA_WANDB_MODE=offline (upload later with `wandb sync`) "
+    "or turn tracking off with train.tracking: none"
+)
 
 
 def wandb_mode(settings: Settings) -> str:
@@ -32,6 +48,7 @@ class Tracker:
         self.enabled = enabled and self.mode != "disabled"
         self.settings = settings
         self.run: Any = None
+        self.degraded = False  # a W&B call failed mid-run: no more calls, one warning
 
     def start(self, config: dict[str, Any], job_type: str, run_id: str | None = None) -> None:
         """Start (or, with the `run_id` of an interrupted run, resume) a run."""
@@ -40,16 +57,38 @@ class Tracker:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
+        # wandb's usage telemetry logs its own failed uploads at exit; they would bury
+        # the one-line error when the server is down. Our runs' data is unaffected.
+        logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
         Path(self.settings.wandb_dir).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(
-            project=self.settings.wandb_project,
-            mode=self.mode,  # type: ignore[arg-type]
-            dir=self.settings.wandb_dir,
-            config=config,
-            job_type=job_type,
-            id=run_id,
-            resume="allow" if run_id else None,
-        )
+        budget = ServiceBudget.from_settings(self.settings)
+        try:
+            self.run = wandb.init(
+                project=self.settings.wandb_project,
+                mode=self.mode,  # type: ignore[arg-type]
+                dir=self.settings.wandb_dir,
+                config=config,
+                job_type=job_type,
+                id=run_id,
+                resume="allow" if run_id else None,
+                settings=wandb.Settings(
+                    init_timeout=budget.retry_seconds,
+                    x_graphql_timeout_seconds=budget.read_timeout,
+                    # Without it, finish() waits for ever for uploads to a server
+                    # that went away mid-run, after the model was exported.
+                    finish_timeout=self.settings.wandb_finish_timeout,
+                    finish_timeout_raises=True,
+                ),
+            )
+        except wandb.errors.Error as exc:
+            raise wandb_service_error(exc, self._server()) from exc
+
+    @staticmethod
+    def _server() -> str:
+        """The server wandb talked to: WANDB_BASE_URL, else its default."""
+        import wandb
+
+        return os.environ.get("WANDB_BASE_URL") or str(wandb.Settings().base_url)
 
     @property
     def run_id(self) -> str | None:
@@ -69,21 +108,22 @@ class Tracker:
     def log_confusion_matrix(
         self, key: str, true: np.ndarray, pred: np.ndarray, labels: list[str]
     ) -> None:
-        if self.run is None:
+        if self.run is None or self.degraded:
             return
         import wandb
 
-        self.run.log(
-            {
-                key: wandb.plot.confusion_matrix(
-                    y_true=true.tolist(), preds=pred.tolist(), class_names=labels
-                )
-            }
-        )
+        with self._best_effort("logging the confusion matrix"):
+            self.run.log(
+                {
+                    key: wandb.plot.confusion_matrix(
+                        y_true=true.tolist(), preds=pred.tolist(), class_names=labels
+                    )
+                }
+            )
 
     def log_model(self, folder: Path, name: str, aliases: list[str]) -> None:
         """The exported model folder as a W&B `model` artifact with `aliases`."""
-        if self.run is None:
+        if self.run is None or self.degraded:
             return
         import wandb
 
@@ -91,12 +131,72 @@ class Tracker:
             name, type="model", metadata={"format": "keras+savedmodel+tflite"}
         )
         artifact.add_dir(str(folder))
-        self.run.log_artifact(artifact, aliases=aliases)
+        with self._best_effort("logging the model artifact"):
+            self.run.log_artifact(artifact, aliases=aliases)
 
     def summary(self, values: dict[str, Any]) -> None:
-        if self.run is not None:
-            self.run.summary.update(values)
+        if self.run is not None and not self.degraded:
+            with self._best_effort("updating the run summary"):
+                self.run.summary.update(values)
+
+    @contextlib.contextmanager
+    def _best_effort(self, what: str) -> Iterator[None]:
+        """W&B calls once the run is going: a server that went away mid-run costs one
+        warning and the rest of the tracking, not the model being trained."""
+        import wandb
+
+        try:
+            yield
+        except (wandb.errors.Error, TimeoutError, ConnectionError) as exc:
+            self.degraded = True
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self._warn(
+                f"{what} failed ({first}); training goes on without W&B, and the run's "
+                f"files stay in {self.run_dir}: upload them later with `wandb sync {self.run_dir}`"
+            )
+
+    def _warn(self, message: str) -> None:
+        print(f"train: warning: W&B ({self._server()}): {message}", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
-        if self.run is not None:
+        """End the run. Uploads that do not finish in time leave a warning, not a failure:
+        the model is exported by then, and the run's files stay on disk for `wandb sync`.
+        """
+        if self.run is None:
+            return
+        run_dir = self.run_dir
+        try:
             self.run.finish()
+        except TimeoutError:
+            if not self.degraded:  # already said
+                self._warn(
+                    "the run's last data was not uploaded within MEGA_WANDB_FINISH_TIMEOUT "
+                    f"({self.settings.wandb_finish_timeout:g} s); it is kept in {run_dir}: "
+                    f"upload it later with `wandb sync {run_dir}`"
+                )
+
+
+def wandb_service_error(exc: Exception, server: str) -> ServiceError:
+    """wandb's failure to start an online run, as one line naming the server and the fix."""
+    import wandb
+
+    message = getattr(exc, "message", None) or str(exc)
+    service = f"W&B ({server})"
+    if isinstance(exc, wandb.errors.AuthenticationError):
+        return ServiceError(service, f"the API key was refused: {message}", WANDB_FIX, denied=True)
+    unreachable = ("timed out", "connection refused", "deadline", "no such host", "dial tcp")
+    if isinstance(exc, wandb.errors.CommError) and any(
+        word in message.lower() for word in unreachable
+    ):
+        return ServiceError(
+            service,
+            f"unreachable: {message}",
+            "check the network or WANDB_BASE_URL (MEGA_SERVICE_RETRY_SECONDS sets how long "
+            f"to keep trying), or {WANDB_FIX}",
+        )
+    return ServiceError(
+        service,
+        f"refused to start the run ({message}); check WANDB_API_KEY and the project's access",
+        WANDB_FIX,
+        denied=True,
+    )

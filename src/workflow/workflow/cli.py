@@ -12,6 +12,7 @@ from rich.table import Table
 from common import storage
 from common.cli import App, console_for, from_setting, version_option
 from common.params import ParamsError
+from common.services import exit_on_service_error
 from common.settings import get_settings
 from workflow.project import Project, ProjectError
 from workflow.runner import ReproResult, log_tail, repro
@@ -72,6 +73,12 @@ def _run_stages(targets: list[str], force: bool = False) -> None:
 def _exit_if_failed(project: Project, result: ReproResult) -> None:
     if result.returncode == 0:
         return
+    if result.errors and result.log_path:
+        # A stage said what went wrong in one line: that line, not dvc's wrapping.
+        log = result.log_path.relative_to(project.root)
+        for line in result.errors:
+            errors.print(f"{line} (full log: {log})", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     errors.print(f"[red]pipeline failed[/red] (dvc exit code {result.returncode}); last lines:")
     if result.log_path:
         errors.print(log_tail(result.log_path), markup=False, highlight=False)
@@ -218,6 +225,7 @@ def data_push(remote: RemoteOption = None, everything: AllOption = False) -> Non
     """Upload the raw and processed data that dvc.lock records to the remote."""
     project = _project()
     targets = _data_targets(project, everything)
+    project.check_remote(remote)
     _dvc_passthrough(project, "push", *(["-r", remote] if remote else []), *targets)
 
 
@@ -226,6 +234,7 @@ def data_pull(remote: RemoteOption = None, everything: AllOption = False) -> Non
     """Download and check out the data that dvc.lock records (e.g. after a fresh clone)."""
     project = _project()
     targets = _data_targets(project, everything)
+    project.check_remote(remote)
     _dvc_passthrough(project, "pull", *(["-r", remote] if remote else []), *targets)
 
 
@@ -361,7 +370,8 @@ def serve(
 
 
 def main() -> None:
-    app()
+    with exit_on_service_error("mega"):
+        app()
 
 
 if __name__ == "__main__":

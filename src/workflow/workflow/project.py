@@ -14,6 +14,7 @@ import yaml
 from common import storage
 from common.params import PipelineParams, load_params
 from common.registry import ModelRegistry, RegistryError
+from common.services import ServiceError
 from common.settings import Settings
 
 
@@ -95,6 +96,40 @@ class Project:
             text=True,
             check=False,
         )
+
+    def remote_url(self, name: str | None = None) -> str | None:
+        """The URL of DVC remote `name` (default: the default remote), if configured."""
+        from dvc.config import Config, ConfigError
+
+        try:
+            config = Config(dvc_dir=str(self.root / ".dvc"))
+        except ConfigError:
+            return None  # dvc itself will say what is wrong with its config
+        remote = name or config["core"].get("remote")
+        settings = config["remote"].get(remote) if remote else None
+        if not settings:
+            return None
+        if settings.get("credentialpath"):
+            # dvc-gs uses that key file, which the probe does not: nothing to check
+            # that dvc would see the same way.
+            return None
+        return str(settings["url"])
+
+    def check_remote(self, name: str | None = None) -> None:
+        """Fail in seconds, in one line, when a gs:// DVC remote cannot be reached.
+
+        dvc-gs (gcsfs) retries an unreachable bucket for about 40 s and prints every
+        retry's traceback. A refusal of the credentials is left to dvc: it may still
+        read a public bucket anonymously.
+        """
+        url = self.remote_url(name)
+        if url is None or not storage.is_gcs(url):
+            return
+        try:
+            storage.probe(url)
+        except ServiceError as exc:
+            if not exc.denied:
+                raise
 
     def stale_stages(self) -> dict[str, Any]:
         """`dvc status` as a dict: stage → what changed (empty when all is up to date)."""

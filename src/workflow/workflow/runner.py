@@ -18,6 +18,8 @@ SKIPPED = re.compile(r"^Stage '(?P<stage>[\w-]+)' didn't change, skipping")
 EPOCH = re.compile(r"^Epoch (?P<n>\d+)/(?P<total>\d+)")
 # The containers' one-line summaries, shown as they arrive.
 SUMMARY = re.compile(r"^(collect|process|train|evaluate|register): (?!error:)")
+# Their one-line errors (`train: error: …`, `trainer: error: W&B …`), shown on failure.
+ERROR = re.compile(r"^[\w-]+: error: ")
 
 
 @dataclass
@@ -26,6 +28,7 @@ class ReproResult:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     summaries: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     log_path: Path | None = None
 
 
@@ -93,6 +96,8 @@ def repro(
                 progress.advance(task)
             elif (match := EPOCH.match(line)) and current:
                 progress.update(task, description=f"{current}: epoch {match['n']}/{match['total']}")
+            elif ERROR.match(line):
+                result.errors.append(line)
             elif SUMMARY.match(line):
                 result.summaries.append(line)
                 console.print(f"  [green]✓[/green] {line}")

@@ -1,0 +1,82 @@
+"""External services (W&B, Cloud Storage, later Vertex AI): bounded waits, one-line failures.
+
+Every client the pipeline builds for a service takes its timeouts and retry budget from
+`ServiceBudget.from_settings`, so an unreachable or silent service costs seconds, not
+minutes. A service that cannot be reached, or that refuses the credentials, surfaces as
+a `ServiceError` naming the service, what went wrong and the way out; every CLI prints
+it as one line and exits with `EXIT_UNAVAILABLE` (`exit_on_service_error`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.settings import Settings
+
+# sysexits.h EX_UNAVAILABLE: "a service is unavailable"; scripts can tell it from bad input.
+EXIT_UNAVAILABLE = 69
+
+
+class ServiceError(RuntimeError):
+    """An external service is unreachable, silent, or refused our credentials.
+
+    `str()` is one line: `<service>: <problem>; <fix>`. `denied` tells a refusal of the
+    credentials (401, 403, none found) from a service that could not be reached.
+    """
+
+    def __init__(self, service: str, problem: str, fix: str, *, denied: bool = False) -> None:
+        self.service = service
+        self.denied = denied
+        self.problem = _one_line(problem)
+        self.fix = fix
+        super().__init__(f"{service}: {self.problem}; {fix}")
+
+
+@dataclass(frozen=True)
+class ServiceBudget:
+    """How long one call to a service may take.
+
+    `connect_timeout` and `read_timeout` bound each HTTP request (seconds to open the
+    connection, seconds to wait for the answer); `retry_seconds` bounds one operation
+    with all its retries, after which the last error is reported.
+    """
+
+    connect_timeout: float
+    read_timeout: float
+    retry_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServiceBudget:
+        return cls(
+            connect_timeout=settings.service_connect_timeout,
+            read_timeout=settings.service_read_timeout,
+            retry_seconds=settings.service_retry_seconds,
+        )
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        """(connect, read) as `requests` and google-cloud-storage take it."""
+        return (self.connect_timeout, self.read_timeout)
+
+
+def _one_line(text: str) -> str:
+    """The first non-empty line of a client's message, which may span many."""
+    for line in str(text).splitlines():
+        if line.strip():
+            return line.strip()
+    return "no details"
+
+
+@contextmanager
+def exit_on_service_error(prog: str) -> Iterator[None]:
+    """Around a CLI's entry point: a ServiceError becomes one line on stderr and exit 69."""
+    try:
+        yield
+    except ServiceError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_UNAVAILABLE) from None

@@ -1,0 +1,119 @@
+"""Online W&B that cannot be reached or refuses the key: one line, exit 69, no training."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from service_stubs import (
+    QUICK_BUDGET,
+    WandbGoesSilent,
+    assert_one_line_service_error,
+    service_fault,
+)
+from support import run_cli, write_params
+
+__all__ = ["service_fault"]  # the fixture, imported for pytest
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder with tiny processed data and `train.tracking: wandb`."""
+    root = tmp_path_factory.mktemp("online-tracking")
+    write_params(root, {"train": {"tracking": "wandb", "epochs": 1}})
+    py = sys.executable
+    env = {"MEGA_WANDB_MODE": "disabled"}
+    run_cli([py, "-m", "collector", "--out", "data/raw/digits", "--no-progress"], root, env)
+    run_cli(
+        [py, "-m", "processor", "--raw", "data/raw/digits", "--out", "data/processed/digits"],
+        root,
+        env,
+    )
+    return root
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_unreachable_online_wandb_fails_before_training(
+    service_fault: str, processed: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MEGA_WANDB_MODE"}
+    env.update(QUICK_BUDGET)
+    # A fake key through the environment, as users give theirs; never an argument.
+    env["WANDB_API_KEY"] = "f" * 40
+    env["WANDB_BASE_URL"] = service_fault
+    env["MEGA_WANDB_DIR"] = str(tmp_path / "wandb")
+    env["WANDB_CONFIG_DIR"] = str(tmp_path / "wandb-config")
+    env["WANDB_CACHE_DIR"] = str(tmp_path / "wandb-cache")
+    out = tmp_path / "candidate"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "train",
+            "--data",
+            "data/processed/digits",
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        cwd=processed,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=500,  # a safety net only; the budget above is what ends the wait
+    )
+    line = assert_one_line_service_error(result, "trainer", f"W&B ({service_fault})")
+    assert "MEGA_WANDB_MODE=offline" in line and "train.tracking: none" in line
+    if request.node.callspec.params["service_fault"] in ("401", "403"):
+        assert "WANDB_API_KEY" in line  # the key is the likely culprit: say so
+    # No training started: no epoch ran and nothing was exported.
+    assert "Epoch 1/" not in result.stdout + result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_wandb_silent_mid_run_keeps_the_model_and_warns(processed: Path, tmp_path: Path) -> None:
+    server = WandbGoesSilent()
+    env = {k: v for k, v in os.environ.items() if k != "MEGA_WANDB_MODE"}
+    env.update(QUICK_BUDGET)
+    env["WANDB_API_KEY"] = "f" * 40
+    env["WANDB_BASE_URL"] = server.url
+    env["MEGA_WANDB_DIR"] = str(tmp_path / "wandb")
+    env["MEGA_WANDB_FINISH_TIMEOUT"] = "5"
+    env["WANDB_CONFIG_DIR"] = str(tmp_path / "wandb-config")
+    env["WANDB_CACHE_DIR"] = str(tmp_path / "wandb-cache")
+    out = tmp_path / "candidate"
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trainer",
+                "train",
+                "--data",
+                "data/processed/digits",
+                "--out",
+                str(out),
+                "--run-dir",
+                str(tmp_path / "run"),
+            ],
+            cwd=processed,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=500,  # a safety net only; MEGA_WANDB_FINISH_TIMEOUT ends the wait
+        )
+    finally:
+        server.close()
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Traceback" not in output
+    assert (out / "model.tflite").is_file()  # the training's work is kept
+    [warning] = [line for line in result.stderr.splitlines() if "warning: W&B" in line]
+    assert f"W&B ({server.url})" in warning and "wandb sync" in warning
+    assert "\ntrain: 1 epochs in " in result.stdout
