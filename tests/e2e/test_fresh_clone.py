@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import typer
+import yaml
 from support import REPO
 
 from workflow.cli import app
@@ -102,13 +103,32 @@ def test_data_commands_run_or_explain_in_one_line(clone: Path) -> None:
     assert_clean_exit(mega("data", "push", cwd=clone))
     assert_clean_exit(mega("data", "pull", cwd=clone))
     assert_clean_exit(mega("data", "checkout", "HEAD", cwd=clone))
-    # Versions made in other clones and never pushed: refused, nothing changed.
-    absent = [v for v in list_versions(clone, PROCESSED) if v.stats is None]
-    if absent:
-        result = mega("data", "checkout", absent[0].rev, cwd=clone)
-        assert_clean_exit(result, code=1)
-        assert "neither this clone's DVC cache nor the remote" in result.stderr
-        status = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True
-        )
-        assert status.stdout == "", status.stdout
+    # A version made in another clone and never pushed (built here, so the case exists
+    # whatever the history holds): listed with a note, refused by checkout, nothing changed.
+    rev = _commit_never_pushed_version(clone)
+    [absent] = [v for v in list_versions(clone, PROCESSED, with_stats=False) if v.rev == rev]
+    versions = mega("data", "versions", cwd=clone)
+    assert_clean_exit(versions)
+    assert "never pushed" in versions.stdout
+    result = mega("data", "checkout", absent.rev, cwd=clone)
+    assert_clean_exit(result, code=1)
+    assert "neither this clone's DVC cache nor the remote" in result.stderr
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True
+    )
+    assert status.stdout == "", status.stdout
+    subprocess.run(["git", "reset", "-q", "--hard", "HEAD~1"], cwd=clone, check=True)
+
+
+def _commit_never_pushed_version(clone: Path) -> str:
+    """Commit a dvc.lock whose processed data is in no cache or remote; its commit id."""
+    lock_path = clone / "dvc.lock"
+    lock = yaml.safe_load(lock_path.read_text())
+    [out] = [o for o in lock["stages"]["process"]["outs"] if o["path"] == PROCESSED]
+    out["md5"] = "0" * 32 + ".dir"
+    lock_path.write_text(yaml.safe_dump(lock, sort_keys=False))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    subprocess.run([*git, "commit", "-qam", "data from another clone"], cwd=clone, check=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True, check=True
+    ).stdout.strip()

@@ -258,7 +258,8 @@ def _check_counts(
             + ", ".join(f"{s} {getattr(params.split, s):.0%}" for s in needed)
             + ")"
             + (
-                f", or raise process.split.{' and process.split.'.join(splits)} in params.yaml."
+                f", or raise process.split.{' and process.split.'.join(splits)} in params.yaml"
+                " and lower process.split.train by as much (the ratios sum to 1)."
                 if splits
                 else "."
             )

@@ -101,7 +101,13 @@ def test_versions_whose_data_is_nowhere_are_listed_with_a_note(history: Path) ->
     assert result.exit_code == 0, result.output
     assert "data v1" in result.output and "data v2" in result.output
     assert "? (data not here)" in result.output
-    assert "neither this clone's DVC cache nor the remote" in result.output
+    # The note says why: no remote at all, or a remote that never got the data.
+    assert "no DVC remote is configured" in result.output
+    remote = ["remote", "add", "--local", "--default", "r", str(history / "remote")]
+    subprocess.run([sys.executable, "-m", "dvc", *remote], cwd=history, check=True)
+    result = runner.invoke(app, ["data", "versions"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "nor the default DVC remote (made in another clone and never pushed)" in result.output
 
 
 def test_checkout_of_data_that_is_nowhere_changes_nothing(history: Path) -> None:
@@ -114,6 +120,8 @@ def test_checkout_of_data_that_is_nowhere_changes_nothing(history: Path) -> None
     result = runner.invoke(app, ["data", "checkout", "HEAD~1"], env={"COLUMNS": "300"})
     assert result.exit_code == 1
     assert "neither this clone's DVC cache nor the remote" in result.output
+    # HEAD's own data is nowhere either: the line must not claim the data is unchanged.
+    assert "dvc.lock is back as it was, but its data is not in this clone's DVC" in result.output
     assert (history / "dvc.lock").read_bytes() == lock
     status = subprocess.run(["git", "status", "--porcelain"], cwd=history, capture_output=True)
     assert status.stdout == b""

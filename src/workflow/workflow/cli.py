@@ -244,6 +244,8 @@ def data_versions() -> None:
     from workflow.versions import list_versions
 
     project = _project()
+    # An unreachable gs:// remote fails here in seconds, not after gcsfs's retries per version.
+    project.check_remote()
     processed = project.processed_dir.relative_to(project.root).as_posix()
     try:
         versions = list_versions(project.root, processed)
@@ -267,9 +269,14 @@ def data_versions() -> None:
         )
     console.print(table)
     if any(version.stats is None for version in versions):
+        where = (
+            "the default DVC remote (made in another clone and never pushed)"
+            if project.remote_url()
+            else "any remote: no DVC remote is configured (`make setup` adds a local one)"
+        )
         console.print(
-            "? : that version's data is in neither this clone's DVC cache nor the remote "
-            "(made in another clone and never pushed); its dvc.lock entry is still listed"
+            f"? : that version's data is in neither this clone's DVC cache nor {where}; "
+            "its dvc.lock entry is still listed"
         )
 
 
@@ -287,15 +294,24 @@ def _pull_failure(output: str) -> str:
     return errors_lines[-1] if errors_lines else "dvc pull failed"
 
 
-def _put_back_lock(project: Project, previous: bytes | None) -> None:
-    """Restore the dvc.lock of before a failed checkout, and the data it records."""
+def _put_back_lock(project: Project, previous: bytes | None) -> str:
+    """Restore the dvc.lock of before a failed checkout, and the data it records.
+
+    Returns what the user should be told about the state left behind.
+    """
     lock = project.root / "dvc.lock"
     if previous is None:
         lock.unlink(missing_ok=True)
-        return
+        return "dvc.lock and the data are unchanged"
     storage.atomic_write_bytes(lock, previous)
     # A failed `dvc checkout` has already removed the data it could not restore.
-    project.dvc("checkout", *_data_targets(project, everything=False))
+    restored = project.dvc("checkout", *_data_targets(project, everything=False))
+    if restored.returncode != 0:
+        return (
+            "dvc.lock is back as it was, but its data is not in this clone's DVC cache "
+            "(`mega data pull` fetches it)"
+        )
+    return "dvc.lock and the data are unchanged"
 
 
 @data_app.command("checkout")
@@ -320,11 +336,10 @@ def data_checkout(
         # Not in the local cache: fetch it from the remote.
         pulled = project.dvc("pull", *targets)
         if pulled.returncode != 0:
-            _put_back_lock(project, previous)
+            left = _put_back_lock(project, previous)
             errors.print(
                 f"[red]error:[/red] cannot restore the data of {commit[:10]}: "
-                f"{_pull_failure(pulled.stdout + pulled.stderr)}; dvc.lock and the data are "
-                "unchanged"
+                f"{_pull_failure(pulled.stdout + pulled.stderr)}; {left}"
             )
             raise typer.Exit(1)
     stats = project.data_stats()
