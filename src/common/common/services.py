@@ -10,6 +10,8 @@ it as one line and exits with `EXIT_UNAVAILABLE` (`exit_on_service_error`).
 from __future__ import annotations
 
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,6 +64,25 @@ class ServiceBudget:
     def timeout(self) -> tuple[float, float]:
         """(connect, read) as `requests` and google-cloud-storage take it."""
         return (self.connect_timeout, self.read_timeout)
+
+
+def check_answers(service: str, url: str, budget: ServiceBudget, fix: str) -> None:
+    """Fail fast, as a `ServiceError`, when nothing answers HTTP at `url`.
+
+    Any HTTP answer counts, an error status included: whether the credentials are
+    accepted is the client's question. A refused connection, an unknown host or
+    silence past the budget's connect and read timeouts is not an answer. Meant for
+    clients whose own retries are slow or start late (after a heavy import).
+    """
+    request = urllib.request.Request(url, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=budget.read_timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ServiceError(service, f"unreachable ({reason or type(exc).__name__})", fix) from exc
 
 
 def _one_line(text: str) -> str:

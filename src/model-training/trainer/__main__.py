@@ -92,6 +92,9 @@ def train(
         check_output_folder(out)
     except InputError as exc:
         raise _fail("train", exc) from exc
+    from trainer.tracking import check_server
+
+    check_server(pipeline.train.tracking == "wandb", get_settings())  # ServiceError: one line
     quiet_tensorflow_import()
     from trainer.budget import TooLargeError
     from trainer.distribute import StrategyError

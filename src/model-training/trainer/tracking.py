@@ -19,13 +19,14 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-import numpy as np
-
-from common.services import ServiceBudget, ServiceError
+from common.services import ServiceBudget, ServiceError, check_answers
 from common.settings import Settings
+
+if TYPE_CHECKING:  # the CLI checks the server before TensorFlow is imported
+    import keras
+    import numpy as np
 
 WANDB_FIX = (
     "run offline with MEGA_WANDB_MODE=offline (upload later with `wandb sync`) "
@@ -38,6 +39,23 @@ def wandb_mode(settings: Settings) -> str:
     if "wandb_mode" in settings.model_fields_set:
         return settings.wandb_mode
     return "online" if os.environ.get("WANDB_API_KEY") else settings.wandb_mode
+
+
+def check_server(enabled: bool, settings: Settings) -> None:
+    """Before anything heavy: an online run's W&B server must answer, else `ServiceError`.
+
+    wandb itself notices only after its own start-up and retries; this takes a connect
+    and a read timeout of the service budget. The key is checked later, by wandb.
+    """
+    if not enabled or wandb_mode(settings) != "online":
+        return
+    server = Tracker.server()
+    check_answers(
+        f"W&B ({server})",
+        server,
+        ServiceBudget.from_settings(settings),
+        f"check the network or WANDB_BASE_URL, or {WANDB_FIX}",
+    )
 
 
 class Tracker:
@@ -81,10 +99,10 @@ class Tracker:
                 ),
             )
         except wandb.errors.Error as exc:
-            raise wandb_service_error(exc, self._server()) from exc
+            raise wandb_service_error(exc, self.server()) from exc
 
     @staticmethod
-    def _server() -> str:
+    def server() -> str:
         """The server wandb talked to: WANDB_BASE_URL, else its default."""
         import wandb
 
@@ -156,7 +174,7 @@ class Tracker:
             )
 
     def _warn(self, message: str) -> None:
-        print(f"train: warning: W&B ({self._server()}): {message}", file=sys.stderr, flush=True)
+        print(f"train: warning: W&B ({self.server()}): {message}", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         """End the run. Uploads that do not finish in time leave a warning, not a failure:
