@@ -260,7 +260,7 @@ def test_exif_rotation_is_applied_the_same_way_everywhere(tmp_path: Path) -> Non
     assert pixels[:, :1].max() < 10 and pixels[:1, 4:12].max() > 10
 
 
-def test_size_limits_have_one_default() -> None:
+def test_size_limits_have_one_default(monkeypatch: pytest.MonkeyPatch) -> None:
     from api_service.limits import serving_limits
     from collector.fetch import FetchOptions
     from common.images import MAX_BYTES, MAX_PIXELS
@@ -271,6 +271,8 @@ def test_size_limits_have_one_default() -> None:
     # Unset, the API's settings follow the model; a model that predates the recorded
     # limits (an old preprocess.json still loads) gets the defaults training had.
     assert Settings().max_upload_bytes is None and Settings().max_image_pixels is None
+    monkeypatch.setenv("MEGA_MAX_UPLOAD_BYTES", "")  # as compose passes an unset variable
+    assert Settings().max_upload_bytes is None
     old = Preprocess.model_validate({"image_size": 16, "color_mode": "grayscale"})
     assert old.max_bytes is None and old.max_pixels is None
     limits, warnings = serving_limits(old, Settings())

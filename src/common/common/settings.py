@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     cors_allow_origins: Annotated[list[str], NoDecode] = []
     access_log: bool = True
 
+    @field_validator("max_upload_bytes", "max_image_pixels", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`MEGA_MAX_UPLOAD_BYTES=` (as compose writes an unset variable) means unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("cors_allow_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
