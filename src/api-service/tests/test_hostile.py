@@ -365,3 +365,14 @@ def test_an_operator_ceiling_below_the_models_limit_applies_and_is_logged(
     warnings = [r.getMessage() for r in caplog.records if r.name == "api_service.swap"]
     assert any("50,000" in w and "100,000" in w for w in warnings), warnings
     assert any("500" in w and "40,000,000" in w for w in warnings), warnings
+
+
+def test_the_served_limits_are_those_training_applied(
+    client: TestClient, tiny_pipeline: TinyPipeline
+) -> None:
+    """collect.* limits → processor → trainer → registry → API: the whole chain."""
+    from common.params import load_params
+
+    collect = load_params(tiny_pipeline.root / "params.yaml").collect
+    spec = client.get("/v1/model").json()["input"]
+    assert (spec["max_bytes"], spec["max_pixels"]) == (collect.max_bytes, collect.max_pixels)
