@@ -260,8 +260,74 @@ def test_exif_rotation_is_applied_the_same_way_everywhere(tmp_path: Path) -> Non
     assert pixels[:, :1].max() < 10 and pixels[:1, 4:12].max() > 10
 
 
-def test_pixel_limits_agree_by_default() -> None:
-    from common.images import MAX_PIXELS as CONTRACT_PIXELS
+def test_size_limits_have_one_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from api_service.limits import serving_limits
+    from collector.fetch import FetchOptions
+    from common.images import MAX_BYTES, MAX_PIXELS
     from common.params import CollectParams
 
-    assert Settings().max_image_pixels == CollectParams().max_pixels == CONTRACT_PIXELS
+    assert (CollectParams().max_bytes, CollectParams().max_pixels) == (MAX_BYTES, MAX_PIXELS)
+    assert FetchOptions().max_bytes == MAX_BYTES
+    # Unset, the API's settings follow the model; a model that predates the recorded
+    # limits (an old preprocess.json still loads) gets the defaults training had.
+    assert Settings().max_upload_bytes is None and Settings().max_image_pixels is None
+    monkeypatch.setenv("MEGA_MAX_UPLOAD_BYTES", "")  # as compose passes an unset variable
+    assert Settings().max_upload_bytes is None
+    old = Preprocess.model_validate({"image_size": 16, "color_mode": "grayscale"})
+    assert old.max_bytes is None and old.max_pixels is None
+    limits, warnings = serving_limits(old, Settings())
+    assert (limits.max_bytes, limits.max_pixels, warnings) == (MAX_BYTES, MAX_PIXELS, [])
+
+
+def _collector_reason(data: bytes, max_bytes: int, max_pixels: int) -> str | None:
+    from collector.base import ItemRejectedError
+    from collector.collect import _inspect
+
+    try:
+        _inspect(data, max_bytes, max_pixels)
+    except ItemRejectedError as exc:
+        return exc.reason
+    return None
+
+
+def _served(data: bytes, spec: Preprocess) -> np.ndarray | InputError:
+    """The API's whole path with the limits it derives from the model's spec."""
+    from api_service.inputs import check_size
+    from api_service.limits import serving_limits
+
+    limits, _ = serving_limits(spec, Settings())
+    try:
+        check_size(data, limits)
+        sniff(data)
+        return prepare(data, spec, limits.max_pixels)
+    except InputError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("limit", "make"),
+    [
+        ("max_bytes", lambda: encode(rgb(), "PNG") + bytes(5000)),
+        ("max_pixels", lambda: encode(rgb(), "PNG")),  # 40x30 = 1200 pixels
+    ],
+)
+def test_a_file_over_the_recorded_limits_is_refused_alike(
+    limit: str, make: Callable[[], bytes], tmp_path: Path
+) -> None:
+    """The limits training applied travel in the spec; serving refuses past them
+    with the collector's reason and 413, and accepts the same file under a higher one."""
+    data = make()
+    low = {"max_bytes": 4000, "max_pixels": 1000}
+    tight = SPECS["rgb"].model_copy(update={limit: low[limit]})
+    roomy = SPECS["rgb"].model_copy(update={limit: low[limit] * 10})
+    reason = _collector_reason(data, tight.max_bytes or 10**9, tight.max_pixels or 10**9)
+    assert reason is not None
+    served = _served(data, tight)
+    assert isinstance(served, InputError)
+    assert (served.status, served.message) == (413, reason)
+    stored = tmp_path / "k.png"
+    stored.write_bytes(data)
+    job = Job(str(stored), "k.png", "k", sha256_hex(data))
+    assert transform(job, tight, with_phash=False).reason == reason
+    assert transform(job, roomy, with_phash=False).reason is None
+    assert isinstance(_served(data, roomy), np.ndarray)

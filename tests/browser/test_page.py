@@ -170,7 +170,7 @@ def test_a_file_over_the_limit_shows_an_error(
     def lower_the_page_limit(route: Any) -> None:
         response = route.fetch()
         html = response.text().replace(
-            '<meta name="max-upload-bytes" content="10485760">',
+            '<meta name="max-upload-bytes" content="">',
             '<meta name="max-upload-bytes" content="8000">',
         )
         assert 'content="8000"' in html
@@ -404,3 +404,33 @@ def test_the_model_card_shows_the_optimization_table_when_there_is_one(
     assert rows.nth(1).inner_text().split("\t")[:4] == ["int8", "31.0 KB", "95.8%", "0.22 ms"]
     assert "served" in (rows.nth(1).get_attribute("class") or "")
     page.locator("#model-card").screenshot(path=str(output_dir / "model-card.png"))
+
+
+@pytest.mark.parametrize(("max_bytes", "shown"), [(30 * 1024 * 1024, "30.0 MB"), (5000, "4.9 KB")])
+def test_the_page_takes_the_served_models_byte_limit(
+    open_page: Opener, live_api: LiveServer, max_bytes: int, shown: str
+) -> None:
+    """With its max-upload-bytes meta empty (the default), the page refuses and accepts
+    by the limit the model was trained with (`input.max_bytes` of /v1/model)."""
+
+    def set_limit(route: Any) -> None:
+        response = route.fetch()
+        body = response.json()
+        body["input"]["max_bytes"] = max_bytes
+        route.fulfill(response=response, json=body)
+
+    page = open_page(live_api.url + "/", before_load=lambda p: p.route("**/v1/model", set_limit))
+    wait_until_ready(page)
+    assert f"up to {shown}" in page.inner_text("#limit-hint")
+    requests = predict_requests(page)
+    page.set_input_files(
+        "#file-input",
+        files=[{"name": "big.png", "mimeType": "image/png", "buffer": b"\0" * 20_000}],
+    )
+    if max_bytes < 20_000:
+        page.wait_for_selector("#error[data-kind='too-large']")
+        assert f"the limit is {shown}" in page.inner_text("#error-detail")
+        assert requests == []
+    else:
+        page.wait_for_selector("#error[data-kind='not-an-image'], #error:not([hidden])")
+        assert requests  # sent to the API, which judges the bytes

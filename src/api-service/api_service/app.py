@@ -25,7 +25,8 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api_service.batching import BatcherClosedError
-from api_service.inputs import InputError, check_part_type, sniff
+from api_service.inputs import InputError, check_part_type, check_size, sniff
+from api_service.limits import MULTIPART_OVERHEAD
 from api_service.middleware import AccessLogMiddleware, UploadGuardMiddleware
 from api_service.model import ServedModel
 from api_service.monitoring import Metrics
@@ -199,10 +200,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> tuple[ServedModel, list[Any]]:
         """Check every upload, then predict the acceptable ones together in one submission."""
         checked: list[bytes | InputError] = []
+        limits = manager.limits
         for upload in uploads:
             try:
                 check_part_type(upload.content_type)
                 data = await upload.read()
+                check_size(data, limits)
                 sniff(data)  # signature only; the header and pixels are read off the loop
                 checked.append(data)
             except InputError as exc:
@@ -324,10 +327,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     upload_paths = frozenset({PREDICT_PATH, BATCH_PATH})
     # Middleware: the last added runs first. Access log and HTTP metrics (outermost) →
     # CORS → upload guard → routes, so the log and the metrics see the guard's 413/415.
+    # The body limit follows the served model (api_service.limits): one file's limit
+    # and its multipart framing, so a batch carries at most one file's worth of bytes.
     app.add_middleware(
         UploadGuardMiddleware,
-        max_bytes=settings.max_upload_bytes,
+        max_bytes=lambda: (manager.limits.max_bytes, manager.limits.bytes_setting),
         multipart_paths=upload_paths,
+        overhead=MULTIPART_OVERHEAD,
     )
     if settings.cors_allow_origins:
         app.add_middleware(

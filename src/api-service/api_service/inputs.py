@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from api_service.limits import Limits
 from common.contracts import Preprocess
-from common.images import ImageDecodeError, load_for_model, sniff_format
+from common.images import ImageDecodeError, check_bytes, load_for_model, sniff_format
 
 # HTTP status of each refusal code of the input contract.
 STATUS = {
     "invalid_image": 422,
     "image_too_small": 422,
     "too_many_pixels": 413,
+    "too_large": 413,
     "unsupported_media_type": 415,
 }
 # Part types a browser or curl may declare for an image; anything else is refused.
@@ -46,6 +48,15 @@ def check_part_type(content_type: str | None) -> None:
 
 def _refusal(exc: ImageDecodeError) -> InputError:
     return InputError(STATUS.get(exc.code, 422), exc.code, str(exc))
+
+
+def check_size(data: bytes, limits: Limits) -> None:
+    """Refuse a file over the served model's byte limit (413), worded as the collector
+    refuses it (the limits and their rule: `api_service.limits`)."""
+    try:
+        check_bytes(len(data), limits.max_bytes, limits.bytes_setting)
+    except ImageDecodeError as exc:
+        raise _refusal(exc) from exc
 
 
 def sniff(data: bytes) -> str:

@@ -24,6 +24,8 @@ from typing import Any
 from prometheus_client import Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common.images import byte_limit_reason, human_bytes
+
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 access_log = logging.getLogger("api_service.access")
 
@@ -57,18 +59,28 @@ async def send_error(send: Send, status: int, code: str, message: str) -> None:
 
 
 class UploadGuardMiddleware:
-    """413 for a body over `max_bytes`, 415 for an upload that is not multipart.
+    """413 for a body over the limit, 415 for an upload that is not multipart.
 
-    A declared Content-Length over the limit is refused before reading anything (and
-    one within it needs no counting: the body cannot run past it); a chunked body is
-    counted as it arrives, and the request is cut off (the app sees a disconnect, its
-    answer is dropped) the moment it passes the limit.
+    `max_bytes` is a fixed limit, or a callable giving, per request, one file's limit
+    and the setting it comes from (the served model's, which can change at a swap);
+    the body may run `overhead` bytes past it for the multipart framing. A declared
+    Content-Length over the limit is refused before reading anything (and one within
+    it needs no counting: the body cannot run past it); a chunked body is counted as
+    it arrives, and the request is cut off (the app sees a disconnect, its answer is
+    dropped) the moment it passes the limit.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, multipart_paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int | Callable[[], tuple[int, str]],
+        multipart_paths: frozenset[str],
+        overhead: int = 0,
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limit = max_bytes if callable(max_bytes) else lambda: (max_bytes, "the body limit")
         self.multipart_paths = multipart_paths
+        self.overhead = overhead
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -98,8 +110,10 @@ class UploadGuardMiddleware:
                 "send the image as multipart/form-data (a `file` field)",
             )
             return
-        if length is not None and length > self.max_bytes:
-            await send_error(send, 413, "too_large", self._message(length))
+        limit, setting = self.limit()
+        max_bytes = limit + self.overhead
+        if length is not None and length > max_bytes:
+            await send_error(send, 413, "too_large", _too_large(length, limit, setting))
             return
         if length is not None and not chunked:
             # HTTP framing ends the body at Content-Length: nothing more to count.
@@ -117,7 +131,7 @@ class UploadGuardMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     exceeded = True
                     return {"type": "http.disconnect"}
             return message
@@ -135,11 +149,13 @@ class UploadGuardMiddleware:
             if not exceeded:
                 raise
         if exceeded and not started:
-            await send_error(send, 413, "too_large", self._message(received, at_least=True))
+            shown = f"more than {human_bytes(received)}"
+            await send_error(send, 413, "too_large", _too_large(shown, limit, setting))
 
-    def _message(self, size: int, at_least: bool = False) -> str:
-        more = "more than " if at_least else ""
-        return f"request body is {more}{size:,} bytes; the limit is {self.max_bytes:,}"
+
+def _too_large(size: int | str, limit: int, setting: str) -> str:
+    """The refusal of a body over the limit, worded as the collector words a file's."""
+    return f"upload {byte_limit_reason(size, limit, setting)}"
 
 
 class AccessLogMiddleware:

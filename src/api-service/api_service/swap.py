@@ -13,6 +13,7 @@ from typing import Any
 import anyio.to_thread
 
 from api_service.batching import MicroBatcher
+from api_service.limits import Limits, serving_limits
 from api_service.model import ServedModel, load_served_model
 from api_service.monitoring import DriftWindow, Metrics
 from common.registry import ModelRegistry
@@ -23,10 +24,11 @@ log = logging.getLogger("api_service.swap")
 
 @dataclass
 class Active:
-    """The serving model and the batcher in front of it."""
+    """The serving model, the batcher in front of it and the upload limits it takes."""
 
     model: ServedModel
     batcher: MicroBatcher
+    limits: Limits
 
 
 class ModelManager:
@@ -53,6 +55,12 @@ class ModelManager:
         active = self.active
         return active.batcher.drift if active is not None else None
 
+    @property
+    def limits(self) -> Limits:
+        """The upload limits now: the served model's, or the defaults before one loads."""
+        active = self.active
+        return active.limits if active is not None else serving_limits(None, self.settings)[0]
+
     def check(self) -> None:
         """Resolve the alias and swap in its version if it is new (blocking; call in a thread)."""
         with self._lock:  # startup and the watcher never load two versions at once
@@ -70,8 +78,9 @@ class ModelManager:
                 return
             try:
                 model = load_served_model(self.settings, version)
+                limits, warnings = serving_limits(model.spec, self.settings)
                 # Starting loads and warms the model in its inference process.
-                batcher = self._batcher(model)
+                batcher = self._batcher(model, limits)
                 batcher.start()
             except Exception as exc:  # keep the old model serving, whatever went wrong
                 self.metrics.load_failures.labels(version=version).inc()
@@ -82,23 +91,26 @@ class ModelManager:
                     30.0, 10 * self.settings.model_poll_seconds
                 )
                 return
-            self._swap_in(model, batcher)
+            for warning in warnings:  # the contract break stays visible in the log
+                log.warning("%s version %s: %s", model.name, version, warning)
+            self._swap_in(Active(model, batcher, limits))
 
-    def _batcher(self, model: ServedModel) -> MicroBatcher:
+    def _batcher(self, model: ServedModel, limits: Limits) -> MicroBatcher:
         s = self.settings
         return MicroBatcher(
             model,
             max_batch=s.max_batch,
             max_wait_ms=s.max_wait_ms,
             max_queue=s.max_queue,
-            max_pixels=s.max_image_pixels,
+            max_pixels=limits.max_pixels,
             drift_window=s.drift_window,
             metrics=self.metrics,
             threads=s.serve_threads,
         )
 
-    def _swap_in(self, model: ServedModel, batcher: MicroBatcher) -> None:
-        old, self.active = self.active, Active(model, batcher)
+    def _swap_in(self, new: Active) -> None:
+        model = new.model
+        old, self.active = self.active, new
         self._failed_until.pop(model.version, None)
         self._clear_error()
         self.metrics.serving(model.name, model.version, model.alias)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import logging
 import struct
 import zlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from PIL import Image
 from support import TinyPipeline
 
 from api_service.app import create_app
+from common.images import byte_limit_reason
+from common.registry import ModelRegistry
 from common.settings import Settings
 
 
@@ -271,3 +276,103 @@ def test_kinds_training_refuses_are_refused_with_the_reason(
     response = post(client, data)
     assert_error(response, status, code)
     assert words in response.json()["error"]["message"]
+
+
+# The size limits: what the served model was trained to accept (its preprocess.json).
+
+
+def served_with(
+    registry: ModelRegistry, tmp_path: Path, settings: dict[str, int] | None = None, **limits: int
+) -> TestClient:
+    """A client on version 1 of `registry` with `limits` recorded in its preprocess.json,
+    as the processor records collect.max_bytes and collect.max_pixels."""
+    spec_file = Path(registry.version_uri("1")) / "preprocess.json"
+    spec_file.write_text(json.dumps({**json.loads(spec_file.read_text()), **limits}))
+    config = Settings(
+        models_root=registry.root,
+        model_cache_dir=str(tmp_path / "cache"),
+        model_poll_seconds=0,
+        **(settings or {}),
+    )
+    return TestClient(create_app(config))
+
+
+def padded(image: Image.Image, size: int) -> bytes:
+    """A valid PNG of `size` bytes: the image and trailing bytes, which decoders skip
+    (as phones append previews and metadata to their photos)."""
+    data = encode(image, "PNG")
+    return data + bytes(size - len(data))
+
+
+def test_a_file_over_the_old_api_default_is_served_when_training_took_it(
+    registry_copy: ModelRegistry, tmp_path: Path, digit: tuple[Image.Image, str]
+) -> None:
+    # Regression: the collector took files up to 20 MiB, the API refused them over 10 MiB.
+    image, label = digit
+    photo = padded(image, 15 * 1024 * 1024)
+    with served_with(registry_copy, tmp_path, max_bytes=20 * 1024 * 1024) as client:
+        response = post(client, photo, "phone.png")
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] == label
+
+
+def test_raising_max_pixels_raises_what_the_api_accepts(
+    registry_copy: ModelRegistry, tmp_path: Path
+) -> None:
+    big = png_bomb(7000, 6000)  # 42 Mpx: over the 40 Mpx default of collect.max_pixels
+    with served_with(registry_copy, tmp_path, max_pixels=40_000_000) as client:
+        assert_error(post(client, big, "big.png"), 413, "too_many_pixels")
+    with served_with(registry_copy, tmp_path, max_pixels=50_000_000) as client:
+        response = post(client, big, "big.png")
+    assert response.status_code == 200, response.text
+
+
+def test_a_file_over_the_models_limits_is_refused_with_the_collectors_reason(
+    registry_copy: ModelRegistry, tmp_path: Path, digit: tuple[Image.Image, str]
+) -> None:
+    image = digit[0].resize((40, 30))
+    with served_with(registry_copy, tmp_path, max_bytes=100_000, max_pixels=1000) as client:
+        just_over = post(client, padded(image, 100_001), "a.png")
+        assert_error(just_over, 413, "too_large")
+        reason = byte_limit_reason(100_001, 100_000)  # the collector's words
+        assert just_over.json()["error"]["message"] == f"a.png: {reason}"
+        assert reason.endswith("(collect.max_bytes)")
+        # Far over: refused from the body's length, before the form is parsed.
+        far_over = post(client, padded(image, 2_000_000), "b.png")
+        assert_error(far_over, 413, "too_large")
+        assert far_over.json()["error"]["message"].endswith("> 97.7 KB (collect.max_bytes)")
+        too_many = post(client, encode(image, "PNG"), "c.png")
+        assert_error(too_many, 413, "too_many_pixels")
+        assert too_many.json()["error"]["message"] == (
+            "c.png: image is 40x30, over the 1,000-pixel limit"
+        )
+
+
+def test_an_operator_ceiling_below_the_models_limit_applies_and_is_logged(
+    registry_copy: ModelRegistry,
+    tmp_path: Path,
+    digit: tuple[Image.Image, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ceiling = {"max_upload_bytes": 50_000, "max_image_pixels": 500}
+    with (
+        caplog.at_level(logging.WARNING, logger="api_service.swap"),
+        served_with(registry_copy, tmp_path, ceiling, max_bytes=100_000) as client,
+    ):
+        response = post(client, padded(digit[0], 60_000))
+    assert_error(response, 413, "too_large")
+    assert response.json()["error"]["message"].endswith("(MEGA_MAX_UPLOAD_BYTES)")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "api_service.swap"]
+    assert any("50,000" in w and "100,000" in w for w in warnings), warnings
+    assert any("500" in w and "40,000,000" in w for w in warnings), warnings
+
+
+def test_the_served_limits_are_those_training_applied(
+    client: TestClient, tiny_pipeline: TinyPipeline
+) -> None:
+    """collect.* limits → processor → trainer → registry → API: the whole chain."""
+    from common.params import load_params
+
+    collect = load_params(tiny_pipeline.root / "params.yaml").collect
+    spec = client.get("/v1/model").json()["input"]
+    assert (spec["max_bytes"], spec["max_pixels"]) == (collect.max_bytes, collect.max_pixels)

@@ -52,6 +52,11 @@ class Preprocess(BaseModel):
     # Images smaller on a side were refused in training (process.min_size); serving
     # refuses them too. 1 for models trained before this was recorded.
     min_size: int = Field(default=1, ge=1)
+    # The size limits training applied (collect.max_bytes, collect.max_pixels): the
+    # API accepts what they accept. None for models trained before they were recorded
+    # (the contract's defaults, common.images.MAX_BYTES / MAX_PIXELS, then apply).
+    max_bytes: int | None = Field(default=None, ge=1)
+    max_pixels: int | None = Field(default=None, ge=1)
 
     @property
     def channels(self) -> int:

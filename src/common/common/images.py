@@ -19,8 +19,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from common.contracts import Preprocess
 
 # Pillow's own decompression-bomb guard, made an error instead of a warning. The
-# default of collect.max_pixels and of the API's MEGA_MAX_IMAGE_PIXELS (a test checks).
+# defaults of collect.max_pixels and collect.max_bytes (a test checks); the processor
+# records the values training used in preprocess.json, and the API enforces those.
 MAX_PIXELS = 40_000_000
+MAX_BYTES = 20 * 1024 * 1024
 
 
 class ImageDecodeError(ValueError):
@@ -33,6 +35,12 @@ class ImageTooLargeError(ImageDecodeError):
     """The image has more pixels than allowed (a decompression bomb, or just too big)."""
 
     code = "too_many_pixels"
+
+
+class FileTooLargeError(ImageTooLargeError):
+    """The file has more bytes than allowed."""
+
+    code = "too_large"
 
 
 class ImageTooSmallError(ImageDecodeError):
@@ -103,6 +111,30 @@ _DEEP_INTEGER = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def human_bytes(size: int) -> str:
+    """`size` bytes as a short text: "512 B", "15.0 MB" (units of 1024)."""
+    value = float(size)
+    for unit in ("B", "KB", "MB"):
+        if value < 1024:
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} GB"
+
+
+def byte_limit_reason(size: int | str, limit: int, setting: str = "collect.max_bytes") -> str:
+    """The one-line refusal of a file of `size` bytes (or a text such as "more than …")
+    over `limit` bytes, naming the `setting` that sets the limit. The collector, the
+    processor and the API all word it this way."""
+    shown = size if isinstance(size, str) else human_bytes(size)
+    return f"over the byte limit: {shown} > {human_bytes(limit)} ({setting})"
+
+
+def check_bytes(size: int, limit: int, setting: str = "collect.max_bytes") -> None:
+    """Refuse a file of more than `limit` bytes; raises FileTooLargeError."""
+    if size > limit:
+        raise FileTooLargeError(byte_limit_reason(size, limit, setting))
 
 
 def sniff_format(data: bytes) -> ImageFormat:
@@ -271,18 +303,23 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 
 def prepare_image(
-    data: bytes, spec: Preprocess, max_pixels: int = MAX_PIXELS
+    data: bytes, spec: Preprocess, max_pixels: int | None = None
 ) -> tuple[Image.Image, np.ndarray]:
     """Bytes → (decoded image, model pixels): the one path training and serving share.
 
-    Raises ImageDecodeError or a subclass (too many pixels, too small for
-    `spec.min_size`, unsupported format or pixel mode, unconvertible values).
+    The limits are the spec's (`max_bytes`, `max_pixels`: what training applied; the
+    contract's defaults for a spec that predates them); `max_pixels` overrides the
+    pixel limit (the API passes its effective one). Raises ImageDecodeError or a
+    subclass (too many bytes or pixels, too small for `spec.min_size`, unsupported
+    format or pixel mode, unconvertible values).
     """
-    image = decode_image(data, max_pixels, draft_size=spec.image_size)
+    check_bytes(len(data), spec.max_bytes or MAX_BYTES)
+    pixel_limit = max_pixels if max_pixels is not None else spec.max_pixels or MAX_PIXELS
+    image = decode_image(data, pixel_limit, draft_size=spec.image_size)
     check_min_size(image, spec.min_size)
     return image, to_model_pixels(image, spec)
 
 
-def load_for_model(data: bytes, spec: Preprocess, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_for_model(data: bytes, spec: Preprocess, max_pixels: int | None = None) -> np.ndarray:
     """Bytes → model pixels `[H, W, C]` uint8, as the processor makes them."""
     return prepare_image(data, spec, max_pixels)[1]

@@ -50,11 +50,12 @@ class Settings(BaseSettings):
     serve_port: int = 8000
     serve_threads: int = 1
     static_dir: str | None = None
-    max_upload_bytes: int = 10 * 1024 * 1024
-    # Serving: hostile-input limits (a decoded image over max_image_pixels gets 413).
-    # The same default as collect.max_pixels (common.images.MAX_PIXELS, checked by a
-    # test): serving must not refuse what training took.
-    max_image_pixels: int = 40_000_000
+    # Serving: size limits of one uploaded image (413 beyond them). Unset, the API
+    # takes the served model's (collect.max_bytes / max_pixels, recorded in its
+    # preprocess.json): serving accepts what training took. Set, a hard ceiling
+    # below the model's; a lower one is logged as a warning at model load.
+    max_upload_bytes: int | None = Field(default=None, ge=1)
+    max_image_pixels: int | None = Field(default=None, ge=1)
     max_files_per_request: int = 16
     # Serving: micro-batching. A batch closes at max_batch images or max_wait_ms after
     # its first image; max_queue bounds waiting images (503 `overloaded` beyond it).
@@ -68,6 +69,12 @@ class Settings(BaseSettings):
     # Serving: browser origins allowed by CORS, comma-separated; empty = same origin only.
     cors_allow_origins: Annotated[list[str], NoDecode] = []
     access_log: bool = True
+
+    @field_validator("max_upload_bytes", "max_image_pixels", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`MEGA_MAX_UPLOAD_BYTES=` (as compose writes an unset variable) means unset."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("cors_allow_origins", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ from tenacity import (
 )
 
 from collector.base import ItemRejectedError
+from common.images import byte_limit_reason, human_bytes
 
 USER_AGENT = "mega-pipeline-collector/0.1"
 # Never sleep longer than this for one Retry-After, whatever the server asks.
@@ -75,19 +76,9 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError | TransientHTTPError | RequestTimeoutError)
 
 
-def human_bytes(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024  # type: ignore[assignment]
-    return str(size)
-
-
 def too_big(size: int | str, limit: int) -> ItemRejectedError:
-    shown = size if isinstance(size, str) else human_bytes(size)
-    return ItemRejectedError(
-        f"over the byte limit: {shown} > {human_bytes(limit)} (collect.max_bytes)"
-    )
+    # The wording of the shared input contract: the API refuses alike.
+    return ItemRejectedError(byte_limit_reason(size, limit))
 
 
 class Fetcher:

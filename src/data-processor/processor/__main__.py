@@ -44,6 +44,7 @@ def run(
             dataset=pipeline.dataset,
             workers=workers,
             max_pixels=pipeline.collect.max_pixels,
+            max_bytes=pipeline.collect.max_bytes,
         )
     except ProcessError as exc:
         typer.secho(f"process: error: {exc}", fg="red", err=True)

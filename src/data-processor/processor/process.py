@@ -28,7 +28,7 @@ from common.contracts import (
     Split,
     read_manifest,
 )
-from common.images import MAX_PIXELS
+from common.images import MAX_BYTES, MAX_PIXELS
 from common.params import ProcessParams
 from common.tfrecord import TFRecordWriter, make_example
 from processor.dedup import NearDuplicateIndex
@@ -115,11 +115,13 @@ def process(
     dataset: str,
     workers: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_BYTES,
 ) -> dict[str, Any]:
     """Process the raw store at `raw` into `out`; returns the stats written to stats.json.
 
-    `max_pixels` is the collector's limit (collect.max_pixels): what it kept is not
-    refused here for its size.
+    `max_pixels` and `max_bytes` are the collector's limits (collect.max_pixels,
+    collect.max_bytes): what it kept is not refused here for its size, and they are
+    recorded in preprocess.json so that serving accepts the same files.
     """
     try:
         items = read_manifest(storage.join(raw, MANIFEST))
@@ -139,6 +141,8 @@ def process(
         color_mode=params.color_mode,
         resize=params.resize,
         min_size=params.min_size,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
     )
     ratios = params.split.model_dump()
     target_bytes = int(params.shard_target_mb * 1024 * 1024)
@@ -162,7 +166,7 @@ def process(
         jobs.append(Job(storage.join(raw, item.path), item.path, item.label, item.sha256))
 
     near = NearDuplicateIndex(params.near_duplicate_distance) if params.near_duplicates else None
-    work = partial(transform, spec=spec, with_phash=params.near_duplicates, max_pixels=max_pixels)
+    work = partial(transform, spec=spec, with_phash=params.near_duplicates)
     # The whole output is built in a staging folder and swapped in at the end, so
     # neither a failed run nor a re-run ever leaves a partial or mixed data set.
     staging = _staging_for(out)

@@ -14,7 +14,6 @@ from PIL import Image
 from common import storage
 from common.contracts import Preprocess
 from common.images import (
-    MAX_PIXELS,
     ImageDecodeError,
     as_gray,
     encode_png,
@@ -51,11 +50,12 @@ def dhash(image: Image.Image) -> int:
 
 
 def transform(
-    job: Job, spec: Preprocess, with_phash: bool, max_pixels: int = MAX_PIXELS
+    job: Job, spec: Preprocess, with_phash: bool, max_pixels: int | None = None
 ) -> Outcome:
     """Process one item; every failure becomes a reason, never an exception.
 
-    Decoding, the size checks and the conversion are `common.images.prepare_image`,
+    The size limits are the spec's unless `max_pixels` overrides. Decoding, the size
+    checks and the conversion are `common.images.prepare_image`,
     the very path the API serves through.
     """
     try:

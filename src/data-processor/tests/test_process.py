@@ -95,6 +95,8 @@ def test_process_writes_shards_labels_and_stats(raw: Path, tmp_path: Path) -> No
         "color_mode": "grayscale",
         "resize": "stretch",
         "min_size": 8,  # serving refuses smaller images too
+        "max_bytes": 20 * 1024 * 1024,  # the collector's limits: serving takes what they take
+        "max_pixels": 40_000_000,
     }
 
 
@@ -383,3 +385,29 @@ def test_what_the_collector_kept_under_its_pixel_limit_is_not_refused_here(
     )
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert not [r for r in stats["rejected"] if "pixel" in r["reason"]], stats["rejected"]
+
+
+def test_the_collectors_size_limits_travel_in_preprocess_json(tmp_path: Path) -> None:
+    """params.yaml's collect.max_bytes and collect.max_pixels are recorded for serving,
+    and a raw file over them is refused with the collector's reason."""
+    from common.images import byte_limit_reason
+
+    big = _noise_png(np.random.default_rng(3)) + bytes(3000)  # trailing bytes: still valid
+    files = _with_background({"big.png": ("bg0", big)})
+    raw = tmp_path / "raw"
+    _raw_store(raw, files)
+    (tmp_path / "params.yaml").write_text(
+        "collect:\n  max_bytes: 2000\n  max_pixels: 123456\n"
+        f"process: {{min_per_class: 1, split: {json.dumps(TEST_SPLIT)}}}\n"
+    )
+    subprocess.run(
+        [sys.executable, "-m", "processor", "--raw", str(raw), "--out", "out"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    spec = json.loads((tmp_path / "out" / "preprocess.json").read_text())
+    assert (spec["max_bytes"], spec["max_pixels"]) == (2000, 123456)
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    reasons = [r["reason"] for r in stats["rejected"]]
+    assert reasons == [byte_limit_reason(len(big), 2000)]

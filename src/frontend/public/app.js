@@ -9,7 +9,10 @@ const metaValue = (name) =>
 
 const config = {
   apiBase: metaValue("api-base").replace(/\/+$/, ""),
-  maxUploadBytes: Number(metaValue("max-upload-bytes")) || 10 * 1024 * 1024,
+  // Empty: the served model's limit (its collect.max_bytes, from /v1/model), so the page
+  // takes what the model was trained on; 20 MB (the default) until the model is known.
+  pageUploadLimit: Number(metaValue("max-upload-bytes")) || null,
+  maxUploadBytes: Number(metaValue("max-upload-bytes")) || 20 * 1024 * 1024,
   drawing: metaValue("drawing") !== "off",
   timeoutMs: 20000,
   maxBars: 10,
@@ -258,6 +261,7 @@ async function loadModel() {
   try {
     const { body } = await callApi("/v1/model");
     renderModel(body);
+    if (!config.pageUploadLimit && body.input?.max_bytes) setUploadLimit(body.input.max_bytes);
     readyText = `${body.name} v${body.version} ready`;
     setServerState("ready", readyText);
   } catch (err) {
@@ -392,9 +396,13 @@ function acceptFile(file, source) {
   classify(file, file.name || "image", source);
 }
 
+function setUploadLimit(bytes) {
+  config.maxUploadBytes = bytes;
+  $("limit-hint").textContent = `${IMAGE_TYPES}, up to ${formatBytes(bytes)}.`;
+}
+
 function setUpFiles() {
-  $("limit-hint").textContent =
-    `${IMAGE_TYPES}, up to ${formatBytes(config.maxUploadBytes)}.`;
+  setUploadLimit(config.maxUploadBytes);
   $("file-input").addEventListener("change", (event) => {
     acceptFile(event.target.files[0], `uploaded ${event.target.files[0]?.name || "file"}`);
     event.target.value = ""; // choosing the same file again still triggers a change
