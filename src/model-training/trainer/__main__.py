@@ -19,7 +19,6 @@ from trainer.inputs import (
     RERUN_TRAIN,
     InputError,
     check_candidate,
-    check_metrics,
     check_output_folder,
     check_processed,
     read_preprocess,
@@ -210,7 +209,6 @@ def register(
     pipeline = _params(params)
     try:
         check_candidate(model, (LINEAGE,))
-        check_metrics(metrics)
     except InputError as exc:
         raise _fail("register", exc) from exc
     from common.registry import RegistryError
