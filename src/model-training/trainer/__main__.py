@@ -95,7 +95,6 @@ def train(
     from trainer.budget import TooLargeError
     from trainer.distribute import StrategyError
     from trainer.model import WeightsUnavailableError
-    from trainer.train import RUNS_ROOT
     from trainer.train import train as run_training
 
     try:
@@ -119,8 +118,9 @@ def train(
     removed = summary["removed_backups"]
     if removed:
         typer.echo(
-            f"train: removed {len(removed)} backup(s) of earlier runs with other parameters "
-            f"({sum(size for _, size in removed) / 1e6:.1f} MB) under {RUNS_ROOT}"
+            f"train: removed {len(removed)} old backup(s) of runs with other parameters "
+            f"({sum(size for _, size in removed) / 1e6:.1f} MB): "
+            + ", ".join(folder for folder, _ in removed)
         )
     final = summary["final"]
     setup = f"strategy {summary['strategy']}, {summary['replicas']} replica(s)" + (
