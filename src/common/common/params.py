@@ -77,7 +77,8 @@ class ProcessParams(_Section):
 
 
 class AugmentParams(_Section):
-    """Random augmentation (Keras layers inside the model, active only while training)."""
+    """Random augmentation: Keras layers applied in front of the model while training only;
+    they are not part of the exported model."""
 
     flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
     rotation: float = Field(default=0.0, ge=0, le=0.5, description="Fraction of a full turn.")

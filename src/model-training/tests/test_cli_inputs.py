@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from support import write_params
+
+from trainer.quiet import NOISE, TF_LOG_LEVEL
 
 PREPROCESS = {"image_size": 16, "color_mode": "grayscale", "resize": "stretch"}
 STATS = {"totals": {"train": 8, "val": 1, "test": 1}, "data_hash": "ab" * 32}
@@ -248,3 +251,62 @@ def test_tensorflow_start_up_noise_is_kept_out(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "2"
     assert not [noise for noise in TF_NOISE if noise in result.stderr], result.stderr
+
+
+GLOG = "00:00:1796041165.465953   28223"
+DROPPED = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    f"I0000 {GLOG} port.cc:153] oneDNN custom operations are on.",
+    f"I0000 {GLOG} cudart_stub.cc:31] Could not find cuda drivers on your machine.",
+    f"W0000 {GLOG} gpu_device.cc:2342] Cannot dlopen some GPU libraries.",
+    f"E0000 {GLOG} cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: (303)",
+    f"E0000 {GLOG} cuda_dnn.cc:8310] Unable to register cuDNN factory: Attempting to register",
+    f"E0000 {GLOG} computation_placer.cc:177] computation placer already registered.",
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+)
+KEPT = (
+    f"E0000 {GLOG} bfc_allocator.cc:485] Allocator (mklcpu) ran out of memory trying to "
+    "allocate 6.00GiB",
+    f"E0000 {GLOG} op_kernel.cc:1840] OP_REQUIRES failed at conv_ops.cc:1068 : RESOURCE_EXHAUSTED",
+    f"F0000 {GLOG} cpu_feature_guard.cc:43] The TensorFlow library was compiled to use AVX "
+    "instructions, but these aren't available on your machine.",
+    "Traceback (most recent call last):",
+    "train: error: something the user must read",
+)
+
+
+def test_only_known_harmless_native_lines_are_noise() -> None:
+    assert [line for line in DROPPED if not NOISE.match(line + "\n")] == []
+    assert [line for line in KEPT if NOISE.match(line + "\n")] == []
+
+
+def test_native_stderr_reaches_the_user_even_if_the_process_dies_at_once(tmp_path: Path) -> None:
+    """Lines written to fd 2 just before a FATAL abort or the OOM killer are not lost."""
+    lines = "".join(line + "\n" for line in (*DROPPED, *KEPT)).encode()
+    code = (
+        "import os, signal\n"
+        "from trainer.quiet import filtered_native_stderr\n"
+        "with filtered_native_stderr():\n"
+        f"    os.write(2, {lines!r})\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == -9, result
+    assert result.stderr.splitlines() == list(KEPT)
+
+
+def test_runner_container_and_trainer_agree_on_the_tensorflow_log_level() -> None:
+    """Level 2 everywhere: a higher level would hide TensorFlow's genuine ERROR lines."""
+    root = Path(__file__).resolve().parents[3]
+    sources = {
+        "runner": (root / "src/workflow/workflow/runner.py").read_text(),
+        "Dockerfile": (root / "src/model-training/Dockerfile").read_text(),
+    }
+    levels = {
+        name: re.findall(r"TF_CPP_MIN_LOG_LEVEL\W+(\d)", text) for name, text in sources.items()
+    }
+    assert TF_LOG_LEVEL == "2"
+    assert levels == {name: [TF_LOG_LEVEL] for name in sources}

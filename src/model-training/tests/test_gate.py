@@ -113,3 +113,44 @@ def test_the_register_line_reports_macro_f1(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("register: gate version 1 kept as candidate (")
     assert "macro F1 0.4857 < threshold 0.8500; production is unchanged" in result.stdout
+
+
+def test_the_cli_reaches_the_gate_for_a_one_class_model(tmp_path: Path) -> None:
+    """The candidate's checks take its labels' shape only; the gate says why it stays candidate."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"registry": {"model_name": "gate"}}))
+    args = ["--model", str(candidate(tmp_path, ["cat"])), "--metrics", metrics(tmp_path, 1.0, 1.0)]
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "register", *args, "--registry", "r"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("register: gate version 1 kept as candidate (")
+    assert "the model knows 1 class ('cat')" in result.stdout
+    assert ModelRegistry(tmp_path / "r", "gate").aliases() == {"candidate": "1"}
+
+
+@pytest.mark.parametrize(
+    ("test", "problem"),
+    [
+        ({"accuracy": 98, "macro_f1": 0.9}, "test.accuracy: Input should be less than or equal"),
+        ({"accuracy": 0.9, "macro_f1": "good"}, "test.macro_f1: Input should be a valid number"),
+        ({"accuracy": 0.9}, "test.macro_f1: Field required"),
+    ],
+)
+def test_register_validates_metrics_like_the_cli(
+    test: dict[str, object], problem: str, tmp_path: Path
+) -> None:
+    """`register()` called directly (as a notebook or a pipeline would) checks metrics.json
+    with the CLI's validator, and publishes nothing."""
+    from trainer.inputs import InputError
+
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"test": test}))
+    root = tmp_path / "r"
+    with pytest.raises(InputError, match="evaluate stage") as caught:
+        register(candidate(tmp_path, ["a", "b"]), str(path), str(root), gate_params())
+    assert problem in str(caught.value)
+    assert not root.exists()

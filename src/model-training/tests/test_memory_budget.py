@@ -79,18 +79,45 @@ def test_unknown_available_memory_is_not_a_refusal() -> None:
     check_fits(estimate(model, 10**9), None, model="small_cnn", image="16×16×1", batch_size=1)
 
 
-def test_stale_backups_of_other_runs_are_removed(tmp_path: Path) -> None:
-    from trainer.train import remove_stale_runs
+def _backup(root: Path, name: str, age_hours: float, now: float, size: int = 0) -> Path:
+    """A run folder whose every entry was last modified `age_hours` before `now`."""
+    run = root / name
+    (run / "chief" / "backup").mkdir(parents=True)
+    (run / "chief" / "backup" / "weights.h5").write_bytes(b"x" * size)
+    for path in (run, *run.rglob("*")):
+        os.utime(path, (now - age_hours * 3600, now - age_hours * 3600))
+    return run
 
+
+def test_stale_backups_are_bounded_but_live_and_recent_ones_stay(tmp_path: Path) -> None:
+    from trainer.train import RECENT_BACKUP_SECONDS, STALE_BACKUPS_KEPT, remove_stale_runs
+
+    assert (RECENT_BACKUP_SECONDS, STALE_BACKUPS_KEPT) == (24 * 3600, 2)  # as docs/training.md
+    now = 2_000_000_000.0
     root = tmp_path / "runs"
-    (root / "current" / "chief").mkdir(parents=True)
-    (root / "current" / "chief" / "history.json").write_text("[]")
-    (root / "old-a" / "chief" / "backup").mkdir(parents=True)
-    (root / "old-a" / "chief" / "backup" / "weights.h5").write_bytes(b"x" * 1000)
-    (root / "old-b").mkdir()
-    removed = remove_stale_runs(str(root / "current"), root=str(root))
-    assert removed == [(str(root / "old-a"), 1000), (str(root / "old-b"), 0)]
-    assert [p.name for p in root.iterdir()] == ["current"]
+    _backup(root, "current", 100, now)
+    _backup(root, "live", 0.01, now)  # another training in this checkout, mid-epoch
+    _backup(root, "killed-today", 23, now)
+    _backup(root, "last-week", 24 * 7, now, size=10)  # the two newest old ones stay
+    _backup(root, "last-month", 24 * 30, now, size=20)
+    _backup(root, "older-a", 24 * 60, now, size=1000)
+    _backup(root, "older-b", 24 * 90, now, size=7)
+    # A file written just now deep in an old-looking folder makes it recent.
+    resumed = _backup(root, "resumed-now", 24 * 100, now)
+    os.utime(resumed / "chief" / "backup" / "weights.h5", (now, now))
+
+    removed = remove_stale_runs(str(root / "current"), root=str(root), now=now)
+
+    assert removed == [(str(root / "older-a"), 1000), (str(root / "older-b"), 7)]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "current",
+        "killed-today",
+        "last-month",
+        "last-week",
+        "live",
+        "resumed-now",
+    ]
+    assert remove_stale_runs(str(root / "current"), root=str(root), now=now) == []
     assert remove_stale_runs(str(root / "current"), root=str(tmp_path / "absent")) == []
 
 

@@ -128,7 +128,7 @@ def test_every_option_survives_the_chain(
                 "batch_size": 8,
                 "augment": {"flip": flip, **ALL_AUGMENTATIONS},
             },
-            "registry": {"model_name": "chain", "min_accuracy": 0.0},
+            "registry": {"model_name": "chain", "min_accuracy": 0.0, "min_macro_f1": 0.0},
         },
     )
     _cli(tmp_path, "collector", "--out", "raw", "--no-progress")

@@ -7,13 +7,11 @@ re-run of unchanged inputs look like a new model and leave `dvc.lock` changed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import re
 import zipfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +36,27 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _export_saved_model(model: keras.Model, path: Path) -> None:
-    """A SavedModel whose `serve` endpoint runs `model` in inference mode.
+    """A SavedModel whose `serve` (and `serving_default`) signature runs `model` in
+    inference mode: float pixels of the model's input shape in, class scores out.
 
     `model.export` traces `model.__call__` without `training=False`, and then a
     nested backbone's stochastic depth (EfficientNet's `block*_drop` Dropout layers)
     keeps its random ops, which the TFLite converter refuses (ERROR_NEEDS_FLEX_OPS).
     """
-    archive = keras.export.ExportArchive()
-    archive.track(model)
     [inputs] = model.inputs
     signature = tf.TensorSpec((None, *inputs.shape[1:]), inputs.dtype, name="pixels")
-    archive.add_endpoint(
-        "serve", lambda pixels: model(pixels, training=False), input_signature=[signature]
+    root = tf.Module()
+    # The SavedModel numbers the variables (checkpoint order, graph captures) in the
+    # order it first meets them from `root`. Keras's `ExportArchive` hands them over in
+    # the traced function's order, which changes from process to process; listed here
+    # in the model's order instead, two exports of the same weights are byte-identical
+    # (tests/test_export.py).
+    root.model_variables = [variable.value for variable in model.variables]
+    root.serve = tf.function(
+        lambda pixels: model(pixels, training=False), input_signature=[signature], autograph=False
     )
-    archive.write_out(str(path), verbose=False)
+    serve = root.serve.get_concrete_function()
+    tf.saved_model.save(root, str(path), signatures={"serve": serve, "serving_default": serve})
 
 
 def _renumber_shared_ids(config: bytes) -> bytes:
@@ -106,35 +111,6 @@ def derive_fingerprint_uuid(saved_model: Path) -> None:
     storage.atomic_write_bytes(path, fingerprint.SerializeToString(deterministic=True))
 
 
-@contextlib.contextmanager
-def _variables_in_model_order(model: keras.Model) -> Iterator[None]:
-    """Make `model.export` list variables in the model's own order.
-
-    Keras takes the SavedModel's variable list from the traced functions, whose order
-    changes from process to process; that reorders the checkpoint and the graph.
-    """
-    from keras.src.export import saved_model_export_archive as archive_module
-
-    original: Callable[..., tuple[list[Any], list[Any]]] = (
-        archive_module._list_variables_used_by_fns
-    )
-    rank = {id(variable.value): index for index, variable in enumerate(model.variables)}
-
-    def ordered(fns: Any) -> tuple[list[Any], list[Any]]:
-        trainable, other = original(fns)
-
-        def key(variable: Any) -> int:
-            return rank.get(id(variable), len(rank))
-
-        return sorted(trainable, key=key), sorted(other, key=key)
-
-    archive_module._list_variables_used_by_fns = ordered
-    try:
-        yield
-    finally:
-        archive_module._list_variables_used_by_fns = original
-
-
 def export_model(
     model: keras.Model,
     folder: Path,
@@ -155,8 +131,7 @@ def export_model(
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / KERAS_FILE)
     normalize_keras_archive(folder / KERAS_FILE)
-    with _variables_in_model_order(model):
-        _export_saved_model(model, folder / SAVED_MODEL_DIR)
+    _export_saved_model(model, folder / SAVED_MODEL_DIR)
     derive_fingerprint_uuid(folder / SAVED_MODEL_DIR)
     if with_tflite:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / SAVED_MODEL_DIR))

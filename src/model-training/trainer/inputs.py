@@ -95,13 +95,19 @@ def read_preprocess(folder: str, fix: str) -> Preprocess:
 
 
 def read_class_names(folder: str, fix: str) -> list[str]:
-    """The folder's `labels.json`: a non-empty JSON list of distinct class names."""
+    """The folder's `labels.json`: a non-empty JSON list of distinct class names.
+
+    Only the file's shape is checked here, which re-running the stage that wrote it
+    can fix. How many classes there are is not: the processor refuses data of fewer
+    than two classes, and the registry gate keeps a one-class model from production
+    with its own reason.
+    """
     uri = storage.join(folder, LABELS)
     labels = read_json_file(uri, fix)
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise InputError(f"{uri}: expected a JSON list of class names; {fix}")
-    if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise InputError(f"{uri}: needs at least two distinct class names, has {labels!r}; {fix}")
+    if not labels or len(set(labels)) != len(labels):
+        raise InputError(f"{uri}: needs distinct class names, has {labels!r}; {fix}")
     return labels
 
 
@@ -171,6 +177,17 @@ def check_output_folder(out: str) -> None:
         )
 
 
-def check_metrics(uri: str) -> None:
-    """Check evaluate's `metrics.json`: a `test` object with `accuracy` and `macro_f1` in [0, 1]."""
-    _validated(_Metrics, uri, f"{RERUN_EVALUATE} to rewrite it")
+def check_metrics(uri: str) -> dict[str, Any]:
+    """Evaluate's `metrics.json`, parsed, once checked: a `test` object with `accuracy` and
+    `macro_f1` in [0, 1] (other keys are kept). The one validator of that file.
+
+    Raises `InputError` (a `ValueError`) naming the file, the problem and the fix.
+    """
+    fix = f"{RERUN_EVALUATE} to rewrite it"
+    raw = read_json_file(uri, fix)
+    try:
+        _Metrics.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(f"{uri}: {_problems(exc)}; {fix}") from exc
+    metrics: dict[str, Any] = raw
+    return metrics

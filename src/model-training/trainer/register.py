@@ -11,6 +11,7 @@ from common import storage
 from common.contracts import LABELS, LINEAGE, METRICS, read_labels
 from common.params import RegistryParams
 from common.registry import ModelRegistry
+from trainer.inputs import check_metrics
 from trainer.lineage import RUN_RECORD, version_identity, version_lineage
 
 PRODUCTION = "production"
@@ -120,15 +121,13 @@ def gate(
 def register(
     candidate: Path, metrics_path: str, registry_root: str, params: RegistryParams
 ) -> dict[str, Any]:
-    """Publish `candidate` with its metrics; alias it `production` if it passes the gate."""
-    metrics = storage.read_json(metrics_path)
-    test = metrics.get("test", {}) if isinstance(metrics, dict) else {}
-    missing = [key for key in ("accuracy", "macro_f1") if key not in test]
-    if missing:
-        raise ValueError(
-            f"{metrics_path} has no {', '.join('test.' + key for key in missing)}; "
-            "re-run the evaluate stage (mega evaluate) to write it"
-        )
+    """Publish `candidate` with its metrics; alias it `production` if it passes the gate.
+
+    Raises `trainer.inputs.InputError` (a `ValueError`) for a missing or malformed
+    `metrics_path`, before anything is published.
+    """
+    metrics = check_metrics(metrics_path)
+    test = metrics["test"]
     accuracy = float(test["accuracy"])
     labels = read_labels(candidate / LABELS)
     # The candidate's lineage with its run's facts and today's git state: the version

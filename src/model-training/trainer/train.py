@@ -84,23 +84,57 @@ def default_run_dir(out: str, params: PipelineParams, data_hash: str) -> str:
     return storage.join(RUNS_ROOT, hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
-def remove_stale_runs(keep: str, root: str = RUNS_ROOT) -> list[tuple[str, int]]:
-    """Delete the backups under `root` other than `keep`; returns each (folder, bytes).
+# A backup touched within this long may belong to a training running now in the same
+# checkout (one epoch of a large model can take over an hour) or to a run killed today
+# that the user will start again: never removed. Older ones are kept newest first up to
+# STALE_BACKUPS_KEPT, so a long run interrupted last week can still resume.
+RECENT_BACKUP_SECONDS = 24 * 3600
+STALE_BACKUPS_KEPT = 2
+
+
+def _last_modified(folder: Path) -> float:
+    """The newest modification time (s since the epoch) of `folder` and all it holds."""
+    return max(
+        (p.stat().st_mtime for p in (folder, *folder.rglob("*"))),
+        default=folder.stat().st_mtime,
+    )
+
+
+def remove_stale_runs(
+    keep: str,
+    root: str = RUNS_ROOT,
+    *,
+    now: float | None = None,
+    recent_seconds: float = RECENT_BACKUP_SECONDS,
+    keep_old: int = STALE_BACKUPS_KEPT,
+) -> list[tuple[str, int]]:
+    """Bound the backups other runs left under `root`; returns each removed (folder, bytes).
 
     A backup is only ever resumed by a run with the same key (the same output,
-    parameters and data), so one left by a killed run with other parameters would
-    otherwise stay on disk for good, and a few failed experiments pile up GBs.
+    parameters and data), so those of killed runs with other parameters would stay
+    on disk for good. `keep` (this run's folder) and every backup modified in the
+    last `recent_seconds` (a live or just-killed run) stay; of the older ones the
+    `keep_old` most recently modified stay, and the rest are deleted. `now` is the
+    reference time in seconds since the epoch (default: the clock).
     """
     folder = Path(root)
     if storage.is_gcs(root) or not folder.is_dir():
         return []
+    now = time.time() if now is None else now
+    others = [
+        (_last_modified(run), run)
+        for run in folder.iterdir()
+        if run.is_dir() and run.resolve() != Path(keep).resolve()
+    ]
+    old = sorted(
+        ((mtime, run) for mtime, run in others if now - mtime >= recent_seconds), reverse=True
+    )
     removed = []
-    for run in sorted(folder.iterdir()):
-        if run.is_dir() and run.resolve() != Path(keep).resolve():
-            size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
-            shutil.rmtree(run, ignore_errors=True)
-            removed.append((str(run), size))
-    return removed
+    for _, run in old[keep_old:]:
+        size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
+        shutil.rmtree(run, ignore_errors=True)
+        removed.append((str(run), size))
+    return sorted(removed)
 
 
 def _check_memory(

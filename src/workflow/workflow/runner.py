@@ -56,7 +56,7 @@ def repro(
         **os.environ,
         "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
         "PYTHONUNBUFFERED": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "3",  # TensorFlow C++ start-up noise stays out of the log
+        "TF_CPP_MIN_LOG_LEVEL": "2",  # no TF C++ INFO/WARNING lines; ERROR ones (OOM) stay
     }
     result = ReproResult(returncode=1, log_path=log_path)
     columns = (
