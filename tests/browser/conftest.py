@@ -30,7 +30,9 @@ DESKTOP = {"width": 1200, "height": 900}
 EXPECTED_CONSOLE = ("Failed to load resource",)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is open it keeps an asyncio
+# loop running on the main thread, and later tests' `asyncio.run` (the collector) fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
