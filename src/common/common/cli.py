@@ -54,30 +54,27 @@ def _set_metavars(params: list[Any]) -> None:
                 param.metavar = (param.name or "value").upper()  # as docstrings name it
 
 
-class HelpCommand(TyperCommand):
+class _NamedValues:
+    """Mixin for Typer's command classes: help names each option's value, not its type."""
+
+    params: list[Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _set_metavars(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        _set_metavars([option])
+        return option
+
+
+class HelpCommand(_NamedValues, TyperCommand):
     """A Typer command whose help names each option's value instead of its Python type."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _set_metavars(self.params)
 
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
-        _set_metavars([option])
-        return option
-
-
-class HelpGroup(TyperGroup):
+class HelpGroup(_NamedValues, TyperGroup):
     """A Typer group with the same help layout as `HelpCommand`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _set_metavars(self.params)
-
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
-        _set_metavars([option])
-        return option
 
 
 class App(typer.Typer):
