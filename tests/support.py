@@ -103,8 +103,12 @@ class TinyPipeline:
 
 
 def write_params(folder: Path, overrides: dict | None = None) -> Path:
-    params = {**TINY_PARAMS}
-    for section, values in (overrides or {}).items():
+    """params.yaml with every key of the schema (dvc.yaml names keys one by one, and DVC
+    refuses a stage whose key is missing), TINY_PARAMS over the defaults, then overrides."""
+    from common.params import PipelineParams
+
+    params = PipelineParams().model_dump(mode="json")
+    for section, values in [*TINY_PARAMS.items(), *(overrides or {}).items()]:
         params[section] = {**params[section], **values} if isinstance(values, dict) else values
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params))
