@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from workflow.cli import app
-from workflow.runner import EPOCH, RUNNING, SKIPPED, SUMMARY
+from workflow.runner import EPOCH, RUNNING, SKIPPED, STAGE_FAILED, SUMMARY
 
 runner = CliRunner()
 
@@ -30,6 +30,11 @@ def test_help_lists_every_command() -> None:
 def test_dvc_output_patterns() -> None:
     assert RUNNING.match("Running stage 'train':")["stage"] == "train"
     assert SKIPPED.match("Stage 'collect' didn't change, skipping")["stage"] == "collect"
+    # Regression: a stage restored from DVC's run cache was in neither `ran` nor `skipped`.
+    cached = "Stage 'train' is cached - skipping run, checking out outputs"
+    assert SKIPPED.match(cached)["stage"] == "train"
+    failed = "ERROR: failed to reproduce 'train': failed to run: python -m trainer, exited with 69"
+    assert STAGE_FAILED.match(failed)["status"] == "69"
     assert EPOCH.match("Epoch 3/15")["n"] == "3"
     assert SUMMARY.match("evaluate: test accuracy 0.98")
     assert not SUMMARY.match("evaluated: nothing")

@@ -9,6 +9,8 @@ import pytest
 from service_stubs import QUICK_BUDGET, assert_one_line_service_error, service_fault
 from support import free_port, write_params
 
+from common.services import EXIT_UNAVAILABLE
+
 __all__ = ["service_fault"]  # the fixture, imported for pytest
 
 MEGA = str(Path(sys.executable).parent / "mega")
@@ -61,7 +63,8 @@ def test_a_stage_failing_on_a_service_shows_its_one_line(project: Path) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     result = mega(["collect"], project, {"STORAGE_EMULATOR_HOST": closed})
     output = result.stdout + result.stderr
-    assert result.returncode == 1, output
+    # The stage's own status, as documented: 69, a service is unavailable (was 1).
+    assert result.returncode == EXIT_UNAVAILABLE, output
     assert "Traceback" not in output
     [line] = [line for line in result.stderr.splitlines() if line.strip()]
     assert line.startswith(f"collector: error: Cloud Storage emulator at {closed}"), line

@@ -78,12 +78,12 @@ def _exit_if_failed(project: Project, result: ReproResult) -> None:
         log = result.log_path.relative_to(project.root)
         for line in result.errors:
             errors.print(f"{line} (full log: {log})", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        raise typer.Exit(result.exit_code)
     errors.print(f"[red]pipeline failed[/red] (dvc exit code {result.returncode}); last lines:")
     if result.log_path:
         errors.print(log_tail(result.log_path), markup=False, highlight=False)
         errors.print(f"full log: {result.log_path.relative_to(project.root)}")
-    raise typer.Exit(1)
+    raise typer.Exit(result.exit_code)
 
 
 def _summary(project: Project) -> None:
@@ -133,7 +133,10 @@ def run(
 def _stage_command(stage: str, doc: str) -> None:
     def command(
         force: Annotated[
-            bool, typer.Option(help="Re-run this stage even if nothing changed.")
+            bool,
+            typer.Option(
+                help="Re-run this stage and the stages before it even if nothing changed."
+            ),
         ] = False,
     ) -> None:
         _run_stages([stage], force=force)

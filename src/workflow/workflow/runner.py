@@ -14,7 +14,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 RUNNING = re.compile(r"^Running stage '(?P<stage>[\w-]+)'")
-SKIPPED = re.compile(r"^Stage '(?P<stage>[\w-]+)' didn't change, skipping")
+# Unchanged, or restored from DVC's run cache (the same inputs ran before): not re-run.
+SKIPPED = re.compile(
+    r"^Stage '(?P<stage>[\w-]+)' (didn't change, skipping|is cached - skipping run)"
+)
+# dvc's report of a failed stage command, with the command's own exit status.
+STAGE_FAILED = re.compile(r"^ERROR: failed to reproduce '[\w-]+': .*, exited with (?P<status>\d+)$")
 EPOCH = re.compile(r"^Epoch (?P<n>\d+)/(?P<total>\d+)")
 # The containers' one-line summaries, shown as they arrive.
 SUMMARY = re.compile(r"^(collect|process|train|evaluate|register): (?!error:)")
@@ -30,6 +35,13 @@ class ReproResult:
     summaries: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     log_path: Path | None = None
+    stage_status: int | None = None  # the failed stage command's exit status, if dvc said
+
+    @property
+    def exit_code(self) -> int:
+        """What `mega` exits with: the failed stage's own status (69: a service is
+        unavailable, 2: bad input), else 1."""
+        return self.stage_status or 1
 
 
 def repro(
@@ -98,6 +110,8 @@ def repro(
                 progress.update(task, description=f"{current}: epoch {match['n']}/{match['total']}")
             elif ERROR.match(line):
                 result.errors.append(line)
+            elif match := STAGE_FAILED.match(line):
+                result.stage_status = int(match["status"])
             elif SUMMARY.match(line):
                 result.summaries.append(line)
                 console.print(f"  [green]✓[/green] {line}")
