@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -108,6 +110,20 @@ QUICK_BUDGET = {
     "MEGA_SERVICE_READ_TIMEOUT": "2",
     "MEGA_SERVICE_RETRY_SECONDS": "4",
 }
+
+
+def run_module(
+    module: str, args: list[str], cwd: object, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """`python -m module args` in `cwd` with the quick service budget and `env` added."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, **QUICK_BUDGET, **env},
+        capture_output=True,
+        text=True,
+        timeout=100,  # a safety net only; the service budget ends the wait
+    )
 
 
 def assert_one_line_service_error(

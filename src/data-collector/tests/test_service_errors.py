@@ -1,12 +1,9 @@
 """A gs:// source whose Cloud Storage fails: one line, exit 69, no traceback."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from service_stubs import QUICK_BUDGET, assert_one_line_service_error, service_fault
+from service_stubs import assert_one_line_service_error, run_module, service_fault
 from support import write_params
 
 __all__ = ["service_fault"]  # the fixture, imported for pytest
@@ -16,26 +13,16 @@ __all__ = ["service_fault"]  # the fixture, imported for pytest
 @pytest.mark.timeout(120)
 def test_gcs_source_that_fails_is_one_line(service_fault: str, tmp_path: Path) -> None:
     write_params(tmp_path)
-    env = {**os.environ, **QUICK_BUDGET, "STORAGE_EMULATOR_HOST": service_fault}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "collector",
-            "--source",
-            "gcs",
-            "--uri",
-            "gs://test-bucket/photos",
-            "--out",
-            "data/raw/photos",
-            "--no-progress",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=100,  # a safety net only; the service budget ends the wait
-    )
+    args = [
+        "--source",
+        "gcs",
+        "--uri",
+        "gs://test-bucket/photos",
+        "--out",
+        "data/raw/photos",
+        "--no-progress",
+    ]
+    result = run_module("collector", args, tmp_path, {"STORAGE_EMULATOR_HOST": service_fault})
     assert_one_line_service_error(
         result, "collector", f"Cloud Storage emulator at {service_fault} (gs://test-bucket)"
     )

@@ -97,19 +97,24 @@ def test_metrics_without_macro_f1_are_refused_with_the_fix(tmp_path: Path) -> No
         register(candidate(tmp_path, ["a", "b"]), str(path), str(tmp_path / "r"), gate_params())
 
 
+def register_cli(cwd: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """`python -m trainer register ARGS --registry r` in `cwd`."""
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", "register", *args, "--registry", "r"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_the_register_line_reports_macro_f1(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(
         yaml.safe_dump({"registry": {"model_name": "gate", "min_macro_f1": 0.85}})
     )
     folder = candidate(tmp_path, ["common", "rare"])
     args = ["--model", str(folder), "--metrics", metrics(tmp_path, 0.9444, 0.4857)]
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer", "register", *args, "--registry", "r"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = register_cli(tmp_path, args)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("register: gate version 1 kept as candidate (")
     assert "macro F1 0.4857 < threshold 0.8500; production is unchanged" in result.stdout
@@ -119,13 +124,7 @@ def test_the_cli_reaches_the_gate_for_a_one_class_model(tmp_path: Path) -> None:
     """The candidate's checks take its labels' shape only; the gate says why it stays candidate."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"registry": {"model_name": "gate"}}))
     args = ["--model", str(candidate(tmp_path, ["cat"])), "--metrics", metrics(tmp_path, 1.0, 1.0)]
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer", "register", *args, "--registry", "r"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = register_cli(tmp_path, args)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("register: gate version 1 kept as candidate (")
     assert "the model knows 1 class ('cat')" in result.stdout

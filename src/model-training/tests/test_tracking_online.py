@@ -33,41 +33,39 @@ def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def online_env(tmp_path: Path, server: str) -> dict[str, str]:
+    """The environment of an online run against `server`, W&B's files under `tmp_path`."""
+    env = {k: v for k, v in os.environ.items() if k != "MEGA_WANDB_MODE"}
+    env.update(QUICK_BUDGET)
+    # A fake key through the environment, as users give theirs; never an argument.
+    env["WANDB_API_KEY"] = "f" * 40
+    env["WANDB_BASE_URL"] = server
+    env["MEGA_WANDB_DIR"] = str(tmp_path / "wandb")
+    env["WANDB_CONFIG_DIR"] = str(tmp_path / "wandb-config")
+    env["WANDB_CACHE_DIR"] = str(tmp_path / "wandb-cache")
+    return env
+
+
+def train(
+    processed: Path, tmp_path: Path, env: dict[str, str], *python_flags: str
+) -> subprocess.CompletedProcess[str]:
+    """`python [flags] -m trainer train` on the tiny data, exporting to tmp_path/candidate."""
+    args = ["--data", "data/processed/digits", "--out", str(tmp_path / "candidate")]
+    return subprocess.run(
+        [sys.executable, *python_flags, "-m", "trainer", "train", *args,
+         "--run-dir", str(tmp_path / "run")],
+        cwd=processed, env=env, capture_output=True, text=True,
+        timeout=500,  # a safety net only; the service budget or finish timeout ends the wait
+    )  # fmt: skip
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_unreachable_online_wandb_fails_before_training(
     service_fault: str, processed: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "MEGA_WANDB_MODE"}
-    env.update(QUICK_BUDGET)
-    # A fake key through the environment, as users give theirs; never an argument.
-    env["WANDB_API_KEY"] = "f" * 40
-    env["WANDB_BASE_URL"] = service_fault
-    env["MEGA_WANDB_DIR"] = str(tmp_path / "wandb")
-    env["WANDB_CONFIG_DIR"] = str(tmp_path / "wandb-config")
-    env["WANDB_CACHE_DIR"] = str(tmp_path / "wandb-cache")
     out = tmp_path / "candidate"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "importtime",
-            "-m",
-            "trainer",
-            "train",
-            "--data",
-            "data/processed/digits",
-            "--out",
-            str(out),
-            "--run-dir",
-            str(tmp_path / "run"),
-        ],
-        cwd=processed,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=500,  # a safety net only; the budget above is what ends the wait
-    )
+    result = train(processed, tmp_path, online_env(tmp_path, service_fault), "-X", "importtime")
     line = assert_one_line_service_error(result, "trainer", f"W&B ({service_fault})")
     assert "MEGA_WANDB_MODE=offline" in line and "train.tracking: none" in line
     fault = request.node.callspec.params["service_fault"]
@@ -90,35 +88,10 @@ def test_unreachable_online_wandb_fails_before_training(
 @pytest.mark.timeout(600)
 def test_wandb_silent_mid_run_keeps_the_model_and_warns(processed: Path, tmp_path: Path) -> None:
     server = WandbGoesSilent()
-    env = {k: v for k, v in os.environ.items() if k != "MEGA_WANDB_MODE"}
-    env.update(QUICK_BUDGET)
-    env["WANDB_API_KEY"] = "f" * 40
-    env["WANDB_BASE_URL"] = server.url
-    env["MEGA_WANDB_DIR"] = str(tmp_path / "wandb")
-    env["MEGA_WANDB_FINISH_TIMEOUT"] = "5"
-    env["WANDB_CONFIG_DIR"] = str(tmp_path / "wandb-config")
-    env["WANDB_CACHE_DIR"] = str(tmp_path / "wandb-cache")
+    env = {**online_env(tmp_path, server.url), "MEGA_WANDB_FINISH_TIMEOUT": "5"}
     out = tmp_path / "candidate"
     try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "trainer",
-                "train",
-                "--data",
-                "data/processed/digits",
-                "--out",
-                str(out),
-                "--run-dir",
-                str(tmp_path / "run"),
-            ],
-            cwd=processed,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=500,  # a safety net only; MEGA_WANDB_FINISH_TIMEOUT ends the wait
-        )
+        result = train(processed, tmp_path, env)
     finally:
         server.close()
     output = result.stdout + result.stderr
