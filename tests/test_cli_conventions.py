@@ -90,7 +90,7 @@ def test_piped_error_line_is_never_wrapped(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
-    assert str(folder) in line and line.startswith("error: no dvc.yaml in ")
+    assert str(folder) in line and line.startswith("mega: error: no dvc.yaml in ")
 
 
 def test_piped_console_output_is_never_wrapped() -> None:
@@ -100,3 +100,94 @@ def test_piped_console_output_is_never_wrapped() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert result.stdout == "summary " + "x" * 300 + "\n"
+
+
+PY = [sys.executable, "-m"]
+MEGA = [str(BIN / "mega")]
+BAD_PARAMS = "train: {epochs: 0}\n"  # valid YAML, invalid value
+# name: (command, params.yaml or None for valid ones, its error prefix, what the line says)
+USAGE_ERRORS: dict[str, tuple[list[str], str | None, str, str]] = {
+    "collector: unknown flag": (
+        [*PY, "collector", "--out", "raw", "--limit", "5"], None, "collect",
+        "No such option: --limit",
+    ),
+    "collector: missing --out": ([*PY, "collector"], None, "collect", "Missing option '--out'"),
+    "collector: bad params.yaml": (
+        [*PY, "collector", "--out", "raw"], BAD_PARAMS, "collect", "params.yaml: invalid",
+    ),
+    "processor: unknown flag": (
+        [*PY, "processor", "--raw", "raw", "--out", "out", "--bogus"], None, "process",
+        "No such option: --bogus",
+    ),
+    "processor: bad params.yaml": (
+        [*PY, "processor", "--raw", "raw", "--out", "out"], BAD_PARAMS, "process",
+        "params.yaml: invalid parameters: train.epochs",
+    ),
+    "processor: no raw store at --raw": (
+        [*PY, "processor", "--raw", "raw", "--out", "out"], None, "process",
+        "--raw raw: no manifest.jsonl there",
+    ),
+    "trainer: unknown command": ([*PY, "trainer", "fit"], None, "trainer", "No such command"),
+    "trainer train: bad params.yaml": (
+        [*PY, "trainer", "train", "--data", "d", "--out", "c"], BAD_PARAMS, "train",
+        "params.yaml: invalid parameters: train.epochs",
+    ),
+    "trainer train: no --data folder": (
+        [*PY, "trainer", "train", "--data", "d", "--out", "c"], None, "train",
+        "--data d: no such folder",
+    ),
+    "trainer evaluate: no --model folder": (
+        [*PY, "trainer", "evaluate", "--model", "m", "--data", "d", "--metrics", "m.json",
+         "--details", "e.json"], None, "evaluate", "--model m: no such folder",
+    ),
+    "trainer register: bad params.yaml": (
+        [*PY, "trainer", "register", "--model", "m", "--metrics", "m.json"], BAD_PARAMS,
+        "register", "params.yaml: invalid parameters: train.epochs",
+    ),
+    "api_service: the old --models-root": (
+        [*PY, "api_service", "--models-root", "models"], None, "serve",
+        "No such option: --models-root",
+    ),
+    "api_service: no page in --static-dir": (
+        [*PY, "api_service", "--registry", "models", "--static-dir", "nowhere"], None, "serve",
+        "--static-dir",
+    ),
+    "mega: unknown flag": ([*MEGA, "run", "--bogus"], None, "mega", "No such option: --bogus"),
+    "mega: bad params.yaml": ([*MEGA, "run"], BAD_PARAMS, "mega", "train.epochs"),
+    "mega: missing argument": (
+        [*MEGA, "data", "checkout"], None, "mega", "Missing argument 'REV'",
+    ),
+    "mega: unknown stage": ([*MEGA, "train"], None, "mega", "unknown stage 'train'"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", USAGE_ERRORS)
+def test_usage_errors_exit_2_with_one_prefixed_line(case: str, tmp_path: Path) -> None:
+    """Bad flags, a bad params.yaml, a missing input path: exit 2 and one error line."""
+    from support import write_params
+
+    argv, params, prog, says = USAGE_ERRORS[case]
+    if params is None:
+        write_params(tmp_path)
+    else:
+        (tmp_path / "params.yaml").write_text(params)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{prog}: error: ") and says in line, line
+    assert "\x1b[" not in line  # no colour off a terminal
+
+
+def test_the_error_word_is_red_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run([*MEGA, "status"], cwd=tmp_path, stderr=follower, timeout=60)
+        shown = os.read(leader, 4096).decode()
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert result.returncode == 2
+    assert shown.startswith("mega: \x1b[31m") and "error:\x1b[0m no dvc.yaml in" in shown, shown

@@ -10,10 +10,9 @@ from typing import Annotated
 import typer
 
 from common.cli import App, from_setting, version_option
-from common.services import exit_on_service_error
 from common.settings import get_settings
 
-app = App(help=__doc__)
+app = App(prog="serve", help=__doc__)
 
 SWITCH_INTERVAL_S = 0.0005
 
@@ -26,8 +25,11 @@ def serve(
     port: Annotated[
         int | None, typer.Option(show_default=from_setting("serve_port"), help="Port.")
     ] = None,
-    models_root: Annotated[
-        str | None, typer.Option(show_default=from_setting("models_root"), help="Registry root.")
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            show_default=from_setting("models_root"), help="Registry root folder or gs:// URI."
+        ),
     ] = None,
     model_name: Annotated[
         str | None, typer.Option(show_default=from_setting("model_name"), help="Model name.")
@@ -53,7 +55,7 @@ def serve(
     overrides = {
         "serve_host": host,
         "serve_port": port,
-        "models_root": models_root,
+        "models_root": registry,
         "model_name": model_name,
         "model_alias": alias,
         "static_dir": static_dir,
@@ -90,8 +92,7 @@ def serve(
 
 
 def main() -> None:
-    with exit_on_service_error("api_service"):
-        app()
+    app()
 
 
 if __name__ == "__main__":

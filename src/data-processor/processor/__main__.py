@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from common.cli import App, version_option
-from common.params import ParamsError, load_params
-from common.services import exit_on_service_error
+from common import storage
+from common.cli import EXIT_FAILURE, EXIT_USAGE, App, fail, failures_as, read_params, version_option
+from common.contracts import MANIFEST
 
-app = App(help=__doc__)
+app = App(prog="process", help=__doc__)
 
 
 @app.command()
@@ -29,14 +29,13 @@ def run(
     version: Annotated[bool, version_option("mega-data-processor")] = False,
 ) -> None:
     """Validate, deduplicate, resize, split and shard RAW into OUT."""
-    try:
-        pipeline = load_params(params)
-    except ParamsError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--params") from exc
+    pipeline = read_params(params)
+    if not storage.exists(storage.join(raw, MANIFEST)):
+        fail(f"--raw {raw}: no {MANIFEST} there; run the collect stage first", EXIT_USAGE)
     from processor.datacard import write_data_card
     from processor.process import ProcessError, process
 
-    try:
+    with failures_as(EXIT_FAILURE, ProcessError):
         stats = process(
             raw,
             out,
@@ -46,9 +45,6 @@ def run(
             max_pixels=pipeline.collect.max_pixels,
             max_bytes=pipeline.collect.max_bytes,
         )
-    except ProcessError as exc:
-        typer.secho(f"process: error: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
     card = write_data_card(stats, report_dir) if report_dir else None
     totals = stats["totals"]
     typer.echo(
@@ -60,8 +56,7 @@ def run(
 
 
 def main() -> None:
-    with exit_on_service_error("processor"):
-        app()
+    app()
 
 
 if __name__ == "__main__":

@@ -65,10 +65,11 @@ def run_trainer(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[str], stage: str, *parts: str) -> None:
-    """One `<stage>: error:` line holding `parts`; no traceback, no TF noise, no TF import."""
+    """Exit 2 (bad input) and one `<stage>: error:` line holding `parts`; no traceback, no
+    TF noise, no TF import."""
     imports = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
     message = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
-    assert result.returncode != 0, result
+    assert result.returncode == 2, result
     assert len(message) == 1, message
     assert message[0].startswith(f"{stage}: error: "), message
     for part in parts:

@@ -10,10 +10,16 @@ from typing import Annotated
 import typer
 
 from common import storage
-from common.cli import App, from_setting, version_option
+from common.cli import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    App,
+    failures_as,
+    from_setting,
+    read_params,
+    version_option,
+)
 from common.contracts import LINEAGE
-from common.params import ParamsError, PipelineParams, load_params
-from common.services import exit_on_service_error
 from common.settings import get_settings
 from trainer.inputs import (
     RERUN_TRAIN,
@@ -25,7 +31,7 @@ from trainer.inputs import (
 )
 from trainer.quiet import quiet_tensorflow_import
 
-app = App(help=__doc__, no_args_is_help=True)
+app = App(group="trainer", help=__doc__, no_args_is_help=True)
 
 
 @app.callback()
@@ -38,18 +44,6 @@ def _options(version: Annotated[bool, version_option("mega-model-training")] = F
 CANDIDATE_MODEL_FILES = ("model.keras", "model.tflite")
 
 ParamsOption = Annotated[Path, typer.Option(help="Pipeline parameters file.")]
-
-
-def _params(path: Path) -> PipelineParams:
-    try:
-        return load_params(path)
-    except ParamsError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--params") from exc
-
-
-def _fail(stage: str, exc: Exception) -> typer.Exit:
-    typer.secho(f"{stage}: error: {exc}", fg="red", err=True)
-    return typer.Exit(1)
 
 
 class StrategyName(StrEnum):
@@ -85,12 +79,10 @@ def train(
     A run killed part-way resumes from its last finished epoch when started again
     with the same arguments. Only the chief worker exports and tracks the run.
     """
-    pipeline = _params(params)
-    try:
+    pipeline = read_params(params)
+    with failures_as(EXIT_USAGE, InputError):  # checked before any work
         check_processed(data, ("train",))
         check_output_folder(out)
-    except InputError as exc:
-        raise _fail("train", exc) from exc
     from trainer.tracking import check_server
 
     check_server(pipeline.train.tracking == "wandb", get_settings())  # ServiceError: one line
@@ -100,7 +92,17 @@ def train(
     from trainer.model import WeightsUnavailableError
     from trainer.train import train as run_training
 
-    try:
+    with (
+        failures_as(
+            EXIT_FAILURE,
+            FileNotFoundError,
+            ValueError,
+            StrategyError,
+            TooLargeError,
+            WeightsUnavailableError,
+        ),
+        failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
+    ):
         summary = run_training(
             data,
             out,
@@ -110,14 +112,6 @@ def train(
             # From settings, so that MEGA_TRAIN_RUN_DIR in .env counts, like every setting.
             run_dir=run_dir or get_settings().train_run_dir,
         )
-    except (
-        FileNotFoundError,
-        ValueError,
-        StrategyError,
-        TooLargeError,
-        WeightsUnavailableError,
-    ) as exc:
-        raise _fail("train", exc) from exc
     removed = summary["removed_backups"]
     if removed:
         typer.echo(
@@ -163,29 +157,28 @@ def evaluate(
     ] = None,
 ) -> None:
     """Evaluate MODEL on DATA's test split; writes METRICS (DVC metrics), DETAILS and PLOTS."""
-    try:
+    with failures_as(EXIT_USAGE, InputError):  # checked before any work
         if not storage.is_gcs(model):  # a gs:// candidate is checked once downloaded
             check_candidate(model, CANDIDATE_MODEL_FILES)
         check_processed(data, ("test",))
-    except InputError as exc:
-        raise _fail("evaluate", exc) from exc
     quiet_tensorflow_import()
     from trainer.evaluate import evaluate as run_evaluation
 
-    try:
-        with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
-            local = Path(model)
-            if storage.is_gcs(model):
-                storage.download_tree(model, tmp)
-                local = Path(tmp)
-                check_candidate(tmp, CANDIDATE_MODEL_FILES)
-            spec = read_preprocess(str(local), RERUN_TRAIN)
-            plots_dir = plots or storage.join(
-                metrics.rsplit("/", 1)[0] if "/" in metrics else ".", "plots"
-            )
-            result = run_evaluation(local, data, spec, plots=plots_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        raise _fail("evaluate", exc) from exc
+    with (
+        failures_as(EXIT_FAILURE, FileNotFoundError, ValueError),
+        failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
+        tempfile.TemporaryDirectory(prefix="evaluate-") as tmp,
+    ):
+        local = Path(model)
+        if storage.is_gcs(model):
+            storage.download_tree(model, tmp)
+            local = Path(tmp)
+            check_candidate(tmp, CANDIDATE_MODEL_FILES)
+        spec = read_preprocess(str(local), RERUN_TRAIN)
+        plots_dir = plots or storage.join(
+            metrics.rsplit("/", 1)[0] if "/" in metrics else ".", "plots"
+        )
+        result = run_evaluation(local, data, spec, plots=plots_dir)
     storage.write_json(metrics, result["metrics"])
     storage.write_json(details, result["details"])
     test = result["metrics"]["test"]
@@ -209,20 +202,19 @@ def register(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Publish MODEL to the registry; alias it production if it passes the gate."""
-    pipeline = _params(params)
-    try:
+    pipeline = read_params(params)
+    with failures_as(EXIT_USAGE, InputError):  # checked before any work
         check_candidate(model, (LINEAGE,))
-    except InputError as exc:
-        raise _fail("register", exc) from exc
     from common.registry import RegistryError
     from trainer.register import register as run_register
 
-    try:
+    with (
+        failures_as(EXIT_FAILURE, FileNotFoundError, KeyError, ValueError, RegistryError),
+        failures_as(EXIT_USAGE, InputError),  # a bad metrics file
+    ):
         record = run_register(
             Path(model), metrics, registry or get_settings().models_root, pipeline.registry
         )
-    except (FileNotFoundError, KeyError, ValueError, RegistryError) as exc:
-        raise _fail("register", exc) from exc
     verdict = "promoted to production" if record["promoted"] else "kept as candidate"
     typer.echo(
         f"register: {record['model']} version {record['version']} {verdict} "
@@ -231,8 +223,7 @@ def register(
 
 
 def main() -> None:
-    with exit_on_service_error("trainer"):
-        app()
+    app()
 
 
 if __name__ == "__main__":
