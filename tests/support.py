@@ -137,7 +137,7 @@ def start_api(models: Path, static_dir: Path | None = None, cwd: Path | None = N
         "127.0.0.1",
         "--port",
         str(port),
-        "--models-root",
+        "--registry",
         str(models),
     ]
     if static_dir is not None:

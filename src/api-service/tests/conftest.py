@@ -58,7 +58,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
                 "api_service",
                 "--port",
                 str(port),
-                "--models-root",
+                "--registry",
                 str(models),
             ],
             cwd=models.parent,
