@@ -112,6 +112,7 @@ def test_data_commands_run_or_explain_in_one_line(clone: Path) -> None:
     assert "never pushed" in versions.stdout
     result = mega("data", "checkout", absent.rev, cwd=clone)
     assert_clean_exit(result, code=1)
+    assert "mega: error: cannot restore the data of " in result.stderr
     assert "neither this clone's DVC cache nor the remote" in result.stderr
     status = subprocess.run(
         ["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True

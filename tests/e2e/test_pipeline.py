@@ -154,4 +154,5 @@ def test_outside_a_project_mega_says_where_to_run(tmp_path: Path) -> None:
         env={**os.environ, "COLUMNS": "300"},
     )
     assert result.returncode == 2
+    assert result.stderr.startswith("mega: error: no dvc.yaml in ")
     assert "run mega from the project root" in result.stderr
