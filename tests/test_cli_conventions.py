@@ -112,6 +112,10 @@ USAGE_ERRORS: dict[str, tuple[list[str], str | None, str, str]] = {
         "No such option: --limit",
     ),
     "collector: missing --out": ([*PY, "collector"], None, "collect", "Missing option '--out'"),
+    "collector: --out under a file": (
+        [*PY, "collector", "--out", "afile/raw"], None, "collect",
+        "--out afile/raw: afile is a file, not a folder",
+    ),
     "collector: bad params.yaml": (
         [*PY, "collector", "--out", "raw"], BAD_PARAMS, "collect", "params.yaml: invalid",
     ),
@@ -124,8 +128,16 @@ USAGE_ERRORS: dict[str, tuple[list[str], str | None, str, str]] = {
         "params.yaml: invalid parameters: train.epochs",
     ),
     "processor: no raw store at --raw": (
-        [*PY, "processor", "--raw", "raw", "--out", "out"], None, "process",
-        "--raw raw: no manifest.jsonl there",
+        [*PY, "processor", "--raw", "nowhere", "--out", "out"], None, "process",
+        "--raw nowhere: no manifest.jsonl there",
+    ),
+    "processor: --out under a file": (
+        [*PY, "processor", "--raw", "raw", "--out", "afile/out"], None, "process",
+        "--out afile/out: afile is a file, not a folder",
+    ),
+    "processor: --report-dir is a file": (
+        [*PY, "processor", "--raw", "raw", "--out", "out", "--report-dir", "afile"], None,
+        "process", "--report-dir afile: is a file",
     ),
     "trainer: unknown command": ([*PY, "trainer", "fit"], None, "trainer", "No such command"),
     "trainer train: bad params.yaml": (
@@ -167,6 +179,9 @@ def test_usage_errors_exit_2_with_one_prefixed_line(case: str, tmp_path: Path) -
     from support import write_params
 
     argv, params, prog, says = USAGE_ERRORS[case]
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw/manifest.jsonl").write_text("")
     if params is None:
         write_params(tmp_path)
     else:
@@ -177,6 +192,24 @@ def test_usage_errors_exit_2_with_one_prefixed_line(case: str, tmp_path: Path) -
     [line] = result.stderr.splitlines()
     assert line.startswith(f"{prog}: error: ") and says in line, line
     assert "\x1b[" not in line  # no colour off a terminal
+
+
+def test_an_os_error_is_one_line_and_exit_1() -> None:
+    """A read or write the system refuses (disk full, permissions): a line, not a traceback."""
+    from common.cli import App
+
+    app = App(prog="demo")
+
+    @app.command()
+    def run() -> None:
+        raise PermissionError(13, "Permission denied", "/data/raw")
+
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "demo: error: [Errno 13] Permission denied: '/data/raw'; "
+        "check the path, its permissions and the free space\n"
+    )
 
 
 def test_the_error_word_is_red_on_a_terminal(tmp_path: Path) -> None:

@@ -115,6 +115,31 @@ def read_params(path: Path) -> PipelineParams:
         raise CliError(str(exc), EXIT_USAGE) from exc
 
 
+def check_output(flag: str, uri: str, *, file: bool = False) -> None:
+    """Before any work: exit 2 unless the folder (or, with `file`, the file) a command was
+    told to write at `uri` (given as `flag`) can be made there.
+
+    A `gs://` URI is not checked here (the bucket answers when written). Locally, the path
+    must not be a file where a folder is wanted (or a folder where a file is), and its
+    nearest existing parent must be a folder this process may write into.
+    """
+    from common import storage
+
+    if storage.is_gcs(uri):
+        return
+    path = Path(uri)
+    if path.exists() and path.is_dir() == file:
+        want, found = ("file", "a folder") if file else ("folder", "a file")
+        fail(f"{flag} {uri}: is {found}; pass a {want} path or remove it", EXIT_USAGE)
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        fail(f"{flag} {uri}: {parent} is a file, not a folder; pass another path", EXIT_USAGE)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        fail(f"{flag} {uri}: cannot write in {parent} (permission denied)", EXIT_USAGE)
+
+
 def error_line(prog: str, message: str) -> None:
     """Write `<prog>: error: <message>` to stderr as one line; "error:" red on a terminal.
 
@@ -142,6 +167,11 @@ def _reported(prog: str) -> Iterator[None]:
     except ServiceError as exc:
         error_line(prog, str(exc))
         raise typer.Exit(EXIT_UNAVAILABLE) from None
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): Typer exits quietly
+    except OSError as exc:  # the system refused a read or write: say which, not a traceback
+        error_line(prog, f"{exc}; check the path, its permissions and the free space")
+        raise typer.Exit(EXIT_FAILURE) from None
 
 
 class _Conventions:

@@ -11,7 +11,15 @@ from collector.base import SourceError
 from collector.collect import CollectOptions, collect_source, prune_stale
 from collector.progress import CollectProgress, summary
 from collector.sources import make_source
-from common.cli import EXIT_USAGE, App, fail, failures_as, read_params, version_option
+from common.cli import (
+    EXIT_USAGE,
+    App,
+    check_output,
+    fail,
+    failures_as,
+    read_params,
+    version_option,
+)
 
 app = App(prog="collect", help=__doc__)
 
@@ -27,6 +35,7 @@ def run(
 ) -> None:
     """Collect images with labels into OUT/images/<label>/ and write the manifest."""
     settings = read_params(params).collect
+    check_output("--out", out)
     options = CollectOptions.from_params(settings)
     with failures_as(EXIT_USAGE, SourceError):  # the source params.yaml names is unusable
         chosen = make_source(settings)

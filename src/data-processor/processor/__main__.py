@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from common import storage
-from common.cli import EXIT_FAILURE, EXIT_USAGE, App, fail, failures_as, read_params, version_option
+from common.cli import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    App,
+    check_output,
+    fail,
+    failures_as,
+    read_params,
+    version_option,
+)
 from common.contracts import MANIFEST
 
 app = App(prog="process", help=__doc__)
@@ -32,6 +41,9 @@ def run(
     pipeline = read_params(params)
     if not storage.exists(storage.join(raw, MANIFEST)):
         fail(f"--raw {raw}: no {MANIFEST} there; run the collect stage first", EXIT_USAGE)
+    check_output("--out", out)
+    if report_dir:
+        check_output("--report-dir", report_dir)
     from processor.datacard import write_data_card
     from processor.process import ProcessError, process
 

@@ -14,6 +14,7 @@ from common.cli import (
     EXIT_FAILURE,
     EXIT_USAGE,
     App,
+    check_output,
     failures_as,
     from_setting,
     read_params,
@@ -25,7 +26,6 @@ from trainer.inputs import (
     RERUN_TRAIN,
     InputError,
     check_candidate,
-    check_output_folder,
     check_processed,
     read_preprocess,
 )
@@ -82,7 +82,7 @@ def train(
     pipeline = read_params(params)
     with failures_as(EXIT_USAGE, InputError):  # checked before any work
         check_processed(data, ("train",))
-        check_output_folder(out)
+    check_output("--out", out)
     from trainer.tracking import check_server
 
     check_server(pipeline.train.tracking == "wandb", get_settings())  # ServiceError: one line
@@ -161,6 +161,10 @@ def evaluate(
         if not storage.is_gcs(model):  # a gs:// candidate is checked once downloaded
             check_candidate(model, CANDIDATE_MODEL_FILES)
         check_processed(data, ("test",))
+    check_output("--metrics", metrics, file=True)
+    check_output("--details", details, file=True)
+    if plots:
+        check_output("--plots", plots)
     quiet_tensorflow_import()
     from trainer.evaluate import evaluate as run_evaluation
 
@@ -205,6 +209,7 @@ def register(
     pipeline = read_params(params)
     with failures_as(EXIT_USAGE, InputError):  # checked before any work
         check_candidate(model, (LINEAGE,))
+    check_output("--registry", registry or get_settings().models_root)
     from common.registry import RegistryError
     from trainer.register import register as run_register
 
