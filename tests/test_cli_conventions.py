@@ -116,6 +116,10 @@ USAGE_ERRORS: dict[str, tuple[list[str], str | None, str, str]] = {
         [*PY, "collector", "--out", "afile/raw"], None, "collect",
         "--out afile/raw: afile is a file, not a folder",
     ),
+    "collector: --params is a folder": (
+        [*PY, "collector", "--out", "raw", "--params", "raw"], None, "collect",
+        "--params raw: Is a directory; pass the params.yaml file",
+    ),
     "collector: bad params.yaml": (
         [*PY, "collector", "--out", "raw"], BAD_PARAMS, "collect", "params.yaml: invalid",
     ),
@@ -159,6 +163,14 @@ USAGE_ERRORS: dict[str, tuple[list[str], str | None, str, str]] = {
     "api_service: the old --models-root": (
         [*PY, "api_service", "--models-root", "models"], None, "serve",
         "No such option: --models-root",
+    ),
+    "api_service: no such port": (
+        [*PY, "api_service", "--port", "99999"], None, "serve",
+        "Invalid value for '--port': Input should be less than or equal to 65535",
+    ),
+    "mega serve: no such port": (
+        [*MEGA, "serve", "--port", "0"], None, "mega",
+        "Invalid value for '--port': Input should be greater than or equal to 1",
     ),
     "api_service: no page in --static-dir": (
         [*PY, "api_service", "--registry", "models", "--static-dir", "nowhere"], None, "serve",

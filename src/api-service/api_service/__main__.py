@@ -23,7 +23,8 @@ def serve(
         str | None, typer.Option(show_default=from_setting("serve_host"), help="Bind address.")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(show_default=from_setting("serve_port"), help="Port.")
+        int | None,
+        typer.Option(min=1, max=65535, show_default=from_setting("serve_port"), help="Port."),
     ] = None,
     registry: Annotated[
         str | None,

@@ -113,6 +113,10 @@ def read_params(path: Path) -> PipelineParams:
         return load_params(path)
     except ParamsError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
+    except OSError as exc:  # a folder, or a file this user may not read
+        raise CliError(
+            f"--params {path}: {exc.strerror or exc}; pass the params.yaml file", EXIT_USAGE
+        ) from exc
 
 
 def check_output(flag: str, uri: str, *, file: bool = False) -> None:

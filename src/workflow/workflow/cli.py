@@ -350,7 +350,8 @@ def data_checkout(
 @app.command()
 def serve(
     port: Annotated[
-        int | None, typer.Option(show_default=from_setting("serve_port"), help="Port.")
+        int | None,
+        typer.Option(min=1, max=65535, show_default=from_setting("serve_port"), help="Port."),
     ] = None,
     host: Annotated[
         str | None, typer.Option(show_default=from_setting("serve_host"), help="Bind address.")
