@@ -81,14 +81,14 @@ def test_process_writes_shards_labels_and_stats(raw: Path, tmp_path: Path) -> No
     stats = process(str(raw), str(tmp_path), params, dataset="digits", workers=1)
     labels = json.loads((tmp_path / "labels.json").read_text())
     assert labels == [str(d) for d in range(10)]
-    assert sum(stats["totals"].values()) == RAW_ITEMS
+    assert sum(stats.totals.values()) == RAW_ITEMS
     train_shards = sorted(tmp_path.glob("train-*.tfrecord"))
     assert len(train_shards) > 1
     assert train_shards[-1].name.endswith(f"-of-{len(train_shards):05d}.tfrecord")
     assert not list(tmp_path.glob(".*"))  # no partial files left behind
     [batch] = tf.data.TFRecordDataset([str(p) for p in train_shards]).batch(1000)
     images, labels = parse_examples(batch, channels=1, image_size=12)
-    assert images.shape == (stats["totals"]["train"], 12, 12, 1) and images.dtype == tf.uint8
+    assert images.shape == (stats.totals["train"], 12, 12, 1) and images.dtype == tf.uint8
     assert all(0 <= int(label) < 10 for label in labels)
     assert json.loads((tmp_path / "preprocess.json").read_text()) == {
         "image_size": 12,
@@ -104,19 +104,19 @@ def test_parallel_and_serial_runs_agree(raw: Path, tmp_path: Path) -> None:
     params = _params(image_size=12)
     serial = process(str(raw), str(tmp_path / "serial"), params, "digits", workers=1)
     parallel = process(str(raw), str(tmp_path / "parallel"), params, "digits", workers=2)
-    assert serial["data_hash"] == parallel["data_hash"]
+    assert serial.data_hash == parallel.data_hash
 
 
 def test_rerun_replaces_the_output_whole(raw: Path, tmp_path: Path) -> None:
     process(str(raw), str(tmp_path), _params(shard_target_mb=0.005), "digits", workers=1)
     many = len(list(tmp_path.glob("*.tfrecord")))
     stats = process(str(raw), str(tmp_path), _params(), "digits", workers=1)
-    assert len(list(tmp_path.glob("*.tfrecord"))) == len(stats["shards"]) < many
+    assert len(list(tmp_path.glob("*.tfrecord"))) == len(stats.shards) < many
 
 
 def test_gzip_shards_read_back(raw: Path, tmp_path: Path) -> None:
     stats = process(str(raw), str(tmp_path), _params(compression="gzip"), "digits", workers=1)
-    assert stats["compression"] == "gzip"
+    assert stats.compression == "gzip"
     assert sum(len(v) for v in shas_by_split(tmp_path, "GZIP").values()) == RAW_ITEMS
 
 
@@ -196,13 +196,11 @@ def test_every_odd_image_kind_is_handled_or_rejected_with_a_reason(tmp_path: Pat
     _raw_store(tmp_path / "raw", _with_background(odd_files))
     params = _params(image_size=16, color_mode="rgb", min_size=8)
     stats = process(str(tmp_path / "raw"), str(tmp_path / "out"), params, "odd", workers=1)
-    rejected = {
-        item["item"].rsplit(".", 1)[-1] + ":" + item["reason"] for item in stats["rejected"]
-    }
-    assert sum(stats["totals"].values()) == BACKGROUND + 4, stats["rejected"]
+    rejected = {item.item.rsplit(".", 1)[-1] + ":" + item.reason for item in stats.rejected}
+    assert sum(stats.totals.values()) == BACKGROUND + 4, stats.rejected
     assert any("smaller than min_size 8 on a side" in r for r in rejected)
     assert any("not a readable image" in r for r in rejected)
-    assert len(stats["rejected"]) == 2
+    assert len(stats.rejected) == 2
 
 
 def test_changed_file_is_rejected(tmp_path: Path) -> None:
@@ -233,12 +231,12 @@ def test_near_duplicates_are_dropped_only_when_asked(tmp_path: Path) -> None:
     }
     _raw_store(tmp_path / "raw", _with_background(files))
     kept = process(str(tmp_path / "raw"), str(tmp_path / "a"), _params(), "n", workers=1)
-    assert sum(kept["totals"].values()) == BACKGROUND + 3
+    assert sum(kept.totals.values()) == BACKGROUND + 3
     params = _params(near_duplicates=True, near_duplicate_distance=4)
     dropped = process(str(tmp_path / "raw"), str(tmp_path / "b"), params, "n", workers=1)
-    assert sum(dropped["totals"].values()) == BACKGROUND + 2
-    [near] = dropped["rejected"]
-    assert "near duplicate of images/bg0/" in near["reason"]
+    assert sum(dropped.totals.values()) == BACKGROUND + 2
+    [near] = dropped.rejected
+    assert "near duplicate of images/bg0/" in near.reason
 
 
 def test_near_duplicate_index_finds_within_distance() -> None:
@@ -268,7 +266,7 @@ def test_data_card(raw: Path, tmp_path: Path) -> None:
     stats = process(str(raw), str(tmp_path / "out"), _params(), "digits", workers=1)
     card = write_data_card(stats, str(tmp_path / "reports"))
     text = card.read_text()
-    assert stats["data_hash"] in text
+    assert stats.data_hash in text
     assert "| 0 |" in text
     png = (tmp_path / "reports/data_card.png").read_bytes()
     assert png.startswith(b"\x89PNG")
@@ -290,8 +288,8 @@ def test_the_same_image_under_two_labels_is_named(tmp_path: Path) -> None:
     (tmp_path / "raw" / conflict["path"]).write_bytes(data)
     manifest.write_text(manifest.read_text() + json.dumps(conflict) + "\n")
     stats = process(str(tmp_path / "raw"), str(tmp_path / "out"), _params(), "x", workers=1)
-    [rejected] = stats["rejected"]
-    assert "labelled 'bg0' and 'bg1'" in rejected["reason"]
+    [rejected] = stats.rejected
+    assert "labelled 'bg0' and 'bg1'" in rejected.reason
 
 
 # --- Data that cannot give an honest model is refused, naming the problem and the fix.
@@ -340,7 +338,7 @@ def test_no_val_split_needs_no_val_examples(tmp_path: Path) -> None:
     stats = process(
         str(tmp_path / "raw"), str(tmp_path / "out"), _params(split=ratios), "noval", workers=1
     )
-    assert stats["totals"]["val"] == 0 and stats["counts"]["test"]["small"] > 0
+    assert stats.totals["val"] == 0 and stats.counts["test"]["small"] > 0
 
 
 def test_the_cli_refuses_one_class_in_one_line(tmp_path: Path) -> None:
