@@ -223,6 +223,18 @@ class Lineage(Contract):
     git_dirty: bool | None = None
 
 
+class RunRecord(Contract):
+    """`training_run.json` beside the candidate: one run's facts (kept out of DVC's hash).
+
+    `model_hash` is the tree hash of the files the run produced, so a record left over
+    from another run (DVC restored the candidate from its cache) is never believed.
+    """
+
+    trained_at: str | None = None
+    wandb_run_id: str | None = None
+    model_hash: str
+
+
 class TrainingClasses(Contract):
     """`training_classes.json` in a registry version: training examples per class.
 

@@ -61,6 +61,15 @@ def test_a_run_record_of_other_files_is_not_believed(tmp_path: Path) -> None:
     assert "trained_at" not in version_lineage(folder, tmp_path).document()
 
 
+@pytest.mark.parametrize("record", ["", "[]", '{"trained_at": "t"}'])
+def test_an_unreadable_run_record_is_not_believed(tmp_path: Path, record: str) -> None:
+    """A cut-short or foreign training_run.json leaves the run facts out, not a traceback."""
+    folder = candidate(tmp_path / "c", "2026-01-01T00:00:00+00:00")
+    (folder / "training_run.json").write_text(record)
+    merged = version_lineage(folder, tmp_path).document()
+    assert "trained_at" not in merged and merged["data_hash"] == "d"
+
+
 def test_the_same_model_trained_again_is_one_version(repo: Path) -> None:
     metrics = repo / "metrics.json"
     metrics.write_text(json.dumps({"test": {"accuracy": 0.95, "macro_f1": 0.95}}))

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from common import storage
-from common.contracts import LINEAGE, RUN_RECORD, Lineage, Metrics
+from common.contracts import LINEAGE, RUN_RECORD, ContractError, Lineage, Metrics, RunRecord
 
 RUN_FACTS = ("trained_at", "wandb_run_id")
 
@@ -115,27 +115,31 @@ def build_lineage(
 
 def write_lineage(folder: Path, lineage: Lineage) -> None:
     """Write `lineage.json` (stable facts); call last, then `write_run_record`."""
-    stable = {key: value for key, value in lineage.document().items() if key not in RUN_FACTS}
+    stable = lineage.model_dump(mode="json", exclude_unset=True, exclude=set(RUN_FACTS))
     storage.write_json(folder / LINEAGE, stable)
 
 
 def write_run_record(folder: Path, lineage: Lineage) -> None:
     """Write `RUN_RECORD`: this run's facts and the hash of the files it produced."""
-    record: dict[str, Any] = {key: getattr(lineage, key) for key in RUN_FACTS}
-    record["model_hash"] = model_hash(folder)
-    storage.write_json(folder / RUN_RECORD, record)
+    record = RunRecord(
+        trained_at=lineage.trained_at,
+        wandb_run_id=lineage.wandb_run_id,
+        model_hash=model_hash(folder),
+    )
+    record.write(folder / RUN_RECORD)
 
 
 def version_lineage(candidate: Path, root: Path = Path()) -> Lineage:
     """The lineage a registry version records: the candidate's, its run's, git's now.
 
     The run facts are left out when the run record is missing or describes other files
-    (e.g. DVC restored this candidate from its cache, without the record).
+    (e.g. DVC restored this candidate from its cache, without the record), or unreadable.
     """
     lineage = Lineage.read(candidate / LINEAGE).document()
-    record_path = candidate / RUN_RECORD
-    if record_path.is_file():
-        record = storage.read_json(record_path)
-        if record.get("model_hash") == model_hash(candidate):
-            lineage.update({key: record.get(key) for key in RUN_FACTS})
+    try:
+        record = RunRecord.read(candidate / RUN_RECORD)
+    except (FileNotFoundError, ContractError):
+        record = None
+    if record is not None and record.model_hash == model_hash(candidate):
+        lineage.update(record.model_dump(include=set(RUN_FACTS)))
     return Lineage.model_validate({**lineage, **git_state(root)})
