@@ -21,6 +21,7 @@ SPLITS: tuple[Literal["train", "val", "test"], ...] = ("train", "val", "test")
 Split = Literal["train", "val", "test"]
 
 # The raw store (data/raw/<dataset>/): the collector's output.
+IMAGES_DIR = "images"  # images/<label>/<sha256>.<ext>: see raw_image_path
 MANIFEST = "manifest.jsonl"
 COLLECT_REPORT = "collect_report.json"
 # The processed data (data/processed/<dataset>/) beside the shards.
@@ -259,6 +260,14 @@ class RegisterResult(Contract):
     promoted: bool
     reason: str
     uri: str
+
+
+def raw_image_path(label: str, sha256: str, ext: str) -> str:
+    """Where the raw store keeps an image, relative to it: `images/<label>/<sha256>.<ext>`.
+
+    The sha256 names the record from here on (manifest, TFRecords, predictions.csv).
+    """
+    return f"{IMAGES_DIR}/{label}/{sha256}.{ext}"
 
 
 def write_manifest(uri: str, items: Iterable[ManifestItem]) -> None:

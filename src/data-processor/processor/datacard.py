@@ -8,6 +8,9 @@ from pathlib import Path
 from common import storage
 from common.contracts import SPLITS, Stats
 
+DATA_CARD = "data_card.md"
+DATA_CARD_CHART = "data_card.png"  # beside the card, which links it by this name
+
 
 def bar_chart_png(stats: Stats) -> bytes:
     """Stacked bars of items per class and split, as PNG bytes."""
@@ -75,7 +78,7 @@ def data_card(stats: Stats, chart_name: str) -> str:
 
 def write_data_card(stats: Stats, report_dir: str) -> Path:
     """Write `data_card.md` and `data_card.png` into `report_dir`; returns the card's path."""
-    card = Path(report_dir) / "data_card.md"
-    storage.write_bytes(storage.join(report_dir, "data_card.png"), bar_chart_png(stats))
-    storage.write_text(card, data_card(stats, "data_card.png"))
+    card = Path(report_dir) / DATA_CARD
+    storage.write_bytes(storage.join(report_dir, DATA_CARD_CHART), bar_chart_png(stats))
+    storage.write_text(card, data_card(stats, DATA_CARD_CHART))
     return card
