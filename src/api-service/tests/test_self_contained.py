@@ -6,10 +6,12 @@ import math
 import shutil
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from support import TinyPipeline
 
 from api_service.app import create_app
+from api_service.model import training_class_counts
 from common.registry import ModelRegistry
 from common.settings import Settings
 
@@ -36,3 +38,13 @@ def test_a_version_copied_alone_serves_with_a_finite_drift_gauge(
         if line.startswith("mega_prediction_drift ")
     )
     assert not math.isnan(drift) and 0 <= drift < 1
+
+
+def test_class_counts_come_from_the_version_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "training_classes.json").write_text('{"data_hash": "h", "counts": {"b": 4}}')
+    assert training_class_counts(tmp_path, ["a", "b"]) == {"a": 0, "b": 4}
+    (tmp_path / "training_classes.json").unlink()  # a version registered before the file
+    assert training_class_counts(tmp_path, ["a", "b"]) is None
+    assert "drift gauge stays NaN" in caplog.text and "Register the model again" in caplog.text
