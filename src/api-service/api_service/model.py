@@ -170,7 +170,7 @@ def training_class_counts(folder: Path, labels: list[str]) -> dict[str, int] | N
     except (OSError, ContractError) as exc:
         log.warning(
             "%s: no training class counts (%s); the drift gauge stays NaN. Register the "
-            "model again (mega register) to record them.",
+            "model again (python -m trainer register, with its data present) to add them.",
             folder,
             exc,
         )

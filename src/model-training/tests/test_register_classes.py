@@ -66,3 +66,15 @@ def test_no_counts_rather_than_wrong_ones(
     assert not (version / "training_classes.json").exists()
     if data is not None:
         assert "no training class counts" in caplog.text
+
+
+def test_registering_again_adds_the_counts_to_a_version_without_them(tmp_path: Path) -> None:
+    """A version published before the counts were recorded (or while the data was away)."""
+    first = publish(tmp_path, tmp_path / "data")  # the lineage names data not there yet
+    assert not (first / "training_classes.json").exists()
+    processed(tmp_path / "data", "h" * 64)
+    metrics = tmp_path / "metrics.json"
+    params = RegistryParams(model_name="m", min_accuracy=0.5)
+    again = register(tmp_path / "c", str(metrics), str(tmp_path / "r"), params)
+    assert Path(again.uri) == first, "the same model is the same version"
+    assert TrainingClasses.read(first / "training_classes.json").counts == {"a": 5, "b": 3}

@@ -161,6 +161,19 @@ def training_classes(lineage: Lineage) -> TrainingClasses | None:
     return TrainingClasses.from_stats(stats)
 
 
+def _backfill(registry: ModelRegistry, version: str, classes: TrainingClasses | None) -> None:
+    """Add the class counts to an existing version published without them.
+
+    Publishing the same model again returns the existing version untouched, so a
+    version registered before the counts were recorded gets them here. They are
+    derived from the data the lineage names (same `data_hash`), not part of the
+    version's identity, and written atomically like any registry file.
+    """
+    uri = storage.join(registry.version_uri(version), TRAINING_CLASSES)
+    if classes is not None and not storage.exists(uri):
+        classes.write(uri)
+
+
 def register(
     candidate: Path, metrics_path: str, registry_root: str, params: RegistryParams
 ) -> RegisterResult:
@@ -193,6 +206,7 @@ def register(
             extra={"test_accuracy": metrics.test.accuracy},
             content_hash=version_identity(candidate, metrics),
         )
+    _backfill(registry, version, classes)
     alias, reason = gate(registry, version, metrics.test, params, labels)
     registry.set_alias(alias, version)
     return RegisterResult(
