@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # folder → (CLI package, the modules whose imports must all resolve)
 CONTAINERS = {
-    "data-collector": ("collector", "collector.collect, collector.digits, sklearn.datasets"),
+    "data-collector": ("collector", "collector.collect, collector.sources.digits, sklearn.datasets"),
     "data-processor": ("processor", "processor.process, common.tfrecord"),
     "model-training": ("trainer", "trainer.train, trainer.evaluate, trainer.register, wandb"),
     "api-service": ("api_service", "api_service.app, api_service.model"),

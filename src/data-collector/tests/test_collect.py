@@ -7,7 +7,7 @@ import pytest
 from support import run_cli
 
 from collector.collect import collect
-from collector.digits import iter_digits
+from collector.sources.digits import iter_digits
 from common import storage
 from common.contracts import read_manifest
 

@@ -8,6 +8,10 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
+from collector.sources.pairs import PairsSource
+
+DIGITS_COUNT = 1797
+
 
 def iter_digits(limit: int | None = None) -> Iterator[tuple[str, bytes]]:
     """Yield `(label, png_bytes)` for each bundled digit, in the data set's order."""
@@ -21,3 +25,9 @@ def iter_digits(limit: int | None = None) -> Iterator[tuple[str, bytes]]:
         buffer = io.BytesIO()
         Image.fromarray(images[index]).save(buffer, format="PNG")
         yield str(int(bunch.target[index])), buffer.getvalue()
+
+
+def digits_source(limit: int | None) -> PairsSource:
+    """The digits, the first `limit` of them when given."""
+    total = DIGITS_COUNT if limit is None else min(limit, DIGITS_COUNT)
+    return PairsSource(name="digits", pairs=iter_digits(limit), total=total)
