@@ -28,6 +28,11 @@ NOT_IMPORTED = {
     ("api-service", "python-multipart"): "FastAPI parses the multipart uploads with it",
     ("workflow", "dvc-gs"): "DVC loads it as a plugin for gs:// remotes",
 }
+# A container's tests that import another container's package, each for a reason.
+TESTS_IMPORTING_ANOTHER = {
+    ("model-training", "mega-api-service"): "test_params_chain.py follows parameters from "
+    "training into serving (a cross-container test)",
+}
 # Imported but not declared, each for a reason.
 NOT_DECLARED = {
     ("common", "tensorflow"): "common.tfrecord imports it lazily; only the trainer, "
@@ -68,9 +73,14 @@ def imported_modules(folder: Path) -> set[str]:
     `from a.b import c` gives `a.b.c` (c may be a submodule), so a namespace
     package such as `google` resolves to the distribution that ships it.
     """
+    return modules_in([folder / package for package in packages(folder)])
+
+
+def modules_in(roots: list[Path]) -> set[str]:
+    """The absolute non-stdlib modules that the Python files under `roots` import."""
     modules: set[str] = set()
-    for package in packages(folder):
-        for path in (folder / package).rglob("*.py"):
+    for root in roots:
+        for path in root.rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.Import):
                     modules.update(alias.name for alias in node.names)
@@ -125,3 +135,24 @@ def test_exceptions_still_apply() -> None:
         folder = REPO / "src" / folder_name
         assert dist in {distribution_of(m) for m in imported_modules(folder)}, (folder_name, dist)
         assert dist not in declared(folder), (folder_name, dist)
+    for folder_name, dist in TESTS_IMPORTING_ANOTHER:
+        assert dist in packages_tests_use(REPO / "src" / folder_name), (folder_name, dist)
+
+
+def packages_tests_use(folder: Path) -> set[str]:
+    """The repository's own distributions that a container's tests import."""
+    tops = {module.split(".")[0] for module in modules_in([folder / "tests"])}
+    return {local_packages()[top] for top in tops if top in local_packages()}
+
+
+@pytest.mark.parametrize("folder", CONTAINERS, ids=lambda p: p.name)
+def test_container_tests_use_no_other_container(folder: Path) -> None:
+    # The processor's tests built their input with the collector: a change to one
+    # container must not break another's unit tests. Input is built from common.
+    others = set(local_packages().values()) - {
+        normalize(project(folder)["project"]["name"]),
+        "mega-common",
+    }
+    used = packages_tests_use(folder)
+    allowed = {dist for (name, dist) in TESTS_IMPORTING_ANOTHER if name == folder.name}
+    assert not (used & others) - allowed, f"{folder.name}/tests import another container"
