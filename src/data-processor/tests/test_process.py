@@ -45,14 +45,14 @@ def test_process_writes_shards_labels_and_stats(raw: Path, tmp_path: Path) -> No
     stats = process(str(raw), str(tmp_path), params, dataset="digits", workers=1)
     labels = json.loads((tmp_path / "labels.json").read_text())
     assert labels == [str(d) for d in range(10)]
-    assert sum(stats["totals"].values()) == RAW_ITEMS
+    assert sum(stats.totals.values()) == RAW_ITEMS
     train_shards = sorted(tmp_path.glob("train-*.tfrecord"))
     assert len(train_shards) > 1
     assert train_shards[-1].name.endswith(f"-of-{len(train_shards):05d}.tfrecord")
     assert not list(tmp_path.glob(".*"))  # no partial files left behind
     [batch] = tf.data.TFRecordDataset([str(p) for p in train_shards]).batch(1000)
     images, labels = parse_examples(batch, channels=1, image_size=12)
-    assert images.shape == (stats["totals"]["train"], 12, 12, 1) and images.dtype == tf.uint8
+    assert images.shape == (stats.totals["train"], 12, 12, 1) and images.dtype == tf.uint8
     assert all(0 <= int(label) < 10 for label in labels)
     assert json.loads((tmp_path / "preprocess.json").read_text()) == {
         "image_size": 12,
@@ -68,21 +68,21 @@ def test_parallel_and_serial_runs_agree(raw: Path, tmp_path: Path) -> None:
     params = process_params(image_size=12)
     serial = process(str(raw), str(tmp_path / "serial"), params, "digits", workers=1)
     parallel = process(str(raw), str(tmp_path / "parallel"), params, "digits", workers=2)
-    assert serial["data_hash"] == parallel["data_hash"]
+    assert serial.data_hash == parallel.data_hash
 
 
 def test_rerun_replaces_the_output_whole(raw: Path, tmp_path: Path) -> None:
     process(str(raw), str(tmp_path), process_params(shard_target_mb=0.005), "digits", workers=1)
     many = len(list(tmp_path.glob("*.tfrecord")))
     stats = process(str(raw), str(tmp_path), process_params(), "digits", workers=1)
-    assert len(list(tmp_path.glob("*.tfrecord"))) == len(stats["shards"]) < many
+    assert len(list(tmp_path.glob("*.tfrecord"))) == len(stats.shards) < many
 
 
 def test_gzip_shards_read_back(raw: Path, tmp_path: Path) -> None:
     stats = process(
         str(raw), str(tmp_path), process_params(compression="gzip"), "digits", workers=1
     )
-    assert stats["compression"] == "gzip"
+    assert stats.compression == "gzip"
     assert sum(len(v) for v in shas_by_split(tmp_path, "GZIP").values()) == RAW_ITEMS
 
 
@@ -143,7 +143,7 @@ def test_data_card(raw: Path, tmp_path: Path) -> None:
     stats = process(str(raw), str(tmp_path / "out"), process_params(), "digits", workers=1)
     card = write_data_card(stats, str(tmp_path / "reports"))
     text = card.read_text()
-    assert stats["data_hash"] in text
+    assert stats.data_hash in text
     assert "| 0 |" in text
     png = (tmp_path / "reports/data_card.png").read_bytes()
     assert png.startswith(b"\x89PNG")

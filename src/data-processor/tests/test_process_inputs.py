@@ -47,13 +47,11 @@ def test_every_odd_image_kind_is_handled_or_rejected_with_a_reason(tmp_path: Pat
     write_raw_store(tmp_path / "raw", with_background(odd_files))
     params = process_params(image_size=16, color_mode="rgb", min_size=8)
     stats = process(str(tmp_path / "raw"), str(tmp_path / "out"), params, "odd", workers=1)
-    rejected = {
-        item["item"].rsplit(".", 1)[-1] + ":" + item["reason"] for item in stats["rejected"]
-    }
-    assert sum(stats["totals"].values()) == BACKGROUND + 4, stats["rejected"]
+    rejected = {item.item.rsplit(".", 1)[-1] + ":" + item.reason for item in stats.rejected}
+    assert sum(stats.totals.values()) == BACKGROUND + 4, stats.rejected
     assert any("smaller than min_size 8 on a side" in r for r in rejected)
     assert any("not a readable image" in r for r in rejected)
-    assert len(stats["rejected"]) == 2
+    assert len(stats.rejected) == 2
 
 
 def test_changed_file_is_rejected(tmp_path: Path) -> None:
@@ -78,12 +76,12 @@ def test_near_duplicates_are_dropped_only_when_asked(tmp_path: Path) -> None:
     }
     write_raw_store(tmp_path / "raw", with_background(files))
     kept = process(str(tmp_path / "raw"), str(tmp_path / "a"), process_params(), "n", workers=1)
-    assert sum(kept["totals"].values()) == BACKGROUND + 3
+    assert sum(kept.totals.values()) == BACKGROUND + 3
     params = process_params(near_duplicates=True, near_duplicate_distance=4)
     dropped = process(str(tmp_path / "raw"), str(tmp_path / "b"), params, "n", workers=1)
-    assert sum(dropped["totals"].values()) == BACKGROUND + 2
-    [near] = dropped["rejected"]
-    assert "near duplicate of images/bg0/" in near["reason"]
+    assert sum(dropped.totals.values()) == BACKGROUND + 2
+    [near] = dropped.rejected
+    assert "near duplicate of images/bg0/" in near.reason
 
 
 def test_near_duplicate_index_finds_within_distance() -> None:
@@ -107,8 +105,8 @@ def test_the_same_image_under_two_labels_is_named(tmp_path: Path) -> None:
     (tmp_path / "raw" / conflict["path"]).write_bytes(data)
     manifest.write_text(manifest.read_text() + json.dumps(conflict) + "\n")
     stats = process(str(tmp_path / "raw"), str(tmp_path / "out"), process_params(), "x", workers=1)
-    [rejected] = stats["rejected"]
-    assert "labelled 'bg0' and 'bg1'" in rejected["reason"]
+    [rejected] = stats.rejected
+    assert "labelled 'bg0' and 'bg1'" in rejected.reason
 
 
 def test_what_the_collector_kept_under_its_pixel_limit_is_not_refused_here(

@@ -59,7 +59,7 @@ def test_no_val_split_needs_no_val_examples(tmp_path: Path) -> None:
         "noval",
         workers=1,
     )
-    assert stats["totals"]["val"] == 0 and stats["counts"]["test"]["small"] > 0
+    assert stats.totals["val"] == 0 and stats.counts["test"]["small"] > 0
 
 
 def test_the_cli_refuses_one_class_in_one_line(tmp_path: Path) -> None:

@@ -13,26 +13,26 @@ import json
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import keras
 import tensorflow as tf
 
 from common import storage
-from common.contracts import LABELS, PREPROCESS, Preprocess
+from common.contracts import (
+    CURVES,
+    KERAS_FILE,
+    LABELS,
+    PREPROCESS,
+    SAVED_MODEL_DIR,
+    TFLITE_FILE,
+    Lineage,
+    Preprocess,
+)
 from trainer.lineage import write_lineage, write_run_record
 
-KERAS_FILE = "model.keras"
-SAVED_MODEL_DIR = "saved_model"
-TFLITE_FILE = "model.tflite"
-HISTORY_FILE = "history.json"
 # Zip entry times: the zip format's earliest date, as reproducible-build tools use.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 SHARED_ID = re.compile(rb'"shared_object_id": (\d+)')
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _export_saved_model(model: keras.Model, path: Path) -> None:
@@ -117,7 +117,7 @@ def export_model(
     *,
     labels: list[str],
     spec: Preprocess,
-    lineage: dict[str, Any],
+    lineage: Lineage,
     history: dict[str, list[float]],
     with_tflite: bool = True,
 ) -> None:
@@ -136,8 +136,8 @@ def export_model(
     if with_tflite:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / SAVED_MODEL_DIR))
         (folder / TFLITE_FILE).write_bytes(converter.convert())
-    _write_json(folder / LABELS, labels)
-    _write_json(folder / PREPROCESS, spec.model_dump())
-    _write_json(folder / HISTORY_FILE, history)
+    storage.write_json(folder / LABELS, labels)
+    spec.write(folder / PREPROCESS)
+    storage.write_json(folder / CURVES, history)
     write_lineage(folder, lineage)
     write_run_record(folder, lineage)  # last: it records the hash of everything above
