@@ -22,7 +22,9 @@ pytestmark = pytest.mark.behaviour
 # Measured on the tiny pipeline's seeded candidate (102 test digits): right 0.95,
 # left 0.94, up 0.94, down 0.90. The floor leaves room for a change of machine or
 # library (floating-point results differ) while still failing a model that reads
-# where the ink sits rather than its shape.
+# where the ink sits: a linear model on the raw pixels, fitted to the same train
+# split, scores a higher test accuracy (0.96 against 0.91) but keeps only 0.83 (right)
+# and 0.84 (left). An untrained small_cnn recognises 1 of the 10 typical digits.
 MIN_SHIFT_AGREEMENT = 0.85
 Predict = Callable[[np.ndarray], np.ndarray]
 SHIFTS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}
