@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,9 @@ from common.contracts import (
 )
 from common.images import MAX_BYTES, MAX_PIXELS
 from common.params import ProcessParams
-from common.tfrecord import TFRecordWriter, make_example
+from common.tfrecord import make_example
 from processor.dedup import NearDuplicateIndex
+from processor.shards import ShardWriter
 from processor.transform import Job, Outcome, transform
 
 # Items handed to the pool at a time: bounds memory whatever the data set's size.
@@ -51,44 +52,6 @@ def assign_split(sha256: str, ratios: dict[str, float]) -> Split:
     if position < ratios["train"] + ratios["val"]:
         return "val"
     return "test"
-
-
-@dataclass
-class _ShardWriter:
-    """Writes one split's examples into shards of about `target_bytes` under temporary names."""
-
-    folder: Path
-    split: str
-    target_bytes: int
-    compression: str
-    parts: list[Path] = field(default_factory=list)
-    _writer: TFRecordWriter | None = None
-    _bytes: int = 0
-
-    def write(self, record: bytes) -> None:
-        if self._writer is None or self._bytes >= self.target_bytes:
-            self._close_current()
-            part = self.folder / f".{self.split}-{len(self.parts):05d}.partial"
-            self.parts.append(part)
-            self._writer = TFRecordWriter(part, gzip_compressed=self.compression == "gzip")
-            self._bytes = 0
-        self._writer.write(record)
-        self._bytes += len(record)
-
-    def _close_current(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def finish(self) -> list[Path]:
-        """Rename the parts to `<split>-NNNNN-of-MMMMM.tfrecord` once the count is known."""
-        self._close_current()
-        final = []
-        for index, part in enumerate(self.parts):
-            target = self.folder / f"{self.split}-{index:05d}-of-{len(self.parts):05d}.tfrecord"
-            os.replace(part, target)
-            final.append(target)
-        return final
 
 
 def _outcomes(
@@ -245,7 +208,7 @@ def write_shards(planned: Plan, staging: Path, params: ProcessParams, workers: i
     label_index = {label: i for i, label in enumerate(planned.labels)}
     target_bytes = int(params.shard_target_mb * 1024 * 1024)
     writers = {
-        split: _ShardWriter(staging, split, target_bytes, params.compression) for split in SPLITS
+        split: ShardWriter(staging, split, target_bytes, params.compression) for split in SPLITS
     }
     counts: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
     rejected: list[Rejected] = []
