@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,6 +24,9 @@ from trainer.inputs import (
     read_preprocess,
 )
 from trainer.quiet import quiet_tensorflow_import
+
+if TYPE_CHECKING:  # trainer.train imports TensorFlow: only once a command needs it
+    from trainer.train import TrainSummary
 
 app = App(help=__doc__, no_args_is_help=True)
 
@@ -117,34 +120,41 @@ def train(
         WeightsUnavailableError,
     ) as exc:
         raise _fail("train", exc) from exc
-    removed = summary["removed_backups"]
-    if removed:
-        typer.echo(
+    for line in train_report(summary, out):
+        typer.echo(line)
+
+
+def train_report(summary: TrainSummary, out: str) -> list[str]:
+    """The lines `trainer train` prints for `summary`: backups removed, then the result."""
+    lines = []
+    if summary.removed_backups:
+        removed = summary.removed_backups
+        lines.append(
             f"train: removed {len(removed)} old backup(s) of runs with other parameters "
             f"({sum(size for _, size in removed) / 1e6:.1f} MB): "
             + ", ".join(folder for folder, _ in removed)
         )
-    final = summary["final"]
-    setup = f"strategy {summary['strategy']}, {summary['replicas']} replica(s)" + (
-        f" on {summary['workers']} workers" if summary["workers"] > 1 else ""
+    setup = f"strategy {summary.strategy}, {summary.replicas} replica(s)" + (
+        f" on {summary.workers} workers" if summary.workers > 1 else ""
     )
-    resumed = f", resumed after epoch {summary['resumed_from']}" if summary["resumed_from"] else ""
-    if not summary["is_chief"]:
-        typer.echo(
-            f"train: {summary['task']} finished {summary['epochs']} epochs ({setup}{resumed}); "
+    resumed = f", resumed after epoch {summary.resumed_from}" if summary.resumed_from else ""
+    if not summary.is_chief:
+        lines.append(
+            f"train: {summary.task} finished {summary.epochs} epochs ({setup}{resumed}); "
             "only the chief exports, this worker's copy was discarded"
         )
-        return
-    typer.echo(
-        f"train: {summary['epochs']} epochs in {summary['seconds']:.1f}s{resumed}, "
-        f"val accuracy {final.get('val_accuracy', float('nan')):.4f} "
-        f"({setup}, global batch {summary['global_batch_size']}); candidate in {out}"
+        return lines
+    lines.append(
+        f"train: {summary.epochs} epochs in {summary.seconds:.1f}s{resumed}, "
+        f"val accuracy {summary.final.get('val_accuracy', float('nan')):.4f} "
+        f"({setup}, global batch {summary.global_batch_size}); candidate in {out}"
         + (
-            f"; W&B run {summary['wandb_run_id']} in {summary['wandb_dir']}"
-            if summary["wandb_run_id"]
+            f"; W&B run {summary.wandb_run_id} in {summary.wandb_dir}"
+            if summary.wandb_run_id
             else ""
         )
     )
+    return lines
 
 
 @app.command()

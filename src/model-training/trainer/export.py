@@ -11,8 +11,12 @@ import hashlib
 import io
 import json
 import re
+import shutil
+import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -141,3 +145,33 @@ def export_model(
     storage.write_json(folder / CURVES, history)
     write_lineage(folder, lineage)
     write_run_record(folder, lineage)  # last: it records the hash of everything above
+
+
+def export_atomically(
+    model: keras.Model,
+    out: str,
+    on_staged: Callable[[Path], None] | None = None,
+    **sidecars: Any,
+) -> None:
+    """Export into a staging folder, then swap it in (or upload it for gs://).
+
+    `on_staged` sees the complete staged folder before it goes live.
+    """
+    if storage.is_gcs(out):
+        with tempfile.TemporaryDirectory(prefix="trainer-") as tmp:
+            export_model(model, Path(tmp), **sidecars)
+            if on_staged is not None:
+                on_staged(Path(tmp))
+            storage.upload_tree(tmp, out)
+        return
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    staging.chmod(0o755)
+    try:
+        export_model(model, staging, **sidecars)
+        if on_staged is not None:
+            on_staged(staging)
+        storage.replace_dir(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
