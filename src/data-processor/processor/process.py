@@ -11,10 +11,9 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from common import storage
 from common.contracts import (
@@ -23,15 +22,18 @@ from common.contracts import (
     PREPROCESS,
     SPLITS,
     STATS,
+    ManifestItem,
     Preprocess,
     Rejected,
     Split,
+    Stats,
     read_manifest,
 )
 from common.images import MAX_BYTES, MAX_PIXELS
 from common.params import ProcessParams
-from common.tfrecord import TFRecordWriter, make_example
+from common.tfrecord import make_example
 from processor.dedup import NearDuplicateIndex
+from processor.shards import ShardWriter
 from processor.transform import Job, Outcome, transform
 
 # Items handed to the pool at a time: bounds memory whatever the data set's size.
@@ -52,44 +54,6 @@ def assign_split(sha256: str, ratios: dict[str, float]) -> Split:
     return "test"
 
 
-@dataclass
-class _ShardWriter:
-    """Writes one split's examples into shards of about `target_bytes` under temporary names."""
-
-    folder: Path
-    split: str
-    target_bytes: int
-    compression: str
-    parts: list[Path] = field(default_factory=list)
-    _writer: TFRecordWriter | None = None
-    _bytes: int = 0
-
-    def write(self, record: bytes) -> None:
-        if self._writer is None or self._bytes >= self.target_bytes:
-            self._close_current()
-            part = self.folder / f".{self.split}-{len(self.parts):05d}.partial"
-            self.parts.append(part)
-            self._writer = TFRecordWriter(part, gzip_compressed=self.compression == "gzip")
-            self._bytes = 0
-        self._writer.write(record)
-        self._bytes += len(record)
-
-    def _close_current(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def finish(self) -> list[Path]:
-        """Rename the parts to `<split>-NNNNN-of-MMMMM.tfrecord` once the count is known."""
-        self._close_current()
-        final = []
-        for index, part in enumerate(self.parts):
-            target = self.folder / f"{self.split}-{index:05d}-of-{len(self.parts):05d}.tfrecord"
-            os.replace(part, target)
-            final.append(target)
-        return final
-
-
 def _outcomes(
     jobs: Iterable[Job], work: Callable[[Job], Outcome], workers: int
 ) -> Iterator[Outcome]:
@@ -108,6 +72,25 @@ def _outcomes(
             yield from pool.imap(work, window, chunksize=16)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What `process` will do, decided from the manifest before any image is opened."""
+
+    labels: list[str]  # sorted; a label's index is its class number
+    spec: Preprocess
+    jobs: list[Job]  # one per distinct image (sha256), in manifest order
+    duplicates: list[Rejected]  # exact copies of an earlier item, never opened
+
+
+@dataclass(frozen=True)
+class Shards:
+    """What the transform step kept and wrote into the staging folder."""
+
+    counts: dict[str, Counter[str]]  # split → label → examples
+    rejected: list[Rejected]  # unreadable, invalid or near-duplicate items
+    hashes: dict[str, str]  # shard file name → sha256 of its bytes
+
+
 def process(
     raw: str,
     out: str,
@@ -116,13 +99,37 @@ def process(
     workers: int | None = None,
     max_pixels: int = MAX_PIXELS,
     max_bytes: int = MAX_BYTES,
-) -> dict[str, Any]:
+) -> Stats:
     """Process the raw store at `raw` into `out`; returns the stats written to stats.json.
 
     `max_pixels` and `max_bytes` are the collector's limits (collect.max_pixels,
     collect.max_bytes): what it kept is not refused here for its size, and they are
     recorded in preprocess.json so that serving accepts the same files.
+
+    Raises:
+        ProcessError: the manifest is missing or malformed, or the data cannot train
+            a classifier (see `plan` and `_check_counts`); `out` is left as it was.
     """
+    planned = plan(raw, params, max_pixels, max_bytes)
+    # The whole output is built in a staging folder and swapped in at the end, so
+    # neither a failed run nor a re-run ever leaves a partial or mixed data set.
+    staging = _staging_for(out)
+    try:
+        shards = write_shards(planned, staging, params, workers or os.cpu_count() or 1)
+        rejected = [*planned.duplicates, *shards.rejected]
+        labels, spec = planned.labels, planned.spec
+        stats = _stats(dataset, labels, spec, params, shards.counts, rejected, shards.hashes)
+        storage.write_json(staging / LABELS, labels)
+        spec.write(staging / PREPROCESS)
+        stats.write(staging / STATS)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return stats
+
+
+def _read_items(raw: str) -> list[ManifestItem]:
+    """The raw store's manifest rows; ProcessError when missing, malformed or empty."""
     try:
         items = read_manifest(storage.join(raw, MANIFEST))
     except FileNotFoundError as exc:
@@ -133,9 +140,21 @@ def process(
         raise ProcessError(f"{exc}; re-run the collect stage to rewrite the manifest") from exc
     if not items:
         raise ProcessError(f"{raw}: the manifest lists no items; run the collect stage first")
+    return items
+
+
+def plan(raw: str, params: ProcessParams, max_pixels: int, max_bytes: int) -> Plan:
+    """The labels, the preprocessing spec and one job per distinct image of `raw`.
+
+    Exact duplicates (same sha256) are rejected here, with the conflict named when
+    the copies carry different labels.
+
+    Raises:
+        ProcessError: no usable manifest, or fewer than two classes.
+    """
+    items = _read_items(raw)
     labels = sorted({item.label for item in items})
     _check_classes(raw, labels)
-    label_index = {label: i for i, label in enumerate(labels)}
     spec = Preprocess(
         image_size=params.image_size,
         color_mode=params.color_mode,
@@ -144,11 +163,7 @@ def process(
         max_bytes=max_bytes,
         max_pixels=max_pixels,
     )
-    ratios = params.split.model_dump()
-    target_bytes = int(params.shard_target_mb * 1024 * 1024)
-
-    counts: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
-    rejected: list[Rejected] = []
+    duplicates: list[Rejected] = []
     seen: dict[str, str] = {}  # sha256 → label of the copy that is kept
     jobs = []
     for item in items:
@@ -160,50 +175,61 @@ def process(
                     f"the same image is labelled {kept_label!r} and {item.label!r}; "
                     f"kept as {kept_label!r}: fix the label at the source"
                 )
-            rejected.append(Rejected(item=item.path, reason=reason))
+            duplicates.append(Rejected(item=item.path, reason=reason))
             continue
         seen[item.sha256] = item.label
         jobs.append(Job(storage.join(raw, item.path), item.path, item.label, item.sha256))
+    return Plan(labels=labels, spec=spec, jobs=jobs, duplicates=duplicates)
 
+
+def _screen(outcome: Outcome, near: NearDuplicateIndex | None) -> bytes | Rejected:
+    """The PNG to keep, or why the item is not kept (invalid, or a near duplicate).
+
+    A kept image joins `near`, so later look-alikes of it are rejected.
+    """
+    job = outcome.job
+    if outcome.png is None:
+        return Rejected(item=job.path, reason=outcome.reason or "unknown")
+    if near is not None and outcome.phash is not None:
+        twin = near.find(outcome.phash)
+        if twin is not None:
+            return Rejected(item=job.path, reason=f"near duplicate of {twin}")
+        near.add(outcome.phash, job.path)
+    return outcome.png
+
+
+def write_shards(planned: Plan, staging: Path, params: ProcessParams, workers: int) -> Shards:
+    """Transform every job on `workers` processes and write the kept ones as split shards.
+
+    Raises:
+        ProcessError: a class has too few usable items, or none in a needed split.
+    """
+    ratios = params.split.model_dump()
+    label_index = {label: i for i, label in enumerate(planned.labels)}
+    target_bytes = int(params.shard_target_mb * 1024 * 1024)
+    writers = {
+        split: ShardWriter(staging, split, target_bytes, params.compression) for split in SPLITS
+    }
+    counts: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
+    rejected: list[Rejected] = []
     near = NearDuplicateIndex(params.near_duplicate_distance) if params.near_duplicates else None
-    work = partial(transform, spec=spec, with_phash=params.near_duplicates)
-    # The whole output is built in a staging folder and swapped in at the end, so
-    # neither a failed run nor a re-run ever leaves a partial or mixed data set.
-    staging = _staging_for(out)
-    try:
-        writers = {
-            split: _ShardWriter(staging, split, target_bytes, params.compression)
-            for split in SPLITS
-        }
-        for outcome in _outcomes(jobs, work, workers or os.cpu_count() or 1):
-            job = outcome.job
-            if outcome.png is None:
-                rejected.append(Rejected(item=job.path, reason=outcome.reason or "unknown"))
-                continue
-            if near is not None and outcome.phash is not None:
-                twin = near.find(outcome.phash)
-                if twin is not None:
-                    rejected.append(Rejected(item=job.path, reason=f"near duplicate of {twin}"))
-                    continue
-                near.add(outcome.phash, job.path)
-            split = assign_split(job.sha256, ratios)
-            writers[split].write(make_example(outcome.png, job.sha256, label_index[job.label]))
-            counts[split][job.label] += 1
-
-        _check_counts(labels, counts, params)
-        shard_hashes = {
-            shard.name: storage.sha256_file(shard)
-            for split in SPLITS
-            for shard in writers[split].finish()
-        }
-        stats = _stats(dataset, labels, spec, params, counts, rejected, shard_hashes)
-        storage.write_json(staging / LABELS, labels)
-        storage.write_json(staging / PREPROCESS, spec.model_dump())
-        storage.write_json(staging / STATS, stats)
-        _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return stats
+    work = partial(transform, spec=planned.spec, with_phash=params.near_duplicates)
+    for outcome in _outcomes(planned.jobs, work, workers):
+        kept = _screen(outcome, near)
+        if isinstance(kept, Rejected):
+            rejected.append(kept)
+            continue
+        job = outcome.job
+        split = assign_split(job.sha256, ratios)
+        writers[split].write(make_example(kept, job.sha256, label_index[job.label]))
+        counts[split][job.label] += 1
+    _check_counts(planned.labels, counts, params)
+    hashes = {
+        shard.name: storage.sha256_file(shard)
+        for split in SPLITS
+        for shard in writers[split].finish()
+    }
+    return Shards(counts=counts, rejected=rejected, hashes=hashes)
 
 
 def _check_classes(raw: str, labels: list[str]) -> None:
@@ -304,19 +330,18 @@ def _stats(
     counts: dict[str, Counter[str]],
     rejected: list[Rejected],
     shard_hashes: dict[str, str],
-) -> dict[str, Any]:
+) -> Stats:
     data_hash = hashlib.sha256(
         "".join(f"{name} {digest}\n" for name, digest in sorted(shard_hashes.items())).encode()
         + "\n".join(labels).encode()
     ).hexdigest()
-    return {
-        "dataset": dataset,
-        "data_hash": data_hash,
-        "labels": labels,
-        "preprocess": spec.model_dump(),
-        "compression": params.compression,
-        "totals": {split: sum(counts[split].values()) for split in SPLITS},
-        "counts": {split: {label: counts[split][label] for label in labels} for split in SPLITS},
-        "rejected": [r.model_dump() for r in rejected],
-        "shards": shard_hashes,
-    }
+    return Stats(
+        dataset=dataset,
+        data_hash=data_hash,
+        labels=labels,
+        preprocess=spec,
+        compression=params.compression,
+        counts={split: {label: counts[split][label] for label in labels} for split in SPLITS},
+        rejected=rejected,
+        shards=shard_hashes,
+    )

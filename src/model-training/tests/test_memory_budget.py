@@ -90,7 +90,7 @@ def _backup(root: Path, name: str, age_hours: float, now: float, size: int = 0) 
 
 
 def test_stale_backups_are_bounded_but_live_and_recent_ones_stay(tmp_path: Path) -> None:
-    from trainer.train import RECENT_BACKUP_SECONDS, STALE_BACKUPS_KEPT, remove_stale_runs
+    from trainer.runs import RECENT_BACKUP_SECONDS, STALE_BACKUPS_KEPT, remove_stale_runs
 
     assert (RECENT_BACKUP_SECONDS, STALE_BACKUPS_KEPT) == (24 * 3600, 2)  # as docs/training.md
     now = 2_000_000_000.0

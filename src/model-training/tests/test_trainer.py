@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -87,11 +88,11 @@ def test_gate_promotes_only_above_the_threshold(
     registry_root = str(tmp_path / "registry")
 
     first = register(tiny_pipeline.candidate, metrics_file(tmp_path, 0.95), registry_root, params)
-    assert first["promoted"] and first["version"] == "1"
+    assert first.promoted and first.version == "1"
 
     worse = register(tiny_pipeline.candidate, metrics_file(tmp_path, 0.5), registry_root, params)
-    assert not worse["promoted"] and worse["version"] == "2"
-    assert "0.5000 < threshold 0.9000" in worse["reason"]
+    assert not worse.promoted and worse.version == "2"
+    assert "0.5000 < threshold 0.9000" in worse.reason
 
     registry = ModelRegistry(registry_root, "gate")
     assert registry.aliases() == {"production": "1", "candidate": "2"}
@@ -100,7 +101,7 @@ def test_gate_promotes_only_above_the_threshold(
     assert "Test metrics" in (version / "model_card.md").read_text()
 
     again = register(tiny_pipeline.candidate, metrics_file(tmp_path, 0.95), registry_root, params)
-    assert again["version"] == "1", "the same candidate and metrics must not make a new version"
+    assert again.version == "1", "the same candidate and metrics must not make a new version"
 
 
 @pytest.mark.slow
@@ -137,3 +138,51 @@ def test_wandb_offline_run_records_the_metrics(tiny_pipeline: TinyPipeline, tmp_
         f"data-{stats['data_hash'][:12]}".encode(),
     ):
         assert key in records, key
+
+
+def test_train_report_formats_every_case_of_the_summary() -> None:
+    """The lines `trainer train` prints, as before the summary became typed."""
+    from trainer.__main__ import train_report
+    from trainer.train import TrainSummary
+
+    chief = TrainSummary(
+        epochs=3,
+        resumed_from=0,
+        seconds=6.61,
+        final={"loss": 0.1, "val_accuracy": 0.99},
+        strategy="default",
+        replicas=1,
+        global_batch_size=64,
+        task="chief",
+        workers=1,
+        is_chief=True,
+        wandb_run_id=None,
+        wandb_dir=None,
+        removed_backups=[],
+    )
+    assert train_report(chief, "models/candidate") == [
+        "train: 3 epochs in 6.6s, val accuracy 0.9900 (strategy default, 1 replica(s), "
+        "global batch 64); candidate in models/candidate"
+    ]
+    resumed = dataclasses.replace(
+        chief,
+        resumed_from=1,
+        final={"loss": 0.1},  # no val split
+        wandb_run_id="abc",
+        wandb_dir=".wandb/wandb/offline-run-x",
+        removed_backups=[(".mega/runs/a", 1_500_000), (".mega/runs/b", 500_000)],
+    )
+    assert train_report(resumed, "out") == [
+        "train: removed 2 old backup(s) of runs with other parameters (2.0 MB): "
+        ".mega/runs/a, .mega/runs/b",
+        "train: 3 epochs in 6.6s, resumed after epoch 1, val accuracy nan (strategy default, "
+        "1 replica(s), global batch 64); candidate in out; W&B run abc in "
+        ".wandb/wandb/offline-run-x",
+    ]
+    worker = dataclasses.replace(
+        chief, task="worker-1", workers=2, is_chief=False, strategy="multiworker", replicas=2
+    )
+    assert train_report(worker, "out") == [
+        "train: worker-1 finished 3 epochs (strategy multiworker, 2 replica(s) on 2 workers); "
+        "only the chief exports, this worker's copy was discarded"
+    ]

@@ -8,6 +8,7 @@ and write the returned summary as JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -63,7 +64,7 @@ def main() -> None:
         callbacks=[Hooks()],
     )
     if args.summary_out:
-        Path(args.summary_out).write_text(json.dumps(summary, default=str))
+        Path(args.summary_out).write_text(json.dumps(dataclasses.asdict(summary)))
 
 
 if __name__ == "__main__":

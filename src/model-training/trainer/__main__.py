@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,7 +20,7 @@ from common.cli import (
     read_params,
     version_option,
 )
-from common.contracts import LINEAGE
+from common.contracts import KERAS_FILE, LINEAGE, TFLITE_FILE
 from common.settings import get_settings
 from trainer.inputs import (
     RERUN_TRAIN,
@@ -31,6 +31,9 @@ from trainer.inputs import (
 )
 from trainer.quiet import quiet_tensorflow_import
 
+if TYPE_CHECKING:  # trainer.train imports TensorFlow: only once a command needs it
+    from trainer.train import TrainSummary
+
 app = App(group="trainer", help=__doc__, no_args_is_help=True)
 
 
@@ -39,9 +42,8 @@ def _options(version: Annotated[bool, version_option("mega-model-training")] = F
     """Train, evaluate and register the image classifier."""
 
 
-# export.py's KERAS_FILE and TFLITE_FILE, named here because importing export imports
-# TensorFlow (a test checks they agree).
-CANDIDATE_MODEL_FILES = ("model.keras", "model.tflite")
+# What evaluate loads from the candidate besides the sidecars.
+CANDIDATE_MODEL_FILES = (KERAS_FILE, TFLITE_FILE)
 
 ParamsOption = Annotated[Path, typer.Option(help="Pipeline parameters file.")]
 
@@ -112,34 +114,41 @@ def train(
             # From settings, so that MEGA_TRAIN_RUN_DIR in .env counts, like every setting.
             run_dir=run_dir or get_settings().train_run_dir,
         )
-    removed = summary["removed_backups"]
-    if removed:
-        typer.echo(
+    for line in train_report(summary, out):
+        typer.echo(line)
+
+
+def train_report(summary: TrainSummary, out: str) -> list[str]:
+    """The lines `trainer train` prints for `summary`: backups removed, then the result."""
+    lines = []
+    if summary.removed_backups:
+        removed = summary.removed_backups
+        lines.append(
             f"train: removed {len(removed)} old backup(s) of runs with other parameters "
             f"({sum(size for _, size in removed) / 1e6:.1f} MB): "
             + ", ".join(folder for folder, _ in removed)
         )
-    final = summary["final"]
-    setup = f"strategy {summary['strategy']}, {summary['replicas']} replica(s)" + (
-        f" on {summary['workers']} workers" if summary["workers"] > 1 else ""
+    setup = f"strategy {summary.strategy}, {summary.replicas} replica(s)" + (
+        f" on {summary.workers} workers" if summary.workers > 1 else ""
     )
-    resumed = f", resumed after epoch {summary['resumed_from']}" if summary["resumed_from"] else ""
-    if not summary["is_chief"]:
-        typer.echo(
-            f"train: {summary['task']} finished {summary['epochs']} epochs ({setup}{resumed}); "
+    resumed = f", resumed after epoch {summary.resumed_from}" if summary.resumed_from else ""
+    if not summary.is_chief:
+        lines.append(
+            f"train: {summary.task} finished {summary.epochs} epochs ({setup}{resumed}); "
             "only the chief exports, this worker's copy was discarded"
         )
-        return
-    typer.echo(
-        f"train: {summary['epochs']} epochs in {summary['seconds']:.1f}s{resumed}, "
-        f"val accuracy {final.get('val_accuracy', float('nan')):.4f} "
-        f"({setup}, global batch {summary['global_batch_size']}); candidate in {out}"
+        return lines
+    lines.append(
+        f"train: {summary.epochs} epochs in {summary.seconds:.1f}s{resumed}, "
+        f"val accuracy {summary.final.get('val_accuracy', float('nan')):.4f} "
+        f"({setup}, global batch {summary.global_batch_size}); candidate in {out}"
         + (
-            f"; W&B run {summary['wandb_run_id']} in {summary['wandb_dir']}"
-            if summary["wandb_run_id"]
+            f"; W&B run {summary.wandb_run_id} in {summary.wandb_dir}"
+            if summary.wandb_run_id
             else ""
         )
     )
+    return lines
 
 
 @app.command()
@@ -183,12 +192,12 @@ def evaluate(
             metrics.rsplit("/", 1)[0] if "/" in metrics else ".", "plots"
         )
         result = run_evaluation(local, data, spec, plots=plots_dir)
-    storage.write_json(metrics, result["metrics"])
-    storage.write_json(details, result["details"])
-    test = result["metrics"]["test"]
+    result.metrics.write(metrics)
+    result.details.write(details)
+    test = result.metrics.test
     typer.echo(
-        f"evaluate: test accuracy {test['accuracy']:.4f} (tflite {test['tflite_accuracy']:.4f}), "
-        f"macro F1 {test['macro_f1']:.4f} on {test['examples']} examples; metrics in {metrics}, "
+        f"evaluate: test accuracy {test.accuracy:.4f} (tflite {test.tflite_accuracy:.4f}), "
+        f"macro F1 {test.macro_f1:.4f} on {test.examples} examples; metrics in {metrics}, "
         f"plots in {plots_dir}"
     )
 
@@ -220,10 +229,10 @@ def register(
         record = run_register(
             Path(model), metrics, registry or get_settings().models_root, pipeline.registry
         )
-    verdict = "promoted to production" if record["promoted"] else "kept as candidate"
+    verdict = "promoted to production" if record.promoted else "kept as candidate"
     typer.echo(
-        f"register: {record['model']} version {record['version']} {verdict} "
-        f"({record['reason']}); in {record['uri']}"
+        f"register: {record.model} version {record.version} {verdict} "
+        f"({record.reason}); in {record.uri}"
     )
 
 

@@ -11,7 +11,10 @@ import hashlib
 import io
 import json
 import re
+import shutil
+import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +22,21 @@ import keras
 import tensorflow as tf
 
 from common import storage
-from common.contracts import LABELS, PREPROCESS, Preprocess
+from common.contracts import (
+    CURVES,
+    KERAS_FILE,
+    LABELS,
+    PREPROCESS,
+    SAVED_MODEL_DIR,
+    TFLITE_FILE,
+    Lineage,
+    Preprocess,
+)
 from trainer.lineage import write_lineage, write_run_record
 
-KERAS_FILE = "model.keras"
-SAVED_MODEL_DIR = "saved_model"
-TFLITE_FILE = "model.tflite"
-HISTORY_FILE = "history.json"
 # Zip entry times: the zip format's earliest date, as reproducible-build tools use.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 SHARED_ID = re.compile(rb'"shared_object_id": (\d+)')
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _export_saved_model(model: keras.Model, path: Path) -> None:
@@ -117,7 +121,7 @@ def export_model(
     *,
     labels: list[str],
     spec: Preprocess,
-    lineage: dict[str, Any],
+    lineage: Lineage,
     history: dict[str, list[float]],
     with_tflite: bool = True,
 ) -> None:
@@ -136,8 +140,38 @@ def export_model(
     if with_tflite:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / SAVED_MODEL_DIR))
         (folder / TFLITE_FILE).write_bytes(converter.convert())
-    _write_json(folder / LABELS, labels)
-    _write_json(folder / PREPROCESS, spec.model_dump())
-    _write_json(folder / HISTORY_FILE, history)
+    storage.write_json(folder / LABELS, labels)
+    spec.write(folder / PREPROCESS)
+    storage.write_json(folder / CURVES, history)
     write_lineage(folder, lineage)
     write_run_record(folder, lineage)  # last: it records the hash of everything above
+
+
+def export_atomically(
+    model: keras.Model,
+    out: str,
+    on_staged: Callable[[Path], None] | None = None,
+    **sidecars: Any,
+) -> None:
+    """Export into a staging folder, then swap it in (or upload it for gs://).
+
+    `on_staged` sees the complete staged folder before it goes live.
+    """
+    if storage.is_gcs(out):
+        with tempfile.TemporaryDirectory(prefix="trainer-") as tmp:
+            export_model(model, Path(tmp), **sidecars)
+            if on_staged is not None:
+                on_staged(Path(tmp))
+            storage.upload_tree(tmp, out)
+        return
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    staging.chmod(0o755)
+    try:
+        export_model(model, staging, **sidecars)
+        if on_staged is not None:
+            on_staged(staging)
+        storage.replace_dir(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
