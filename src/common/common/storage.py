@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Collection, Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -172,11 +173,23 @@ def gcs_blobs(prefix: str) -> list[Any]:
         return list(gcs_client().list_blobs(bucket, prefix=key, **gcs_call_options()))
 
 
+_PARTIAL_SUFFIX = ".tmp"
+
+
+def is_partial_write(path: str | Path) -> bool:
+    """True for the temporary sibling of an `atomic_write_bytes` (`.<name>.XXXX.tmp`).
+
+    Seen in a listing, it is a leftover of a writer that was killed mid-write.
+    """
+    name = str(path).replace(os.sep, "/").rsplit("/", 1)[-1]
+    return name.startswith(".") and name.endswith(_PARTIAL_SUFFIX)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write a local file through a temporary sibling and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_PARTIAL_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -193,13 +206,91 @@ def replace_dir(staging: Path, target: Path) -> None:
     """Put a complete staging folder in place of `target` (same file system).
 
     The old folder is renamed aside first and deleted last, so at every moment
-    one complete version exists under a known name.
+    one complete version exists under a known name; if the swap itself fails, the
+    old folder is renamed back and the error raised.
     """
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    # A unique name: a run killed between the renames leaves its aside folder behind,
+    # and in a container the next run has the same process id.
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    moved = target.exists()
+    if moved:
+        target.rename(aside)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if moved:
+            aside.rename(target)
+        raise
+    delete_tree(aside)
+
+
+def staging_dir(target: str | Path) -> Path:
+    """A new empty local folder to build `target` in, for `swap_in`.
+
+    Beside a local target (same file system, so the swap is a rename) and hidden
+    (`.<name>-XXXX`); a local temporary folder for a `gs://` target.
+    """
+    if is_gcs(target):
+        return Path(tempfile.mkdtemp(prefix="mega-staging-"))
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    staging.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; the result gets the usual mode
+    return staging
+
+
+def swap_in(staging: Path, target: str | Path, last: str | None = None) -> None:
+    """Make the complete local folder `staging` the new content of `target`.
+
+    Local: `replace_dir` (readers see the old folder or the new one, never a mix).
+    `gs://` (no rename there): every file is uploaded, `last` (a relative path: the
+    completion marker readers check) after the others, and objects under `target`
+    that `staging` does not hold are deleted before the marker goes up.
+    """
+    if not is_gcs(target):
+        replace_dir(staging, Path(target))
+        return
+    files = {p.relative_to(staging).as_posix(): p for p in staging.rglob("*") if p.is_file()}
+    for rel, path in sorted(files.items()):
+        if rel != last:
+            write_bytes(join(target, rel), path.read_bytes())
+    base = str(target).rstrip("/") + "/"
+    for uri in list(list_files(target)):
+        if uri[len(base) :] not in files:
+            delete(uri)  # left by an earlier, larger build
+    if last is not None and last in files:
+        write_bytes(join(target, last), files[last].read_bytes())
+
+
+@contextlib.contextmanager
+def building(target: str | Path, last: str | None = None) -> Iterator[Path]:
+    """Build a folder beside `target`, then swap it in whole: `with building(out) as tmp:`.
+
+    Yields an empty local folder (`staging_dir`). When the block ends normally its
+    content replaces `target` (`swap_in`; `last` names a gs:// completion marker);
+    when the block raises, `target` is left untouched. The staging folder is
+    removed either way.
+    """
+    staging = staging_dir(target)
+    try:
+        yield staging
+        swap_in(staging, target, last)
+    finally:
+        delete_tree(staging)
+
+
+def delete_tree(uri: str | Path) -> None:
+    """Remove a local folder or every object under a `gs://` prefix; a missing one is fine.
+
+    Locally it is best effort (what cannot be removed stays): it runs in clean-ups,
+    where an error of its own would hide the one that led there. Cloud Storage errors
+    raise `ServiceError` as every other call does.
+    """
+    if is_gcs(uri):
+        for name in list(list_files(uri)):
+            delete(name)
+    else:
+        shutil.rmtree(uri, ignore_errors=True)
 
 
 def write_bytes(uri: str | Path, data: bytes) -> None:
