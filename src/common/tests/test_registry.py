@@ -24,7 +24,8 @@ def test_publish_numbers_versions_and_is_idempotent(tmp_path: Path) -> None:
     info = registry.version_info("2")
     assert info["version"] == "2" and len(info["content_hash"]) == 64
     assert (tmp_path / "registry/m/2/model.tflite").read_text() == "two"
-    assert not list((tmp_path / "registry/m").glob(".staging-*"))
+    # Nothing but the versions: no staging folder is left beside them.
+    assert sorted(p.name for p in (tmp_path / "registry/m").iterdir()) == ["1", "2"]
 
 
 def test_aliases_are_set_and_resolved(tmp_path: Path) -> None:

@@ -31,10 +31,6 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 SHARED_ID = re.compile(rb'"shared_object_id": (\d+)')
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
 def _export_saved_model(model: keras.Model, path: Path) -> None:
     """A SavedModel whose `serve` (and `serving_default`) signature runs `model` in
     inference mode: float pixels of the model's input shape in, class scores out.
@@ -136,8 +132,8 @@ def export_model(
     if with_tflite:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / SAVED_MODEL_DIR))
         (folder / TFLITE_FILE).write_bytes(converter.convert())
-    _write_json(folder / LABELS, labels)
-    _write_json(folder / PREPROCESS, spec.model_dump())
-    _write_json(folder / HISTORY_FILE, history)
+    storage.write_json(folder / LABELS, labels)
+    storage.write_json(folder / PREPROCESS, spec.model_dump())
+    storage.write_json(folder / HISTORY_FILE, history)
     write_lineage(folder, lineage)
     write_run_record(folder, lineage)  # last: it records the hash of everything above

@@ -117,14 +117,14 @@ def build_lineage(
 def write_lineage(folder: Path, lineage: dict[str, Any]) -> None:
     """Write `lineage.json` (stable facts); call last, then `write_run_record`."""
     stable = {key: value for key, value in lineage.items() if key not in RUN_FACTS}
-    storage.atomic_write_bytes(folder / LINEAGE, _json(stable))
+    storage.write_json(folder / LINEAGE, stable)
 
 
 def write_run_record(folder: Path, lineage: dict[str, Any]) -> None:
     """Write `RUN_RECORD`: this run's facts and the hash of the files it produced."""
     record = {key: lineage.get(key) for key in RUN_FACTS}
     record["model_hash"] = model_hash(folder)
-    storage.atomic_write_bytes(folder / RUN_RECORD, _json(record))
+    storage.write_json(folder / RUN_RECORD, record)
 
 
 def version_lineage(candidate: Path, root: Path = Path()) -> dict[str, Any]:
@@ -140,7 +140,3 @@ def version_lineage(candidate: Path, root: Path = Path()) -> dict[str, Any]:
         if record.get("model_hash") == model_hash(candidate):
             lineage.update({key: record.get(key) for key in RUN_FACTS})
     return {**lineage, **git_state(root)}
-
-
-def _json(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
