@@ -7,8 +7,8 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.setup-done
 SETUP_INPUTS := requirements/lock.txt requirements/lock.in requirements/dev.in \
 	$(wildcard src/*/pyproject.toml)
-LOCAL_PACKAGES := mega-common mega-data-collector mega-data-processor mega-model-training \
-	mega-api-service mega-workflow
+# The repository's own packages, listed once (the images exclude them the same way).
+LOCAL_PACKAGES := $(shell grep -v '^\#' requirements/local-packages.txt)
 
 .PHONY: setup run lock-run serve test lint format bench lock clean
 
