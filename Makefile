@@ -51,6 +51,7 @@ test: setup
 	@scripts/ensure-chromium.sh
 	$(BIN)/pytest
 
+## lint: ruff (style, imports, complexity), ruff format, mypy; .ci/run runs it first
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
