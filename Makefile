@@ -46,10 +46,11 @@ lock-run: setup
 serve: setup
 	$(BIN)/mega serve
 
-## test: set up, then every test tier (unit, integration, e2e, browser)
+## test: set up, then every test tier (unit, integration, e2e, browser), with coverage
+## (the floor is fail_under in pyproject.toml)
 test: setup
 	@scripts/ensure-chromium.sh
-	$(BIN)/pytest
+	$(BIN)/pytest --cov
 
 ## lint: ruff (style, imports, complexity), ruff format, mypy; .ci/run runs it first
 lint: setup
