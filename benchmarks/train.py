@@ -162,13 +162,13 @@ def input_pipeline(folder: Path) -> tuple[str, str]:
 
 
 def write_digit_shards(folder: Path, size: int) -> tuple[list[str], int]:
-    """The processor's format: scikit-learn digits as `size`² grayscale PNG in 2 shards."""
-    from sklearn.datasets import load_digits
+    """The processor's format: the collector's digits as `size`² grayscale PNG in 2 shards."""
+    from collector.sources.digits import load_digits
 
-    digits = load_digits()
+    images, labels = load_digits()
     shards = [str(folder / f"train-{k:05d}-of-00002.tfrecord") for k in range(2)]
     writers = [tf.io.TFRecordWriter(path) for path in shards]
-    for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+    for index, (pixels, label) in enumerate(zip(images, labels, strict=True)):
         image = Image.fromarray((pixels * 255 / 16).astype(np.uint8)).resize((size, size))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
@@ -176,7 +176,7 @@ def write_digit_shards(folder: Path, size: int) -> tuple[list[str], int]:
         writers[index % 2].write(make_example(data, sha256_hex(data), int(label)))
     for writer in writers:
         writer.close()
-    return shards, len(digits.images)
+    return shards, len(images)
 
 
 class EpochTimer(keras.callbacks.Callback):

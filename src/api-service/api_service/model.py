@@ -7,7 +7,6 @@ that runs the `.tflite` lives in the inference process (`api_service.worker`).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,24 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from common import storage
-from common.contracts import LABELS, LINEAGE, METRICS, PREPROCESS, STATS, Preprocess, read_labels
+from common.contracts import (
+    KERAS_FILE,
+    LABELS,
+    LINEAGE,
+    METRICS,
+    PREPROCESS,
+    SAVED_MODEL_DIR,
+    TFLITE_FILE,
+    TRAINING_CLASSES,
+    ContractError,
+    Lineage,
+    Metrics,
+    Preprocess,
+    TrainingClasses,
+    read_labels,
+)
 from common.registry import VERSION_FILE, ModelRegistry
 from common.settings import Settings
-
-TFLITE_FILE = "model.tflite"
 
 log = logging.getLogger("api_service.model")
 
@@ -42,7 +54,7 @@ class ServedModel:
     alias: str
     labels: list[str]
     spec: Preprocess
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # metrics.json and lineage.json as /v1/model shows them
     lineage: dict[str, Any]
     tflite: Path
     training_counts: dict[str, int] | None = None
@@ -118,7 +130,7 @@ def _local_copy(uri: str, cache_dir: Path) -> Path:
 
 
 def _not_for_serving(rel: str) -> bool:
-    return rel.startswith("saved_model/") or rel.endswith(".keras")
+    return rel.startswith(f"{SAVED_MODEL_DIR}/") or rel == KERAS_FILE
 
 
 def _interpreters(
@@ -139,36 +151,24 @@ def _interpreters(
     return found
 
 
-def training_class_counts(
-    lineage: dict[str, Any], labels: list[str], models_root: str
-) -> dict[str, int] | None:
-    """Training examples per class, from the processed data the lineage names.
+def training_class_counts(folder: Path, labels: list[str]) -> dict[str, int] | None:
+    """Training examples per class, from the version's own `training_classes.json`.
 
-    The version folder records the data path and its hash; the data's `stats.json`
-    holds the counts. A relative data path is tried from the working directory and
-    from the registry root's parent (the project root). The hash must match, so a
-    re-processed data folder is never taken for the one the model was trained on.
+    `trainer register` writes it from the training data's stats, so a version copied
+    anywhere (a container, a cache) carries its drift reference. None, with a warning,
+    for a version registered without it: the drift gauge then stays NaN.
     """
-    data = lineage.get("data")
-    if not isinstance(data, str) or not data:
+    try:
+        classes = TrainingClasses.read(folder / TRAINING_CLASSES)
+    except (OSError, ContractError) as exc:
+        log.warning(
+            "%s: no training class counts (%s); the drift gauge stays NaN. Register the "
+            "model again (python -m trainer register, with its data present) to add them.",
+            folder,
+            exc,
+        )
         return None
-    candidates = [data]
-    if not storage.is_gcs(data) and not os.path.isabs(data) and not storage.is_gcs(models_root):
-        candidates.append(str(Path(models_root).resolve().parent / data))
-    for candidate in candidates:
-        try:
-            stats = storage.read_json(storage.join(candidate, STATS))
-        except (OSError, ValueError):
-            continue
-        if stats.get("data_hash") != lineage.get("data_hash"):
-            log.warning("%s: data_hash differs from the model's lineage", candidate)
-            continue
-        train = stats.get("counts", {}).get("train", {})
-        return {label: int(train.get(label, 0)) for label in labels}
-    log.warning(
-        "no stats.json for %s (hash %s): the drift gauge stays NaN", data, lineage.get("data_hash")
-    )
-    return None
+    return {label: classes.counts.get(label, 0) for label in labels}
 
 
 def load_served_model(settings: Settings, version: str | None = None) -> ServedModel:
@@ -177,7 +177,6 @@ def load_served_model(settings: Settings, version: str | None = None) -> ServedM
     version = version or registry.resolve(settings.model_alias)
     folder = _local_copy(registry.version_uri(version), Path(settings.model_cache_dir))
     labels = read_labels(folder / LABELS)
-    lineage = storage.read_json(folder / LINEAGE)
     tflite = folder / TFLITE_FILE
     if not tflite.is_file():
         raise FileNotFoundError(f"version {version} has no {TFLITE_FILE}")
@@ -186,9 +185,9 @@ def load_served_model(settings: Settings, version: str | None = None) -> ServedM
         version=version,
         alias=settings.model_alias,
         labels=labels,
-        spec=Preprocess.model_validate(storage.read_json(folder / PREPROCESS)),
-        metrics=storage.read_json(folder / METRICS),
-        lineage=lineage,
+        spec=Preprocess.read(folder / PREPROCESS),
+        metrics=Metrics.read(folder / METRICS).document(),
+        lineage=Lineage.read(folder / LINEAGE).document(),
         tflite=tflite,
-        training_counts=training_class_counts(lineage, labels, settings.models_root),
+        training_counts=training_class_counts(folder, labels),
     )

@@ -22,9 +22,6 @@ def registry_copy(tiny_pipeline: TinyPipeline, tmp_path: Path) -> ModelRegistry:
     """A registry of our own (version 1 = the tiny pipeline's model) that a test may change."""
     root = tmp_path / "models"
     shutil.copytree(tiny_pipeline.models / MODEL, root / MODEL)
-    # The drift reference: lineage names data/processed/digits under the project root.
-    (tmp_path / "data/processed").mkdir(parents=True)
-    os.symlink(tiny_pipeline.processed, tmp_path / "data/processed/digits")
     return ModelRegistry(root, MODEL)
 
 

@@ -1,26 +1,89 @@
-"""The files that stages hand to each other (see docs/architecture.md)."""
+"""The files that stages hand to each other (see docs/architecture.md).
+
+Each artefact's file name is declared here once, and each JSON document a stage
+reads from another stage is a pydantic model with `read(uri)` and `write(uri)`.
+Writes keep today's bytes: sorted keys, two-space indent, a trailing newline
+(`common.storage.write_json`), so identical inputs still give identical outputs.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common import storage
 
 SPLITS: tuple[Literal["train", "val", "test"], ...] = ("train", "val", "test")
 Split = Literal["train", "val", "test"]
 
+# The raw store (data/raw/<dataset>/): the collector's output.
+IMAGES_DIR = "images"  # images/<label>/<sha256>.<ext>: see raw_image_path
 MANIFEST = "manifest.jsonl"
 COLLECT_REPORT = "collect_report.json"
+# The processed data (data/processed/<dataset>/) beside the shards.
 LABELS = "labels.json"
 STATS = "stats.json"
 PREPROCESS = "preprocess.json"
+# The candidate (models/candidate/); LABELS and PREPROCESS are copied into it.
+KERAS_FILE = "model.keras"
+SAVED_MODEL_DIR = "saved_model"
+TFLITE_FILE = "model.tflite"
 LINEAGE = "lineage.json"
+CURVES = "history.json"  # per-metric lists of the final run's epochs: {"loss": [..], ..}
+RUN_RECORD = "training_run.json"  # per-run facts, outside DVC's hash (.dvcignore)
+# A training run's backup folder: one row per finished epoch, for a resumed run.
+EPOCH_LOG = "epochs.json"
+# A registry version (models/<name>/<version>/) adds these to the candidate's files;
+# common.registry declares its own VERSION_FILE and ALIASES_FILE.
 METRICS = "metrics.json"
+MODEL_CARD = "model_card.md"
+TRAINING_CLASSES = "training_classes.json"
+
+
+class ContractError(ValueError):
+    """A stage's file does not match its contract; the message names the file and fields."""
+
+
+def problems(exc: ValidationError) -> str:
+    """A validation error on one line: `field.path: message; …`."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'the top level'}: {err['msg']}"
+        for err in exc.errors()
+    )
+
+
+class Contract(BaseModel):
+    """A JSON document one stage writes and another reads.
+
+    Fields left unset are not written, so a document read and written again keeps
+    its keys (the registry serves `lineage.json` and `metrics.json` as they are).
+    """
+
+    @classmethod
+    def read(cls, uri: str | Path) -> Self:
+        """Parse and validate the document at `uri` (a path or `gs://` URI).
+
+        Raises:
+            FileNotFoundError: nothing at `uri`.
+            ContractError: not JSON, or not this contract's shape (one line, naming `uri`).
+        """
+        text = storage.read_text(uri)
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            raise ContractError(f"{uri}: {problems(exc)}") from exc
+
+    def document(self) -> dict[str, Any]:
+        """The JSON object as it is written: plain types, unset fields left out."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def write(self, uri: str | Path) -> None:
+        """Write atomically with sorted keys, so equal documents are equal bytes."""
+        storage.write_json(uri, self.document())
 
 
 class ManifestItem(BaseModel):
@@ -43,7 +106,7 @@ class Rejected(BaseModel):
     reason: str
 
 
-class Preprocess(BaseModel):
+class Preprocess(Contract):
     """How raw pixels are shaped before the model sees them; shared by training and serving."""
 
     image_size: int
@@ -66,6 +129,145 @@ class Preprocess(BaseModel):
     def shape(self) -> tuple[int, int, int]:
         """One image's `(height, width, channels)` as the model takes it."""
         return (self.image_size, self.image_size, self.channels)
+
+
+class Stats(Contract):
+    """The processor's `stats.json`: what the processed data holds, and its version.
+
+    `counts[split][label]` are examples per split and class; `rejected` lists the items
+    left out with the reason; `shards` maps shard file names to their sha256, from
+    which (with the labels) `data_hash` is derived.
+    """
+
+    # Files written before issue 12 also stored `totals`, now the property below.
+    model_config = ConfigDict(extra="ignore")
+
+    dataset: str
+    data_hash: str = Field(min_length=1)
+    labels: list[str]
+    preprocess: Preprocess
+    compression: Literal["none", "gzip"] = "none"
+    counts: dict[Split, dict[str, int]]
+    rejected: list[Rejected] = Field(default_factory=list)
+    shards: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Examples per split (0 for a split the file does not list)."""
+        return {split: sum(self.counts.get(split, {}).values()) for split in SPLITS}
+
+    @property
+    def examples(self) -> int:
+        """Examples in all splits together."""
+        return sum(self.totals.values())
+
+    def split_sizes(self, separator: str = ", ") -> str:
+        """`train N<separator>val N<separator>test N`, for summaries."""
+        return separator.join(f"{split} {n}" for split, n in self.totals.items())
+
+
+class SplitMetrics(BaseModel):
+    """One split's scores in `metrics.json`; accuracy and macro F1 are what the gate reads."""
+
+    model_config = ConfigDict(extra="allow")
+
+    accuracy: float = Field(ge=0, le=1)
+    macro_f1: float = Field(ge=0, le=1)  # the gate's class-balance check
+    loss: float | None = None
+    tflite_accuracy: float | None = Field(default=None, ge=0, le=1)
+    examples: int | None = Field(default=None, ge=0)
+
+
+class Metrics(Contract):
+    """Evaluate's `metrics.json` (DVC metrics), copied into each registry version."""
+
+    model_config = ConfigDict(extra="allow")
+
+    test: SplitMetrics
+
+
+class ClassScores(BaseModel):
+    precision: float = Field(ge=0, le=1)
+    recall: float = Field(ge=0, le=1)
+    support: int = Field(ge=0, description="Test examples of the class.")
+
+
+class Evaluation(Contract):
+    """Evaluate's `evaluation.json`: per-class scores and the confusion matrix.
+
+    `confusion_matrix[true][predicted]` counts test examples, rows and columns in
+    `labels` order.
+    """
+
+    labels: list[str]
+    per_class: dict[str, ClassScores]
+    confusion_matrix: list[list[int]]
+
+
+class Lineage(Contract):
+    """`lineage.json`: where a model came from.
+
+    The candidate holds what determines the model (data path and hash, parameters,
+    TensorFlow version); a registry version adds the run's time and W&B run id and
+    the git state at register time. Every field is optional: old versions lack some.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    data: str | None = None
+    data_hash: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    tensorflow: str | None = None
+    trained_at: str | None = None
+    wandb_run_id: str | None = None
+    git_sha: str | None = None
+    git_dirty: bool | None = None
+
+
+class RunRecord(Contract):
+    """`training_run.json` beside the candidate: one run's facts (kept out of DVC's hash).
+
+    `model_hash` is the tree hash of the files the run produced, so a record left over
+    from another run (DVC restored the candidate from its cache) is never believed.
+    """
+
+    trained_at: str | None = None
+    wandb_run_id: str | None = None
+    model_hash: str
+
+
+class TrainingClasses(Contract):
+    """`training_classes.json` in a registry version: training examples per class.
+
+    Written at register time from the data's `stats.json`, so serving (the drift
+    gauge) needs nothing outside the version folder.
+    """
+
+    data_hash: str = Field(min_length=1)
+    counts: dict[str, int]
+
+    @classmethod
+    def from_stats(cls, stats: Stats) -> Self:
+        return cls(data_hash=stats.data_hash, counts=dict(stats.counts.get("train", {})))
+
+
+class RegisterResult(Contract):
+    """What `trainer register` did: the version published and the alias it earned."""
+
+    model: str
+    version: str
+    alias: str
+    promoted: bool
+    reason: str
+    uri: str
+
+
+def raw_image_path(label: str, sha256: str, ext: str) -> str:
+    """Where the raw store keeps an image, relative to it: `images/<label>/<sha256>.<ext>`.
+
+    The sha256 names the record from here on (manifest, TFRecords, predictions.csv).
+    """
+    return f"{IMAGES_DIR}/{label}/{sha256}.{ext}"
 
 
 def write_manifest(uri: str, items: Iterable[ManifestItem]) -> None:

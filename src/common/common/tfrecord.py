@@ -118,10 +118,30 @@ def parse_examples(
     PNG decodes then run in parallel inside the batch. An image of another size
     than `image_size` fails the batch (the processor writes one size per split).
     """
+    parsed = _parse(serialized, channels, image_size, (IMAGE, LABEL))
+    return parsed[IMAGE], parsed[LABEL]
+
+
+def parse_examples_with_ids(
+    serialized: tf.Tensor, channels: int, image_size: int
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """As `parse_examples`, plus each record's `image/sha256` (string `[B]`, hex).
+
+    The sha256 is the record's name from the collector on (`manifest.jsonl`,
+    `images/<label>/<sha256>.<ext>`), so a report can point at the raw file.
+    """
+    parsed = _parse(serialized, channels, image_size, (IMAGE, LABEL, SHA256))
+    return parsed[IMAGE], parsed[LABEL], parsed[SHA256]
+
+
+def _parse(
+    serialized: tf.Tensor, channels: int, image_size: int, keys: tuple[str, ...]
+) -> dict[str, tf.Tensor]:
+    """Parse `keys` of a batch, with `IMAGE` decoded to uint8 `[B, S, S, C]`."""
     import tensorflow as tf
 
     spec = feature_spec()
-    parsed = tf.io.parse_example(serialized, {IMAGE: spec[IMAGE], LABEL: spec[LABEL]})
+    parsed = tf.io.parse_example(serialized, {key: spec[key] for key in keys})
     shape = [image_size, image_size, channels]
 
     def decode(data: tf.Tensor) -> tf.Tensor:
@@ -133,4 +153,4 @@ def parse_examples(
         fn_output_signature=tf.TensorSpec(shape, tf.uint8),
         parallel_iterations=64,  # decodes are independent: let every core take some
     )
-    return images, parsed[LABEL]
+    return {**parsed, IMAGE: images}

@@ -24,7 +24,15 @@ from collector.fetch import Fetcher, FetchOptions, too_big
 from collector.journal import Journal
 from collector.sources import Context, PairsSource, Source
 from common import storage
-from common.contracts import COLLECT_REPORT, MANIFEST, ManifestItem, Rejected, write_manifest
+from common.contracts import (
+    COLLECT_REPORT,
+    IMAGES_DIR,
+    MANIFEST,
+    ManifestItem,
+    Rejected,
+    raw_image_path,
+    write_manifest,
+)
 from common.images import MAX_PIXELS, ImageDecodeError, decode_image, sha256_hex, sniff_format
 from common.params import CollectParams
 
@@ -118,7 +126,7 @@ def prune_stale(result: CollectResult) -> int:
 def _existing_files(out: str) -> set[str]:
     """Files already in the raw store; leftovers of a killed write are deleted, not counted."""
     found = set()
-    for path in storage.list_files(storage.join(out, "images")):
+    for path in storage.list_files(storage.join(out, IMAGES_DIR)):
         if not storage.is_gcs(path) and storage.is_partial_write(path):
             Path(path).unlink(missing_ok=True)  # a temporary from a run killed mid-write
             continue
@@ -171,7 +179,7 @@ class _Run:
         except ItemRejectedError as exc:
             self._fail(index, item, exc.reason)
             return
-        rel = f"images/{item.label}/{digest}.{ext}"
+        rel = raw_image_path(item.label, digest, ext)
         row = ManifestItem(
             path=rel,
             label=item.label,

@@ -1,9 +1,12 @@
 """HTTP downloads: async httpx, a per-request deadline, and tenacity retries.
 
-Transient failures (connection errors, timeouts, 429 and 5xx) are retried with
+The status and retry policy of every HTTP request the collector sends lives
+here, for the fetcher (one request per item) and the archive stream alike:
+transient failures (connection errors, timeouts, 429 and 5xx) are retried with
 exponential backoff and full jitter, waiting what a `Retry-After` header asks
 for instead when the server sends one. Other 4xx answers are final: asking
-again would get the same answer.
+again would get the same answer. `failure_reason` words a request that failed
+for good in one line.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import itertools
 import time
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import httpx
 from tenacity import (
@@ -54,8 +58,20 @@ class TransientHTTPError(Exception):
         self.retry_after = retry_after
 
 
+class ClientHTTPError(Exception):
+    """A 4xx answer other than 429: final, since asking again gets the same answer."""
+
+    def __init__(self, status: int, phrase: str) -> None:
+        super().__init__(f"HTTP {status} {phrase} (a client error; not retried)")
+        self.status = status
+
+
 class RequestTimeoutError(Exception):
     """No complete response within the per-request deadline."""
+
+
+# What a request can fail with for good once the retries are spent.
+HTTP_FAILURES = (TransientHTTPError, ClientHTTPError, RequestTimeoutError, httpx.HTTPError)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -72,8 +88,57 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _is_transient(exc: BaseException) -> bool:
+def check_status(response: httpx.Response) -> None:
+    """Raise TransientHTTPError for 429 and 5xx, ClientHTTPError for other 4xx answers."""
+    status = response.status_code
+    if status == 429 or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        raise TransientHTTPError(status, response.reason_phrase, retry_after)
+    if status >= 400:
+        raise ClientHTTPError(status, response.reason_phrase)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether asking again may succeed: connection errors, timeouts, 429 and 5xx."""
     return isinstance(exc, httpx.TransportError | TransientHTTPError | RequestTimeoutError)
+
+
+def retry_wait(backoff: float, state: RetryCallState) -> float:
+    """Seconds before the next attempt: the server's Retry-After (capped), else jittered backoff."""
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, TransientHTTPError) and exc.retry_after is not None:
+        return min(exc.retry_after, MAX_RETRY_AFTER)
+    return float(wait_random_exponential(multiplier=backoff, max=MAX_BACKOFF)(state))
+
+
+def retry_policy(options: FetchOptions) -> dict[str, Any]:
+    """Keyword arguments for tenacity's `Retrying` or `AsyncRetrying`: one policy for both."""
+    return {
+        "stop": stop_after_attempt(options.retries + 1),
+        "wait": lambda state: retry_wait(options.backoff, state),
+        "retry": retry_if_exception(is_transient),
+        "reraise": True,
+    }
+
+
+def failure_reason(exc: BaseException, options: FetchOptions) -> str:
+    """One line saying why a request failed for good (an exception of HTTP_FAILURES)."""
+    attempts = options.retries + 1
+    tries = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
+    if isinstance(exc, TransientHTTPError):
+        return f"{exc} ({tries})"
+    if isinstance(exc, RequestTimeoutError | httpx.TimeoutException):
+        return f"timed out: no complete answer within {options.timeout:g} s ({tries})"
+    if isinstance(exc, httpx.TransportError):
+        return f"connection error: {str(exc) or type(exc).__name__} ({tries})"
+    if isinstance(exc, ClientHTTPError):
+        return str(exc)
+    return f"request failed: {exc}"  # e.g. too many redirects, an invalid URL
+
+
+def client_defaults() -> dict[str, Any]:
+    """httpx client settings every collector request shares (redirects, User-Agent)."""
+    return {"follow_redirects": True, "headers": {"User-Agent": USER_AGENT}}
 
 
 def too_big(size: int | str, limit: int) -> ItemRejectedError:
@@ -103,8 +168,7 @@ class Fetcher:
             # a free pooled connection is not the server's fault: no pool timeout.
             timeout=httpx.Timeout(self.options.timeout, pool=None),
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            follow_redirects=True,
-            headers={"User-Agent": USER_AGENT},
+            **client_defaults(),
         )
 
     async def __aenter__(self) -> Fetcher:
@@ -119,39 +183,15 @@ class Fetcher:
         for client in self._clients:
             await client.aclose()
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, TransientHTTPError) and exc.retry_after is not None:
-            return min(exc.retry_after, MAX_RETRY_AFTER)
-        backoff = wait_random_exponential(multiplier=self.options.backoff, max=MAX_BACKOFF)
-        return float(backoff(state))
-
     async def get(self, url: str) -> bytes:
         """The body of `url`, or ItemRejectedError with a reason once retries are spent."""
-        attempts = self.options.retries + 1
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(attempts),
-            wait=self._wait,
-            retry=retry_if_exception(_is_transient),
-            reraise=True,
-        )
-        tries = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
         try:
-            async for attempt in retrying:
+            async for attempt in AsyncRetrying(**retry_policy(self.options)):
                 with attempt:
                     async with self._limit:
                         return await self._attempt(url)
-        except TransientHTTPError as exc:
-            raise ItemRejectedError(f"{exc} ({tries})") from exc
-        except (RequestTimeoutError, httpx.TimeoutException) as exc:
-            raise ItemRejectedError(
-                f"timed out: no complete answer within {self.options.timeout:g} s ({tries})"
-            ) from exc
-        except httpx.TransportError as exc:
-            detail = str(exc) or type(exc).__name__
-            raise ItemRejectedError(f"connection error: {detail} ({tries})") from exc
-        except httpx.HTTPError as exc:  # e.g. too many redirects, invalid URL
-            raise ItemRejectedError(f"request failed: {exc}") from exc
+        except HTTP_FAILURES as exc:
+            raise ItemRejectedError(failure_reason(exc, self.options)) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     async def _attempt(self, url: str) -> bytes:
@@ -159,14 +199,7 @@ class Fetcher:
         limit = self.options.max_bytes
         try:
             async with next(self._turn).stream("GET", url) as response:
-                status = response.status_code
-                if status == 429 or status >= 500:
-                    retry_after = parse_retry_after(response.headers.get("retry-after"))
-                    raise TransientHTTPError(status, response.reason_phrase, retry_after)
-                if status >= 400:
-                    raise ItemRejectedError(
-                        f"HTTP {status} {response.reason_phrase} (a client error; not retried)"
-                    )
+                check_status(response)
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > limit:
                     raise too_big(int(declared), limit)

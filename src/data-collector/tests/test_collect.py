@@ -1,5 +1,6 @@
 import hashlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -7,8 +8,8 @@ import pytest
 from support import run_cli
 
 from collector.collect import CollectOptions, collect
-from collector.digits import iter_digits
 from collector.fetch import FetchOptions
+from collector.sources.digits import iter_digits
 from common import storage
 from common.contracts import read_manifest
 from common.params import CollectParams
@@ -25,6 +26,33 @@ def test_digits_are_written_under_label_folders_with_hash_names(tmp_path: Path) 
         assert item.path == f"images/{item.label}/{item.sha256}.png"
         assert (item.width, item.height) == (8, 8)
     assert {item.label for item in items} == {str(d) for d in range(10)}
+
+
+# Every (label, PNG sha256) of the default data set as scikit-learn's load_digits() gave
+# them: the raw hashes committed in dvc.lock rest on these bytes.
+DIGITS_DIGEST = "df3441cc4ed7aa37207c678006efe1a0eca775d84ad311443dc7c4276982a3dd"
+
+
+def test_packaged_digits_are_the_images_scikit_learn_gave() -> None:
+    digest = hashlib.sha256()
+    labels = []
+    for label, png in iter_digits():
+        digest.update(label.encode() + b"\0" + hashlib.sha256(png).digest())
+        labels.append(label)
+    assert len(labels) == 1797 and sorted(set(labels)) == [str(d) for d in range(10)]
+    assert digest.hexdigest() == DIGITS_DIGEST
+
+
+def test_collector_needs_no_scikit_learn() -> None:
+    # The packaged file replaces scikit-learn and SciPy (over 100 MB) in the image.
+    code = (
+        "import sys; sys.modules['sklearn'] = sys.modules['scipy'] = None\n"
+        "from collector.sources.digits import iter_digits\n"
+        "print(sum(1 for _ in iter_digits()))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1797"
 
 
 def test_rerun_writes_nothing_and_gives_identical_files(tmp_path: Path) -> None:

@@ -16,9 +16,16 @@ import httpx
 import pytest
 from fault_server import FaultServer, Route, png
 from PIL import Image
+from tenacity import RetryCallState, Retrying
 
 from collector.collect import CollectOptions, collect_source
-from collector.fetch import FetchOptions, parse_retry_after
+from collector.fetch import (
+    MAX_RETRY_AFTER,
+    FetchOptions,
+    TransientHTTPError,
+    parse_retry_after,
+    retry_wait,
+)
 from collector.sources import ManifestSource
 from common.contracts import read_manifest
 
@@ -231,3 +238,16 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+
+
+def test_retry_wait_follows_retry_after_up_to_a_cap_else_backs_off() -> None:
+    # One wait policy for the fetcher and the archive stream (collector.fetch.retry_policy).
+    def state_after(exc: BaseException) -> RetryCallState:
+        state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
+        state.set_exception((type(exc), exc, None))
+        return state
+
+    assert retry_wait(0.01, state_after(TransientHTTPError(429, "", 2.0))) == 2.0
+    assert retry_wait(0.01, state_after(TransientHTTPError(503, "", 3600.0))) == MAX_RETRY_AFTER
+    assert 0 <= retry_wait(0.01, state_after(TransientHTTPError(503, "", None))) <= 0.02
+    assert 0 <= retry_wait(0.01, state_after(httpx.ConnectError("refused"))) <= 0.02

@@ -50,11 +50,9 @@ def run(
         typer.secho(f"process: error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc
     card = write_data_card(stats, report_dir) if report_dir else None
-    totals = stats["totals"]
     typer.echo(
-        f"process: {sum(totals.values())} examples in {out} "
-        f"(train {totals['train']}, val {totals['val']}, test {totals['test']}; "
-        f"{len(stats['rejected'])} rejected; data {stats['data_hash'][:12]})"
+        f"process: {stats.examples} examples in {out} ({stats.split_sizes()}; "
+        f"{len(stats.rejected)} rejected; data {stats.data_hash[:12]})"
         + (f"; data card {card}" if card else "")
     )
 

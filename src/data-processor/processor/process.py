@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from common import storage
 from common.contracts import (
@@ -21,9 +20,11 @@ from common.contracts import (
     PREPROCESS,
     SPLITS,
     STATS,
+    ManifestItem,
     Preprocess,
     Rejected,
     Split,
+    Stats,
     read_manifest,
 )
 from common.images import MAX_BYTES, MAX_PIXELS
@@ -114,23 +115,14 @@ def process(
     workers: int | None = None,
     max_pixels: int = MAX_PIXELS,
     max_bytes: int = MAX_BYTES,
-) -> dict[str, Any]:
+) -> Stats:
     """Process the raw store at `raw` into `out`; returns the stats written to stats.json.
 
     `max_pixels` and `max_bytes` are the collector's limits (collect.max_pixels,
     collect.max_bytes): what it kept is not refused here for its size, and they are
     recorded in preprocess.json so that serving accepts the same files.
     """
-    try:
-        items = read_manifest(storage.join(raw, MANIFEST))
-    except FileNotFoundError as exc:
-        raise ProcessError(
-            f"no {MANIFEST} in {raw}; run the collect stage first (mega collect)"
-        ) from exc
-    except ValueError as exc:  # a malformed row: the message names file and line
-        raise ProcessError(f"{exc}; re-run the collect stage to rewrite the manifest") from exc
-    if not items:
-        raise ProcessError(f"{raw}: the manifest lists no items; run the collect stage first")
+    items = _read_items(raw)
     labels = sorted({item.label for item in items})
     _check_classes(raw, labels)
     label_index = {label: i for i, label in enumerate(labels)}
@@ -146,22 +138,7 @@ def process(
     target_bytes = int(params.shard_target_mb * 1024 * 1024)
 
     counts: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
-    rejected: list[Rejected] = []
-    seen: dict[str, str] = {}  # sha256 → label of the copy that is kept
-    jobs = []
-    for item in items:
-        kept_label = seen.get(item.sha256)
-        if kept_label is not None:
-            reason = "exact duplicate of an earlier item"
-            if kept_label != item.label:
-                reason = (
-                    f"the same image is labelled {kept_label!r} and {item.label!r}; "
-                    f"kept as {kept_label!r}: fix the label at the source"
-                )
-            rejected.append(Rejected(item=item.path, reason=reason))
-            continue
-        seen[item.sha256] = item.label
-        jobs.append(Job(storage.join(raw, item.path), item.path, item.label, item.sha256))
+    jobs, rejected = _unique_jobs(raw, items)
 
     near = NearDuplicateIndex(params.near_duplicate_distance) if params.near_duplicates else None
     work = partial(transform, spec=spec, with_phash=params.near_duplicates)
@@ -196,13 +173,49 @@ def process(
         }
         stats = _stats(dataset, labels, spec, params, counts, rejected, shard_hashes)
         storage.write_json(staging / LABELS, labels)
-        storage.write_json(staging / PREPROCESS, spec.model_dump())
-        storage.write_json(staging / STATS, stats)
+        spec.write(staging / PREPROCESS)
+        stats.write(staging / STATS)
         # stats.json goes last: it is the completion marker on gs://, where nothing renames.
         storage.swap_in(staging, out, last=STATS)
     finally:
         storage.delete_tree(staging)
     return stats
+
+
+def _read_items(raw: str) -> list[ManifestItem]:
+    """The raw store's manifest rows; ProcessError (with the fix) if absent, bad or empty."""
+    try:
+        items = read_manifest(storage.join(raw, MANIFEST))
+    except FileNotFoundError as exc:
+        raise ProcessError(
+            f"no {MANIFEST} in {raw}; run the collect stage first (mega collect)"
+        ) from exc
+    except ValueError as exc:  # a malformed row: the message names file and line
+        raise ProcessError(f"{exc}; re-run the collect stage to rewrite the manifest") from exc
+    if not items:
+        raise ProcessError(f"{raw}: the manifest lists no items; run the collect stage first")
+    return items
+
+
+def _unique_jobs(raw: str, items: list[ManifestItem]) -> tuple[list[Job], list[Rejected]]:
+    """One job per distinct image (first in manifest order); the exact duplicates, rejected."""
+    rejected: list[Rejected] = []
+    seen: dict[str, str] = {}  # sha256 → label of the copy that is kept
+    jobs = []
+    for item in items:
+        kept_label = seen.get(item.sha256)
+        if kept_label is not None:
+            reason = "exact duplicate of an earlier item"
+            if kept_label != item.label:
+                reason = (
+                    f"the same image is labelled {kept_label!r} and {item.label!r}; "
+                    f"kept as {kept_label!r}: fix the label at the source"
+                )
+            rejected.append(Rejected(item=item.path, reason=reason))
+            continue
+        seen[item.sha256] = item.label
+        jobs.append(Job(storage.join(raw, item.path), item.path, item.label, item.sha256))
+    return jobs, rejected
 
 
 def _check_classes(raw: str, labels: list[str]) -> None:
@@ -277,19 +290,18 @@ def _stats(
     counts: dict[str, Counter[str]],
     rejected: list[Rejected],
     shard_hashes: dict[str, str],
-) -> dict[str, Any]:
+) -> Stats:
     data_hash = hashlib.sha256(
         "".join(f"{name} {digest}\n" for name, digest in sorted(shard_hashes.items())).encode()
         + "\n".join(labels).encode()
     ).hexdigest()
-    return {
-        "dataset": dataset,
-        "data_hash": data_hash,
-        "labels": labels,
-        "preprocess": spec.model_dump(),
-        "compression": params.compression,
-        "totals": {split: sum(counts[split].values()) for split in SPLITS},
-        "counts": {split: {label: counts[split][label] for label in labels} for split in SPLITS},
-        "rejected": [r.model_dump() for r in rejected],
-        "shards": shard_hashes,
-    }
+    return Stats(
+        dataset=dataset,
+        data_hash=data_hash,
+        labels=labels,
+        preprocess=spec,
+        compression=params.compression,
+        counts={split: {label: counts[split][label] for label in labels} for split in SPLITS},
+        rejected=rejected,
+        shards=shard_hashes,
+    )

@@ -22,7 +22,13 @@ from support import write_params
 from trainer.quiet import NOISE, TF_LOG_LEVEL
 
 PREPROCESS = {"image_size": 16, "color_mode": "grayscale", "resize": "stretch"}
-STATS = {"totals": {"train": 8, "val": 1, "test": 1}, "data_hash": "ab" * 32}
+STATS = {
+    "dataset": "d",
+    "data_hash": "ab" * 32,
+    "labels": ["a", "b"],
+    "preprocess": PREPROCESS,
+    "counts": {"train": {"a": 4, "b": 4}, "val": {"a": 1, "b": 0}, "test": {"a": 0, "b": 1}},
+}
 TF_NOISE = ("I0000", "E0000", "W0000", "absl::InitializeLog", "cuInit", "oneDNN")
 
 
@@ -100,12 +106,12 @@ TRAIN_CASES: dict[str, tuple[Breaker, tuple[str, ...]]] = {
         lambda d: _write(d / "labels.json", {"a": 0}),
         ("labels.json: expected a JSON list of class names", "process stage"),
     ),
-    "stats.json lacks totals": (
-        lambda d: _write(d / "stats.json", {"data_hash": "x"}),
-        ("stats.json: totals: Field required", "process stage"),
+    "stats.json lacks counts": (
+        lambda d: _write(d / "stats.json", {k: v for k, v in STATS.items() if k != "counts"}),
+        ("stats.json: counts: Field required", "process stage"),
     ),
     "no train examples": (
-        lambda d: _write(d / "stats.json", {**STATS, "totals": {"train": 0, "test": 1}}),
+        lambda d: _write(d / "stats.json", {**STATS, "counts": {"train": {}, "test": {"a": 1}}}),
         ("stats.json: the train split has no examples", "process.split"),
     ),
     "no train shards": (
@@ -226,13 +232,6 @@ def test_register_names_a_bad_lineage_file(tmp_path: Path) -> None:
         tmp_path, "register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"
     )
     assert_clean_failure(result, "register", "lineage.json: not valid JSON", "train stage")
-
-
-def test_candidate_file_names_match_the_exporter() -> None:
-    from trainer.__main__ import CANDIDATE_MODEL_FILES
-    from trainer.export import KERAS_FILE, TFLITE_FILE
-
-    assert (KERAS_FILE, TFLITE_FILE) == CANDIDATE_MODEL_FILES
 
 
 @pytest.mark.slow

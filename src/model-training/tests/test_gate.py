@@ -56,17 +56,17 @@ def test_zero_recall_on_a_small_class_is_not_promoted(tmp_path: Path) -> None:
     record = register(
         candidate(tmp_path, ["common", "rare"]), path, str(tmp_path / "r"), gate_params()
     )
-    assert not record["promoted"]
-    assert "macro F1 0.4857 < threshold 0.8500" in record["reason"]
-    assert "test accuracy 0.9444 ≥ threshold 0.9000" in record["reason"]
+    assert not record.promoted
+    assert "macro F1 0.4857 < threshold 0.8500" in record.reason
+    assert "test accuracy 0.9444 ≥ threshold 0.9000" in record.reason
     assert ModelRegistry(tmp_path / "r", "gate").aliases() == {"candidate": "1"}
 
 
 def test_balanced_model_is_promoted_and_the_reason_shows_both_checks(tmp_path: Path) -> None:
     path = metrics(tmp_path, 0.95, 0.94)
     record = register(candidate(tmp_path, ["a", "b"]), path, str(tmp_path / "r"), gate_params())
-    assert record["promoted"]
-    assert record["reason"] == (
+    assert record.promoted
+    assert record.reason == (
         "test accuracy 0.9500 ≥ threshold 0.9000, macro F1 0.9400 ≥ threshold 0.8500; "
         "first production model"
     )
@@ -79,15 +79,15 @@ def test_macro_f1_below_the_floor_keeps_production(tmp_path: Path) -> None:
     )
     better_but_blind = metrics(tmp_path, 0.99, 0.6)
     record = register(candidate(tmp_path, ["a", "b"], "two"), better_but_blind, root, gate_params())
-    assert not record["promoted"] and "macro F1 0.6000 < threshold 0.8500" in record["reason"]
+    assert not record.promoted and "macro F1 0.6000 < threshold 0.8500" in record.reason
     assert ModelRegistry(root, "gate").aliases() == {"production": "1", "candidate": "2"}
 
 
 def test_a_one_class_model_is_never_promoted(tmp_path: Path) -> None:
     path = metrics(tmp_path, 1.0, 1.0)
     record = register(candidate(tmp_path, ["cat"]), path, str(tmp_path / "r"), gate_params())
-    assert not record["promoted"]
-    assert "1 class ('cat')" in record["reason"] and "production is unchanged" in record["reason"]
+    assert not record.promoted
+    assert "1 class ('cat')" in record.reason and "production is unchanged" in record.reason
 
 
 def test_metrics_without_macro_f1_are_refused_with_the_fix(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from common.contracts import Lineage
 from common.params import RegistryParams
 from trainer.lineage import git_state, version_lineage, write_lineage, write_run_record
 from trainer.register import register
@@ -17,7 +18,7 @@ def candidate(folder: Path, trained_at: str, weights: bytes = b"w") -> Path:
     folder.mkdir(parents=True)
     (folder / "model.tflite").write_bytes(weights)
     (folder / "labels.json").write_text(json.dumps(["a", "b"]))  # the gate needs two classes
-    lineage = {"data_hash": "d", "params": {}, "trained_at": trained_at, "wandb_run_id": "r1"}
+    lineage = Lineage(data_hash="d", params={}, trained_at=trained_at, wandb_run_id="r1")
     write_lineage(folder, lineage)
     write_run_record(folder, lineage)
     return folder
@@ -51,13 +52,22 @@ def test_candidate_lineage_holds_no_per_run_fact(tmp_path: Path) -> None:
     folder = candidate(tmp_path / "c", "2026-01-01T00:00:00+00:00")
     assert json.loads((folder / "lineage.json").read_text()) == {"data_hash": "d", "params": {}}
     merged = version_lineage(folder, tmp_path)
-    assert merged["trained_at"] == "2026-01-01T00:00:00+00:00" and merged["wandb_run_id"] == "r1"
+    assert merged.trained_at == "2026-01-01T00:00:00+00:00" and merged.wandb_run_id == "r1"
 
 
 def test_a_run_record_of_other_files_is_not_believed(tmp_path: Path) -> None:
     folder = candidate(tmp_path / "c", "2026-01-01T00:00:00+00:00")
     (folder / "model.tflite").write_bytes(b"restored from another run")
-    assert "trained_at" not in version_lineage(folder, tmp_path)
+    assert "trained_at" not in version_lineage(folder, tmp_path).document()
+
+
+@pytest.mark.parametrize("record", ["", "[]", '{"trained_at": "t"}'])
+def test_an_unreadable_run_record_is_not_believed(tmp_path: Path, record: str) -> None:
+    """A cut-short or foreign training_run.json leaves the run facts out, not a traceback."""
+    folder = candidate(tmp_path / "c", "2026-01-01T00:00:00+00:00")
+    (folder / "training_run.json").write_text(record)
+    merged = version_lineage(folder, tmp_path).document()
+    assert "trained_at" not in merged and merged["data_hash"] == "d"
 
 
 def test_the_same_model_trained_again_is_one_version(repo: Path) -> None:
@@ -71,9 +81,9 @@ def test_the_same_model_trained_again_is_one_version(repo: Path) -> None:
     again = register(
         candidate(repo / "two", "2026-01-02T00:00:00+00:00"), str(metrics), models, params
     )
-    assert first["version"] == again["version"] == "1"
+    assert first.version == again.version == "1"
     other = register(candidate(repo / "three", "x", weights=b"other"), str(metrics), models, params)
-    assert other["version"] == "2"
+    assert other.version == "2"
     version = json.loads((repo / "models/m/1/lineage.json").read_text())
     assert version["trained_at"] == "2026-01-01T00:00:00+00:00" and "git_sha" in version
     assert not (repo / "models/m/1/training_run.json").exists()

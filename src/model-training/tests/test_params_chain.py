@@ -14,7 +14,6 @@ register run in this process, which pays for TensorFlow's import once.
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -148,13 +147,13 @@ def test_every_option_survives_the_chain(
     result = evaluate(Path(candidate), data, spec)
     noise = capfd.readouterr().err
     assert "XNNPACK" not in noise and "I0000" not in noise, noise
-    test = result["metrics"]["test"]
-    assert test["examples"] > 0 and 0 <= test["tflite_accuracy"] <= 1, test
-    (tmp_path / "metrics.json").write_text(json.dumps(result["metrics"]))
+    test = result.metrics.test
+    assert test.examples and test.tflite_accuracy is not None, test
+    result.metrics.write(tmp_path / "metrics.json")
     record = register(
         Path(candidate), str(tmp_path / "metrics.json"), str(tmp_path / "models"), params.registry
     )
-    assert record["promoted"], record
+    assert record.promoted, record
 
     image = _image("right", 99)
     probabilities, served = _served_prediction(tmp_path / "models", "chain", image)

@@ -87,11 +87,11 @@ def test_gate_promotes_only_above_the_threshold(
     registry_root = str(tmp_path / "registry")
 
     first = register(tiny_pipeline.candidate, metrics_file(tmp_path, 0.95), registry_root, params)
-    assert first["promoted"] and first["version"] == "1"
+    assert first.promoted and first.version == "1"
 
     worse = register(tiny_pipeline.candidate, metrics_file(tmp_path, 0.5), registry_root, params)
-    assert not worse["promoted"] and worse["version"] == "2"
-    assert "0.5000 < threshold 0.9000" in worse["reason"]
+    assert not worse.promoted and worse.version == "2"
+    assert "0.5000 < threshold 0.9000" in worse.reason
 
     registry = ModelRegistry(registry_root, "gate")
     assert registry.aliases() == {"production": "1", "candidate": "2"}
@@ -100,7 +100,7 @@ def test_gate_promotes_only_above_the_threshold(
     assert "Test metrics" in (version / "model_card.md").read_text()
 
     again = register(tiny_pipeline.candidate, metrics_file(tmp_path, 0.95), registry_root, params)
-    assert again["version"] == "1", "the same candidate and metrics must not make a new version"
+    assert again.version == "1", "the same candidate and metrics must not make a new version"
 
 
 @pytest.mark.slow

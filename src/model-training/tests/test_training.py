@@ -317,15 +317,15 @@ def test_evaluation_writes_plots(tiny_pipeline: TinyPipeline, tmp_path: Path) ->
     result = evaluate(
         tiny_pipeline.candidate, str(tiny_pipeline.processed), GRAY16, plots=str(tmp_path)
     )
-    assert set(result["details"]["per_class"]["3"]) == {"precision", "recall", "support"}
+    assert set(result.details.document()["per_class"]["3"]) == {"precision", "recall", "support"}
     for name in ("confusion_matrix.png", "misclassified.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     curves = (tmp_path / "training_curves.csv").read_text().splitlines()
     assert curves[0].split(",") == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
     assert len(curves) == 1 + 6  # the tiny pipeline trains 6 epochs
     predictions = (tmp_path / "predictions.csv").read_text().splitlines()
-    assert predictions[0] == "actual,predicted"
-    assert len(predictions) - 1 == result["metrics"]["test"]["examples"]
+    assert predictions[0] == "actual,predicted,sha256"
+    assert len(predictions) - 1 == result.metrics.test.examples
 
 
 def _metrics(tmp_path: Path, accuracy: float) -> str:
@@ -341,19 +341,19 @@ def test_gate_first_better_and_worse_models(tiny_pipeline: TinyPipeline, tmp_pat
     registry = ModelRegistry(root, "gate")
 
     first = register(tiny_pipeline.candidate, _metrics(tmp_path, 0.93), root, params)
-    assert first["promoted"] and "first production model" in first["reason"]
+    assert first.promoted and "first production model" in first.reason
 
     worse = register(tiny_pipeline.candidate, _metrics(tmp_path, 0.92), root, params)
-    assert not worse["promoted"]
-    assert "does not beat production version 1 (0.9300)" in worse["reason"]
+    assert not worse.promoted
+    assert "does not beat production version 1 (0.9300)" in worse.reason
     assert registry.aliases() == {"production": "1", "candidate": "2"}
 
     within_margin = register(tiny_pipeline.candidate, _metrics(tmp_path, 0.935), root, params)
-    assert not within_margin["promoted"] and "margin 0.0100" in within_margin["reason"]
+    assert not within_margin.promoted and "margin 0.0100" in within_margin.reason
 
     better = register(tiny_pipeline.candidate, _metrics(tmp_path, 0.95), root, params)
-    assert better["promoted"] and "beats production version 1" in better["reason"]
-    assert registry.aliases()["production"] == better["version"] == "4"
+    assert better.promoted and "beats production version 1" in better.reason
+    assert registry.aliases()["production"] == better.version == "4"
 
 
 def test_register_cli_says_why_it_kept_a_candidate(

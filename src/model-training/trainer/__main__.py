@@ -11,7 +11,7 @@ import typer
 
 from common import storage
 from common.cli import App, from_setting, version_option
-from common.contracts import LINEAGE
+from common.contracts import KERAS_FILE, LINEAGE, TFLITE_FILE
 from common.params import ParamsError, PipelineParams, load_params
 from common.services import exit_on_service_error
 from common.settings import get_settings
@@ -33,9 +33,8 @@ def _options(version: Annotated[bool, version_option("mega-model-training")] = F
     """Train, evaluate and register the image classifier."""
 
 
-# export.py's KERAS_FILE and TFLITE_FILE, named here because importing export imports
-# TensorFlow (a test checks they agree).
-CANDIDATE_MODEL_FILES = ("model.keras", "model.tflite")
+# What evaluate loads from the candidate besides the sidecars.
+CANDIDATE_MODEL_FILES = (KERAS_FILE, TFLITE_FILE)
 
 ParamsOption = Annotated[Path, typer.Option(help="Pipeline parameters file.")]
 
@@ -186,12 +185,12 @@ def evaluate(
             result = run_evaluation(local, data, spec, plots=plots_dir)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail("evaluate", exc) from exc
-    storage.write_json(metrics, result["metrics"])
-    storage.write_json(details, result["details"])
-    test = result["metrics"]["test"]
+    result.metrics.write(metrics)
+    result.details.write(details)
+    test = result.metrics.test
     typer.echo(
-        f"evaluate: test accuracy {test['accuracy']:.4f} (tflite {test['tflite_accuracy']:.4f}), "
-        f"macro F1 {test['macro_f1']:.4f} on {test['examples']} examples; metrics in {metrics}, "
+        f"evaluate: test accuracy {test.accuracy:.4f} (tflite {test.tflite_accuracy:.4f}), "
+        f"macro F1 {test.macro_f1:.4f} on {test.examples} examples; metrics in {metrics}, "
         f"plots in {plots_dir}"
     )
 
@@ -223,10 +222,10 @@ def register(
         )
     except (FileNotFoundError, KeyError, ValueError, RegistryError) as exc:
         raise _fail("register", exc) from exc
-    verdict = "promoted to production" if record["promoted"] else "kept as candidate"
+    verdict = "promoted to production" if record.promoted else "kept as candidate"
     typer.echo(
-        f"register: {record['model']} version {record['version']} {verdict} "
-        f"({record['reason']}); in {record['uri']}"
+        f"register: {record.model} version {record.version} {verdict} "
+        f"({record.reason}); in {record.uri}"
     )
 
 

@@ -17,12 +17,13 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from common import storage
-from common.contracts import STATS, Preprocess
-from common.tfrecord import parse_examples
+from common.contracts import STATS, Preprocess, Stats
+from common.tfrecord import parse_examples, parse_examples_with_ids
 from trainer.inputs import shard_paths
 
-# Serialized records in, `(uint8 pixels [B, H, W, C], int64 labels [B])` out.
-DecodeBatch = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+# Serialized records in, `(uint8 pixels [B, H, W, C], int64 labels [B])` out (and with
+# ids, string sha256 [B] third).
+DecodeBatch = Callable[[tf.Tensor], tuple[tf.Tensor, ...]]
 
 # Enough shards in flight to hide per-file latency (gs://) without a thread per shard.
 MAX_PARALLEL_SHARDS = 16
@@ -86,22 +87,25 @@ def make_dataset(
     count: int | None = None,
     cache_mb: float = 0.0,
     shuffle_buffer: int = 10_000,
+    with_ids: bool = False,
 ) -> tf.data.Dataset:
     """The `split` of the processed folder `data`; `count`: the split size (from stats.json).
 
     `spec` is the folder's preprocess.json (the caller has read it). The decoded
-    split is cached in memory when it takes at most `cache_mb` MB.
+    split is cached in memory when it takes at most `cache_mb` MB. With `with_ids`,
+    each batch also carries the records' sha256 (string `[B]`) as a third element.
     """
     paths = shard_paths(data, split)
     if not paths:
         raise FileNotFoundError(f"no {split} shards in {data}; run the process stage first")
-    stats = storage.read_json(storage.join(data, STATS))
-    compression = "GZIP" if stats.get("compression") == "gzip" else ""
-    total = count if count is not None else stats.get("totals", {}).get(split)
-    cache = bool(total) and fits_in_cache(int(total), spec, cache_mb)
+    stats = Stats.read(storage.join(data, STATS))
+    compression = "GZIP" if stats.compression == "gzip" else ""
+    total = count if count is not None else stats.totals.get(split)
+    cache = bool(total) and fits_in_cache(int(total or 0), spec, cache_mb)
+    parse = parse_examples_with_ids if with_ids else parse_examples
 
-    def _decode(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return parse_examples(serialized, spec.channels, spec.image_size)
+    def _decode(serialized: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        return parse(serialized, spec.channels, spec.image_size)
 
     return build_pipeline(
         paths,

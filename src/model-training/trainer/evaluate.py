@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,28 @@ import keras
 import numpy as np
 
 from common import storage
-from common.contracts import LABELS, Preprocess, read_labels
+from common.contracts import (
+    CURVES,
+    KERAS_FILE,
+    LABELS,
+    TFLITE_FILE,
+    ClassScores,
+    Evaluation,
+    Metrics,
+    Preprocess,
+    SplitMetrics,
+    read_labels,
+)
 from trainer.data import make_dataset
-from trainer.export import HISTORY_FILE, KERAS_FILE, TFLITE_FILE
 from trainer.quiet import filtered_native_stderr
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What `evaluate` measured: `metrics.json` (DVC metrics) and `evaluation.json`."""
+
+    metrics: Metrics
+    details: Evaluation
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -64,7 +83,7 @@ def evaluate(
     spec: Preprocess,
     batch_size: int = 256,
     plots: str | None = None,
-) -> dict[str, Any]:
+) -> EvaluationResult:
     """Metrics of the candidate in `model_dir` on the test split of `data`.
 
     With `plots`, also writes the confusion-matrix and misclassified-examples PNGs
@@ -72,10 +91,12 @@ def evaluate(
     """
     labels = read_labels(storage.join(str(model_dir), LABELS))
     model = keras.models.load_model(model_dir / KERAS_FILE)
-    dataset = make_dataset(data, "test", spec=spec, batch_size=batch_size)
-    batches = [(x.numpy(), y.numpy()) for x, y in dataset]  # one pass: decode once
-    images = np.concatenate([x for x, _ in batches])
-    true = np.concatenate([y for _, y in batches])
+    dataset = make_dataset(data, "test", spec=spec, batch_size=batch_size, with_ids=True)
+    batches = [(x.numpy(), y.numpy(), i.numpy()) for x, y, i in dataset]  # one pass
+    images = np.concatenate([x for x, _, _ in batches])
+    true = np.concatenate([y for _, y, _ in batches])
+    # The record's name from the collector on: reports point at the raw file by it.
+    ids = [sha.decode("ascii") for _, _, batch in batches for sha in batch]
     probabilities = model.predict(images, batch_size=batch_size, verbose=0)
     loss = float(keras.losses.sparse_categorical_crossentropy(true, probabilities).numpy().mean())
     matrix = confusion_matrix(true, probabilities.argmax(axis=1), len(labels))
@@ -84,7 +105,7 @@ def evaluate(
     if plots is not None:
         from trainer.plots import write_plots
 
-        history_path = model_dir / HISTORY_FILE
+        history_path = model_dir / CURVES
         write_plots(
             plots,
             matrix=matrix,
@@ -92,21 +113,19 @@ def evaluate(
             images=images,
             true=true,
             probabilities=probabilities,
+            ids=ids,
             history=storage.read_json(history_path) if history_path.is_file() else {},
         )
-    return {
-        "metrics": {
-            "test": {
-                "accuracy": report["accuracy"],
-                "macro_f1": report["macro_f1"],
-                "loss": loss,
-                "tflite_accuracy": float((tflite_pred == true).mean()),
-                "examples": len(true),
-            }
-        },
-        "details": {
-            "labels": labels,
-            "per_class": report["per_class"],
-            "confusion_matrix": matrix.tolist(),
-        },
-    }
+    test = SplitMetrics(
+        accuracy=report["accuracy"],
+        macro_f1=report["macro_f1"],
+        loss=loss,
+        tflite_accuracy=float((tflite_pred == true).mean()),
+        examples=len(true),
+    )
+    details = Evaluation(
+        labels=labels,
+        per_class={label: ClassScores(**scores) for label, scores in report["per_class"].items()},
+        confusion_matrix=matrix.tolist(),
+    )
+    return EvaluationResult(metrics=Metrics(test=test), details=details)

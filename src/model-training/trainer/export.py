@@ -13,19 +13,23 @@ import json
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import keras
 import tensorflow as tf
 
 from common import storage
-from common.contracts import LABELS, PREPROCESS, Preprocess
+from common.contracts import (
+    CURVES,
+    KERAS_FILE,
+    LABELS,
+    PREPROCESS,
+    SAVED_MODEL_DIR,
+    TFLITE_FILE,
+    Lineage,
+    Preprocess,
+)
 from trainer.lineage import write_lineage, write_run_record
 
-KERAS_FILE = "model.keras"
-SAVED_MODEL_DIR = "saved_model"
-TFLITE_FILE = "model.tflite"
-HISTORY_FILE = "history.json"
 # Zip entry times: the zip format's earliest date, as reproducible-build tools use.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 SHARED_ID = re.compile(rb'"shared_object_id": (\d+)')
@@ -113,7 +117,7 @@ def export_model(
     *,
     labels: list[str],
     spec: Preprocess,
-    lineage: dict[str, Any],
+    lineage: Lineage,
     history: dict[str, list[float]],
     with_tflite: bool = True,
 ) -> None:
@@ -133,7 +137,7 @@ def export_model(
         converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / SAVED_MODEL_DIR))
         (folder / TFLITE_FILE).write_bytes(converter.convert())
     storage.write_json(folder / LABELS, labels)
-    storage.write_json(folder / PREPROCESS, spec.model_dump())
-    storage.write_json(folder / HISTORY_FILE, history)
+    spec.write(folder / PREPROCESS)
+    storage.write_json(folder / CURVES, history)
     write_lineage(folder, lineage)
     write_run_record(folder, lineage)  # last: it records the hash of everything above

@@ -13,10 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from common import storage
-from common.contracts import LABELS, LINEAGE, PREPROCESS, STATS, Preprocess, Split
+from common.contracts import (
+    LABELS,
+    LINEAGE,
+    PREPROCESS,
+    STATS,
+    Lineage,
+    Metrics,
+    Preprocess,
+    Split,
+    Stats,
+    problems,
+)
 
 RERUN_PROCESS = "re-run the process stage (mega run, or python -m processor) to rewrite it"
 RERUN_TRAIN = "re-run the train stage (mega run, or python -m trainer train) to rewrite it"
@@ -27,45 +38,13 @@ class InputError(ValueError):
     """A file the trainer reads is missing or malformed; the message says which and the fix."""
 
 
-class _Stats(BaseModel):
-    """The part of the processor's `stats.json` the trainer relies on."""
-
-    model_config = ConfigDict(extra="allow")
-
-    totals: dict[str, int] = Field(description="Examples per split.")
-    data_hash: str = Field(min_length=1)
-    compression: str = "none"
-
-
-class _TestMetrics(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    accuracy: float = Field(ge=0, le=1)
-    macro_f1: float = Field(ge=0, le=1)  # the gate's class-balance check
-
-
-class _Metrics(BaseModel):
-    """The part of evaluate's `metrics.json` the gate relies on."""
-
-    model_config = ConfigDict(extra="allow")
-
-    test: _TestMetrics
-
-
 @dataclass(frozen=True)
 class ProcessedData:
     """A processed data folder that passed the checks."""
 
     spec: Preprocess
     labels: list[str]
-    stats: dict[str, Any]
-
-
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'the top level'}: {err['msg']}"
-        for err in exc.errors()
-    )
+    stats: Stats
 
 
 def read_json_file(uri: str, fix: str) -> Any:
@@ -85,7 +64,7 @@ def _validated(model: type[BaseModel], uri: str, fix: str) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise InputError(f"{uri}: {_problems(exc)}; {fix}") from exc
+        raise InputError(f"{uri}: {problems(exc)}; {fix}") from exc
 
 
 def read_preprocess(folder: str, fix: str) -> Preprocess:
@@ -142,7 +121,7 @@ def check_processed(data: str, splits: tuple[Split, ...]) -> ProcessedData:
     )
     spec = read_preprocess(data, RERUN_PROCESS)
     labels = read_class_names(data, RERUN_PROCESS)
-    stats: _Stats = _validated(_Stats, storage.join(data, STATS), RERUN_PROCESS)
+    stats: Stats = _validated(Stats, storage.join(data, STATS), RERUN_PROCESS)
     for split in splits:
         if stats.totals.get(split, 0) < 1:
             raise InputError(
@@ -151,7 +130,7 @@ def check_processed(data: str, splits: tuple[Split, ...]) -> ProcessedData:
             )
         if not shard_paths(data, split):
             raise InputError(f"{data}: no {split}-*.tfrecord shards; {RERUN_PROCESS}")
-    return ProcessedData(spec=spec, labels=labels, stats=stats.model_dump())
+    return ProcessedData(spec=spec, labels=labels, stats=stats)
 
 
 def check_candidate(model: str, files: tuple[str, ...]) -> None:
@@ -162,8 +141,7 @@ def check_candidate(model: str, files: tuple[str, ...]) -> None:
     for name in files:
         uri = storage.join(model, name)
         if name == LINEAGE:
-            if not isinstance(read_json_file(uri, RERUN_TRAIN), dict):
-                raise InputError(f"{uri}: expected a JSON object; {RERUN_TRAIN}")
+            _validated(Lineage, uri, RERUN_TRAIN)
         elif not storage.exists(uri):
             raise InputError(f"{uri}: not found; {RERUN_TRAIN}")
 
@@ -177,17 +155,12 @@ def check_output_folder(out: str) -> None:
         )
 
 
-def check_metrics(uri: str) -> dict[str, Any]:
+def check_metrics(uri: str) -> Metrics:
     """Evaluate's `metrics.json`, parsed, once checked: a `test` object with `accuracy` and
     `macro_f1` in [0, 1] (other keys are kept). The one validator of that file.
 
     Raises `InputError` (a `ValueError`) naming the file, the problem and the fix.
     """
     fix = f"{RERUN_EVALUATE} to rewrite it"
-    raw = read_json_file(uri, fix)
-    try:
-        _Metrics.model_validate(raw)
-    except ValidationError as exc:
-        raise InputError(f"{uri}: {_problems(exc)}; {fix}") from exc
-    metrics: dict[str, Any] = raw
+    metrics: Metrics = _validated(Metrics, uri, fix)
     return metrics

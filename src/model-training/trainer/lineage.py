@@ -26,9 +26,8 @@ from typing import Any
 import yaml
 
 from common import storage
-from common.contracts import LINEAGE
+from common.contracts import LINEAGE, RUN_RECORD, ContractError, Lineage, Metrics, RunRecord
 
-RUN_RECORD = "training_run.json"
 RUN_FACTS = ("trained_at", "wandb_run_id")
 
 
@@ -37,13 +36,13 @@ def model_hash(folder: Path) -> str:
     return storage.tree_hash(folder, exclude={RUN_RECORD})
 
 
-def version_identity(candidate: Path, metrics: dict[str, Any]) -> str:
+def version_identity(candidate: Path, metrics: Metrics) -> str:
     """What makes a registry version: the model's files and their evaluation, nothing per-run.
 
     Training the same inputs again gives the same identity, so no new version; the same
     model evaluated on other data is a new version, whose metrics.json stays true.
     """
-    evaluation = json.dumps(metrics, sort_keys=True)
+    evaluation = json.dumps(metrics.document(), sort_keys=True)
     return hashlib.sha256(f"{model_hash(candidate)}\n{evaluation}".encode()).hexdigest()
 
 
@@ -100,43 +99,47 @@ def git_state(root: Path = Path()) -> dict[str, Any]:
 
 def build_lineage(
     *, data: str, data_hash: str, params: dict[str, Any], wandb_run: str | None
-) -> dict[str, Any]:
+) -> Lineage:
     """The model's lineage; the per-run facts (`RUN_FACTS`) go to `RUN_RECORD` on export."""
     import tensorflow as tf
 
-    return {
-        "data": data,
-        "data_hash": data_hash,
-        "params": params,
-        "tensorflow": tf.__version__,
-        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "wandb_run_id": wandb_run,
-    }
+    return Lineage(
+        data=data,
+        data_hash=data_hash,
+        params=params,
+        tensorflow=tf.__version__,
+        trained_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        wandb_run_id=wandb_run,
+    )
 
 
-def write_lineage(folder: Path, lineage: dict[str, Any]) -> None:
+def write_lineage(folder: Path, lineage: Lineage) -> None:
     """Write `lineage.json` (stable facts); call last, then `write_run_record`."""
-    stable = {key: value for key, value in lineage.items() if key not in RUN_FACTS}
+    stable = lineage.model_dump(mode="json", exclude_unset=True, exclude=set(RUN_FACTS))
     storage.write_json(folder / LINEAGE, stable)
 
 
-def write_run_record(folder: Path, lineage: dict[str, Any]) -> None:
+def write_run_record(folder: Path, lineage: Lineage) -> None:
     """Write `RUN_RECORD`: this run's facts and the hash of the files it produced."""
-    record = {key: lineage.get(key) for key in RUN_FACTS}
-    record["model_hash"] = model_hash(folder)
-    storage.write_json(folder / RUN_RECORD, record)
+    record = RunRecord(
+        trained_at=lineage.trained_at,
+        wandb_run_id=lineage.wandb_run_id,
+        model_hash=model_hash(folder),
+    )
+    record.write(folder / RUN_RECORD)
 
 
-def version_lineage(candidate: Path, root: Path = Path()) -> dict[str, Any]:
+def version_lineage(candidate: Path, root: Path = Path()) -> Lineage:
     """The lineage a registry version records: the candidate's, its run's, git's now.
 
     The run facts are left out when the run record is missing or describes other files
-    (e.g. DVC restored this candidate from its cache, without the record).
+    (e.g. DVC restored this candidate from its cache, without the record), or unreadable.
     """
-    lineage: dict[str, Any] = storage.read_json(candidate / LINEAGE)
-    record_path = candidate / RUN_RECORD
-    if record_path.is_file():
-        record = storage.read_json(record_path)
-        if record.get("model_hash") == model_hash(candidate):
-            lineage.update({key: record.get(key) for key in RUN_FACTS})
-    return {**lineage, **git_state(root)}
+    lineage = Lineage.read(candidate / LINEAGE).document()
+    try:
+        record = RunRecord.read(candidate / RUN_RECORD)
+    except (FileNotFoundError, ContractError):
+        record = None
+    if record is not None and record.model_hash == model_hash(candidate):
+        lineage.update(record.model_dump(include=set(RUN_FACTS)))
+    return Lineage.model_validate({**lineage, **git_state(root)})

@@ -57,35 +57,60 @@ def confusion_png(matrix: np.ndarray, labels: list[str]) -> bytes:
     return data
 
 
+# Enough of the sha256 to find the record in manifest.jsonl (grep) and the raw file
+# (images/<label>/<sha256>.<ext>); the whole hash would not fit above a thumbnail.
+ID_CHARS = 12
+
+
+def misclassified_titles(
+    true: np.ndarray,
+    probabilities: np.ndarray,
+    labels: list[str],
+    ids: list[str],
+    limit: int = 25,
+) -> list[tuple[int, str]]:
+    """The most confidently wrong examples, most confident first: `(index, title)`.
+
+    `true` is `[N]` class indices, `probabilities` `[N, classes]`, `ids` the records'
+    sha256; a title reads `true → predicted (p)` over the record's short sha256.
+    """
+    pred = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(pred != true)
+    wrong = wrong[np.argsort(-probabilities[wrong, pred[wrong]], kind="stable")][:limit]
+    return [
+        (
+            int(index),
+            f"{labels[true[index]]} → {labels[pred[index]]} "
+            f"({probabilities[index, pred[index]]:.2f})\n{ids[index][:ID_CHARS]}",
+        )
+        for index in wrong
+    ]
+
+
 def misclassified_png(
     images: np.ndarray,
     true: np.ndarray,
     probabilities: np.ndarray,
     labels: list[str],
+    ids: list[str],
     limit: int = 25,
 ) -> bytes:
-    """A grid of the most confidently wrong test images, titled `true → predicted (p)`."""
+    """A grid of the most confidently wrong test images, each titled by `misclassified_titles`."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    pred = probabilities.argmax(axis=1)
-    wrong = np.flatnonzero(pred != true)
-    wrong = wrong[np.argsort(-probabilities[wrong, pred[wrong]])][:limit]
+    wrong = misclassified_titles(true, probabilities, labels, ids, limit)
     columns = 5
     rows = max(1, -(-len(wrong) // columns))
-    figure, grid = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows), squeeze=False)
+    figure, grid = plt.subplots(rows, columns, figsize=(2 * columns, 2.4 * rows), squeeze=False)
     for axes in grid.flat:
         axes.axis("off")
-    for axes, index in zip(grid.flat, wrong, strict=False):
+    for axes, (index, title) in zip(grid.flat, wrong, strict=False):
         image = images[index].astype(np.uint8)
         axes.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
-        axes.set_title(
-            f"{labels[true[index]]} → {labels[pred[index]]} "
-            f"({probabilities[index, pred[index]]:.2f})",
-            fontsize=8,
-        )
+        axes.set_title(title, fontsize=8)
     if not len(wrong):
         grid[0, 0].set_title("no misclassified examples", fontsize=9)
     figure.suptitle("Misclassified test examples (true → predicted)")
@@ -105,10 +130,11 @@ def curves_csv(history: dict[str, list[float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def predictions_csv(true: np.ndarray, pred: np.ndarray, labels: list[str]) -> str:
-    """`actual,predicted` label pairs: DVC's confusion-matrix template reads them."""
-    rows = [f"{labels[t]},{labels[p]}" for t, p in zip(true, pred, strict=True)]
-    return "actual,predicted\n" + "".join(row + "\n" for row in rows)
+def predictions_csv(true: np.ndarray, pred: np.ndarray, labels: list[str], ids: list[str]) -> str:
+    """`actual,predicted,sha256` rows: DVC's confusion-matrix template reads the labels;
+    the sha256 names the record in the raw store's `manifest.jsonl`."""
+    rows = [f"{labels[t]},{labels[p]},{sha}" for t, p, sha in zip(true, pred, ids, strict=True)]
+    return "actual,predicted,sha256\n" + "".join(row + "\n" for row in rows)
 
 
 def write_plots(
@@ -119,16 +145,17 @@ def write_plots(
     images: np.ndarray,
     true: np.ndarray,
     probabilities: np.ndarray,
+    ids: list[str],
     history: dict[str, list[float]],
 ) -> None:
     """Write every evaluation plot into `folder` (local or gs://)."""
     storage.write_bytes(storage.join(folder, CONFUSION_PNG), confusion_png(matrix, labels))
     storage.write_bytes(
         storage.join(folder, MISCLASSIFIED_PNG),
-        misclassified_png(images, true, probabilities, labels),
+        misclassified_png(images, true, probabilities, labels, ids),
     )
     storage.write_text(storage.join(folder, CURVES_CSV), curves_csv(history))
     storage.write_text(
         storage.join(folder, PREDICTIONS_CSV),
-        predictions_csv(true, probabilities.argmax(axis=1), labels),
+        predictions_csv(true, probabilities.argmax(axis=1), labels, ids),
     )

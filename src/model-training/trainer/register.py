@@ -2,35 +2,52 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from common import storage
-from common.contracts import LABELS, LINEAGE, METRICS, read_labels
+from common.contracts import (
+    LABELS,
+    LINEAGE,
+    METRICS,
+    MODEL_CARD,
+    RUN_RECORD,
+    STATS,
+    TRAINING_CLASSES,
+    ContractError,
+    Lineage,
+    Metrics,
+    RegisterResult,
+    SplitMetrics,
+    Stats,
+    TrainingClasses,
+    read_labels,
+)
 from common.params import RegistryParams
 from common.registry import ModelRegistry
 from trainer.inputs import check_metrics
-from trainer.lineage import RUN_RECORD, version_identity, version_lineage
+from trainer.lineage import version_identity, version_lineage
+
+log = logging.getLogger("trainer.register")
 
 PRODUCTION = "production"
 CANDIDATE = "candidate"
 
 
-def model_card(name: str, metrics: dict[str, Any], lineage: dict[str, Any]) -> str:
-    test = metrics.get("test", {})
-    params = lineage.get("params", {})
+def model_card(name: str, metrics: Metrics, lineage: Lineage) -> str:
+    test = dict(sorted(metrics.test.model_dump(exclude_unset=True).items()))
+    train_params = lineage.params.get("train", {})
     return "\n".join(
         [
             f"# Model card: {name}",
             "",
-            f"- Model: `{params.get('train', {}).get('model', '?')}`, "
-            f"trained {lineage.get('trained_at', '?')}",
-            f"- Data: `{lineage.get('data', '?')}`, version `{lineage.get('data_hash', '?')[:12]}`",
-            f"- Code: git `{lineage.get('git_sha', '?')}`"
-            + (" (uncommitted changes)" if lineage.get("git_dirty") else ""),
-            f"- W&B run: `{lineage.get('wandb_run_id') or 'not tracked'}`",
+            f"- Model: `{train_params.get('model', '?')}`, trained {lineage.trained_at or '?'}",
+            f"- Data: `{lineage.data or '?'}`, version `{(lineage.data_hash or '?')[:12]}`",
+            f"- Code: git `{lineage.git_sha or '?'}`"
+            + (" (uncommitted changes)" if lineage.git_dirty else ""),
+            f"- W&B run: `{lineage.wandb_run_id or 'not tracked'}`",
             "",
             "## Test metrics",
             "",
@@ -58,8 +75,8 @@ def production_accuracy(registry: ModelRegistry) -> tuple[str, float] | None:
     info = registry.version_info(version)
     if "test_accuracy" in info:
         return version, float(info["test_accuracy"])
-    metrics = storage.read_json(storage.join(registry.version_uri(version), METRICS))
-    return version, float(metrics["test"]["accuracy"])
+    metrics = Metrics.read(storage.join(registry.version_uri(version), METRICS))
+    return version, metrics.test.accuracy
 
 
 def _thresholds(accuracy: float, macro_f1: float, params: RegistryParams) -> tuple[bool, str]:
@@ -78,7 +95,7 @@ def _thresholds(accuracy: float, macro_f1: float, params: RegistryParams) -> tup
 def gate(
     registry: ModelRegistry,
     version: str,
-    test: dict[str, Any],
+    test: SplitMetrics,
     params: RegistryParams,
     labels: list[str],
 ) -> tuple[str, str]:
@@ -90,7 +107,7 @@ def gate(
     data) and, when a production model exists, a test accuracy at least
     `min_improvement` above it (and strictly above).
     """
-    accuracy, macro_f1 = float(test["accuracy"]), float(test["macro_f1"])
+    accuracy, macro_f1 = test.accuracy, test.macro_f1
     if len(labels) < 2:
         return CANDIDATE, (
             f"the model knows {len(labels)} class ({', '.join(map(repr, labels))}) and answers "
@@ -118,40 +135,85 @@ def gate(
     )
 
 
+def training_classes(lineage: Lineage) -> TrainingClasses | None:
+    """Training examples per class of the data the lineage names, for the drift gauge.
+
+    Read from that data's `stats.json` at register time (the registry version carries
+    them, so serving never reaches back into the data). None, with a warning, when the
+    data is gone or was processed again (its `data_hash` differs from the lineage's).
+    """
+    if not lineage.data or not lineage.data_hash:
+        return None
+    uri = storage.join(lineage.data, STATS)
+    try:
+        stats = Stats.read(uri)
+    except (OSError, ContractError) as exc:
+        log.warning("%s: unreadable (%s); the version has no training class counts", uri, exc)
+        return None
+    if stats.data_hash != lineage.data_hash:
+        log.warning(
+            "%s: data_hash %s is not the model's %s; the version has no training class counts",
+            uri,
+            stats.data_hash[:12],
+            lineage.data_hash[:12],
+        )
+        return None
+    return TrainingClasses.from_stats(stats)
+
+
+def _backfill(registry: ModelRegistry, version: str, classes: TrainingClasses | None) -> None:
+    """Add the class counts to an existing version published without them.
+
+    Publishing the same model again returns the existing version untouched, so a
+    version registered before the counts were recorded gets them here. They are
+    derived from the data the lineage names (same `data_hash`), not part of the
+    version's identity, and written atomically like any registry file.
+    """
+    uri = storage.join(registry.version_uri(version), TRAINING_CLASSES)
+    if classes is not None and not storage.exists(uri):
+        classes.write(uri)
+
+
 def register(
     candidate: Path, metrics_path: str, registry_root: str, params: RegistryParams
-) -> dict[str, Any]:
+) -> RegisterResult:
     """Publish `candidate` with its metrics; alias it `production` if it passes the gate.
+
+    The version holds the candidate's files, the metrics, a model card, the lineage
+    with the run's facts, and the training class counts (`training_classes.json`,
+    when the data the lineage names is still there).
 
     Raises `trainer.inputs.InputError` (a `ValueError`) for a missing or malformed
     `metrics_path`, before anything is published.
     """
     metrics = check_metrics(metrics_path)
-    test = metrics["test"]
-    accuracy = float(test["accuracy"])
     labels = read_labels(candidate / LABELS)
     # The candidate's lineage with its run's facts and today's git state: the version
     # records them, but only the model's files and metrics decide whether it is new.
     lineage = version_lineage(candidate)
+    classes = training_classes(lineage)
     registry = ModelRegistry(registry_root, params.model_name)
     with tempfile.TemporaryDirectory(prefix="register-") as tmp:
         staging = Path(tmp) / "model"
         shutil.copytree(candidate, staging, ignore=shutil.ignore_patterns(RUN_RECORD))
-        storage.write_json(staging / LINEAGE, lineage)
-        storage.write_json(staging / METRICS, metrics)
-        (staging / "model_card.md").write_text(model_card(params.model_name, metrics, lineage))
+        lineage.write(staging / LINEAGE)
+        metrics.write(staging / METRICS)
+        if classes is not None:
+            classes.write(staging / TRAINING_CLASSES)
+        storage.write_text(staging / MODEL_CARD, model_card(params.model_name, metrics, lineage))
         version = registry.publish(
             staging,
-            extra={"test_accuracy": accuracy},
+            extra={"test_accuracy": metrics.test.accuracy},
             content_hash=version_identity(candidate, metrics),
         )
-    alias, reason = gate(registry, version, test, params, labels)
+    _backfill(registry, version, classes)
+    alias, reason = gate(registry, version, metrics.test, params, labels)
     registry.set_alias(alias, version)
-    return {
-        "model": params.model_name,
-        "version": version,
-        "alias": alias,
-        "promoted": alias == PRODUCTION,
-        "reason": reason,
-        "uri": registry.version_uri(version),
-    }
+    return RegisterResult(
+        model=params.model_name,
+        version=version,
+        alias=alias,
+        promoted=alias == PRODUCTION,
+        reason=reason,
+        uri=registry.version_uri(version),
+    )

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import storage
-from common.contracts import LABELS, PREPROCESS, STATS, Preprocess, read_labels
+from common.contracts import EPOCH_LOG, LABELS, PREPROCESS, STATS, Preprocess, Stats, read_labels
 from common.params import PipelineParams
 from common.settings import Settings
 from trainer import budget
@@ -38,7 +38,6 @@ from trainer.model import build_model, with_augmentation
 from trainer.tracking import Tracker
 
 RUNS_ROOT = ".mega/runs"
-HISTORY = "history.json"
 WANDB_ID = "wandb_run_id.txt"
 
 
@@ -193,10 +192,10 @@ def train(
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
 
-    spec = Preprocess.model_validate(storage.read_json(storage.join(data, PREPROCESS)))
+    spec = Preprocess.read(storage.join(data, PREPROCESS))
     labels = read_labels(storage.join(data, LABELS))
-    stats = storage.read_json(storage.join(data, STATS))
-    totals = stats["totals"]
+    stats = Stats.read(storage.join(data, STATS))
+    totals = stats.totals
     replicas = int(distribution.num_replicas_in_sync)
     strategy_name = strategy_label(distribution)
     global_batch = cfg.batch_size * replicas
@@ -243,12 +242,12 @@ def train(
     # Examples one step holds in this process's memory (replicas on this machine).
     _check_memory(model, params, spec, totals, global_batch // max(task.num_workers, 1))
 
-    run = run_dir or default_run_dir(out, params, stats["data_hash"])
+    run = run_dir or default_run_dir(out, params, stats.data_hash)
     stale: list[tuple[str, int]] = []
     if run_dir is None and task.is_chief and not os.environ.get("AIP_CHECKPOINT_DIR"):
         stale = remove_stale_runs(run)
     worker_dir = storage.join(run, task.tag)  # each worker backs up its own copy
-    history = EpochHistory(storage.join(worker_dir, HISTORY))
+    history = EpochHistory(storage.join(worker_dir, EPOCH_LOG))
     backup = keras.callbacks.BackupAndRestore(
         storage.join(worker_dir, "backup"), double_checkpoint=True, delete_checkpoint=False
     )
@@ -260,7 +259,7 @@ def train(
         config={
             **params.model_dump(),
             "data": data,
-            "data_hash": stats["data_hash"],
+            "data_hash": stats.data_hash,
             "strategy": strategy_name,
             "replicas": replicas,
             "workers": task.num_workers,
@@ -311,7 +310,7 @@ def train(
         tracker.summary({"train_seconds": seconds, "replicas": replicas})
         lineage = build_lineage(
             data=data,
-            data_hash=stats["data_hash"],
+            data_hash=stats.data_hash,
             params=params.model_dump(),
             wandb_run=tracker.run_id,
         )
@@ -327,7 +326,7 @@ def train(
                 tracker.log_model(
                     folder,
                     f"{params.dataset}-{cfg.model}",
-                    aliases=["candidate", f"data-{stats['data_hash'][:12]}"],
+                    aliases=["candidate", f"data-{stats.data_hash[:12]}"],
                 )
 
             _export_atomically(serving, out, on_staged=log_model, **sidecars)

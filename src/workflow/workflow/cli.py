@@ -92,20 +92,18 @@ def _summary(project: Project) -> None:
     table.add_column()
     stats = project.data_stats()
     if stats:
-        totals = stats["totals"]
         table.add_row(
             "data",
             f"{project.processed_dir.relative_to(project.root)} · "
-            f"version {stats['data_hash'][:12]} · "
-            f"train {totals['train']} / val {totals['val']} / test {totals['test']}",
+            f"version {stats.data_hash[:12]} · {stats.split_sizes(' / ')}",
         )
     metrics = project.metrics()
     if metrics:
-        test = metrics["test"]
+        test = metrics.test
         table.add_row(
             "test metrics",
-            f"accuracy {test['accuracy']:.4f} · macro F1 {test['macro_f1']:.4f} "
-            f"· {test['examples']} examples ({project.metrics_path.relative_to(project.root)})",
+            f"accuracy {test.accuracy:.4f} · macro F1 {test.macro_f1:.4f} "
+            f"· {test.examples} examples ({project.metrics_path.relative_to(project.root)})",
         )
     production = project.production()
     if production:
@@ -158,7 +156,7 @@ def status() -> None:
     project = _project()
     stats = project.data_stats()
     console.print(
-        f"[bold]data[/bold]: version {stats['data_hash'][:12]}, {sum(stats['totals'].values())} "
+        f"[bold]data[/bold]: version {stats.data_hash[:12]}, {stats.examples} "
         f"examples in {project.processed_dir.relative_to(project.root)}"
         if stats
         else "[bold]data[/bold]: not processed yet (run `mega run`)"
@@ -175,10 +173,11 @@ def status() -> None:
     if production is None:
         console.print("[bold]production model[/bold]: none (run `mega run`)")
         return
-    test = production["metrics"].get("test", {})
+    metrics = production["metrics"]
+    accuracy = metrics.test.accuracy if metrics else float("nan")
     console.print(
         f"[bold]production model[/bold]: {production['name']} version {production['version']} "
-        f"({production['uri']}), test accuracy {test.get('accuracy', float('nan')):.4f}"
+        f"({production['uri']}), test accuracy {accuracy:.4f}"
     )
 
 
@@ -266,7 +265,7 @@ def data_versions() -> None:
             version.rev[:10],
             version.date,
             (version.dvc_md5 or "?")[:12],
-            version.stats["data_hash"][:12] if version.stats else "?",
+            version.stats.data_hash[:12] if version.stats else "?",
             version.counts,
             version.subject,
         )
@@ -348,7 +347,7 @@ def data_checkout(
     stats = project.data_stats()
     console.print(
         f"restored {processed} of {commit[:10]}: data version "
-        f"{stats['data_hash'][:12] if stats else '?'}. dvc.lock now records that commit's stages, "
+        f"{stats.data_hash[:12] if stats else '?'}. dvc.lock now records that commit's stages, "
         "so `mega status` shows later stages as changed; `mega run` trains on this data, and "
         "`git checkout HEAD -- dvc.lock && dvc checkout` returns to the latest."
     )

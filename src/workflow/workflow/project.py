@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from common import storage
+from common.contracts import METRICS, STATS, Metrics, Stats
 from common.params import PipelineParams, load_params
 from common.registry import ModelRegistry, RegistryError
 from common.services import ServiceError
@@ -50,14 +51,14 @@ class Project:
 
     @property
     def metrics_path(self) -> Path:
-        return self.root / "reports" / "metrics.json"
+        return self.root / "reports" / METRICS
 
-    def data_stats(self) -> dict[str, Any] | None:
-        path = self.processed_dir / "stats.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+    def data_stats(self) -> Stats | None:
+        path = self.processed_dir / STATS
+        return Stats.read(path) if path.is_file() else None
 
-    def metrics(self) -> dict[str, Any] | None:
-        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else None
+    def metrics(self) -> Metrics | None:
+        return Metrics.read(self.metrics_path) if self.metrics_path.is_file() else None
 
     def registry(self) -> ModelRegistry:
         return ModelRegistry(self.settings.models_root, self.params.registry.model_name)
@@ -71,12 +72,12 @@ class Project:
         except (RegistryError, FileNotFoundError):
             return None  # no alias yet, or it names a version that was deleted
         uri = registry.version_uri(version)
-        metrics_uri = storage.join(uri, "metrics.json")
+        metrics_uri = storage.join(uri, METRICS)
         return {
             "name": registry.name,
             "version": version,
             "uri": uri,
-            "metrics": storage.read_json(metrics_uri) if storage.exists(metrics_uri) else {},
+            "metrics": Metrics.read(metrics_uri) if storage.exists(metrics_uri) else None,
             "info": info,
         }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import yaml
 
 from common import storage
+from common.contracts import STATS, Stats
 
 PROCESS_STAGE = "process"
 
@@ -24,15 +24,13 @@ class DataVersion:
     subject: str
     dvc_md5: str | None
     files: int | None
-    stats: dict[str, Any] | None
+    stats: Stats | None
 
     @property
     def counts(self) -> str:
         if self.stats is None:
             return "? (data not here)"
-        totals = self.stats["totals"]
-        split = f"train {totals['train']}, val {totals['val']}, test {totals['test']}"
-        return f"{sum(totals.values())} ({split})"
+        return f"{self.stats.examples} ({self.stats.split_sizes()})"
 
 
 def _git(root: Path, *args: str) -> str:
@@ -57,7 +55,7 @@ def processed_out(lock_text: str, processed: str) -> dict[str, Any] | None:
     return None
 
 
-def read_stats(root: Path, processed: str, rev: str) -> dict[str, Any] | None:
+def read_stats(root: Path, processed: str, rev: str) -> Stats | None:
     """stats.json of the processed data at `rev`, from the DVC cache or the default remote.
 
     None when neither holds it: a fresh clone's history names data versions made in
@@ -68,11 +66,10 @@ def read_stats(root: Path, processed: str, rev: str) -> dict[str, Any] | None:
     from dvc_data.index import DataIndexError
 
     try:
-        text = dvc.api.read(f"{processed}/stats.json", repo=str(root), rev=rev, remote=None)
+        text = dvc.api.read(f"{processed}/{STATS}", repo=str(root), rev=rev, remote=None)
     except (DvcException, DataIndexError, FileNotFoundError, OSError):
         return None
-    stats: dict[str, Any] = json.loads(text)
-    return stats
+    return Stats.model_validate_json(text)
 
 
 def list_versions(root: Path, processed: str, with_stats: bool = True) -> list[DataVersion]:
