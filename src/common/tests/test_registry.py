@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,22 @@ def test_incomplete_version_is_ignored(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path, "m")
     assert registry.versions() == []
     assert registry.publish(model_folder(tmp_path, "one")) == "2"
+
+
+def test_a_publish_that_fails_mid_copy_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = ModelRegistry(tmp_path / "registry", "m")
+    registry.publish(model_folder(tmp_path, "one"))
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copytree", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        registry.publish(model_folder(tmp_path, "two"))
+    assert registry.versions() == ["1"]
+    assert sorted(p.name for p in (tmp_path / "registry/m").iterdir()) == ["1"]
 
 
 @pytest.mark.integration
