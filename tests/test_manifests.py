@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import BIN, REPO, dockerfile_stages, stage_instruction
+from dockerfiles import dockerfile_stages, stage_instruction
+from support import BIN, REPO
 
 # One Dockerfile for the Python containers (a target each), the frontend's own.
 PYTHON_DOCKERFILE = REPO / "src/Dockerfile"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import dockerfile_stages, stage_instruction
+from dockerfiles import dockerfile_stages, stage_instruction
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
