@@ -7,8 +7,8 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.setup-done
 SETUP_INPUTS := requirements/lock.txt requirements/lock.in requirements/dev.in \
 	$(wildcard src/*/pyproject.toml)
-LOCAL_PACKAGES := mega-common mega-data-collector mega-data-processor mega-model-training \
-	mega-api-service mega-workflow
+# The repository's own packages, listed once (the images exclude them the same way).
+LOCAL_PACKAGES := $(shell grep -v '^\#' requirements/local-packages.txt)
 
 .PHONY: setup run lock-run serve test lint format bench lock clean
 
@@ -46,11 +46,13 @@ lock-run: setup
 serve: setup
 	$(BIN)/mega serve
 
-## test: set up, then every test tier (unit, integration, e2e, browser)
+## test: set up, then every test tier (unit, integration, e2e, browser), with coverage
+## (the floor is fail_under in pyproject.toml)
 test: setup
 	@scripts/ensure-chromium.sh
-	$(BIN)/pytest
+	$(BIN)/pytest --cov
 
+## lint: ruff (style, imports, complexity), ruff format, mypy; .ci/run runs it first
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

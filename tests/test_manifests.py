@@ -2,30 +2,63 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from dockerfiles import dockerfile_stages, stage_instruction
 from support import BIN, REPO
 
-DOCKERFILES = sorted(REPO.glob("src/*/Dockerfile"))
-CONTAINERS = [
-    "data-collector",
-    "data-processor",
-    "model-training",
-    "api-service",
-    "frontend",
-]
+# One Dockerfile for the Python containers (a target each), the frontend's own.
+PYTHON_DOCKERFILE = REPO / "src/Dockerfile"
+DOCKERFILES = [PYTHON_DOCKERFILE, *sorted(REPO.glob("src/*/Dockerfile"))]
+PYTHON_CONTAINERS = ["data-collector", "data-processor", "model-training", "api-service"]
+CONTAINERS = [*PYTHON_CONTAINERS, "frontend"]
 
 
-def test_every_container_has_a_dockerfile_and_readme() -> None:
+def test_every_container_has_an_image_and_a_readme() -> None:
+    stages = dockerfile_stages(PYTHON_DOCKERFILE)
+    for name in PYTHON_CONTAINERS:
+        assert name in stages, f"no `FROM … AS {name}` in {PYTHON_DOCKERFILE}"
+        assert stage_instruction(stages, name, "ENTRYPOINT"), name
+    assert (REPO / "src/frontend/Dockerfile").is_file()
     for name in CONTAINERS:
-        assert (REPO / "src" / name / "Dockerfile").is_file(), name
         assert (REPO / "src" / name / "README.md").is_file(), name
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_python_images_install_dependencies_before_the_code() -> None:
+    """The dependency layer must not depend on the code, or every edit reinstalls it."""
+    [base] = [
+        lines
+        for name, lines in dockerfile_stages(PYTHON_DOCKERFILE).items()
+        if name not in PYTHON_CONTAINERS
+    ]
+    copies = [i for i, line in enumerate(base) if line.startswith("COPY ")]
+    code = [i for i in copies if "pyproject.toml" not in base[i] and "requirements/" not in base[i]]
+    installs = [
+        i for i, line in enumerate(base) if "pip install" in line and "--constraint" in line
+    ]
+    assert installs and code and installs[0] < code[0], base
+    assert "--excludes requirements/local-packages.txt" in base[installs[0]]
+    listed = (REPO / "requirements/local-packages.txt").read_text().split()
+    local = {
+        line.split('"')[1]
+        for path in REPO.glob("src/*/pyproject.toml")
+        for line in path.read_text().splitlines()
+        if line.startswith("name = ")
+    }
+    assert local <= set(listed), "every package of src/ is excluded from index installs"
+
+
+def test_python_images_use_the_uv_of_make_setup() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    [pinned] = re.findall(r"^UV_VERSION := (\S+)$", makefile, re.MULTILINE)
+    assert f"ARG UV_VERSION={pinned}\n" in PYTHON_DOCKERFILE.read_text()
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_dockerfile_is_hadolint_clean(dockerfile: Path) -> None:
     result = subprocess.run(
         [str(BIN / "hadolint"), "--no-color", str(dockerfile)], capture_output=True, text=True
@@ -33,13 +66,13 @@ def test_dockerfile_is_hadolint_clean(dockerfile: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_images_run_as_a_non_root_user(dockerfile: Path) -> None:
-    users = [
-        line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("USER ")
-    ]
-    assert users, "no USER instruction"
-    assert users[-1] not in {"0", "root"}
+    stages = dockerfile_stages(dockerfile)
+    for stage in stages:  # every stage can be built as a target
+        user = stage_instruction(stages, stage, "USER")
+        assert user is not None, f"{stage}: no USER instruction"
+        assert user.split(":")[0] not in {"0", "root"}, stage
 
 
 def test_python_images_install_from_the_lock() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dockerfiles import dockerfile_stages, stage_instruction
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -47,14 +48,16 @@ def dvc_command(stage: str) -> list[str]:
 
 
 def entrypoints() -> dict[str, list[str]]:
-    """Image name → the ENTRYPOINT of the Dockerfile that builds it."""
+    """Image name → the ENTRYPOINT of the Dockerfile target that builds it."""
     found = {}
     for service in COMPOSE["services"].values():
-        dockerfile = service.get("build", {}).get("dockerfile")
-        if dockerfile and "image" in service:
-            for line in (REPO / dockerfile).read_text().splitlines():
-                if line.startswith("ENTRYPOINT "):
-                    found[service["image"]] = json.loads(line.removeprefix("ENTRYPOINT "))
+        build = service.get("build", {})
+        if build.get("dockerfile") and "image" in service:
+            stages = dockerfile_stages(REPO / build["dockerfile"])
+            target = build.get("target", list(stages)[-1])  # no target: the last stage
+            entrypoint = stage_instruction(stages, target, "ENTRYPOINT")
+            if entrypoint is not None:
+                found[service["image"]] = json.loads(entrypoint)
     return found
 
 

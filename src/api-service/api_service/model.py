@@ -7,8 +7,6 @@ that runs the `.tflite` lives in the inference process (`api_service.worker`).
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,14 +123,9 @@ def _local_copy(uri: str, cache_dir: Path) -> Path:
     # version.json is the registry's completion marker: a cached copy without it is
     # a download that was cut short, and is fetched again whole.
     if not (target / VERSION_FILE).exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{bucket_key}-"))
-        try:
+        with storage.building(target) as staging:
             # Serving needs neither the SavedModel nor the .keras file.
             storage.download_tree(uri, staging, skip=_not_for_serving)
-            storage.replace_dir(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -13,10 +13,8 @@ hash) returns the existing version, so re-runs are idempotent.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -107,18 +105,15 @@ class ModelRegistry:
 
     def _publish_local(self, model_dir: Path, info: dict[str, Any]) -> str:
         base = Path(self.base)
-        base.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=base, prefix=".staging-"))
+        # Built beside the versions; the rename below gives it the next free number.
+        staging = storage.staging_dir(base / "version")
         try:
             shutil.copytree(model_dir, staging, dirs_exist_ok=True)
             while True:
                 existing = [p.name for p in base.iterdir() if p.name.isdigit()]
                 version = str(max((int(v) for v in existing), default=0) + 1)
                 info["version"] = version
-                storage.atomic_write_bytes(
-                    staging / VERSION_FILE,
-                    (json.dumps(info, indent=2, sort_keys=True) + "\n").encode(),
-                )
+                storage.write_json(staging / VERSION_FILE, info)
                 try:
                     # rename() onto an existing non-empty folder fails: a concurrent
                     # publisher took this number, so take the next one.
@@ -128,8 +123,7 @@ class ModelRegistry:
                     if not (base / version).exists():
                         raise
         finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            storage.delete_tree(staging)
 
     def aliases(self) -> dict[str, str]:
         uri = storage.join(self.base, ALIASES_FILE)

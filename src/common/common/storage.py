@@ -4,9 +4,12 @@ Local writes go to a temporary file in the same folder and are renamed into
 place, so readers never see a half-written file. Object writes to Cloud Storage
 are atomic by nature.
 
+Whole folders are built beside their target and swapped in (`building`), so a failed
+build leaves the old folder as it was.
+
 Every Cloud Storage request is bounded by the settings' `ServiceBudget` (connect and
 read timeouts, a retry deadline); a bucket that cannot be reached or that refuses the
-credentials raises `common.services.ServiceError` with the way out.
+credentials raises `common.services.ServiceError` with the way out (`common.gcs`).
 """
 
 from __future__ import annotations
@@ -17,24 +20,23 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Collection, Iterator
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from common.services import ServiceBudget, ServiceError
+from common.gcs import GCS_SCHEME as GCS_SCHEME
+from common.gcs import blob as _blob
+from common.gcs import gcs_blobs as gcs_blobs
+from common.gcs import gcs_call_options as gcs_call_options
+from common.gcs import gcs_client as gcs_client
+from common.gcs import gcs_errors as gcs_errors
+from common.gcs import is_gcs as is_gcs
+from common.gcs import probe as probe
+from common.gcs import split_gcs as split_gcs
 
-if TYPE_CHECKING:
-    from google.cloud import storage as gcs
-
-GCS_SCHEME = "gs://"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-def is_gcs(uri: str | Path) -> bool:
-    """True for a `gs://` URI."""
-    return str(uri).startswith(GCS_SCHEME)
 
 
 def join(base: str | Path, *parts: str) -> str:
@@ -44,139 +46,23 @@ def join(base: str | Path, *parts: str) -> str:
     return str(Path(base, *parts))
 
 
-def split_gcs(uri: str) -> tuple[str, str]:
-    """`gs://bucket/a/b` → (`bucket`, `a/b`)."""
-    if not is_gcs(uri):
-        raise ValueError(f"not a gs:// URI: {uri!r}")
-    bucket, _, key = uri[len(GCS_SCHEME) :].partition("/")
-    if not bucket:
-        raise ValueError(f"gs:// URI without a bucket: {uri!r}")
-    return bucket, key
+_PARTIAL_SUFFIX = ".tmp"
 
 
-@lru_cache
-def gcs_client() -> gcs.Client:
-    """A Cloud Storage client; honours STORAGE_EMULATOR_HOST for tests.
+def is_partial_write(path: str | Path) -> bool:
+    """True for the temporary sibling of an `atomic_write_bytes` (`.<name>.XXXX.tmp`).
 
-    Raises ServiceError when no Google credentials can be found.
+    Seen in a listing, it is a leftover of a writer that was killed mid-write.
     """
-    from google.cloud import storage as gcs_lib
-
-    from common.settings import get_settings
-
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
-
-        return gcs_lib.Client(project="emulator", credentials=AnonymousCredentials())
-    with gcs_errors(GCS_SCHEME):
-        return gcs_lib.Client(project=get_settings().gcp_project)
-
-
-def gcs_call_options() -> dict[str, Any]:
-    """`timeout` and `retry` for one google-cloud-storage call, from the settings' budget."""
-    from google.cloud.storage.retry import DEFAULT_RETRY
-
-    from common.settings import get_settings
-
-    budget = ServiceBudget.from_settings(get_settings())
-    return {"timeout": budget.timeout, "retry": DEFAULT_RETRY.with_timeout(budget.retry_seconds)}
-
-
-def _gcs_service(uri: str) -> str:
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    where = f"{GCS_SCHEME}{uri[len(GCS_SCHEME) :].split('/', 1)[0]}" if is_gcs(uri) else uri
-    if emulator:
-        return f"Cloud Storage emulator at {emulator} ({where})"
-    return f"Cloud Storage ({where})"
-
-
-_GCS_UNREACHABLE_FIX = (
-    "check the network (or STORAGE_EMULATOR_HOST), or keep the data and models on local "
-    "paths (the default); MEGA_SERVICE_RETRY_SECONDS sets how long to keep trying"
-)
-_GCS_DENIED_FIX = (
-    "check the Google credentials (`gcloud auth application-default login` or "
-    "GOOGLE_APPLICATION_CREDENTIALS) and that the account may use this bucket"
-)
-
-
-@contextlib.contextmanager
-def gcs_errors(uri: str) -> Iterator[None]:
-    """Turn the client's 'cannot reach' and 'not allowed' failures into a ServiceError.
-
-    NotFound passes through (callers treat a missing object as a missing file).
-    """
-    import requests
-    from google.api_core import exceptions as api
-    from google.auth import exceptions as auth
-
-    service = _gcs_service(uri)
-    try:
-        yield
-    except (api.Unauthorized, api.Forbidden) as exc:
-        raise ServiceError(
-            service, f"access denied ({exc.code})", _GCS_DENIED_FIX, denied=True
-        ) from exc
-    except (auth.DefaultCredentialsError, auth.RefreshError) as exc:
-        raise ServiceError(
-            service, f"no usable credentials: {exc}", _GCS_DENIED_FIX, denied=True
-        ) from exc
-    except (api.RetryError, auth.TransportError, requests.RequestException, OSError) as exc:
-        if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
-            raise  # a local file, not the service
-        raise ServiceError(
-            service, f"unreachable ({_unreachable_reason(exc)})", _GCS_UNREACHABLE_FIX
-        ) from exc
-    except api.NotFound:
-        raise
-    except api.GoogleAPICallError as exc:
-        raise ServiceError(
-            service, f"request refused ({exc.code} {exc.message})", _GCS_DENIED_FIX, denied=True
-        ) from exc
-
-
-def _unreachable_reason(exc: BaseException) -> str:
-    """A short why for a failed connection; the clients nest the cause several levels deep."""
-    from google.api_core.exceptions import RetryError
-
-    cause: BaseException = exc.cause if isinstance(exc, RetryError) and exc.cause else exc
-    text = str(cause).lower()
-    if "refused" in text:
-        return "connection refused"
-    if "timed out" in text or "timeout" in type(cause).__name__.lower():
-        return "no answer in time"
-    if "name or service not known" in text or "name resolution" in text:
-        return "host name not found"
-    return f"{type(cause).__name__}: {cause}"
-
-
-def _blob(uri: str) -> Any:
-    bucket, key = split_gcs(uri)
-    return gcs_client().bucket(bucket).blob(key)
-
-
-def probe(uri: str) -> None:
-    """Check that a `gs://` prefix answers (one listing of at most one object).
-
-    Raises ServiceError within the budget when it cannot be reached or refuses us.
-    """
-    bucket, key = split_gcs(uri)
-    with gcs_errors(uri):
-        list(gcs_client().list_blobs(bucket, prefix=key, max_results=1, **gcs_call_options()))
-
-
-def gcs_blobs(prefix: str) -> list[Any]:
-    """Every object under a `gs://` prefix (google-cloud-storage Blobs, with sizes)."""
-    bucket, key = split_gcs(prefix)
-    with gcs_errors(prefix):
-        return list(gcs_client().list_blobs(bucket, prefix=key, **gcs_call_options()))
+    name = str(path).replace(os.sep, "/").rsplit("/", 1)[-1]
+    return name.startswith(".") and name.endswith(_PARTIAL_SUFFIX)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write a local file through a temporary sibling and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_PARTIAL_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -193,13 +79,91 @@ def replace_dir(staging: Path, target: Path) -> None:
     """Put a complete staging folder in place of `target` (same file system).
 
     The old folder is renamed aside first and deleted last, so at every moment
-    one complete version exists under a known name.
+    one complete version exists under a known name; if the swap itself fails, the
+    old folder is renamed back and the error raised.
     """
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    # A unique name: a run killed between the renames leaves its aside folder behind,
+    # and in a container the next run has the same process id.
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    moved = target.exists()
+    if moved:
+        target.rename(aside)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if moved:
+            aside.rename(target)
+        raise
+    delete_tree(aside)
+
+
+def staging_dir(target: str | Path) -> Path:
+    """A new empty local folder to build `target` in, for `swap_in`.
+
+    Beside a local target (same file system, so the swap is a rename) and hidden
+    (`.<name>-XXXX`); a local temporary folder for a `gs://` target.
+    """
+    if is_gcs(target):
+        return Path(tempfile.mkdtemp(prefix="mega-staging-"))
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    staging.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; the result gets the usual mode
+    return staging
+
+
+def swap_in(staging: Path, target: str | Path, last: str | None = None) -> None:
+    """Make the complete local folder `staging` the new content of `target`.
+
+    Local: `replace_dir` (readers see the old folder or the new one, never a mix).
+    `gs://` (no rename there): every file is uploaded, `last` (a relative path: the
+    completion marker readers check) after the others, and objects under `target`
+    that `staging` does not hold are deleted before the marker goes up.
+    """
+    if not is_gcs(target):
+        replace_dir(staging, Path(target))
+        return
+    files = {p.relative_to(staging).as_posix(): p for p in staging.rglob("*") if p.is_file()}
+    for rel, path in sorted(files.items()):
+        if rel != last:
+            write_bytes(join(target, rel), path.read_bytes())
+    base = str(target).rstrip("/") + "/"
+    for uri in list(list_files(target)):
+        if uri[len(base) :] not in files:
+            delete(uri)  # left by an earlier, larger build
+    if last is not None and last in files:
+        write_bytes(join(target, last), files[last].read_bytes())
+
+
+@contextlib.contextmanager
+def building(target: str | Path, last: str | None = None) -> Iterator[Path]:
+    """Build a folder beside `target`, then swap it in whole: `with building(out) as tmp:`.
+
+    Yields an empty local folder (`staging_dir`). When the block ends normally its
+    content replaces `target` (`swap_in`; `last` names a gs:// completion marker);
+    when the block raises, `target` is left untouched. The staging folder is
+    removed either way.
+    """
+    staging = staging_dir(target)
+    try:
+        yield staging
+        swap_in(staging, target, last)
+    finally:
+        delete_tree(staging)
+
+
+def delete_tree(uri: str | Path) -> None:
+    """Remove a local folder or every object under a `gs://` prefix; a missing one is fine.
+
+    Locally it is best effort (what cannot be removed stays): it runs in clean-ups,
+    where an error of its own would hide the one that led there. Cloud Storage errors
+    raise `ServiceError` as every other call does.
+    """
+    if is_gcs(uri):
+        for name in list(list_files(uri)):
+            delete(name)
+    else:
+        shutil.rmtree(uri, ignore_errors=True)
 
 
 def write_bytes(uri: str | Path, data: bytes) -> None:

@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ def test_publish_numbers_versions_and_is_idempotent(tmp_path: Path) -> None:
     info = registry.version_info("2")
     assert info["version"] == "2" and len(info["content_hash"]) == 64
     assert (tmp_path / "registry/m/2/model.tflite").read_text() == "two"
-    assert not list((tmp_path / "registry/m").glob(".staging-*"))
+    # Nothing but the versions: no staging folder is left beside them.
+    assert sorted(p.name for p in (tmp_path / "registry/m").iterdir()) == ["1", "2"]
 
 
 def test_aliases_are_set_and_resolved(tmp_path: Path) -> None:
@@ -59,6 +61,22 @@ def test_incomplete_version_is_ignored(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path, "m")
     assert registry.versions() == []
     assert registry.publish(model_folder(tmp_path, "one")) == "2"
+
+
+def test_a_publish_that_fails_mid_copy_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = ModelRegistry(tmp_path / "registry", "m")
+    registry.publish(model_folder(tmp_path, "one"))
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copytree", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        registry.publish(model_folder(tmp_path, "two"))
+    assert registry.versions() == ["1"]
+    assert sorted(p.name for p in (tmp_path / "registry/m").iterdir()) == ["1"]
 
 
 @pytest.mark.integration

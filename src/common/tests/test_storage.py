@@ -89,3 +89,141 @@ def test_replace_dir_swaps_whole_folders(tmp_path: Path) -> None:
     storage.replace_dir(staging, target)
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_replace_dir_keeps_the_old_target_when_the_swap_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "out"
+    storage.write_text(target / "old.txt", "old")
+    staging = tmp_path / ".out-staging"
+    storage.write_text(staging / "new.txt", "new")
+    rename = Path.rename
+
+    def rename_staging_fails(self: Path, to: str | Path) -> Path:
+        if self == staging:
+            raise OSError("interrupted")
+        return rename(self, to)
+
+    monkeypatch.setattr(Path, "rename", rename_staging_fails)
+    with pytest.raises(OSError, match="interrupted"):
+        storage.replace_dir(staging, target)
+    assert (target / "old.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out-staging", "out"]
+
+
+def test_replace_dir_is_not_blocked_by_a_killed_runs_leftover(tmp_path: Path) -> None:
+    """A run killed between the two renames leaves the old folder aside; in a container
+    the next run has the same process id, so a name from the pid alone is taken."""
+    target = tmp_path / "out"
+    storage.write_text(target / "old.txt", "old")
+    storage.write_text(tmp_path / f".out.old-{os.getpid()}" / "older.txt", "older")
+    staging = tmp_path / ".out-staging"
+    storage.write_text(staging / "new.txt", "new")
+    storage.replace_dir(staging, target)
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+
+
+def test_building_swaps_the_finished_folder_in(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    storage.write_text(target / "old.txt", "old")
+    with storage.building(target) as staging:
+        assert staging.parent == tmp_path and staging.is_dir()
+        assert not list(staging.iterdir())
+        storage.write_text(staging / "new.txt", "new")
+        assert (target / "old.txt").exists(), "the old folder serves until the end"
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    mode = stat.S_IMODE(target.stat().st_mode)
+    assert mode & stat.S_IRGRP and mode & stat.S_IXGRP, f"group cannot list: {oct(mode)}"
+
+
+def test_a_failure_mid_build_leaves_the_old_target_intact(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    storage.write_text(target / "old.txt", "old")
+
+    def build_half_then_fail() -> None:
+        with storage.building(target) as staging:
+            storage.write_text(staging / "half.txt", "half")
+            raise RuntimeError("mid-build")
+
+    with pytest.raises(RuntimeError, match="mid-build"):
+        build_half_then_fail()
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "staging removed"
+
+
+def test_building_a_new_target_creates_its_parents(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "out"
+    with storage.building(target) as staging:
+        storage.write_text(staging / "sub" / "x.txt", "x")
+    assert (target / "sub" / "x.txt").read_text() == "x"
+
+
+def test_delete_tree_removes_a_folder_and_accepts_a_missing_one(tmp_path: Path) -> None:
+    storage.write_text(tmp_path / "tree" / "sub" / "x.txt", "x")
+    storage.write_text(tmp_path / "tree2" / "y.txt", "y")
+    storage.delete_tree(tmp_path / "tree")
+    storage.delete_tree(tmp_path / "missing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tree2"]
+
+
+@pytest.mark.integration
+def test_building_on_gcs_uploads_the_marker_last_and_drops_stale_objects(
+    storage_emulator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = f"{storage_emulator}/built"
+    storage.write_text(storage.join(target, "stale.txt"), "from a larger run")
+    storage.write_text(storage.join(target + "2", "keep.txt"), "other")
+    uploads: list[str] = []
+    write_bytes = storage.write_bytes
+
+    def recording(uri: str | Path, data: bytes) -> None:
+        uploads.append(str(uri).rsplit("/", 1)[-1])
+        write_bytes(uri, data)
+
+    monkeypatch.setattr(storage, "write_bytes", recording)
+    with storage.building(target, last="done.json") as staging:
+        assert not storage.is_gcs(staging)
+        storage.write_text(staging / "a.txt", "a")
+        storage.write_text(staging / "sub" / "b.txt", "b")
+        storage.write_json(staging / "done.json", {"ok": True})
+    assert list(storage.list_files(target)) == [
+        f"{target}/a.txt",
+        f"{target}/done.json",
+        f"{target}/sub/b.txt",
+    ]
+    assert uploads[-1] == "done.json"
+    assert storage.exists(storage.join(target + "2", "keep.txt")), "a sibling prefix is kept"
+    assert not staging.exists()
+
+
+def test_partial_writes_are_recognised_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temporaries: list[str] = []
+
+    def killed(src: str, dst: str) -> None:
+        temporaries.append(src)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        storage.write_text(tmp_path / "a.png", "x")
+    [temporary] = temporaries
+    assert storage.is_partial_write(temporary)
+    assert not storage.is_partial_write(tmp_path / "a.png")
+    assert not storage.is_partial_write(tmp_path / ".hidden.png")
+    assert not storage.is_partial_write("gs://bucket/images/a.tmp")
+
+
+@pytest.mark.integration
+def test_delete_tree_on_gcs(storage_emulator: str) -> None:
+    base = f"{storage_emulator}/doomed"
+    storage.write_text(storage.join(base, "x.txt"), "x")
+    storage.write_text(storage.join(base, "sub", "y.txt"), "y")
+    storage.write_text(storage.join(base + "-kept", "z.txt"), "z")
+    storage.delete_tree(base)
+    storage.delete_tree(base)  # already gone: not an error
+    assert list(storage.list_files(base)) == []
+    assert list(storage.list_files(base + "-kept")) == [f"{base}-kept/z.txt"]

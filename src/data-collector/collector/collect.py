@@ -15,7 +15,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,17 +48,9 @@ class CollectOptions:
     @classmethod
     def from_params(cls, params: CollectParams) -> CollectOptions:
         """The options that params.yaml's `collect:` section asks for."""
-        return cls(
-            fetch=FetchOptions(
-                concurrency=params.concurrency,
-                timeout=params.timeout,
-                retries=params.retries,
-                backoff=params.backoff,
-                max_bytes=params.max_bytes,
-            ),
-            max_pixels=params.max_pixels,
-            limit=params.limit,
-        )
+        # Every FetchOptions field has its namesake in `collect:`, so it is taken by name.
+        fetch = {option.name: getattr(params, option.name) for option in fields(FetchOptions)}
+        return cls(fetch=FetchOptions(**fetch), max_pixels=params.max_pixels, limit=params.limit)
 
 
 class ProgressSink(Protocol):
@@ -135,8 +127,7 @@ def _existing_files(out: str) -> set[str]:
     """Files already in the raw store; leftovers of a killed write are deleted, not counted."""
     found = set()
     for path in storage.list_files(storage.join(out, IMAGES_DIR)):
-        name = path.rsplit("/", 1)[-1]
-        if not storage.is_gcs(path) and name.startswith(".") and name.endswith(".tmp"):
+        if not storage.is_gcs(path) and storage.is_partial_write(path):
             Path(path).unlink(missing_ok=True)  # a temporary from a run killed mid-write
             continue
         found.add(path)

@@ -6,10 +6,12 @@ from pathlib import Path
 
 from support import run_cli, write_params
 
-from collector.collect import collect
+from collector.collect import CollectOptions, collect
+from collector.fetch import FetchOptions
 from collector.sources.digits import iter_digits
 from common import storage
 from common.contracts import read_manifest
+from common.params import CollectParams
 
 
 def test_digits_are_written_under_label_folders_with_hash_names(tmp_path: Path) -> None:
@@ -122,3 +124,24 @@ def test_journal_is_written_in_key_order_not_completion_order(tmp_path: Path) ->
     assert [json.loads(line)["key"] for line in lines] == sorted(
         ["https://a.example/1.png", "https://b.example/2.png"]
     )
+
+
+def test_options_take_every_fetch_setting_from_params() -> None:
+    params = CollectParams(
+        concurrency=3, timeout=2.5, retries=1, backoff=0.1, max_bytes=10, max_pixels=20, limit=5
+    )
+    assert CollectOptions.from_params(params) == CollectOptions(
+        fetch=FetchOptions(concurrency=3, timeout=2.5, retries=1, backoff=0.1, max_bytes=10),
+        max_pixels=20,
+        limit=5,
+    )
+
+
+def test_a_killed_writes_temporary_is_removed_and_not_counted(tmp_path: Path) -> None:
+    first = collect(iter_digits(limit=3), out=str(tmp_path), source="digits")
+    image = tmp_path / first.items[0].path
+    leftover = image.with_name(f".{image.name}.k1ll3d.tmp")
+    leftover.write_bytes(b"half an image")
+    again = collect(iter_digits(limit=3), out=str(tmp_path), source="digits")
+    assert again.already_present == 3 and again.written == 0
+    assert not leftover.exists()

@@ -6,9 +6,7 @@ import hashlib
 import itertools
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -113,7 +111,7 @@ def process(
     planned = plan(raw, params, max_pixels, max_bytes)
     # The whole output is built in a staging folder and swapped in at the end, so
     # neither a failed run nor a re-run ever leaves a partial or mixed data set.
-    staging = _staging_for(out)
+    staging = storage.staging_dir(out)
     try:
         shards = write_shards(planned, staging, params, workers or os.cpu_count() or 1)
         rejected = [*planned.duplicates, *shards.rejected]
@@ -122,9 +120,10 @@ def process(
         storage.write_json(staging / LABELS, labels)
         spec.write(staging / PREPROCESS)
         stats.write(staging / STATS)
-        _publish(staging, out)
+        # stats.json goes last: it is the completion marker on gs://, where nothing renames.
+        storage.swap_in(staging, out, last=STATS)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        storage.delete_tree(staging)
     return stats
 
 
@@ -294,32 +293,6 @@ def _check_counts(
                 else "."
             )
         )
-
-
-def _staging_for(out: str) -> Path:
-    """A staging folder on the same file system as a local `out`, so it can be renamed."""
-    if storage.is_gcs(out):
-        return Path(tempfile.mkdtemp(prefix="processor-"))
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    staging.chmod(0o755)
-    return staging
-
-
-def _publish(staging: Path, out: str) -> None:
-    """Replace `out` with the staged output; stats.json, the completion marker, goes last."""
-    if not storage.is_gcs(out):
-        storage.replace_dir(staging, Path(out))
-        return
-    names = {p.name for p in staging.iterdir()}
-    for path in sorted(staging.iterdir()):
-        if path.name != STATS:
-            storage.write_bytes(storage.join(out, path.name), path.read_bytes())
-    for uri in storage.list_files(out):
-        if uri.rsplit("/", 1)[-1] not in names:
-            storage.delete(uri)  # a stale shard of an earlier, larger run
-    storage.write_bytes(storage.join(out, STATS), (staging / STATS).read_bytes())
 
 
 def _stats(

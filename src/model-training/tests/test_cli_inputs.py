@@ -341,7 +341,7 @@ def test_runner_container_and_trainer_agree_on_the_tensorflow_log_level() -> Non
     root = Path(__file__).resolve().parents[3]
     sources = {
         "runner": (root / "src/workflow/workflow/runner.py").read_text(),
-        "Dockerfile": (root / "src/model-training/Dockerfile").read_text(),
+        "Dockerfile": (root / "src/Dockerfile").read_text(),
     }
     levels = {
         name: re.findall(r"TF_CPP_MIN_LOG_LEVEL\W+(\d)", text) for name, text in sources.items()
