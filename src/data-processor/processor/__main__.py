@@ -7,20 +7,10 @@ from typing import Annotated
 
 import typer
 
-from common import storage
-from common.cli import (
-    EXIT_FAILURE,
-    EXIT_USAGE,
-    App,
-    check_output,
-    fail,
-    failures_as,
-    read_params,
-    version_option,
-)
+from common import cli, storage
 from common.contracts import MANIFEST
 
-app = App(prog="process", help=__doc__)
+app = cli.App(prog="process", help=__doc__)
 
 
 @app.command()
@@ -35,19 +25,19 @@ def run(
     workers: Annotated[
         int | None, typer.Option(min=1, show_default="one per core", help="Worker processes.")
     ] = None,
-    version: Annotated[bool, version_option("mega-data-processor")] = False,
+    version: Annotated[bool, cli.version_option("mega-data-processor")] = False,
 ) -> None:
     """Validate, deduplicate, resize, split and shard RAW into OUT."""
-    pipeline = read_params(params)
+    pipeline = cli.read_params(params)
     if not storage.exists(storage.join(raw, MANIFEST)):
-        fail(f"--raw {raw}: no {MANIFEST} there; run the collect stage first", EXIT_USAGE)
-    check_output("--out", out)
+        cli.fail(f"--raw {raw}: no {MANIFEST} there; run the collect stage first", cli.EXIT_USAGE)
+    cli.check_output("--out", out)
     if report_dir:
-        check_output("--report-dir", report_dir)
+        cli.check_output("--report-dir", report_dir)
     from processor.datacard import write_data_card
     from processor.process import ProcessError, process
 
-    with failures_as(EXIT_FAILURE, ProcessError):
+    with cli.failures_as(cli.EXIT_FAILURE, ProcessError):
         stats = process(
             raw,
             out,
