@@ -10,7 +10,8 @@ depend on Typer (and so on Rich); `common` itself does not declare them.
   input given on the command line), `EXIT_FAILURE` (1: the work itself failed) or
   `common.services.EXIT_UNAVAILABLE` (69: an external service). `<prog>` is the stage
   the command runs (`collect`, `train`, ...) or `mega`; `mega` relays a stage's line.
-- `fail`, `CliError`, `failures_as`: how a command body ends with such a line.
+- `fail`, `CliError`, `failures_as`: how a command body ends with such a line;
+  `read_params` and `check_output` check params.yaml and output paths before any work.
 - `version_option`: an eager `--version` that prints the distribution and its version.
 - `console_for`: a Rich console that never wraps or cuts a line when its output is not a
   terminal (piped, or captured in `.mega/logs`), where Rich would assume 80 columns.
@@ -30,7 +31,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 from rich.console import Console
 
-# Typer carries its own copy of Click; its usage errors are public only here.
+# Typer carries its own copy of Click and exports these two from no public module; the
+# version is pinned in the lock, and tests/test_cli_conventions.py fails if they move.
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
