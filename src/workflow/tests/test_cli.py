@@ -148,3 +148,21 @@ def test_pull_without_a_remote_says_how_to_get_one(history: Path) -> None:
     assert result.exit_code == 1
     assert "mega: error: dvc pull failed" in result.output
     assert "`make setup` configures a local default remote" in result.output
+
+
+def test_a_failing_stage_without_an_error_line_shows_its_log_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage that dies without `<stage>: error:` (a crash): its log's end, then one line."""
+    (tmp_path / "dvc.yaml").write_text("stages: {collect: {cmd: 'echo boom && exit 3'}}\n")
+    (tmp_path / "params.yaml").write_text("{}\n")
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True
+    )
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["run"], env={"COLUMNS": "300"})
+    assert result.exit_code == 3  # the stage's own status
+    assert "boom" in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("mega: error: the pipeline failed (dvc exit code "), last
+    assert "the full log is .mega/logs/repro-" in last
