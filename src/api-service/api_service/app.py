@@ -30,7 +30,7 @@ from api_service.limits import MULTIPART_OVERHEAD
 from api_service.middleware import AccessLogMiddleware, UploadGuardMiddleware
 from api_service.model import ServedModel
 from api_service.monitoring import Metrics
-from api_service.swap import Active, ModelManager
+from api_service.manager import Active, ModelManager
 from common.settings import Settings, get_settings
 
 log = logging.getLogger("api_service")

@@ -356,13 +356,13 @@ def test_an_operator_ceiling_below_the_models_limit_applies_and_is_logged(
 ) -> None:
     ceiling = {"max_upload_bytes": 50_000, "max_image_pixels": 500}
     with (
-        caplog.at_level(logging.WARNING, logger="api_service.swap"),
+        caplog.at_level(logging.WARNING, logger="api_service.manager"),
         served_with(registry_copy, tmp_path, ceiling, max_bytes=100_000) as client,
     ):
         response = post(client, padded(digit[0], 60_000))
     assert_error(response, 413, "too_large")
     assert response.json()["error"]["message"].endswith("(MEGA_MAX_UPLOAD_BYTES)")
-    warnings = [r.getMessage() for r in caplog.records if r.name == "api_service.swap"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "api_service.manager"]
     assert any("50,000" in w and "100,000" in w for w in warnings), warnings
     assert any("500" in w and "40,000,000" in w for w in warnings), warnings
 

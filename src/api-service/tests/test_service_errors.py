@@ -6,7 +6,7 @@ import pytest
 from service_stubs import QUICK_BUDGET, service_fault
 
 from api_service.monitoring import Metrics
-from api_service.swap import ModelManager
+from api_service.manager import ModelManager
 from common import storage
 from common.settings import Settings
 

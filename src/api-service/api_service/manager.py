@@ -19,7 +19,7 @@ from api_service.monitoring import DriftWindow, Metrics
 from common.registry import ModelRegistry
 from common.settings import Settings
 
-log = logging.getLogger("api_service.swap")
+log = logging.getLogger("api_service.manager")
 
 
 @dataclass
