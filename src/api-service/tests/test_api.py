@@ -8,7 +8,7 @@ from PIL import Image
 from support import LiveServer, TinyPipeline
 
 from api_service.app import create_app
-from common.settings import Settings
+from api_service.settings import ServingSettings as Settings
 
 
 @pytest.fixture(scope="module")

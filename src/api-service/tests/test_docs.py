@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api_service.app import create_app
-from common.settings import Settings
+from api_service.settings import ServingSettings as Settings
 
 # src="…", href="…", spec-url="…" (ReDoc) and the quoted URLs of inline scripts (the spec).
 ASSET = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url:\s*['"]([^'"]+)['"]""")

@@ -18,9 +18,9 @@ from PIL import Image
 from support import TinyPipeline
 
 from api_service.app import create_app
+from api_service.settings import ServingSettings as Settings
 from common.images import byte_limit_reason
 from common.registry import ModelRegistry
-from common.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_body_over_the_limit_while_streaming(tiny_pipeline: TinyPipeline) -> Non
 def test_a_small_content_length_does_not_lift_the_limit_on_a_chunked_body() -> None:
     """Content-Length and Transfer-Encoding together: the body is counted as it
     streams (h11 frames such a request as chunked, so the length proves nothing)."""
-    from api_service.middleware import UploadGuardMiddleware
+    from api_service.upload_guard import UploadGuardMiddleware
 
     seen = bytearray()
 

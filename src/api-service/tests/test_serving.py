@@ -18,8 +18,8 @@ from api_service.app import create_app
 from api_service.batching import MicroBatcher
 from api_service.model import load_served_model
 from api_service.monitoring import DriftWindow, Metrics
+from api_service.settings import ServingSettings as Settings
 from common.registry import ModelRegistry
-from common.settings import Settings
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_access_log_has_a_request_id(client: TestClient, caplog: pytest.LogCaptu
 
 
 def test_json_log_format(client: TestClient) -> None:
-    from api_service.middleware import JsonFormatter, request_id
+    from api_service.logs import JsonFormatter, request_id
 
     token = request_id.set("r-1")
     try:
