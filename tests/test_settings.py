@@ -128,11 +128,11 @@ def test_dockerfiles_set_no_setting_to_its_default() -> None:
     """An image may change a setting (bind to 0.0.0.0, /models), never restate its default."""
     assignment = re.compile(r"\b(MEGA_[A-Z0-9_]+)=(\S+)")
     restated = {}
-    for dockerfile in REPO.glob("src/*/Dockerfile"):
+    for dockerfile in sorted(REPO.glob("src/**/Dockerfile")):
         for name, value in assignment.findall(dockerfile.read_text()):
             default = FIELDS[setting(name)].default
             if default is not None and str(default) == value:
-                restated[f"{dockerfile.parent.name}: {name}"] = value
+                restated[f"{dockerfile.relative_to(REPO)}: {name}"] = value
     assert not restated, f"Dockerfiles restate settings defaults: {restated}"
 
 
