@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,7 @@ def launch_api(
     models: Path | str,
     *,
     live: bool = False,
+    command: Sequence[str] | None = None,
     cwd: Path | None = None,
     log: Path | None = None,
     raise_server_exceptions: bool = True,
@@ -159,9 +160,11 @@ def launch_api(
     """Start the API on the registry at `models` with `settings` (ServingSettings fields).
 
     In process (default): `create_app` behind a `TestClient`, started and stopped with
-    the block. `live=True`: `python -m api_service` on a free loopback port, configured
-    through MEGA_* variables, run in `cwd` (default: the registry's parent) with its
-    stderr in `log`; the block starts once /readyz answers 200 and ends by stopping it.
+    the block. `live=True`: `command` (default `python -m api_service`; `mega serve`
+    reads the same variables) on a loopback port (`serve_port`, default a free one),
+    configured through MEGA_* variables, run in `cwd` (default: the registry's parent)
+    with its stderr in `log`; the block starts once /readyz answers 200 and ends by
+    stopping it.
     """
     from api_service.settings import ServingSettings
 
@@ -176,13 +179,13 @@ def launch_api(
         with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
             yield RunningApi(url=str(client.base_url), client=client, app=app)
         return
-    port = free_port()
+    port = settings.pop("serve_port", None) or free_port()
     given = {"models_root": str(models), "serve_host": "127.0.0.1", "serve_port": port}
     env = {f"MEGA_{k.upper()}": _setting_value(v) for k, v in {**settings, **given}.items()}
     with contextlib.ExitStack() as stack:
         stderr = stack.enter_context(open(log, "w")) if log else subprocess.DEVNULL
         process = subprocess.Popen(
-            [sys.executable, "-m", "api_service"],
+            list(command or [sys.executable, "-m", "api_service"]),
             cwd=cwd or Path(models).parent,
             env={**os.environ, **env},
             stdout=subprocess.DEVNULL,
