@@ -16,11 +16,14 @@ import os
 import sys
 from collections.abc import Callable
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
 
 # Output that is not a terminal has no width: lines are as long as they are.
 UNBOUNDED_WIDTH = 100_000
@@ -120,9 +123,13 @@ def console_for(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=UNBOUNDED_WIDTH if unbounded else None)
 
 
-def from_setting(field: str) -> str:
-    """`show_default` text of an option whose default is a setting: `MEGA_SERVE_PORT, else 8000`."""
+def from_setting(field: str, settings: type[BaseSettings] | None = None) -> str:
+    """`show_default` text of an option whose default is a setting: `MEGA_SERVE_PORT, else 8000`.
+
+    `settings` is the class declaring `field`: `common.settings.Settings` unless given
+    (a container's own subclass, such as `api_service.settings.ServingSettings`).
+    """
     from common.settings import Settings
 
-    default = Settings.model_fields[field].default
+    default = (settings or Settings).model_fields[field].default
     return f"MEGA_{field.upper()}" + ("" if default is None else f", else {default}")
