@@ -13,7 +13,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import BIN, REPO, LiveServer, TinyPipeline, free_port, run_cli, start_api, write_params
+from support import (
+    BIN,
+    REPO,
+    RunningApi,
+    TinyPipeline,
+    free_port,
+    launch_api,
+    run_cli,
+    write_params,
+)
 
 
 @contextlib.contextmanager
@@ -148,13 +157,15 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> TinyPipeline:
 
 
 @pytest.fixture(scope="session")
-def live_api(tiny_pipeline: TinyPipeline) -> Iterator[LiveServer]:
-    """The API and page serving the tiny pipeline's production model."""
-    server = start_api(
-        tiny_pipeline.models, static_dir=REPO / "src/frontend/public", cwd=tiny_pipeline.root
-    )
-    yield server
-    server.stop()
+def live_api(tiny_pipeline: TinyPipeline) -> Iterator[RunningApi]:
+    """The API and page serving the tiny pipeline's production model (`python -m api_service`)."""
+    with launch_api(
+        tiny_pipeline.models,
+        live=True,
+        static_dir=REPO / "src/frontend/public",
+        cwd=tiny_pipeline.root,
+    ) as server:
+        yield server
 
 
 @pytest.fixture

@@ -32,8 +32,8 @@ from typing import Any
 # At module level: FastAPI resolves the endpoints' (string) annotations from here.
 from fastapi import FastAPI, File, UploadFile
 
+from api_service.settings import get_settings
 from common.registry import ModelRegistry, RegistryError
-from common.settings import get_settings
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENTS = 32

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -116,39 +119,81 @@ def write_params(folder: Path, overrides: dict | None = None) -> Path:
 
 
 @dataclass
-class LiveServer:
+class RunningApi:
+    """An API a test started with `launch_api`.
+
+    `client` sends requests to it (base URL set; a FastAPI `TestClient` in process),
+    `url` is where it listens, `app` is the application (in process) and `process`
+    the `python -m api_service` process (live).
+    """
+
     url: str
-    process: subprocess.Popen
+    client: httpx.Client
+    app: Any = None
+    process: subprocess.Popen | None = None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        """Stop a live server now (leaving the `with` block does it too)."""
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=20)
 
 
-def start_api(models: Path, static_dir: Path | None = None, cwd: Path | None = None) -> LiveServer:
-    """Start `python -m api_service` on a free loopback port and wait until ready."""
-    port = free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "api_service",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--registry",
-        str(models),
-    ]
-    if static_dir is not None:
-        args += ["--static-dir", str(static_dir)]
-    process = subprocess.Popen(
-        args, cwd=cwd or models.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    server = LiveServer(url=f"http://127.0.0.1:{port}", process=process)
-    try:
-        wait_for_http(f"{server.url}/readyz", process=process)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+def _setting_value(value: object) -> str:
+    """A settings value as its MEGA_* variable writes it (lists comma-separated)."""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+@contextlib.contextmanager
+def launch_api(
+    models: Path | str,
+    *,
+    live: bool = False,
+    command: Sequence[str] | None = None,
+    cwd: Path | None = None,
+    log: Path | None = None,
+    raise_server_exceptions: bool = True,
+    **settings: Any,
+) -> Iterator[RunningApi]:
+    """Start the API on the registry at `models` with `settings` (ServingSettings fields).
+
+    In process (default): `create_app` behind a `TestClient`, started and stopped with
+    the block. `live=True`: `command` (default `python -m api_service`; `mega serve`
+    reads the same variables) on a loopback port (`serve_port`, default a free one),
+    configured through MEGA_* variables, run in `cwd` (default: the registry's parent)
+    with its stderr in `log`; the block starts once /readyz answers 200 and ends by
+    stopping it.
+    """
+    from api_service.settings import ServingSettings
+
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
+    config = ServingSettings(models_root=str(models), **settings)  # a typo fails here
+    if not live:
+        from fastapi.testclient import TestClient
+
+        from api_service.app import create_app
+
+        app = create_app(config)
+        with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
+            yield RunningApi(url=str(client.base_url), client=client, app=app)
+        return
+    port = settings.pop("serve_port", None) or free_port()
+    given = {"models_root": str(models), "serve_host": "127.0.0.1", "serve_port": port}
+    env = {f"MEGA_{k.upper()}": _setting_value(v) for k, v in {**settings, **given}.items()}
+    with contextlib.ExitStack() as stack:
+        stderr = stack.enter_context(open(log, "w")) if log else subprocess.DEVNULL
+        process = subprocess.Popen(
+            list(command or [sys.executable, "-m", "api_service"]),
+            cwd=cwd or Path(models).parent,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        url = f"http://127.0.0.1:{port}"
+        client = stack.enter_context(httpx.Client(base_url=url))
+        server = RunningApi(url=url, client=client, process=process)
+        stack.callback(server.stop)
+        wait_for_http(f"{url}/readyz", process=process)
+        yield server

@@ -21,12 +21,12 @@ import pytest
 from PIL import Image
 
 from api_service.inputs import InputError, prepare, sniff
+from api_service.settings import ServingSettings as Settings
 from collector.collect import CollectOptions, collect_source
 from collector.sources import PairsSource
 from common import storage
 from common.contracts import Preprocess, read_manifest
 from common.images import sha256_hex
-from common.settings import Settings
 from processor.transform import Job, transform
 
 MAX_PIXELS = 1_000_000  # small, so the over-the-limit case stays a small file

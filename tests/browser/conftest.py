@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import LiveServer, TinyPipeline
+from support import RunningApi, TinyPipeline
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Closed network here: keep Chromium from reaching out on its own.
@@ -92,7 +92,7 @@ def open_page(browser: Any) -> Iterator[Callable[..., Any]]:
 
 
 @pytest.fixture(scope="session")
-def known_digit(live_api: LiveServer, tiny_pipeline: TinyPipeline) -> tuple[Path, str]:
+def known_digit(live_api: RunningApi, tiny_pipeline: TinyPipeline) -> tuple[Path, str]:
     """A test-split digit image the tiny model classifies correctly, and its label."""
     for path, label in tiny_pipeline.test_images():
         response = httpx.post(

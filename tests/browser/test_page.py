@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from support import REPO, LiveServer, TinyPipeline, start_api
+from support import REPO, RunningApi, TinyPipeline, launch_api
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -43,7 +43,7 @@ def bar_values(page: Any) -> list[float]:
 
 def test_upload_shows_the_prediction_and_the_model_card(
     open_page: Opener,
-    live_api: LiveServer,
+    live_api: RunningApi,
     tiny_pipeline: TinyPipeline,
     known_digit: tuple[Path, str],
     output_dir: Path,
@@ -74,7 +74,7 @@ def test_upload_shows_the_prediction_and_the_model_card(
 
 
 def test_drawing_on_the_canvas_shows_a_prediction(
-    open_page: Opener, live_api: LiveServer, output_dir: Path
+    open_page: Opener, live_api: RunningApi, output_dir: Path
 ) -> None:
     page = open_page(live_api.url + "/")
     wait_until_ready(page)
@@ -127,7 +127,7 @@ def test_drawing_on_the_canvas_shows_a_prediction(
 
 
 def test_a_text_file_shows_an_error(
-    open_page: Opener, live_api: LiveServer, tmp_path: Path, output_dir: Path
+    open_page: Opener, live_api: RunningApi, tmp_path: Path, output_dir: Path
 ) -> None:
     page = open_page(live_api.url + "/")
     wait_until_ready(page)
@@ -160,13 +160,7 @@ def test_a_file_over_the_limit_shows_an_error(
     tiny_pipeline: TinyPipeline,
     tmp_path: Path,
     output_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A server with a 2 KB limit, so a real upload of a modest image gets a real 413,
-    # and a page whose own limit (its max-upload-bytes setting) is 8 KB.
-    monkeypatch.setenv("MEGA_MAX_UPLOAD_BYTES", "2000")
-    server = start_api(tiny_pipeline.models, static_dir=STATIC, cwd=tiny_pipeline.root)
-
     def lower_the_page_limit(route: Any) -> None:
         response = route.fetch()
         html = response.text().replace(
@@ -176,7 +170,15 @@ def test_a_file_over_the_limit_shows_an_error(
         assert 'content="8000"' in html
         route.fulfill(response=response, body=html)
 
-    try:
+    # A server with a 2 KB limit, so a real upload of a modest image gets a real 413,
+    # and a page whose own limit (its max-upload-bytes setting) is 8 KB.
+    with launch_api(
+        tiny_pipeline.models,
+        live=True,
+        static_dir=STATIC,
+        cwd=tiny_pipeline.root,
+        max_upload_bytes=2000,
+    ) as server:
         page = open_page(
             server.url + "/",
             before_load=lambda p: p.route(server.url + "/", lower_the_page_limit),
@@ -205,8 +207,6 @@ def test_a_file_over_the_limit_shows_an_error(
         assert "limit" in page.inner_text("#error-server")
         assert len(requests) == 1
         page.screenshot(path=str(output_dir / "too-big.png"), full_page=True)
-    finally:
-        server.stop()
 
 
 def test_a_stopped_api_shows_an_unreachable_message(
@@ -215,13 +215,12 @@ def test_a_stopped_api_shows_an_unreachable_message(
     known_digit: tuple[Path, str],
     output_dir: Path,
 ) -> None:
-    server = start_api(tiny_pipeline.models, static_dir=STATIC, cwd=tiny_pipeline.root)
-    try:
+    with launch_api(
+        tiny_pipeline.models, live=True, static_dir=STATIC, cwd=tiny_pipeline.root
+    ) as server:
         page = open_page(server.url + "/")
         wait_until_ready(page)
-    finally:
-        server.stop()
-    assert server.process.poll() is not None
+    assert server.process is not None and server.process.poll() is not None
 
     page.set_input_files("#file-input", str(known_digit[0]))
     page.wait_for_selector("#error[data-kind='unreachable']")
@@ -236,7 +235,7 @@ def test_a_stopped_api_shows_an_unreachable_message(
 @pytest.mark.parametrize("width", [PHONE["width"], 320])
 def test_a_phone_sized_screen_has_no_horizontal_scroll(
     open_page: Opener,
-    live_api: LiveServer,
+    live_api: RunningApi,
     known_digit: tuple[Path, str],
     output_dir: Path,
     width: int,
@@ -271,7 +270,7 @@ def test_a_phone_sized_screen_has_no_horizontal_scroll(
 
 
 def test_drop_and_paste_both_classify(
-    open_page: Opener, live_api: LiveServer, known_digit: tuple[Path, str], output_dir: Path
+    open_page: Opener, live_api: RunningApi, known_digit: tuple[Path, str], output_dir: Path
 ) -> None:
     page = open_page(live_api.url + "/")
     wait_until_ready(page)
@@ -309,7 +308,7 @@ def test_drop_and_paste_both_classify(
 
 
 def test_keyboard_and_screen_reader_use(
-    open_page: Opener, live_api: LiveServer, known_digit: tuple[Path, str], output_dir: Path
+    open_page: Opener, live_api: RunningApi, known_digit: tuple[Path, str], output_dir: Path
 ) -> None:
     page = open_page(live_api.url + "/")
     wait_until_ready(page)
@@ -370,7 +369,7 @@ def test_keyboard_and_screen_reader_use(
 
 
 def test_the_model_card_shows_the_optimization_table_when_there_is_one(
-    open_page: Opener, live_api: LiveServer, output_dir: Path
+    open_page: Opener, live_api: RunningApi, output_dir: Path
 ) -> None:
     table = [
         {"variant": "float32", "size_bytes": 98_304, "accuracy": 0.964, "latency_ms": 0.41},
@@ -408,7 +407,7 @@ def test_the_model_card_shows_the_optimization_table_when_there_is_one(
 
 @pytest.mark.parametrize(("max_bytes", "shown"), [(30 * 1024 * 1024, "30.0 MB"), (5000, "4.9 KB")])
 def test_the_page_takes_the_served_models_byte_limit(
-    open_page: Opener, live_api: LiveServer, max_bytes: int, shown: str
+    open_page: Opener, live_api: RunningApi, max_bytes: int, shown: str
 ) -> None:
     """With its max-upload-bytes meta empty (the default), the page refuses and accepts
     by the limit the model was trained with (`input.max_bytes` of /v1/model)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import REPO, TINY_PARAMS, free_port, wait_for_http, write_params
+from support import REPO, TINY_PARAMS, free_port, launch_api, write_params
 
 from processor.process import assign_split
 
@@ -130,15 +130,11 @@ def test_changed_processing_param_reruns_process_and_later_not_collect(restored:
 
 def test_mega_serve_answers_predictions(project: Path, first_run: object) -> None:
     port = free_port()
-    server = subprocess.Popen(
-        [MEGA, "serve", "--port", str(port)],
-        cwd=project,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_http(f"{url}/readyz", process=server)
+    # `mega serve` takes the port and the registry from the same MEGA_* settings.
+    with launch_api(
+        project / "models", live=True, command=[MEGA, "serve"], cwd=project, serve_port=port
+    ) as server:
+        url = server.url
         ratios = TINY_PARAMS["process"]["split"]
         manifest = [
             json.loads(line)
@@ -155,9 +151,6 @@ def test_mega_serve_answers_predictions(project: Path, first_run: object) -> Non
             correct += response.json()["label"] == row["label"]
         assert correct >= 0.8 * len(test_items)
         assert "<title>" in httpx.get(url, timeout=5).text
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
 
 
 def test_a_deleted_registry_is_filled_again_by_mega_run(restored: Path) -> None:

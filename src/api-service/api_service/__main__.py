@@ -9,12 +9,18 @@ from typing import Annotated
 
 import typer
 
-from common.cli import App, from_setting, version_option
-from common.settings import get_settings
+from api_service.settings import ServingSettings, get_settings
+from common import cli
+from common.cli import App, version_option
 
 app = App(prog="serve", help=__doc__)
 
 SWITCH_INTERVAL_S = 0.0005
+
+
+def from_setting(field: str) -> str:
+    """`show_default` text of an option whose default is a serving setting."""
+    return cli.from_setting(field, ServingSettings)
 
 
 @app.command()
@@ -51,7 +57,7 @@ def serve(
     import uvicorn
 
     from api_service.app import create_app
-    from api_service.middleware import configure_logging, stop_logging
+    from api_service.logs import configure_logging, stop_logging
 
     overrides = {
         "serve_host": host,

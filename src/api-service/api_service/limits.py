@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from api_service.settings import ServingSettings
 from common.contracts import Preprocess
 from common.images import MAX_BYTES, MAX_PIXELS
-from common.settings import Settings
 
 # Room for the multipart boundary and part headers around one file: the body limit
 # is one file's limit plus this, so a file exactly at the limit is not cut off.
@@ -29,7 +29,7 @@ class Limits:
     bytes_setting: str = "collect.max_bytes"
 
 
-def serving_limits(spec: Preprocess | None, settings: Settings) -> tuple[Limits, list[str]]:
+def serving_limits(spec: Preprocess | None, settings: ServingSettings) -> tuple[Limits, list[str]]:
     """The effective limits for a model with `spec` (None: no model loaded yet), and a
     warning for each operator ceiling that refuses files the model was trained on.
 

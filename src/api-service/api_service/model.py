@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from api_service.settings import ServingSettings
 from common import storage
 from common.contracts import (
     KERAS_FILE,
@@ -32,7 +33,6 @@ from common.contracts import (
     read_labels,
 )
 from common.registry import VERSION_FILE, ModelRegistry
-from common.settings import Settings
 
 log = logging.getLogger("api_service.model")
 
@@ -171,7 +171,7 @@ def training_class_counts(folder: Path, labels: list[str]) -> dict[str, int] | N
     return {label: classes.counts.get(label, 0) for label in labels}
 
 
-def load_served_model(settings: Settings, version: str | None = None) -> ServedModel:
+def load_served_model(settings: ServingSettings, version: str | None = None) -> ServedModel:
     """Fetch `version` (default: what `settings.model_alias` points at) and describe it."""
     registry = ModelRegistry(settings.models_root, settings.model_name)
     version = version or registry.resolve(settings.model_alias)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
+import itertools
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import LiveServer, TinyPipeline, free_port, wait_for_http
+from support import RunningApi, TinyPipeline, launch_api
 
 from common.registry import ModelRegistry
 
@@ -42,32 +41,14 @@ def publish_variant(registry_copy: ModelRegistry, tmp_path: Path) -> Callable[..
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
-    """Start `python -m api_service` on a registry with extra MEGA_* settings; stop it after."""
-    servers: list[LiveServer] = []
+def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningApi]]:
+    """Start `python -m api_service` (`launch_api`) on a registry with extra settings; its
+    stderr goes to server-<n>.log in the test's folder. Every server stops after the test."""
+    started = itertools.count(1)
+    with contextlib.ExitStack() as stack:
 
-    def start(models: Path, **env: str) -> LiveServer:
-        port = free_port()
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "api_service",
-                "--port",
-                str(port),
-                "--registry",
-                str(models),
-            ],
-            cwd=models.parent,
-            env={**os.environ, **{f"MEGA_{k.upper()}": v for k, v in env.items()}},
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / f"server-{port}.log", "w"),  # noqa: SIM115
-        )
-        server = LiveServer(url=f"http://127.0.0.1:{port}", process=process)
-        servers.append(server)
-        wait_for_http(f"{server.url}/readyz", timeout=60, process=process)
-        return server
+        def start(models: Path, **settings: object) -> RunningApi:
+            log = tmp_path / f"server-{next(started)}.log"
+            return stack.enter_context(launch_api(models, live=True, log=log, **settings))
 
-    yield start
-    for server in servers:
-        server.stop()
+        yield start

@@ -5,17 +5,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from support import LiveServer, TinyPipeline
-
-from api_service.app import create_app
-from common.settings import Settings
+from support import RunningApi, TinyPipeline, launch_api
 
 
 @pytest.fixture(scope="module")
 def client(tiny_pipeline: TinyPipeline) -> TestClient:
-    settings = Settings(models_root=str(tiny_pipeline.models), model_name="digits-cnn")
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
+    with launch_api(tiny_pipeline.models, model_name="digits-cnn") as api:
+        yield api.client
 
 
 def test_health_and_readiness(client: TestClient) -> None:
@@ -78,20 +74,21 @@ def test_missing_file_field(client: TestClient) -> None:
 
 
 def test_too_large_upload(tiny_pipeline: TinyPipeline) -> None:
-    settings = Settings(models_root=str(tiny_pipeline.models), max_upload_bytes=100)
-    with TestClient(create_app(settings)) as small:
-        response = small.post("/v1/predict", files={"file": ("x.png", b"0" * 1000, "image/png")})
+    with launch_api(tiny_pipeline.models, max_upload_bytes=100) as small:
+        response = small.client.post(
+            "/v1/predict", files={"file": ("x.png", b"0" * 1000, "image/png")}
+        )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "too_large"
 
 
 def test_without_a_model_the_service_stays_up_and_not_ready(tmp_path: Path) -> None:
-    with TestClient(create_app(Settings(models_root=str(tmp_path)))) as empty:
-        assert empty.get("/healthz").status_code == 200
-        ready = empty.get("/readyz")
+    with launch_api(tmp_path) as empty:
+        assert empty.client.get("/healthz").status_code == 200
+        ready = empty.client.get("/readyz")
         assert ready.status_code == 503
         assert "mega run" in ready.json()["error"]["message"]
-        assert empty.post("/v1/predict", files={"file": ("x.png", b"x")}).status_code == 503
+        assert empty.client.post("/v1/predict", files={"file": ("x.png", b"x")}).status_code == 503
 
 
 def test_unknown_route_is_a_json_404(client: TestClient) -> None:
@@ -101,7 +98,7 @@ def test_unknown_route_is_a_json_404(client: TestClient) -> None:
 
 
 @pytest.mark.integration
-def test_live_server_serves_api_and_page(live_api: LiveServer, tiny_pipeline: TinyPipeline) -> None:
+def test_live_server_serves_api_and_page(live_api: RunningApi, tiny_pipeline: TinyPipeline) -> None:
     path, _ = tiny_pipeline.test_images()[0]
     with path.open("rb") as handle:
         response = httpx.post(f"{live_api.url}/v1/predict", files={"file": handle}, timeout=10)

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-
-from api_service.app import create_app
-from common.settings import Settings
+from support import launch_api
 
 # src="…", href="…", spec-url="…" (ReDoc) and the quoted URLs of inline scripts (the spec).
 ASSET = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url:\s*['"]([^'"]+)['"]""")
@@ -21,8 +19,8 @@ EXTERNAL = re.compile(r"""(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}""")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     # No model is needed for the documentation: an empty registry keeps this fast.
     models = Path(tmp_path_factory.mktemp("models"))
-    with TestClient(create_app(Settings(models_root=str(models), model_poll_seconds=0))) as c:
-        yield c
+    with launch_api(models, model_poll_seconds=0) as api:
+        yield api.client
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])

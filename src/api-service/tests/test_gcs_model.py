@@ -6,9 +6,9 @@ import pytest
 from support import TinyPipeline
 
 from api_service.model import load_served_model
+from api_service.settings import ServingSettings as Settings
 from common import storage
 from common.registry import ModelRegistry
-from common.settings import Settings
 
 
 @pytest.mark.integration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -15,19 +16,16 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from support import TinyPipeline
+from support import TinyPipeline, launch_api
 
-from api_service.app import create_app
 from common.images import byte_limit_reason
 from common.registry import ModelRegistry
-from common.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def client(tiny_pipeline: TinyPipeline) -> Iterator[TestClient]:
-    settings = Settings(models_root=str(tiny_pipeline.models), model_poll_seconds=0)
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
+    with launch_api(tiny_pipeline.models, model_poll_seconds=0) as api:
+        yield api.client
 
 
 @pytest.fixture(scope="module")
@@ -100,17 +98,16 @@ def test_body_over_the_limit_while_streaming(tiny_pipeline: TinyPipeline) -> Non
     The test client buffers the body; `test_live.py` checks over a real socket that
     the server stops reading at the limit.
     """
-    settings = Settings(
-        models_root=str(tiny_pipeline.models), max_upload_bytes=64 * 1024, model_poll_seconds=0
-    )
 
     def body() -> Iterator[bytes]:
         yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
         for _ in range(100):
             yield b"0" * 16384
 
-    with TestClient(create_app(settings)) as small:
-        response = small.post(
+    with launch_api(
+        tiny_pipeline.models, max_upload_bytes=64 * 1024, model_poll_seconds=0
+    ) as small:
+        response = small.client.post(
             "/v1/predict",
             content=body(),
             headers={"content-type": "multipart/form-data; boundary=b"},
@@ -121,7 +118,7 @@ def test_body_over_the_limit_while_streaming(tiny_pipeline: TinyPipeline) -> Non
 def test_a_small_content_length_does_not_lift_the_limit_on_a_chunked_body() -> None:
     """Content-Length and Transfer-Encoding together: the body is counted as it
     streams (h11 frames such a request as chunked, so the length proves nothing)."""
-    from api_service.middleware import UploadGuardMiddleware
+    from api_service.upload_guard import UploadGuardMiddleware
 
     seen = bytearray()
 
@@ -281,20 +278,21 @@ def test_kinds_training_refuses_are_refused_with_the_reason(
 # The size limits: what the served model was trained to accept (its preprocess.json).
 
 
+@contextlib.contextmanager
 def served_with(
     registry: ModelRegistry, tmp_path: Path, settings: dict[str, int] | None = None, **limits: int
-) -> TestClient:
+) -> Iterator[TestClient]:
     """A client on version 1 of `registry` with `limits` recorded in its preprocess.json,
     as the processor records collect.max_bytes and collect.max_pixels."""
     spec_file = Path(registry.version_uri("1")) / "preprocess.json"
     spec_file.write_text(json.dumps({**json.loads(spec_file.read_text()), **limits}))
-    config = Settings(
-        models_root=registry.root,
+    with launch_api(
+        registry.root,
         model_cache_dir=str(tmp_path / "cache"),
         model_poll_seconds=0,
         **(settings or {}),
-    )
-    return TestClient(create_app(config))
+    ) as api:
+        yield api.client
 
 
 def padded(image: Image.Image, size: int) -> bytes:
@@ -356,13 +354,13 @@ def test_an_operator_ceiling_below_the_models_limit_applies_and_is_logged(
 ) -> None:
     ceiling = {"max_upload_bytes": 50_000, "max_image_pixels": 500}
     with (
-        caplog.at_level(logging.WARNING, logger="api_service.swap"),
+        caplog.at_level(logging.WARNING, logger="api_service.manager"),
         served_with(registry_copy, tmp_path, ceiling, max_bytes=100_000) as client,
     ):
         response = post(client, padded(digit[0], 60_000))
     assert_error(response, 413, "too_large")
     assert response.json()["error"]["message"].endswith("(MEGA_MAX_UPLOAD_BYTES)")
-    warnings = [r.getMessage() for r in caplog.records if r.name == "api_service.swap"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "api_service.manager"]
     assert any("50,000" in w and "100,000" in w for w in warnings), warnings
     assert any("500" in w and "40,000,000" in w for w in warnings), warnings
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import BIN, LiveServer, TinyPipeline
+from support import BIN, RunningApi, TinyPipeline
 
 from common.registry import ModelRegistry
 
@@ -66,7 +66,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
         time.sleep(0.1)
 
 
-def ready(server: LiveServer) -> dict:
+def ready(server: RunningApi) -> dict:
     return dict(httpx.get(f"{server.url}/readyz", timeout=5).json())
 
 
@@ -74,10 +74,10 @@ def ready(server: LiveServer) -> dict:
 def test_hot_swap_under_load_has_no_failed_request(
     registry_copy: ModelRegistry,
     tiny_pipeline: TinyPipeline,
-    start_server: Callable[..., LiveServer],
+    start_server: Callable[..., RunningApi],
     publish_variant: Callable[..., str],
 ) -> None:
-    server = start_server(Path(registry_copy.root), model_poll_seconds="0.2")
+    server = start_server(Path(registry_copy.root), model_poll_seconds=0.2)
     new = publish_variant("v2")
     image = tiny_pipeline.test_images()[0][0].read_bytes()
     with Traffic(server.url, image) as traffic:
@@ -101,10 +101,10 @@ def test_hot_swap_under_load_has_no_failed_request(
 def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
     registry_copy: ModelRegistry,
     tiny_pipeline: TinyPipeline,
-    start_server: Callable[..., LiveServer],
+    start_server: Callable[..., RunningApi],
     publish_variant: Callable[..., str],
 ) -> None:
-    server = start_server(Path(registry_copy.root), model_poll_seconds="0.2")
+    server = start_server(Path(registry_copy.root), model_poll_seconds=0.2)
     broken = publish_variant("broken", tflite=b"not a model")
     registry_copy.set_alias("production", broken)
     wait_for(lambda: ready(server)["load_error"] is not None)
@@ -125,7 +125,7 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
     assert "mega_model_load_failing 0.0" in httpx.get(f"{server.url}/metrics", timeout=5).text
 
 
-def test_streamed_body_is_cut_off_at_the_limit(live_api: LiveServer) -> None:
+def test_streamed_body_is_cut_off_at_the_limit(live_api: RunningApi) -> None:
     """A 50 MB chunked upload is answered 413 long before it has all been sent."""
     port = int(live_api.url.rsplit(":", 1)[1])
     head = (
@@ -161,7 +161,7 @@ def test_streamed_body_is_cut_off_at_the_limit(live_api: LiveServer) -> None:
     assert sent < 40 * 1024 * 1024, f"sent {sent:,} bytes before the 413"
 
 
-def test_declared_50mb_body_is_refused_before_reading(live_api: LiveServer) -> None:
+def test_declared_50mb_body_is_refused_before_reading(live_api: RunningApi) -> None:
     port = int(live_api.url.rsplit(":", 1)[1])
     head = (
         "POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -178,7 +178,7 @@ def test_declared_50mb_body_is_refused_before_reading(live_api: LiveServer) -> N
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_no_server_error(live_api: LiveServer, tmp_path: Path) -> None:
+def test_schemathesis_finds_no_server_error(live_api: RunningApi, tmp_path: Path) -> None:
     """Generated requests for every operation in the OpenAPI schema never get a 5xx."""
     result = subprocess.run(
         [

@@ -7,13 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
-from support import TinyPipeline
+from support import TinyPipeline, launch_api
 
-from api_service.app import create_app
 from api_service.model import training_class_counts
 from common.registry import ModelRegistry
-from common.settings import Settings
 
 MODEL = "digits-cnn"
 
@@ -25,9 +22,9 @@ def test_a_version_copied_alone_serves_with_a_finite_drift_gauge(
     root = tmp_path / "elsewhere" / "models"
     shutil.copytree(tiny_pipeline.models / MODEL / "1", root / MODEL / "1")
     ModelRegistry(root, MODEL).set_alias("production", "1")
-    settings = Settings(models_root=str(root), model_poll_seconds=0, drift_window=50)
     samples = tiny_pipeline.test_images()[:10]
-    with TestClient(create_app(settings)) as client:
+    with launch_api(root, model_poll_seconds=0, drift_window=50) as api:
+        client = api.client
         for path, _ in samples:
             response = client.post("/v1/predict", files={"file": (path.name, path.read_bytes())})
             assert response.status_code == 200, response.text

@@ -5,10 +5,10 @@ import logging
 import pytest
 from service_stubs import QUICK_BUDGET, service_fault
 
+from api_service.manager import ModelManager
 from api_service.monitoring import Metrics
-from api_service.swap import ModelManager
+from api_service.settings import ServingSettings as Settings
 from common import storage
-from common.settings import Settings
 
 __all__ = ["service_fault"]  # the fixture, imported for pytest
 

@@ -12,21 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from support import TinyPipeline
+from support import TinyPipeline, launch_api
 
-from api_service.app import create_app
 from api_service.batching import MicroBatcher
 from api_service.model import load_served_model
 from api_service.monitoring import DriftWindow, Metrics
+from api_service.settings import ServingSettings as Settings
 from common.registry import ModelRegistry
-from common.settings import Settings
 
 
 @pytest.fixture
 def client(registry_copy: ModelRegistry) -> Iterator[TestClient]:
-    settings = Settings(models_root=registry_copy.root, model_poll_seconds=0, drift_window=50)
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
+    with launch_api(registry_copy.root, model_poll_seconds=0, drift_window=50) as api:
+        yield api.client
 
 
 def files_of(paths: list[Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -60,12 +58,9 @@ def test_several_files_in_one_request(client: TestClient, tiny_pipeline: TinyPip
 
 
 def test_too_many_files(tiny_pipeline: TinyPipeline) -> None:
-    settings = Settings(
-        models_root=str(tiny_pipeline.models), max_files_per_request=2, model_poll_seconds=0
-    )
     path, _ = tiny_pipeline.test_images()[0]
-    with TestClient(create_app(settings)) as small:
-        response = small.post("/v1/predict/batch", files=files_of([path] * 3))
+    with launch_api(tiny_pipeline.models, max_files_per_request=2, model_poll_seconds=0) as small:
+        response = small.client.post("/v1/predict/batch", files=files_of([path] * 3))
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "too_many_files"
 
@@ -120,7 +115,7 @@ def test_access_log_has_a_request_id(client: TestClient, caplog: pytest.LogCaptu
 
 
 def test_json_log_format(client: TestClient) -> None:
-    from api_service.middleware import JsonFormatter, request_id
+    from api_service.logs import JsonFormatter, request_id
 
     token = request_id.set("r-1")
     try:
@@ -136,12 +131,10 @@ def test_cors_only_for_allowed_origins(tiny_pipeline: TinyPipeline, client: Test
     preflight = {"Access-Control-Request-Method": "POST"}
     default = client.options("/v1/predict", headers={"Origin": "https://evil.example", **preflight})
     assert "access-control-allow-origin" not in default.headers
-    settings = Settings(
-        models_root=str(tiny_pipeline.models),
-        cors_allow_origins=["https://app.example"],
-        model_poll_seconds=0,
-    )
-    with TestClient(create_app(settings)) as cors:
+    with launch_api(
+        tiny_pipeline.models, cors_allow_origins=["https://app.example"], model_poll_seconds=0
+    ) as api:
+        cors = api.client
         ok = cors.options("/v1/predict", headers={"Origin": "https://app.example", **preflight})
         bad = cors.options("/v1/predict", headers={"Origin": "https://evil.example", **preflight})
         simple = cors.get("/healthz", headers={"Origin": "https://app.example"})
@@ -224,10 +217,9 @@ def test_a_dead_inference_process_is_replaced(
     """A decoder crash kills the inference process, not the server: the batch in
     flight fails with a JSON 500 and the next request gets a new process."""
     upload = {"file": ("digit.png", tiny_pipeline.test_images()[0][0].read_bytes(), "image/png")}
-    settings = Settings(models_root=registry_copy.root, model_poll_seconds=0)
-    app = create_app(settings)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        worker = app.state.manager.active.batcher.worker
+    with launch_api(registry_copy.root, model_poll_seconds=0, raise_server_exceptions=False) as api:
+        client = api.client
+        worker = api.app.state.manager.active.batcher.worker
         process = worker._process
         process.kill()
         process.wait()

@@ -39,6 +39,8 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from common.services import EXIT_UNAVAILABLE, ServiceError
 
 if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
+
     from common.params import PipelineParams
 
 # Exit statuses (sysexits.h-like: scripts and `mega` tell bad input from a failed run).
@@ -274,9 +276,13 @@ def console_for(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=UNBOUNDED_WIDTH if unbounded else None)
 
 
-def from_setting(field: str) -> str:
-    """`show_default` text of an option whose default is a setting: `MEGA_SERVE_PORT, else 8000`."""
+def from_setting(field: str, settings: type[BaseSettings] | None = None) -> str:
+    """`show_default` text of an option whose default is a setting: `MEGA_SERVE_PORT, else 8000`.
+
+    `settings` is the class declaring `field`: `common.settings.Settings` unless given
+    (a container's own subclass, such as `api_service.settings.ServingSettings`).
+    """
     from common.settings import Settings
 
-    default = Settings.model_fields[field].default
+    default = (settings or Settings).model_fields[field].default
     return f"MEGA_{field.upper()}" + ("" if default is None else f", else {default}")

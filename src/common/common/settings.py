@@ -7,16 +7,24 @@ or a cloud service needs them.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Settings read from `MEGA_*` environment variables and an optional `.env`."""
+    """Settings read from `MEGA_*` environment variables and an optional `.env`.
 
-    model_config = SettingsConfigDict(env_prefix="MEGA_", env_file=".env", extra="ignore")
+    The settings of the pipeline stages and `mega`; the API service's own settings
+    subclass these (`api_service.settings.ServingSettings`), so one `.env` serves both.
+    """
+
+    # An empty variable is an unset one (`MEGA_MODEL_NAME=` in .env, or compose's
+    # `${MEGA_MODEL_NAME:-}` when the shell has none): the default here stays the only one.
+    model_config = SettingsConfigDict(
+        env_prefix="MEGA_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     # Storage roots: local folders by default, `gs://bucket/prefix` in the cloud.
     models_root: str = "models"
@@ -42,47 +50,10 @@ class Settings(BaseSettings):
     # unset: AIP_CHECKPOINT_DIR on Vertex AI, else .mega/runs/<key>).
     train_run_dir: str | None = None
 
-    # Serving.
-    model_name: str = "digits-cnn"
-    model_alias: str = "production"
-    model_cache_dir: str = ".cache/models"
+    # Where `python -m api_service` listens; also read by `mega serve` and its summary
+    # line, so kept here. Every other serving setting: `api_service.settings`.
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
-    serve_threads: int = 1
-    static_dir: str | None = None
-    # Serving: size limits of one uploaded image (413 beyond them). Unset, the API
-    # takes the served model's (collect.max_bytes / max_pixels, recorded in its
-    # preprocess.json): serving accepts what training took. Set, a hard ceiling
-    # below the model's; a lower one is logged as a warning at model load.
-    max_upload_bytes: int | None = Field(default=None, ge=1)
-    max_image_pixels: int | None = Field(default=None, ge=1)
-    max_files_per_request: int = 16
-    # Serving: micro-batching. A batch closes at max_batch images or max_wait_ms after
-    # its first image; max_queue bounds waiting images (503 `overloaded` beyond it).
-    max_batch: int = 32
-    max_wait_ms: float = 2.0
-    max_queue: int = 1024
-    # Serving: hot swap. The alias is re-read this often (0 turns watching off).
-    model_poll_seconds: float = 5.0
-    # Serving: the drift gauge compares this many latest predictions with training.
-    drift_window: int = 1000
-    # Serving: browser origins allowed by CORS, comma-separated; empty = same origin only.
-    cors_allow_origins: Annotated[list[str], NoDecode] = []
-    access_log: bool = True
-
-    @field_validator("max_upload_bytes", "max_image_pixels", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        """`MEGA_MAX_UPLOAD_BYTES=` (as compose writes an unset variable) means unset."""
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("cors_allow_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: object) -> object:
-        """Accept `https://a.example,https://b.example` from the environment."""
-        if isinstance(value, str):
-            return [origin.strip() for origin in value.split(",") if origin.strip()]
-        return value
 
 
 @lru_cache

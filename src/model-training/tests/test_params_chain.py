@@ -83,9 +83,9 @@ def _served_prediction(models: Path, name: str, image: bytes) -> tuple[np.ndarra
     """Probabilities for `image` from the production version, as the API computes them."""
     from api_service.inputs import prepare
     from api_service.model import Engine, load_served_model
-    from common.settings import Settings
+    from api_service.settings import ServingSettings
 
-    served = load_served_model(Settings(models_root=str(models), model_name=name))
+    served = load_served_model(ServingSettings(models_root=str(models), model_name=name))
     engine = Engine(served.tflite, served.spec.shape, threads=1, max_batch=4)
     engine.warm_up(len(served.labels))
     pixels = prepare(image, served.spec, max_pixels=1_000_000)

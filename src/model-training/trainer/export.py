@@ -11,8 +11,6 @@ import hashlib
 import io
 import json
 import re
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +25,7 @@ from common.contracts import (
     KERAS_FILE,
     LABELS,
     PREPROCESS,
+    RUN_RECORD,
     SAVED_MODEL_DIR,
     TFLITE_FILE,
     Lineage,
@@ -153,25 +152,12 @@ def export_atomically(
     on_staged: Callable[[Path], None] | None = None,
     **sidecars: Any,
 ) -> None:
-    """Export into a staging folder, then swap it in (or upload it for gs://).
+    """Export into a folder built beside `out`, then swap it in (`storage.building`).
 
-    `on_staged` sees the complete staged folder before it goes live.
+    `on_staged` sees the complete staged folder before it goes live. On `gs://` the
+    run record, which hashes everything else, is uploaded last.
     """
-    if storage.is_gcs(out):
-        with tempfile.TemporaryDirectory(prefix="trainer-") as tmp:
-            export_model(model, Path(tmp), **sidecars)
-            if on_staged is not None:
-                on_staged(Path(tmp))
-            storage.upload_tree(tmp, out)
-        return
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    staging.chmod(0o755)
-    try:
+    with storage.building(out, last=RUN_RECORD) as staging:
         export_model(model, staging, **sidecars)
         if on_staged is not None:
             on_staged(staging)
-        storage.replace_dir(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,18 +88,9 @@ def remove_stale_runs(
     removed = []
     for _, run in old[keep_old:]:
         size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
-        shutil.rmtree(run, ignore_errors=True)
+        storage.delete_tree(run)
         removed.append((str(run), size))
     return sorted(removed)
-
-
-def remove_tree(uri: str) -> None:
-    """Delete a local folder or every object under a gs:// prefix."""
-    if storage.is_gcs(uri):
-        for name in list(storage.list_files(uri)):
-            storage.delete(name)
-    else:
-        shutil.rmtree(uri, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -134,7 +124,7 @@ def open_run(
 
 def clean_up(run: RunFolder, task: Task) -> None:
     """Remove this worker's backup; the chief also the W&B id and the emptied run folder."""
-    remove_tree(run.worker)
+    storage.delete_tree(run.worker)
     if task.is_chief:
         storage.delete(run.wandb_id)
         if not storage.is_gcs(run.root):

@@ -16,10 +16,10 @@ from api_service.batching import MicroBatcher
 from api_service.limits import Limits, serving_limits
 from api_service.model import ServedModel, load_served_model
 from api_service.monitoring import DriftWindow, Metrics
+from api_service.settings import ServingSettings
 from common.registry import ModelRegistry
-from common.settings import Settings
 
-log = logging.getLogger("api_service.swap")
+log = logging.getLogger("api_service.manager")
 
 
 @dataclass
@@ -40,7 +40,7 @@ class ModelManager:
     detail, metrics) and retried with a back-off, while the old one keeps serving.
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: ServingSettings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.registry = ModelRegistry(settings.models_root, settings.model_name)
