@@ -8,6 +8,7 @@ wrapped or cut at 80 columns.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -236,3 +237,36 @@ def test_the_error_word_is_red_on_a_terminal(tmp_path: Path) -> None:
         os.close(leader)
     assert result.returncode == 2
     assert shown.startswith("mega: \x1b[31m") and "error:\x1b[0m no dvc.yaml in" in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog", "variable"),
+    [
+        ([*MEGA, "status"], "mega", "MEGA_SERVICE_READ_TIMEOUT"),
+        ([*PY, "api_service"], "serve", "MEGA_SERVE_PORT"),
+        ([*PY, "trainer", "register", "--model", "m", "--metrics", "m.json"], "register",
+         "MEGA_SERVICE_READ_TIMEOUT"),
+    ],
+    ids=["mega", "api_service", "trainer"],
+)  # fmt: skip
+def test_a_bad_setting_is_a_usage_error_naming_its_variable(
+    argv: list[str], prog: str, variable: str, tmp_path: Path
+) -> None:
+    from support import write_params
+
+    write_params(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    candidate = tmp_path / "m"  # what register checks before it reads the settings
+    candidate.mkdir()
+    for name, content in {
+        "preprocess.json": {"image_size": 16, "color_mode": "grayscale", "resize": "stretch"},
+        "labels.json": ["a", "b"],
+        "lineage.json": {"data_hash": "ab" * 32},
+    }.items():
+        (candidate / name).write_text(json.dumps(content))
+    env = {**os.environ, variable: "abc"}
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{prog}: error: {variable}: Input should be a valid "), line
+    assert line.endswith("(got 'abc'); fix it in the environment or in .env"), line

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 # Typer carries its own copy of Click and exports these two from no public module; the
@@ -158,6 +159,16 @@ def error_line(prog: str, message: str) -> None:
     typer.echo(f"{prog}: {typer.style('error:', fg='red', bold=True)} {text}", err=True)
 
 
+def _settings_problems(exc: ValidationError) -> str:
+    """A settings class's validation error as the MEGA_* variables to fix."""
+    problems = "; ".join(
+        f"MEGA_{'_'.join(str(part) for part in err['loc']).upper()}: {err['msg']} "
+        f"(got {err['input']!r})"
+        for err in exc.errors()
+    )
+    return f"{problems}; fix it in the environment or in .env"
+
+
 @contextmanager
 def _reported(prog: str) -> Iterator[None]:
     """Every failure a user can cause or meet, as one `error_line` and its exit status."""
@@ -175,6 +186,11 @@ def _reported(prog: str) -> Iterator[None]:
     except ServiceError as exc:
         error_line(prog, str(exc))
         raise typer.Exit(EXIT_UNAVAILABLE) from None
+    except ValidationError as exc:
+        if not exc.title.endswith("Settings"):
+            raise  # a model of the code's own: a bug, with its traceback
+        error_line(prog, _settings_problems(exc))
+        raise typer.Exit(EXIT_USAGE) from None
     except BrokenPipeError:
         raise  # the reader went away (`| head`): Typer exits quietly
     except OSError as exc:  # the system refused a read or write: say which, not a traceback
