@@ -8,6 +8,7 @@ wrapped or cut at 80 columns.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -90,7 +91,7 @@ def test_piped_error_line_is_never_wrapped(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
-    assert str(folder) in line and line.startswith("error: no dvc.yaml in ")
+    assert str(folder) in line and line.startswith("mega: error: no dvc.yaml in ")
 
 
 def test_piped_console_output_is_never_wrapped() -> None:
@@ -100,3 +101,172 @@ def test_piped_console_output_is_never_wrapped() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert result.stdout == "summary " + "x" * 300 + "\n"
+
+
+PY = [sys.executable, "-m"]
+MEGA = [str(BIN / "mega")]
+BAD_PARAMS = "train: {epochs: 0}\n"  # valid YAML, invalid value
+# name: (command, params.yaml or None for valid ones, its error prefix, what the line says)
+USAGE_ERRORS: dict[str, tuple[list[str], str | None, str, str]] = {
+    "collector: unknown flag": (
+        [*PY, "collector", "--out", "raw", "--limit", "5"], None, "collect",
+        "No such option: --limit",
+    ),
+    "collector: missing --out": ([*PY, "collector"], None, "collect", "Missing option '--out'"),
+    "collector: --out under a file": (
+        [*PY, "collector", "--out", "afile/raw"], None, "collect",
+        "--out afile/raw: afile is a file, not a folder",
+    ),
+    "collector: --params is a folder": (
+        [*PY, "collector", "--out", "raw", "--params", "raw"], None, "collect",
+        "--params raw: Is a directory; pass the params.yaml file",
+    ),
+    "collector: bad params.yaml": (
+        [*PY, "collector", "--out", "raw"], BAD_PARAMS, "collect", "params.yaml: invalid",
+    ),
+    "processor: unknown flag": (
+        [*PY, "processor", "--raw", "raw", "--out", "out", "--bogus"], None, "process",
+        "No such option: --bogus",
+    ),
+    "processor: bad params.yaml": (
+        [*PY, "processor", "--raw", "raw", "--out", "out"], BAD_PARAMS, "process",
+        "params.yaml: invalid parameters: train.epochs",
+    ),
+    "processor: no raw store at --raw": (
+        [*PY, "processor", "--raw", "nowhere", "--out", "out"], None, "process",
+        "--raw nowhere: no manifest.jsonl there",
+    ),
+    "processor: --out under a file": (
+        [*PY, "processor", "--raw", "raw", "--out", "afile/out"], None, "process",
+        "--out afile/out: afile is a file, not a folder",
+    ),
+    "processor: --report-dir is a file": (
+        [*PY, "processor", "--raw", "raw", "--out", "out", "--report-dir", "afile"], None,
+        "process", "--report-dir afile: is a file",
+    ),
+    "trainer: unknown command": ([*PY, "trainer", "fit"], None, "trainer", "No such command"),
+    "trainer train: bad params.yaml": (
+        [*PY, "trainer", "train", "--data", "d", "--out", "c"], BAD_PARAMS, "train",
+        "params.yaml: invalid parameters: train.epochs",
+    ),
+    "trainer train: no --data folder": (
+        [*PY, "trainer", "train", "--data", "d", "--out", "c"], None, "train",
+        "--data d: no such folder",
+    ),
+    "trainer evaluate: no --model folder": (
+        [*PY, "trainer", "evaluate", "--model", "m", "--data", "d", "--metrics", "m.json",
+         "--details", "e.json"], None, "evaluate", "--model m: no such folder",
+    ),
+    "trainer register: bad params.yaml": (
+        [*PY, "trainer", "register", "--model", "m", "--metrics", "m.json"], BAD_PARAMS,
+        "register", "params.yaml: invalid parameters: train.epochs",
+    ),
+    "api_service: the old --models-root": (
+        [*PY, "api_service", "--models-root", "models"], None, "serve",
+        "No such option: --models-root",
+    ),
+    "api_service: no such port": (
+        [*PY, "api_service", "--port", "99999"], None, "serve",
+        "Invalid value for '--port': Input should be less than or equal to 65535",
+    ),
+    "mega serve: no such port": (
+        [*MEGA, "serve", "--port", "0"], None, "mega",
+        "Invalid value for '--port': Input should be greater than or equal to 1",
+    ),
+    "api_service: no page in --static-dir": (
+        [*PY, "api_service", "--registry", "models", "--static-dir", "nowhere"], None, "serve",
+        "--static-dir",
+    ),
+    "mega: unknown flag": ([*MEGA, "run", "--bogus"], None, "mega", "No such option: --bogus"),
+    "mega: bad params.yaml": ([*MEGA, "run"], BAD_PARAMS, "mega", "train.epochs"),
+    "mega: missing argument": (
+        [*MEGA, "data", "checkout"], None, "mega", "Missing argument 'REV'",
+    ),
+    "mega: unknown stage": ([*MEGA, "train"], None, "mega", "unknown stage 'train'"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", USAGE_ERRORS)
+def test_usage_errors_exit_2_with_one_prefixed_line(case: str, tmp_path: Path) -> None:
+    """Bad flags, a bad params.yaml, a missing input path: exit 2 and one error line."""
+    from support import write_params
+
+    argv, params, prog, says = USAGE_ERRORS[case]
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw/manifest.jsonl").write_text("")
+    if params is None:
+        write_params(tmp_path)
+    else:
+        (tmp_path / "params.yaml").write_text(params)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{prog}: error: ") and says in line, line
+    assert "\x1b[" not in line  # no colour off a terminal
+
+
+def test_an_os_error_is_one_line_and_exit_1() -> None:
+    """A read or write the system refuses (disk full, permissions): a line, not a traceback."""
+    from common.cli import App
+
+    app = App(prog="demo")
+
+    @app.command()
+    def run() -> None:
+        raise PermissionError(13, "Permission denied", "/data/raw")
+
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "demo: error: [Errno 13] Permission denied: '/data/raw'; "
+        "check the path, its permissions and the free space\n"
+    )
+
+
+def test_the_error_word_is_red_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run([*MEGA, "status"], cwd=tmp_path, stderr=follower, timeout=60)
+        shown = os.read(leader, 4096).decode()
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert result.returncode == 2
+    assert shown.startswith("mega: \x1b[31m") and "error:\x1b[0m no dvc.yaml in" in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog", "variable"),
+    [
+        ([*MEGA, "status"], "mega", "MEGA_SERVICE_READ_TIMEOUT"),
+        ([*PY, "api_service"], "serve", "MEGA_SERVE_PORT"),
+        ([*PY, "trainer", "register", "--model", "m", "--metrics", "m.json"], "register",
+         "MEGA_SERVICE_READ_TIMEOUT"),
+    ],
+    ids=["mega", "api_service", "trainer"],
+)  # fmt: skip
+def test_a_bad_setting_is_a_usage_error_naming_its_variable(
+    argv: list[str], prog: str, variable: str, tmp_path: Path
+) -> None:
+    from support import write_params
+
+    write_params(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    candidate = tmp_path / "m"  # what register checks before it reads the settings
+    candidate.mkdir()
+    for name, content in {
+        "preprocess.json": {"image_size": 16, "color_mode": "grayscale", "resize": "stretch"},
+        "labels.json": ["a", "b"],
+        "lineage.json": {"data_hash": "ab" * 32},
+    }.items():
+        (candidate / name).write_text(json.dumps(content))
+    env = {**os.environ, variable: "abc"}
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{prog}: error: {variable}: Input should be a valid "), line
+    assert line.endswith("(got 'abc'); fix it in the environment or in .env"), line

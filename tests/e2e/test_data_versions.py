@@ -106,6 +106,7 @@ def test_checkout_of_an_unknown_revision_is_explained(tmp_path: Path) -> None:
         env={**os.environ, **ENV},
     )
     assert result.returncode == 2
+    assert result.stderr.startswith("mega: error: ")
     assert "'no-such-rev' is not a commit here" in result.stderr
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,18 @@ def test_status_and_data_versions_run_on_the_clone(clone: Path) -> None:
     assert f"versions of {PROCESSED}" in versions.stdout
 
 
-def test_data_commands_run_or_explain_in_one_line(clone: Path) -> None:
+@pytest.fixture
+def history_restored(clone: Path) -> Iterator[Path]:
+    """The clone; afterwards its commits and work tree as they were (a test may commit)."""
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    yield clone
+    subprocess.run(["git", "reset", "-q", "--hard", head], cwd=clone, check=True)
+
+
+def test_data_commands_run_or_explain_in_one_line(history_restored: Path) -> None:
+    clone = history_restored
     assert_clean_exit(mega("data", "push", cwd=clone))
     assert_clean_exit(mega("data", "pull", cwd=clone))
     assert_clean_exit(mega("data", "checkout", "HEAD", cwd=clone))
@@ -112,12 +124,12 @@ def test_data_commands_run_or_explain_in_one_line(clone: Path) -> None:
     assert "never pushed" in versions.stdout
     result = mega("data", "checkout", absent.rev, cwd=clone)
     assert_clean_exit(result, code=1)
+    assert "mega: error: cannot restore the data of " in result.stderr
     assert "neither this clone's DVC cache nor the remote" in result.stderr
     status = subprocess.run(
         ["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True
     )
     assert status.stdout == "", status.stdout
-    subprocess.run(["git", "reset", "-q", "--hard", "HEAD~1"], cwd=clone, check=True)
 
 
 def _commit_never_pushed_version(clone: Path) -> str:

@@ -1,4 +1,9 @@
-"""The whole pipeline through the `mega` CLI, in a fresh project folder, then served."""
+"""The whole pipeline through the `mega` CLI, in a fresh project folder, then served.
+
+The project is built and run once (`first_run`); each test that changes it (params,
+the registry) gets it back as it was from the `restored` fixture, so the tests pass
+in any order and alone.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,6 +25,8 @@ from processor.process import assign_split
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MEGA = str(Path(sys.executable).parent / "mega")
+DEFAULT_PARAMS = {"train": {"tracking": "wandb"}}
+REGISTRY = "models/digits-cnn"
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "test",
     "GIT_AUTHOR_EMAIL": "test@example.invalid",
@@ -41,7 +49,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(REPO / "dvc.yaml", root)
     ignore = shutil.ignore_patterns("__pycache__", "tests", "*.egg-info")
     shutil.copytree(REPO / "src", root / "src", ignore=ignore)
-    write_params(root, {"train": {"tracking": "wandb"}})
+    write_params(root, DEFAULT_PARAMS)
     sh(["git", "init", "-q"], root)
     sh([sys.executable, "-m", "dvc", "init", "-q"], root)
     sh([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], root)
@@ -51,8 +59,28 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_mega_run_builds_and_registers_a_model(project: Path) -> None:
-    result = sh([MEGA, "run"], project)
+@pytest.fixture(scope="module")
+def first_run(project: Path) -> subprocess.CompletedProcess[str]:
+    """The project's first `mega run`: every stage runs and version 1 is registered."""
+    return sh([MEGA, "run"], project)
+
+
+@pytest.fixture
+def restored(project: Path, first_run: object, tmp_path: Path) -> Iterator[Path]:
+    """The run project; afterwards its params, outputs and registry as they were before."""
+    saved = tmp_path / "registry"
+    shutil.copytree(project / REGISTRY, saved)
+    yield project
+    write_params(project, DEFAULT_PARAMS)
+    sh([MEGA, "run"], project)  # outputs of the default params, from DVC's run cache
+    shutil.rmtree(project / REGISTRY, ignore_errors=True)
+    shutil.copytree(saved, project / REGISTRY)
+
+
+def test_mega_run_builds_and_registers_a_model(
+    project: Path, first_run: subprocess.CompletedProcess[str]
+) -> None:
+    result = first_run
     assert "ran: collect, process, train, evaluate, register" in result.stdout
     assert "production model" in result.stdout
     assert "digits-cnn version 1" in result.stdout
@@ -69,7 +97,7 @@ def test_mega_run_builds_and_registers_a_model(project: Path) -> None:
     assert (project / "dvc.lock").is_file()
 
 
-def test_second_run_reruns_nothing(project: Path) -> None:
+def test_second_run_reruns_nothing(project: Path, first_run: object) -> None:
     started = time.monotonic()
     result = sh([MEGA, "run"], project)
     elapsed = time.monotonic() - started
@@ -78,31 +106,29 @@ def test_second_run_reruns_nothing(project: Path) -> None:
     assert elapsed < 30, f"a no-op run took {elapsed:.1f}s"
 
 
-def test_status_reports_everything_up_to_date(project: Path) -> None:
+def test_status_reports_everything_up_to_date(project: Path, first_run: object) -> None:
     out = sh([MEGA, "status"], project).stdout
     assert out.count("up to date") == 5
     assert "production model: digits-cnn version 1" in out
 
 
-def test_changed_training_param_reruns_from_train(project: Path) -> None:
-    write_params(project, {"train": {"tracking": "wandb", "epochs": 5}})
-    out = sh([MEGA, "status"], project).stdout
+def test_changed_training_param_reruns_from_train(restored: Path) -> None:
+    write_params(restored, {"train": {"tracking": "wandb", "epochs": 5}})
+    out = sh([MEGA, "status"], restored).stdout
     assert "train      changed" in out
     assert "collect    up to date" in out
-    write_params(project, {"train": {"tracking": "wandb"}})
-    assert sh([MEGA, "status"], project).stdout.count("up to date") == 5
+    write_params(restored, DEFAULT_PARAMS)
+    assert sh([MEGA, "status"], restored).stdout.count("up to date") == 5
 
 
-def test_changed_processing_param_reruns_process_and_later_not_collect(project: Path) -> None:
-    write_params(project, {"train": {"tracking": "wandb"}, "process": {"resize": "pad"}})
-    out = sh([MEGA, "run"], project).stdout
+def test_changed_processing_param_reruns_process_and_later_not_collect(restored: Path) -> None:
+    write_params(restored, {**DEFAULT_PARAMS, "process": {"resize": "pad"}})
+    out = sh([MEGA, "run"], restored).stdout
     assert "ran: process, train, evaluate, register" in out
     assert "up to date, skipped: collect" in out
-    write_params(project, {"train": {"tracking": "wandb"}})
-    sh([MEGA, "run"], project)
 
 
-def test_mega_serve_answers_predictions(project: Path) -> None:
+def test_mega_serve_answers_predictions(project: Path, first_run: object) -> None:
     port = free_port()
     # `mega serve` takes the port and the registry from the same MEGA_* settings.
     with launch_api(
@@ -127,15 +153,15 @@ def test_mega_serve_answers_predictions(project: Path) -> None:
         assert "<title>" in httpx.get(url, timeout=5).text
 
 
-def test_a_deleted_registry_is_filled_again_by_mega_run(project: Path) -> None:
+def test_a_deleted_registry_is_filled_again_by_mega_run(restored: Path) -> None:
     # Regression: DVC considered `register` done, so the registry stayed empty.
-    shutil.rmtree(project / "models/digits-cnn")
-    out = sh([MEGA, "run"], project).stdout
+    shutil.rmtree(restored / REGISTRY)
+    out = sh([MEGA, "run"], restored).stdout
     assert "registering the candidate" in out
     assert "ran: register" in out
-    aliases = json.loads((project / "models/digits-cnn/aliases.json").read_text())
+    aliases = json.loads((restored / REGISTRY / "aliases.json").read_text())
     assert aliases["production"] == "1"
-    assert "ran:" not in sh([MEGA, "run"], project).stdout
+    assert "ran:" not in sh([MEGA, "run"], restored).stdout
 
 
 def test_outside_a_project_mega_says_where_to_run(tmp_path: Path) -> None:
@@ -147,4 +173,5 @@ def test_outside_a_project_mega_says_where_to_run(tmp_path: Path) -> None:
         env={**os.environ, "COLUMNS": "300"},
     )
     assert result.returncode == 2
+    assert result.stderr.startswith("mega: error: no dvc.yaml in ")
     assert "run mega from the project root" in result.stderr

@@ -12,9 +12,8 @@ import typer
 from api_service.settings import ServingSettings, get_settings
 from common import cli
 from common.cli import App, version_option
-from common.services import exit_on_service_error
 
-app = App(help=__doc__)
+app = App(prog="serve", help=__doc__)
 
 SWITCH_INTERVAL_S = 0.0005
 
@@ -30,10 +29,14 @@ def serve(
         str | None, typer.Option(show_default=from_setting("serve_host"), help="Bind address.")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(show_default=from_setting("serve_port"), help="Port.")
+        int | None,
+        typer.Option(min=1, max=65535, show_default=from_setting("serve_port"), help="Port."),
     ] = None,
-    models_root: Annotated[
-        str | None, typer.Option(show_default=from_setting("models_root"), help="Registry root.")
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            show_default=from_setting("models_root"), help="Registry root folder or gs:// URI."
+        ),
     ] = None,
     model_name: Annotated[
         str | None, typer.Option(show_default=from_setting("model_name"), help="Model name.")
@@ -59,7 +62,7 @@ def serve(
     overrides = {
         "serve_host": host,
         "serve_port": port,
-        "models_root": models_root,
+        "models_root": registry,
         "model_name": model_name,
         "model_alias": alias,
         "static_dir": static_dir,
@@ -96,8 +99,7 @@ def serve(
 
 
 def main() -> None:
-    with exit_on_service_error("api_service"):
-        app()
+    app()
 
 
 if __name__ == "__main__":

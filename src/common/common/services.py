@@ -4,16 +4,13 @@ Every client the pipeline builds for a service takes its timeouts and retry budg
 `ServiceBudget.from_settings`, so an unreachable or silent service costs seconds, not
 minutes. A service that cannot be reached, or that refuses the credentials, surfaces as
 a `ServiceError` naming the service, what went wrong and the way out; every CLI prints
-it as one line and exits with `EXIT_UNAVAILABLE` (`exit_on_service_error`).
+it as one line and exits with `EXIT_UNAVAILABLE` (`common.cli.App`).
 """
 
 from __future__ import annotations
 
-import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -91,13 +88,3 @@ def _one_line(text: str) -> str:
         if line.strip():
             return line.strip()
     return "no details"
-
-
-@contextmanager
-def exit_on_service_error(prog: str) -> Iterator[None]:
-    """Around a CLI's entry point: a ServiceError becomes one line on stderr and exit 69."""
-    try:
-        yield
-    except ServiceError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_UNAVAILABLE) from None

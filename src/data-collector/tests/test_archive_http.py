@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from fault_server import FaultServer, Route, png
-from support import free_port
+from support import free_port, write_params
 
 from collector.base import SourceError
 from collector.collect import CollectOptions, collect_source
@@ -87,11 +87,11 @@ def test_archive_download_that_never_succeeds_names_the_url_and_the_cause(
 
 
 def test_cli_reports_an_unreachable_archive_in_one_line(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text("{}")
     url = f"http://127.0.0.1:{free_port()}/data.tar.gz"
-    args = ["--source", "archive", "--uri", url, "--retries", "1", "--backoff", "0"]
+    collect = {"source": "archive", "uri": url, "retries": 1, "backoff": 0}
+    write_params(tmp_path, {"collect": collect})
     result = subprocess.run(
-        [sys.executable, "-m", "collector", "--no-progress", "--out", "raw", *args],
+        [sys.executable, "-m", "collector", "--no-progress", "--out", "raw"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -4,8 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from support import run_cli
+from support import run_cli, write_params
 
 from collector.collect import CollectOptions, collect
 from collector.fetch import FetchOptions
@@ -87,21 +86,25 @@ def test_bad_items_are_reported_not_fatal(tmp_path: Path) -> None:
 
 def test_cli_help_and_unknown_source(tmp_path: Path) -> None:
     assert "--out" in run_cli([sys.executable, "-m", "collector", "--help"], tmp_path).stdout
-    (tmp_path / "params.yaml").write_text("{}")
-    with pytest.raises(AssertionError, match="unknown source 'flickr'"):
-        run_cli([sys.executable, "-m", "collector", "--out", "raw", "--source", "flickr"], tmp_path)
+    write_params(tmp_path, {"collect": {"source": "flickr"}})
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "--out", "raw"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2  # a bad params.yaml is a usage error
+    [line] = result.stderr.splitlines()
+    assert line.startswith("collect: error: params.yaml: invalid parameters: collect.source: ")
+    assert "'digits', 'manifest'" in line and not (tmp_path / "raw").exists()
 
 
 def test_a_smaller_run_prunes_files_no_longer_listed(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text("{}")
-    run_cli(
-        [sys.executable, "-m", "collector", "--out", "raw", "--limit", "30", "--no-progress"],
-        tmp_path,
-    )
-    out = run_cli(
-        [sys.executable, "-m", "collector", "--out", "raw", "--limit", "20", "--no-progress"],
-        tmp_path,
-    ).stdout
+    collect = [sys.executable, "-m", "collector", "--out", "raw", "--no-progress"]
+    write_params(tmp_path, {"collect": {"limit": 30}})
+    run_cli(collect, tmp_path)
+    write_params(tmp_path, {"collect": {"limit": 20}})
+    out = run_cli(collect, tmp_path).stdout
     assert "removed 10 file(s) no longer in the manifest" in out
     files = {
         p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw/images").rglob("*.png")

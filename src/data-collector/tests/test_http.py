@@ -16,6 +16,7 @@ import httpx
 import pytest
 from fault_server import FaultServer, Route, png
 from PIL import Image
+from support import write_params
 from tenacity import RetryCallState, Retrying
 
 from collector.collect import CollectOptions, collect_source
@@ -114,10 +115,11 @@ def test_every_fault_ends_in_the_right_outcome(http_server: FaultServer, tmp_pat
     assert {f["item"] for f in report["failed"]} == set(reasons)
 
 
-def run_collector(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    (cwd / "params.yaml").write_text("{}")
+def run_collector(cwd: Path, collect: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """`python -m collector --out raw` with params.yaml's `collect:` section `collect`."""
+    write_params(cwd, {"collect": collect})
     return subprocess.run(
-        [sys.executable, "-m", "collector", "--no-progress", *args],
+        [sys.executable, "-m", "collector", "--no-progress", "--out", "raw"],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -128,17 +130,18 @@ def run_collector(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_exit_code_follows_the_failure_threshold(http_server: FaultServer, tmp_path: Path) -> None:
     rows = [*good_routes(http_server, 9), (http_server.url + "/gone.png", "odd")]
     manifest = write_manifest(tmp_path / "m.csv", rows, fmt="csv")
-    common = ["--source", "manifest", "--uri", manifest, "--out", "raw", "--backoff", "0"]
+    collect = {"source": "manifest", "uri": manifest, "backoff": 0, "limit": None}
 
-    under = run_collector(tmp_path, *common, "--max-failure-share", "0.2")
+    under = run_collector(tmp_path, {**collect, "max_failure_share": 0.2})
     assert under.returncode == 0, under.stderr
     assert "9 items in raw (9 written" in under.stdout and "1 failed" in under.stdout
     assert "HTTP 404" in under.stdout  # failed by reason, in the summary
 
-    over = run_collector(tmp_path, *common, "--max-failure-share", "0.05")
+    over = run_collector(tmp_path, {**collect, "max_failure_share": 0.05})
     assert over.returncode == 1
-    assert "1 of 10 items failed" in over.stderr
-    assert str(Path("raw", "collect_report.json")) in over.stderr
+    [line] = over.stderr.splitlines()
+    assert line.startswith("collect: error: 1 of 10 items failed"), line
+    assert str(Path("raw", "collect_report.json")) in line
 
 
 def test_second_run_downloads_nothing(http_server: FaultServer, tmp_path: Path) -> None:
@@ -178,9 +181,9 @@ def test_kill_and_resume(tmp_path: Path) -> None:
         _wait_for(base + "/ready")
         rows = [(f"{base}/img/{i}.png", f"c{i % 3}") for i in range(count)]
         manifest = write_manifest(tmp_path / "m.jsonl", rows)
-        (tmp_path / "params.yaml").write_text("{}")
+        collect = {"source": "manifest", "uri": manifest, "concurrency": 4, "limit": None}
+        write_params(tmp_path, {"collect": collect})
         args = [sys.executable, "-m", "collector", "--no-progress", "--out", "raw"]
-        args += ["--source", "manifest", "--uri", manifest, "--concurrency", "4"]
         run = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         images = tmp_path / "raw/images"
         deadline = time.monotonic() + 30

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 import tarfile
 import zipfile
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fault_server import FaultServer, Route, png
-from support import run_cli
+from support import run_cli, write_params
 
 from collector.base import SourceError, label_problem
 from collector.collect import CollectOptions, collect_source
@@ -164,10 +165,16 @@ def test_bad_labels_are_named() -> None:
 
 def test_manifest_without_url_column_says_what_is_expected(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("path,class\nx.png,1\n")
-    (tmp_path / "params.yaml").write_text("{}")
-    args = [sys.executable, "-m", "collector", "--out", "raw", "--source", "manifest"]
-    with pytest.raises(AssertionError, match="header row with columns url,label"):
-        run_cli([*args, "--uri", "m.csv", "--no-progress"], tmp_path)
+    write_params(tmp_path, {"collect": {"source": "manifest", "uri": "m.csv"}})
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "--out", "raw", "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2  # the source params.yaml names is unusable
+    [line] = result.stderr.splitlines()
+    assert line.startswith("collect: error: ") and "header row with columns url,label" in line
 
 
 @pytest.mark.integration

@@ -7,11 +7,10 @@ from typing import Annotated
 
 import typer
 
-from common.cli import App, version_option
-from common.params import ParamsError, load_params
-from common.services import exit_on_service_error
+from common import cli, storage
+from common.contracts import MANIFEST
 
-app = App(help=__doc__)
+app = cli.App(prog="process", help=__doc__)
 
 
 @app.command()
@@ -26,17 +25,19 @@ def run(
     workers: Annotated[
         int | None, typer.Option(min=1, show_default="one per core", help="Worker processes.")
     ] = None,
-    version: Annotated[bool, version_option("mega-data-processor")] = False,
+    version: Annotated[bool, cli.version_option("mega-data-processor")] = False,
 ) -> None:
     """Validate, deduplicate, resize, split and shard RAW into OUT."""
-    try:
-        pipeline = load_params(params)
-    except ParamsError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--params") from exc
+    pipeline = cli.read_params(params)
+    if not storage.exists(storage.join(raw, MANIFEST)):
+        cli.fail(f"--raw {raw}: no {MANIFEST} there; run the collect stage first", cli.EXIT_USAGE)
+    cli.check_output("--out", out)
+    if report_dir:
+        cli.check_output("--report-dir", report_dir)
     from processor.datacard import write_data_card
     from processor.process import ProcessError, process
 
-    try:
+    with cli.failures_as(cli.EXIT_FAILURE, ProcessError):
         stats = process(
             raw,
             out,
@@ -46,9 +47,6 @@ def run(
             max_pixels=pipeline.collect.max_pixels,
             max_bytes=pipeline.collect.max_bytes,
         )
-    except ProcessError as exc:
-        typer.secho(f"process: error: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
     card = write_data_card(stats, report_dir) if report_dir else None
     typer.echo(
         f"process: {stats.examples} examples in {out} ({stats.split_sizes()}; "
@@ -58,8 +56,7 @@ def run(
 
 
 def main() -> None:
-    with exit_on_service_error("processor"):
-        app()
+    app()
 
 
 if __name__ == "__main__":

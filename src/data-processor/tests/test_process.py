@@ -113,8 +113,10 @@ def test_missing_manifest_says_to_collect_first(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 1
-    assert "run the collect stage first" in result.stderr
+    assert result.returncode == 2  # an input path given on the command line is missing
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"process: error: --raw {tmp_path / 'raw'}: no manifest.jsonl")
+    assert "run the collect stage first" in line
 
 
 def test_class_below_the_minimum_is_named(raw: Path, tmp_path: Path) -> None:

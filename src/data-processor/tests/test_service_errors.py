@@ -16,5 +16,5 @@ def test_gcs_raw_store_that_fails_is_one_line(service_fault: str, tmp_path: Path
     args = ["--raw", "gs://test-bucket/raw/digits", "--out", "data/processed/digits"]
     result = run_module("processor", args, tmp_path, {"STORAGE_EMULATOR_HOST": service_fault})
     assert_one_line_service_error(
-        result, "processor", f"Cloud Storage emulator at {service_fault} (gs://test-bucket)"
+        result, "process", f"Cloud Storage emulator at {service_fault} (gs://test-bucket)"
     )

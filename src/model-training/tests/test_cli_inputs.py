@@ -71,10 +71,11 @@ def run_trainer(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[str], stage: str, *parts: str) -> None:
-    """One `<stage>: error:` line holding `parts`; no traceback, no TF noise, no TF import."""
+    """Exit 2 (bad input) and one `<stage>: error:` line holding `parts`; no traceback, no
+    TF noise, no TF import."""
     imports = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
     message = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
-    assert result.returncode != 0, result
+    assert result.returncode == 2, result
     assert len(message) == 1, message
     assert message[0].startswith(f"{stage}: error: "), message
     for part in parts:
@@ -140,12 +141,50 @@ def test_train_refuses_a_file_as_data(tmp_path: Path) -> None:
     assert_clean_failure(result, "train", "--data data: is a file, not a folder")
 
 
-def test_train_refuses_a_file_as_out(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("out", "says"),
+    [
+        ("afile", "--out afile: is a file; pass a folder path"),
+        ("afile/candidate", "--out afile/candidate: afile is a file, not a folder"),
+    ],
+)
+def test_train_refuses_an_out_it_cannot_make(out: str, says: str, tmp_path: Path) -> None:
     make_processed(tmp_path / "data")
     write_params(tmp_path)
-    (tmp_path / "candidate").write_text("")
-    result = run_trainer(tmp_path, "train", "--data", "data", "--out", "candidate")
-    assert_clean_failure(result, "train", "--out candidate: is a file", "pass a folder path")
+    (tmp_path / "afile").write_text("")
+    result = run_trainer(tmp_path, "train", "--data", "data", "--out", out)
+    assert_clean_failure(result, "train", says)
+
+
+# Where evaluate and register are told to write, and cannot: (flag, value, message).
+OUTPUT_CASES = {
+    "evaluate --metrics is a folder": ("--metrics", "data", "--metrics data: is a folder"),
+    "evaluate --details under a file": (
+        "--details", "afile/e.json", "--details afile/e.json: afile is a file, not a folder",
+    ),
+    "evaluate --plots is a file": ("--plots", "afile", "--plots afile: is a file"),
+    "register --registry under a file": (
+        "--registry", "afile/models", "--registry afile/models: afile is a file, not a folder",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES)
+def test_evaluate_and_register_refuse_outputs_they_cannot_write(case: str, tmp_path: Path) -> None:
+    flag, value, says = OUTPUT_CASES[case]
+    make_candidate(tmp_path / "candidate")
+    make_processed(tmp_path / "data")
+    write_params(tmp_path)
+    (tmp_path / "afile").write_text("")
+    _write(tmp_path / "metrics.json", {"test": {"accuracy": 0.99, "macro_f1": 0.99}})
+    if flag == "--registry":
+        args = ["register", "--model", "candidate", "--metrics", "metrics.json", flag, value]
+    else:
+        outputs = {"--metrics": "m.json", "--details": "d.json", flag: value}
+        args = ["evaluate", "--model", "candidate", "--data", "data"]
+        args += [part for item in outputs.items() for part in item]
+    result = run_trainer(tmp_path, *args)
+    assert_clean_failure(result, args[0], says)
 
 
 EVALUATE_CASES: dict[str, tuple[Breaker, Breaker, tuple[str, ...]]] = {

@@ -66,7 +66,7 @@ def test_unreachable_online_wandb_fails_before_training(
 ) -> None:
     out = tmp_path / "candidate"
     result = train(processed, tmp_path, online_env(tmp_path, service_fault), "-X", "importtime")
-    line = assert_one_line_service_error(result, "trainer", f"W&B ({service_fault})")
+    line = assert_one_line_service_error(result, "train", f"W&B ({service_fault})")
     assert "MEGA_WANDB_MODE=offline" in line and "train.tracking: none" in line
     fault = request.node.callspec.params["service_fault"]
     if fault in ("401", "403"):

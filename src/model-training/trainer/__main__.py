@@ -10,16 +10,22 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from common import storage
-from common.cli import App, from_setting, version_option
+from common.cli import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    App,
+    check_output,
+    failures_as,
+    from_setting,
+    read_params,
+    version_option,
+)
 from common.contracts import KERAS_FILE, LINEAGE, TFLITE_FILE
-from common.params import ParamsError, PipelineParams, load_params
-from common.services import exit_on_service_error
 from common.settings import get_settings
 from trainer.inputs import (
     RERUN_TRAIN,
     InputError,
     check_candidate,
-    check_output_folder,
     check_processed,
     read_preprocess,
 )
@@ -28,7 +34,7 @@ from trainer.quiet import quiet_tensorflow_import
 if TYPE_CHECKING:  # trainer.train imports TensorFlow: only once a command needs it
     from trainer.train import TrainSummary
 
-app = App(help=__doc__, no_args_is_help=True)
+app = App(group="trainer", help=__doc__, no_args_is_help=True)
 
 
 @app.callback()
@@ -40,18 +46,6 @@ def _options(version: Annotated[bool, version_option("mega-model-training")] = F
 CANDIDATE_MODEL_FILES = (KERAS_FILE, TFLITE_FILE)
 
 ParamsOption = Annotated[Path, typer.Option(help="Pipeline parameters file.")]
-
-
-def _params(path: Path) -> PipelineParams:
-    try:
-        return load_params(path)
-    except ParamsError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--params") from exc
-
-
-def _fail(stage: str, exc: Exception) -> typer.Exit:
-    typer.secho(f"{stage}: error: {exc}", fg="red", err=True)
-    return typer.Exit(1)
 
 
 class StrategyName(StrEnum):
@@ -87,12 +81,10 @@ def train(
     A run killed part-way resumes from its last finished epoch when started again
     with the same arguments. Only the chief worker exports and tracks the run.
     """
-    pipeline = _params(params)
-    try:
+    pipeline = read_params(params)
+    with failures_as(EXIT_USAGE, InputError):  # checked before any work
         check_processed(data, ("train",))
-        check_output_folder(out)
-    except InputError as exc:
-        raise _fail("train", exc) from exc
+    check_output("--out", out)
     from trainer.tracking import check_server
 
     check_server(pipeline.train.tracking == "wandb", get_settings())  # ServiceError: one line
@@ -102,7 +94,17 @@ def train(
     from trainer.model import WeightsUnavailableError
     from trainer.train import train as run_training
 
-    try:
+    with (
+        failures_as(
+            EXIT_FAILURE,
+            FileNotFoundError,
+            ValueError,
+            StrategyError,
+            TooLargeError,
+            WeightsUnavailableError,
+        ),
+        failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
+    ):
         summary = run_training(
             data,
             out,
@@ -112,14 +114,6 @@ def train(
             # From settings, so that MEGA_TRAIN_RUN_DIR in .env counts, like every setting.
             run_dir=run_dir or get_settings().train_run_dir,
         )
-    except (
-        FileNotFoundError,
-        ValueError,
-        StrategyError,
-        TooLargeError,
-        WeightsUnavailableError,
-    ) as exc:
-        raise _fail("train", exc) from exc
     for line in train_report(summary, out):
         typer.echo(line)
 
@@ -172,29 +166,32 @@ def evaluate(
     ] = None,
 ) -> None:
     """Evaluate MODEL on DATA's test split; writes METRICS (DVC metrics), DETAILS and PLOTS."""
-    try:
+    with failures_as(EXIT_USAGE, InputError):  # checked before any work
         if not storage.is_gcs(model):  # a gs:// candidate is checked once downloaded
             check_candidate(model, CANDIDATE_MODEL_FILES)
         check_processed(data, ("test",))
-    except InputError as exc:
-        raise _fail("evaluate", exc) from exc
+    check_output("--metrics", metrics, file=True)
+    check_output("--details", details, file=True)
+    if plots:
+        check_output("--plots", plots)
     quiet_tensorflow_import()
     from trainer.evaluate import evaluate as run_evaluation
 
-    try:
-        with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
-            local = Path(model)
-            if storage.is_gcs(model):
-                storage.download_tree(model, tmp)
-                local = Path(tmp)
-                check_candidate(tmp, CANDIDATE_MODEL_FILES)
-            spec = read_preprocess(str(local), RERUN_TRAIN)
-            plots_dir = plots or storage.join(
-                metrics.rsplit("/", 1)[0] if "/" in metrics else ".", "plots"
-            )
-            result = run_evaluation(local, data, spec, plots=plots_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        raise _fail("evaluate", exc) from exc
+    with (
+        failures_as(EXIT_FAILURE, FileNotFoundError, ValueError),
+        failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
+        tempfile.TemporaryDirectory(prefix="evaluate-") as tmp,
+    ):
+        local = Path(model)
+        if storage.is_gcs(model):
+            storage.download_tree(model, tmp)
+            local = Path(tmp)
+            check_candidate(tmp, CANDIDATE_MODEL_FILES)
+        spec = read_preprocess(str(local), RERUN_TRAIN)
+        plots_dir = plots or storage.join(
+            metrics.rsplit("/", 1)[0] if "/" in metrics else ".", "plots"
+        )
+        result = run_evaluation(local, data, spec, plots=plots_dir)
     result.metrics.write(metrics)
     result.details.write(details)
     test = result.metrics.test
@@ -218,20 +215,20 @@ def register(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Publish MODEL to the registry; alias it production if it passes the gate."""
-    pipeline = _params(params)
-    try:
+    pipeline = read_params(params)
+    with failures_as(EXIT_USAGE, InputError):  # checked before any work
         check_candidate(model, (LINEAGE,))
-    except InputError as exc:
-        raise _fail("register", exc) from exc
+    check_output("--registry", registry or get_settings().models_root)
     from common.registry import RegistryError
     from trainer.register import register as run_register
 
-    try:
+    with (
+        failures_as(EXIT_FAILURE, FileNotFoundError, KeyError, ValueError, RegistryError),
+        failures_as(EXIT_USAGE, InputError),  # a bad metrics file
+    ):
         record = run_register(
             Path(model), metrics, registry or get_settings().models_root, pipeline.registry
         )
-    except (FileNotFoundError, KeyError, ValueError, RegistryError) as exc:
-        raise _fail("register", exc) from exc
     verdict = "promoted to production" if record.promoted else "kept as candidate"
     typer.echo(
         f"register: {record.model} version {record.version} {verdict} "
@@ -240,8 +237,7 @@ def register(
 
 
 def main() -> None:
-    with exit_on_service_error("trainer"):
-        app()
+    app()
 
 
 if __name__ == "__main__":

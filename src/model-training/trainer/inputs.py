@@ -146,15 +146,6 @@ def check_candidate(model: str, files: tuple[str, ...]) -> None:
             raise InputError(f"{uri}: not found; {RERUN_TRAIN}")
 
 
-def check_output_folder(out: str) -> None:
-    """Check `--out` can become the candidate folder: not an existing file."""
-    if not storage.is_gcs(out) and Path(out).exists() and not Path(out).is_dir():
-        raise InputError(
-            f"--out {out}: is a file; the candidate is a folder, so pass a folder path "
-            "(e.g. models/candidate) or remove the file"
-        )
-
-
 def check_metrics(uri: str) -> Metrics:
     """Evaluate's `metrics.json`, parsed, once checked: a `test` object with `accuracy` and
     `macro_f1` in [0, 1] (other keys are kept). The one validator of that file.

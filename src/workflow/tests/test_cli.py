@@ -46,7 +46,7 @@ def test_outside_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["status"], env={"COLUMNS": "300"})
     assert result.exit_code == 2
-    assert "no dvc.yaml" in result.output
+    assert "mega: error: no dvc.yaml" in result.output
 
 
 def test_invalid_params_fail_before_any_work(
@@ -57,7 +57,8 @@ def test_invalid_params_fail_before_any_work(
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["run"], env={"COLUMNS": "300"})
     assert result.exit_code == 2
-    assert "train.epochs" in result.output
+    assert result.output.startswith("mega: error: ")
+    assert "params.yaml: invalid parameters: train.epochs" in result.output
 
 
 def test_unknown_stage_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,7 +67,7 @@ def test_unknown_stage_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["train"], env={"COLUMNS": "300"})
     assert result.exit_code == 2
-    assert "unknown stage 'train'" in result.output
+    assert "mega: error: unknown stage 'train'" in result.output
 
 
 LOCK = """schema: '2.0'
@@ -119,6 +120,7 @@ def test_checkout_of_data_that_is_nowhere_changes_nothing(history: Path) -> None
     lock = (history / "dvc.lock").read_bytes()
     result = runner.invoke(app, ["data", "checkout", "HEAD~1"], env={"COLUMNS": "300"})
     assert result.exit_code == 1
+    assert "mega: error: cannot restore the data of " in result.output
     assert "no DVC remote is configured" in result.output  # the first reason it fails
     remote = ["remote", "add", "--local", "--default", "r", str(history / "remote")]
     subprocess.run([sys.executable, "-m", "dvc", *remote], cwd=history, check=True)
@@ -144,4 +146,23 @@ def test_a_broken_lock_in_history_is_no_version() -> None:
 def test_pull_without_a_remote_says_how_to_get_one(history: Path) -> None:
     result = runner.invoke(app, ["data", "pull"], env={"COLUMNS": "300"})
     assert result.exit_code == 1
+    assert "mega: error: dvc pull failed" in result.output
     assert "`make setup` configures a local default remote" in result.output
+
+
+def test_a_failing_stage_without_an_error_line_shows_its_log_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage that dies without `<stage>: error:` (a crash): its log's end, then one line."""
+    (tmp_path / "dvc.yaml").write_text("stages: {collect: {cmd: 'echo boom && exit 3'}}\n")
+    (tmp_path / "params.yaml").write_text("{}\n")
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True
+    )
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["run"], env={"COLUMNS": "300"})
+    assert result.exit_code == 3  # the stage's own status
+    assert "boom" in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("mega: error: the pipeline failed (dvc exit code "), last
+    assert "the full log is .mega/logs/repro-" in last

@@ -17,9 +17,7 @@ MEGA = str(Path(sys.executable).parent / "mega")
 COLLECT_FROM_GCS = """\
 stages:
   collect:
-    cmd: >-
-      python -m collector --source gcs --uri gs://test-bucket/photos
-      --out data/raw/photos --no-progress
+    cmd: python -m collector --out data/raw/photos --no-progress
     outs:
       - data/raw/photos
 """
@@ -28,7 +26,7 @@ stages:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A DVC project (no git) whose one stage collects from gs://."""
-    write_params(tmp_path)
+    write_params(tmp_path, {"collect": {"source": "gcs", "uri": "gs://test-bucket/photos"}})
     (tmp_path / "dvc.yaml").write_text(COLLECT_FROM_GCS)
     subprocess.run(
         [sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True
@@ -67,7 +65,7 @@ def test_a_stage_failing_on_a_service_shows_its_one_line(project: Path) -> None:
     assert result.returncode == EXIT_UNAVAILABLE, output
     assert "Traceback" not in output
     [line] = [line for line in result.stderr.splitlines() if line.strip()]
-    assert line.startswith(f"collector: error: Cloud Storage emulator at {closed}"), line
+    assert line.startswith(f"collect: error: Cloud Storage emulator at {closed}"), line
     assert "unreachable" in line and "(full log: .mega/logs/" in line
 
 

@@ -10,14 +10,14 @@ import typer
 from rich.table import Table
 
 from common import storage
-from common.cli import App, console_for, from_setting, version_option
+from common.cli import EXIT_USAGE, App, console_for, fail, from_setting, version_option
 from common.params import ParamsError
-from common.services import exit_on_service_error
 from common.settings import get_settings
 from workflow.project import Project, ProjectError
 from workflow.runner import ReproResult, log_tail, repro
 
 app = App(
+    prog="mega",
     no_args_is_help=True,
     help="Mega Pipeline: collect → process → train → evaluate → register → serve.",
 )
@@ -36,8 +36,7 @@ def _project() -> Project:
         project = Project.here(get_settings())
         _ = project.params  # validate early: a bad params.yaml fails before any work
     except (ProjectError, ParamsError) as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        fail(exc, EXIT_USAGE)
     return project
 
 
@@ -47,10 +46,7 @@ def _run_stages(targets: list[str], force: bool = False) -> None:
     if targets:
         unknown = [t for t in targets if t not in stages]
         if unknown:
-            errors.print(
-                f"[red]error:[/red] unknown stage {unknown[0]!r}; stages: {', '.join(stages)}"
-            )
-            raise typer.Exit(2)
+            fail(f"unknown stage {unknown[0]!r}; stages: {', '.join(stages)}", EXIT_USAGE)
         # dvc runs a target's upstream stages too; count just those for the bar.
         stages = stages[: max(stages.index(t) for t in targets) + 1]
     result = repro(project.root, stages, targets, console, force=force)
@@ -79,11 +75,12 @@ def _exit_if_failed(project: Project, result: ReproResult) -> None:
         for line in result.errors:
             errors.print(f"{line} (full log: {log})", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(result.exit_code)
-    errors.print(f"[red]pipeline failed[/red] (dvc exit code {result.returncode}); last lines:")
+    where = ""
     if result.log_path:
         errors.print(log_tail(result.log_path), markup=False, highlight=False)
-        errors.print(f"full log: {result.log_path.relative_to(project.root)}")
-    raise typer.Exit(result.exit_code)
+        log = result.log_path.relative_to(project.root)
+        where = f"; its last lines are above, the full log is {log}"
+    fail(f"the pipeline failed (dvc exit code {result.returncode}){where}", result.exit_code)
 
 
 def _summary(project: Project) -> None:
@@ -164,8 +161,7 @@ def status() -> None:
     try:
         stale = project.stale_stages()
     except ProjectError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        fail(exc)
     for stage in project.stages():
         state = "[yellow]changed[/yellow]" if stage in stale else "[green]up to date[/green]"
         console.print(f"  {stage:<10} {state}")
@@ -181,7 +177,7 @@ def status() -> None:
     )
 
 
-data_app = App(no_args_is_help=True, help="Version, share and restore the data (DVC).")
+data_app = App(prog="mega", no_args_is_help=True, help="Version, share and restore the data (DVC).")
 app.add_typer(data_app, name="data")
 
 
@@ -192,11 +188,12 @@ def _dvc_passthrough(project: Project, *args: str) -> None:
     if output:
         console.print(output, markup=False, highlight=False)
     if result.returncode != 0:
+        hint = ""
         if "no remote specified" in output.lower() or "no default remote" in output.lower():
-            errors.print("hint: `make setup` configures a local default remote; see docs/data.md")
+            hint = "; `make setup` configures a local default remote; see docs/data.md"
         elif "missing cache files" in output.lower():
-            errors.print("hint: that version was never pushed from the clone that made it")
-        raise typer.Exit(result.returncode)
+            hint = "; that version was never pushed from the clone that made it"
+        fail(f"dvc {args[0]} failed (its output is above){hint}", result.returncode)
 
 
 DATA_STAGES = ["collect", "process"]
@@ -217,8 +214,7 @@ def _data_targets(project: Project, everything: bool) -> list[str]:
     locked = project.locked_stages()
     targets = locked if everything else [s for s in DATA_STAGES if s in locked]
     if not targets:
-        errors.print("[red]error:[/red] dvc.lock records no data yet; run `mega run` first")
-        raise typer.Exit(1)
+        fail("dvc.lock records no data yet; run `mega run` first")
     return targets
 
 
@@ -252,8 +248,7 @@ def data_versions() -> None:
     try:
         versions = list_versions(project.root, processed)
     except ValueError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        fail(exc)
     if not versions:
         console.print(f"no commit records {processed} in dvc.lock yet; commit dvc.lock after a run")
         return
@@ -331,19 +326,17 @@ def data_checkout(
         commit = resolve_rev(project.root, rev)
         restore_lock(project.root, commit, processed)
     except ValueError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        fail(exc, EXIT_USAGE)
     targets = _data_targets(project, everything=False)
     if project.dvc("checkout", *targets).returncode != 0:
         # Not in the local cache: fetch it from the remote.
         pulled = project.dvc("pull", *targets)
         if pulled.returncode != 0:
             left = _put_back_lock(project, previous)
-            errors.print(
-                f"[red]error:[/red] cannot restore the data of {commit[:10]}: "
+            fail(
+                f"cannot restore the data of {commit[:10]}: "
                 f"{_pull_failure(pulled.stdout + pulled.stderr)}; {left}"
             )
-            raise typer.Exit(1)
     stats = project.data_stats()
     console.print(
         f"restored {processed} of {commit[:10]}: data version "
@@ -356,7 +349,8 @@ def data_checkout(
 @app.command()
 def serve(
     port: Annotated[
-        int | None, typer.Option(show_default=from_setting("serve_port"), help="Port.")
+        int | None,
+        typer.Option(min=1, max=65535, show_default=from_setting("serve_port"), help="Port."),
     ] = None,
     host: Annotated[
         str | None, typer.Option(show_default=from_setting("serve_host"), help="Bind address.")
@@ -387,8 +381,7 @@ def serve(
 
 
 def main() -> None:
-    with exit_on_service_error("mega"):
-        app()
+    app()
 
 
 if __name__ == "__main__":

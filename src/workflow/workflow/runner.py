@@ -23,7 +23,7 @@ STAGE_FAILED = re.compile(r"^ERROR: failed to reproduce '[\w-]+': .*, exited wit
 EPOCH = re.compile(r"^Epoch (?P<n>\d+)/(?P<total>\d+)")
 # The containers' one-line summaries, shown as they arrive.
 SUMMARY = re.compile(r"^(collect|process|train|evaluate|register): (?!error:)")
-# Their one-line errors (`train: error: …`, `trainer: error: W&B …`), shown on failure.
+# Their one-line errors (`train: error: …`, common.cli's convention), shown on failure.
 ERROR = re.compile(r"^[\w-]+: error: ")
 
 
