@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,12 +97,10 @@ def test_mega_run_builds_and_registers_a_model(
 
 
 def test_second_run_reruns_nothing(project: Path, first_run: object) -> None:
-    started = time.monotonic()
+    # Whether anything re-ran is read from the summary, not from a wall-clock bound.
     result = sh([MEGA, "run"], project)
-    elapsed = time.monotonic() - started
     assert "ran:" not in result.stdout
     assert "up to date, skipped: collect, process, train, evaluate, register" in result.stdout
-    assert elapsed < 30, f"a no-op run took {elapsed:.1f}s"
 
 
 def test_status_reports_everything_up_to_date(project: Path, first_run: object) -> None:
