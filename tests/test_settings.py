@@ -149,3 +149,15 @@ def test_an_empty_variable_is_an_unset_one(monkeypatch: pytest.MonkeyPatch, tmp_
     for field in FIELDS:
         monkeypatch.delenv(f"MEGA_{field.upper()}")
     assert ServingSettings() == defaults
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999"])
+def test_a_port_outside_the_tcp_range_is_refused_as_a_setting(
+    port: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`MEGA_SERVE_PORT` gets the range `--port` has, before anything tries to bind it."""
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("MEGA_SERVE_PORT", port)
+    with pytest.raises(ValidationError, match="serve_port"):
+        Settings(_env_file=None)

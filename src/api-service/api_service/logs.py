@@ -34,6 +34,8 @@ class JsonFormatter(_BaseJsonFormatter):
     the request id when there is one, every `extra=` field that is set, and the
     formatted exception."""
 
+    converter = time.gmtime  # type: ignore[assignment]  # `time` in UTC, any host zone
+
     def __init__(self) -> None:
         super().__init__(
             "{asctime}{levelname}{name}{message}",

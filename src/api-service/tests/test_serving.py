@@ -127,6 +127,24 @@ def test_json_log_format(client: TestClient) -> None:
     assert '"status": 200' in line
 
 
+def test_json_log_time_is_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `time` field is UTC whatever the host's zone (the docs promise UTC)."""
+    import json
+    import time
+
+    from api_service.logs import JsonFormatter
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30: a local time would differ
+    time.tzset()
+    try:
+        record = logging.makeLogRecord({"msg": "x", "created": 0.0})
+        stamp = json.loads(JsonFormatter().format(record))["time"]
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert stamp == "1970-01-01T00:00:00"
+
+
 def test_cors_only_for_allowed_origins(tiny_pipeline: TinyPipeline, client: TestClient) -> None:
     preflight = {"Access-Control-Request-Method": "POST"}
     default = client.options("/v1/predict", headers={"Origin": "https://evil.example", **preflight})

@@ -1,7 +1,7 @@
 """What every command-line interface of the pipeline shares: help layout, errors, version.
 
-Imported only by the containers' CLIs (`mega` and each `python -m <package>`), which all
-depend on Typer (and so on Rich); `common` itself does not declare them.
+Imported only by the containers' CLIs (`mega` and each `python -m <package>`); `common`
+declares Typer and Rich for them.
 
 - `App`: a `typer.Typer` whose help shows a useful metavar (`--raw RAW`, a flag none)
   instead of the Python type (`<str>`, `<bool>`), and whose commands report every

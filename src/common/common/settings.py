@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     # Where `python -m api_service` listens; also read by `mega serve` and its summary
     # line, so kept here. Every other serving setting: `api_service.settings`.
     serve_host: str = "127.0.0.1"
-    serve_port: int = 8000
+    serve_port: int = Field(default=8000, ge=1, le=65535)
 
 
 @lru_cache

@@ -109,10 +109,10 @@ def process(
             a classifier (see `plan` and `_check_counts`); `out` is left as it was.
     """
     planned = plan(raw, params, max_pixels, max_bytes)
-    # The whole output is built in a staging folder and swapped in at the end, so
-    # neither a failed run nor a re-run ever leaves a partial or mixed data set.
-    staging = storage.staging_dir(out)
-    try:
+    # The whole output is built beside `out` and swapped in at the end, so neither a
+    # failed run nor a re-run ever leaves a partial or mixed data set. stats.json goes
+    # last: it is the completion marker on gs://, where nothing renames.
+    with storage.building(out, last=STATS) as staging:
         shards = write_shards(planned, staging, params, workers or os.cpu_count() or 1)
         rejected = [*planned.duplicates, *shards.rejected]
         labels, spec = planned.labels, planned.spec
@@ -120,10 +120,6 @@ def process(
         storage.write_json(staging / LABELS, labels)
         spec.write(staging / PREPROCESS)
         stats.write(staging / STATS)
-        # stats.json goes last: it is the completion marker on gs://, where nothing renames.
-        storage.swap_in(staging, out, last=STATS)
-    finally:
-        storage.delete_tree(staging)
     return stats
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from support import TinyPipeline, free_port, run_cli, write_params
 
-from common.contracts import Preprocess
+from common.contracts import STATS, Preprocess, Stats
 from common.params import AugmentParams, RegistryParams
 from common.registry import ModelRegistry
 from trainer import distribute
@@ -135,8 +135,7 @@ def test_augmentation_only_while_training() -> None:
 def test_pipeline_batches_caches_and_shuffles_reproducibly(tiny_pipeline: TinyPipeline) -> None:
     from trainer.data import fits_in_cache, make_dataset
 
-    stats = json.loads((tiny_pipeline.processed / "stats.json").read_text())
-    count = stats["totals"]["train"]
+    count = Stats.read(tiny_pipeline.processed / STATS).totals["train"]
     assert fits_in_cache(count, GRAY16, cache_mb=1) and not fits_in_cache(count, GRAY16, 0.01)
 
     def labels(seed: int, cache_mb: float = 1) -> list[int]:
@@ -173,8 +172,7 @@ def test_repeated_pipeline_keeps_epochs_whole(tiny_pipeline: TinyPipeline) -> No
     run of steps must be exactly one reshuffled epoch, short last batch included."""
     from trainer.data import make_dataset, steps_per_epoch
 
-    stats = json.loads((tiny_pipeline.processed / "stats.json").read_text())
-    count = stats["totals"]["train"]
+    count = Stats.read(tiny_pipeline.processed / STATS).totals["train"]
     assert count % 50, "the tiny split should end in a short batch"
     steps = steps_per_epoch(count, 50)
     for cache_mb in (1, 0):

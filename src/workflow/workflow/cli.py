@@ -106,7 +106,7 @@ def _summary(project: Project) -> None:
     if production:
         table.add_row(
             "production model",
-            f"{production['name']} version {production['version']} · {production['uri']}",
+            f"{production.name} version {production.version} · {production.uri}",
         )
     else:
         table.add_row("production model", "none yet (no candidate passed the gate)")
@@ -169,11 +169,11 @@ def status() -> None:
     if production is None:
         console.print("[bold]production model[/bold]: none (run `mega run`)")
         return
-    metrics = production["metrics"]
+    metrics = production.metrics
     accuracy = metrics.test.accuracy if metrics else float("nan")
     console.print(
-        f"[bold]production model[/bold]: {production['name']} version {production['version']} "
-        f"({production['uri']}), test accuracy {accuracy:.4f}"
+        f"[bold]production model[/bold]: {production.name} version {production.version} "
+        f"({production.uri}), test accuracy {accuracy:.4f}"
     )
 
 

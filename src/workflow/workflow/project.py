@@ -23,6 +23,16 @@ class ProjectError(RuntimeError):
     """The current folder is not a usable pipeline project."""
 
 
+@dataclass(frozen=True)
+class ProductionModel:
+    """The registry version behind the `production` alias."""
+
+    name: str
+    version: str
+    uri: str  # the version's folder or gs:// prefix
+    metrics: Metrics | None  # None for a version published without metrics.json
+
+
 @dataclass
 class Project:
     root: Path
@@ -63,23 +73,18 @@ class Project:
     def registry(self) -> ModelRegistry:
         return ModelRegistry(self.settings.models_root, self.params.registry.model_name)
 
-    def production(self) -> dict[str, Any] | None:
-        """The production version's folder, metrics and info, if one exists."""
+    def production(self) -> ProductionModel | None:
+        """The production version's name, folder and metrics, if one exists."""
         registry = self.registry()
         try:
             version = registry.resolve("production")
-            info = registry.version_info(version)
+            registry.version_info(version)  # a version whose folder was deleted is none
         except (RegistryError, FileNotFoundError):
             return None  # no alias yet, or it names a version that was deleted
         uri = registry.version_uri(version)
         metrics_uri = storage.join(uri, METRICS)
-        return {
-            "name": registry.name,
-            "version": version,
-            "uri": uri,
-            "metrics": Metrics.read(metrics_uri) if storage.exists(metrics_uri) else None,
-            "info": info,
-        }
+        metrics = Metrics.read(metrics_uri) if storage.exists(metrics_uri) else None
+        return ProductionModel(registry.name, version, uri, metrics)
 
     def locked_stages(self) -> list[str]:
         """Stages that dvc.lock records (that have run and been locked)."""
