@@ -12,7 +12,7 @@ EXPORT = """
 import sys, time
 from pathlib import Path
 import keras, numpy as np
-from common.contracts import Preprocess
+from common.contracts import Lineage, Preprocess
 from trainer.export import export_model
 from trainer.model import build_model
 
@@ -24,7 +24,7 @@ x = np.random.default_rng(0).integers(0, 255, (6, 8, 8, 1)).astype("float32")
 model.fit(x, np.array([0, 1, 2, 0, 1, 2]), epochs=1, verbose=0)
 time.sleep(float(sys.argv[2]))  # a later clock must not show in any file
 export_model(model, Path(sys.argv[1]), labels=["a", "b", "c"], spec=spec,
-             lineage={"data_hash": "x"}, history={"loss": [1.0]})
+             lineage=Lineage(data_hash="x"), history={"loss": [1.0]})
 # The rewritten files still load and compute what the model computes.
 import tensorflow as tf
 expected = model.predict(x, verbose=0)
