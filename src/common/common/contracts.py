@@ -71,11 +71,19 @@ class Contract(BaseModel):
             FileNotFoundError: nothing at `uri`.
             ContractError: not JSON, or not this contract's shape (one line, naming `uri`).
         """
-        text = storage.read_text(uri)
+        return cls.parse(storage.read_text(uri), str(uri))
+
+    @classmethod
+    def parse(cls, text: str | bytes, source: str) -> Self:
+        """Validate the JSON `text`; `source` names where it came from in the error.
+
+        Raises:
+            ContractError: not JSON, or not this contract's shape (one line, naming `source`).
+        """
         try:
             return cls.model_validate_json(text)
         except ValidationError as exc:
-            raise ContractError(f"{uri}: {problems(exc)}") from exc
+            raise ContractError(f"{source}: {problems(exc)}") from exc
 
     def document(self) -> dict[str, Any]:
         """The JSON object as it is written: plain types, unset fields left out."""
