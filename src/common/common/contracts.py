@@ -9,6 +9,7 @@ Writes keep today's bytes: sorted keys, two-space indent, a trailing newline
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -28,6 +29,9 @@ COLLECT_REPORT = "collect_report.json"
 LABELS = "labels.json"
 STATS = "stats.json"
 PREPROCESS = "preprocess.json"
+# The shards, `<split>-NNNNN-of-MMMMM.tfrecord`: see shard_name and is_shard.
+SHARD_SUFFIX = ".tfrecord"
+_SHARD = re.compile(r"(?P<split>[a-z]+)-\d{5,}-of-\d{5,}" + re.escape(SHARD_SUFFIX))
 # The candidate (models/candidate/); LABELS and PREPROCESS are copied into it.
 KERAS_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
@@ -276,6 +280,17 @@ def raw_image_path(label: str, sha256: str, ext: str) -> str:
     The sha256 names the record from here on (manifest, TFRecords, predictions.csv).
     """
     return f"{IMAGES_DIR}/{label}/{sha256}.{ext}"
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    """The file name of shard `index` (0-based) of `count`: `train-00000-of-00003.tfrecord`."""
+    return f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
+
+
+def is_shard(name: str, split: str) -> bool:
+    """Whether the file name `name` (no folder) is one of `split`'s shards."""
+    found = _SHARD.fullmatch(name)
+    return found is not None and found["split"] == split
 
 
 def write_manifest(uri: str, items: Iterable[ManifestItem]) -> None:

@@ -67,3 +67,20 @@ def test_a_mismatched_file_is_named_in_one_line(tmp_path: Path, content: object,
         Stats.read(path)
     message = str(caught.value)
     assert message.startswith(f"{path}: ") and part in message and "\n" not in message
+
+
+def test_shard_names_are_built_and_matched_by_one_declaration() -> None:
+    from common.contracts import is_shard, shard_name
+
+    assert shard_name("train", 0, 3) == "train-00000-of-00003.tfrecord"
+    assert shard_name("val", 12, 123456) == "val-00012-of-123456.tfrecord"
+    assert is_shard(shard_name("test", 2, 3), "test")
+    assert is_shard(shard_name("val", 12, 123456), "val")
+    for other in [
+        shard_name("train", 0, 1).replace("train", "val"),  # another split's
+        "train-notes.tfrecord",  # a stray file that is no shard
+        "train-00000.tfrecord",
+        ".train-00000.partial",  # a part still being written
+        "train-00000-of-00001.tfrecord.bak",
+    ]:
+        assert not is_shard(other, "train"), other

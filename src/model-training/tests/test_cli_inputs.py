@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from support import write_params
 
+from common.contracts import shard_name
 from trainer.quiet import NOISE, TF_LOG_LEVEL
 
 PREPROCESS = {"image_size": 16, "color_mode": "grayscale", "resize": "stretch"}
@@ -43,7 +44,7 @@ def make_processed(folder: Path) -> Path:
     _write(folder / "labels.json", ["a", "b"])
     _write(folder / "stats.json", STATS)
     for split in ("train", "val", "test"):
-        (folder / f"{split}-00000.tfrecord").write_bytes(b"")
+        (folder / shard_name(split, 0, 1)).write_bytes(b"")
     return folder
 
 
@@ -116,7 +117,7 @@ TRAIN_CASES: dict[str, tuple[Breaker, tuple[str, ...]]] = {
         ("stats.json: the train split has no examples", "process.split"),
     ),
     "no train shards": (
-        lambda d: (d / "train-00000.tfrecord").unlink(),
+        lambda d: (d / shard_name("train", 0, 1)).unlink(),
         ("no train-*.tfrecord shards", "process stage"),
     ),
 }
@@ -205,7 +206,7 @@ EVALUATE_CASES: dict[str, tuple[Breaker, Breaker, tuple[str, ...]]] = {
     ),
     "no test shards": (
         lambda m: None,
-        lambda d: (d / "test-00000.tfrecord").unlink(),
+        lambda d: (d / shard_name("test", 0, 1)).unlink(),
         ("no test-*.tfrecord shards", "process stage"),
     ),
 }

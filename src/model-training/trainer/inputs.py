@@ -26,6 +26,7 @@ from common.contracts import (
     Preprocess,
     Split,
     Stats,
+    is_shard,
     problems,
 )
 
@@ -102,11 +103,7 @@ def _require_folder(folder: str, option: str, what: str) -> None:
 
 def shard_paths(data: str, split: str) -> list[str]:
     """The split's TFRecord shard files in `data`, sorted; local folders and gs:// alike."""
-    return [
-        uri
-        for uri in storage.list_files(data)
-        if uri.rsplit("/", 1)[-1].startswith(f"{split}-") and uri.endswith(".tfrecord")
-    ]
+    return [uri for uri in storage.list_files(data) if is_shard(uri.rsplit("/", 1)[-1], split)]
 
 
 def check_processed(data: str, splits: tuple[Split, ...]) -> ProcessedData:
