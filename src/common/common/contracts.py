@@ -8,13 +8,12 @@ Writes keep today's bytes: sorted keys, two-space indent, a trailing newline
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from common import storage
 
@@ -60,6 +59,14 @@ def problems(exc: ValidationError) -> str:
     )
 
 
+def _problems_of_json(exc: ValidationError) -> str:
+    """`problems`, or `not valid JSON (<why>)` when the text did not parse."""
+    for err in exc.errors():
+        if err["type"] == "json_invalid":  # bad syntax or bytes that are not UTF-8
+            return f"not valid JSON ({err['msg']})"
+    return problems(exc)
+
+
 class Contract(BaseModel):
     """A JSON document one stage writes and another reads.
 
@@ -75,7 +82,7 @@ class Contract(BaseModel):
             FileNotFoundError: nothing at `uri`.
             ContractError: not JSON, or not this contract's shape (one line, naming `uri`).
         """
-        return cls.parse(storage.read_text(uri), str(uri))
+        return cls.parse(storage.read_bytes(uri), str(uri))
 
     @classmethod
     def parse(cls, text: str | bytes, source: str) -> Self:
@@ -87,7 +94,7 @@ class Contract(BaseModel):
         try:
             return cls.model_validate_json(text)
         except ValidationError as exc:
-            raise ContractError(f"{source}: {problems(exc)}") from exc
+            raise ContractError(f"{source}: {_problems_of_json(exc)}") from exc
 
     def document(self) -> dict[str, Any]:
         """The JSON object as it is written: plain types, unset fields left out."""
@@ -312,9 +319,23 @@ def read_manifest(uri: str) -> list[ManifestItem]:
     return items
 
 
+_LABELS = TypeAdapter(list[str])
+
+
 def read_labels(uri: str | Path) -> list[str]:
-    """Class names in model-output order."""
-    labels = json.loads(storage.read_text(uri))
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ValueError(f"{uri}: expected a JSON list of class names")
+    """Class names in model-output order: a non-empty JSON list of distinct strings.
+
+    Raises:
+        FileNotFoundError: nothing at `uri`.
+        ContractError: not JSON, not a list of strings, empty, or with a name twice
+            (one line, naming `uri`).
+    """
+    try:
+        labels = _LABELS.validate_json(storage.read_bytes(uri))
+    except ValidationError as exc:
+        if any(err["type"] == "json_invalid" for err in exc.errors()):
+            raise ContractError(f"{uri}: {_problems_of_json(exc)}") from exc
+        raise ContractError(f"{uri}: expected a JSON list of class names") from exc
+    if not labels or len(set(labels)) != len(labels):
+        raise ContractError(f"{uri}: needs distinct class names, has {labels!r}")
     return labels
