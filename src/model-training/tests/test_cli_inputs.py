@@ -20,6 +20,7 @@ import pytest
 from support import write_params
 
 from common.contracts import shard_name
+from common.params import load_params
 from trainer.quiet import NOISE, TF_LOG_LEVEL
 
 PREPROCESS = {"image_size": 16, "color_mode": "grayscale", "resize": "stretch"}
@@ -272,6 +273,29 @@ def test_register_names_a_bad_lineage_file(tmp_path: Path) -> None:
         tmp_path, "register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"
     )
     assert_clean_failure(result, "register", "lineage.json: not valid JSON", "train stage")
+
+
+def test_register_names_a_corrupt_production_metrics_file(tmp_path: Path) -> None:
+    """The production version's metrics.json, which the gate compares with, is broken."""
+    from common.registry import ModelRegistry
+
+    make_candidate(tmp_path / "candidate")
+    _write(tmp_path / "metrics.json", {"test": {"accuracy": 0.99, "macro_f1": 0.99}})
+    write_params(tmp_path)
+    old = tmp_path / "old"
+    old.mkdir()
+    _write(old / "metrics.json", {"test": {"accuracy": "high"}})
+    registry = ModelRegistry(
+        tmp_path / "r", load_params(tmp_path / "params.yaml").registry.model_name
+    )
+    registry.set_alias("production", registry.publish(old))
+    result = run_trainer(
+        tmp_path, "register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"
+    )
+    message = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert result.returncode == 1, result.stderr
+    assert len(message) == 1 and message[0].startswith("register: error: r/"), message
+    assert "/metrics.json: test.accuracy: Input should be a valid number" in message[0]
 
 
 @pytest.mark.slow
