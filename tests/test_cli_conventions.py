@@ -270,3 +270,61 @@ def test_a_bad_setting_is_a_usage_error_naming_its_variable(
     [line] = result.stderr.splitlines()
     assert line.startswith(f"{prog}: error: {variable}: Input should be a valid "), line
     assert line.endswith("(got 'abc'); fix it in the environment or in .env"), line
+
+
+def test_a_corrupt_contract_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """A stage file that does not match its contract, met by any CLI: a line naming it."""
+    from common.cli import App
+    from common.contracts import Metrics
+
+    app = App(prog="demo")
+
+    @app.command()
+    def run(path: str) -> None:
+        Metrics.read(path)
+
+    path = tmp_path / "metrics.json"
+    path.write_text('{"test": {"accuracy": 2}}')
+    result = CliRunner().invoke(app, [str(path)])
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"demo: error: {path}: test.accuracy: "), line
+    assert "test.macro_f1: Field required" in line and "re-run" in line, line
+
+
+@pytest.mark.parametrize(
+    ("where", "content"),
+    [
+        ("data/processed/{dataset}/stats.json", "{not json"),
+        ("data/processed/{dataset}/stats.json", '{"dataset": "x"}'),
+        ("production", '{"test": {"accuracy": "high"}}'),
+    ],
+    ids=["stats.json not JSON", "stats.json fields missing", "production metrics.json"],
+)
+def test_mega_status_names_a_corrupt_stage_file(where: str, content: str, tmp_path: Path) -> None:
+    from support import write_params
+
+    from common.params import load_params
+    from common.registry import ModelRegistry
+
+    params = load_params(write_params(tmp_path))
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    env = {**os.environ, "MEGA_MODELS_ROOT": str(tmp_path / "models")}
+    if where == "production":  # what status shows last: the production version's metrics
+        subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env)
+        candidate = tmp_path / "candidate"
+        candidate.mkdir()
+        (candidate / "metrics.json").write_text(content)
+        registry = ModelRegistry(tmp_path / "models", params.registry.model_name)
+        version = registry.publish(candidate)
+        registry.set_alias("production", version)
+        path = Path(registry.version_uri(version)) / "metrics.json"
+    else:
+        path = tmp_path / where.format(dataset=params.dataset)
+        path.parent.mkdir(parents=True)
+        path.write_text(content)
+    argv = [*MEGA, "status"]
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"mega: error: {path}: "), line

@@ -37,6 +37,7 @@ from rich.console import Console
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from common.contracts import ContractError
 from common.services import EXIT_UNAVAILABLE, ServiceError
 
 if TYPE_CHECKING:
@@ -186,6 +187,9 @@ def _reported(prog: str) -> Iterator[None]:
     except ServiceError as exc:
         error_line(prog, str(exc))
         raise typer.Exit(EXIT_UNAVAILABLE) from None
+    except ContractError as exc:  # a stage file the command read does not parse
+        error_line(prog, f"{exc}; re-run the stage that writes it (mega run)")
+        raise typer.Exit(EXIT_FAILURE) from None
     except ValidationError as exc:
         if not exc.title.endswith("Settings"):
             raise  # a model of the code's own: a bug, with its traceback

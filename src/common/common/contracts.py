@@ -8,12 +8,12 @@ Writes keep today's bytes: sorted keys, two-space indent, a trailing newline
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from common import storage
 
@@ -28,6 +28,9 @@ COLLECT_REPORT = "collect_report.json"
 LABELS = "labels.json"
 STATS = "stats.json"
 PREPROCESS = "preprocess.json"
+# The shards, `<split>-NNNNN-of-MMMMM.tfrecord`: see shard_name and is_shard.
+SHARD_SUFFIX = ".tfrecord"
+_SHARD = re.compile(r"(?P<split>[a-z]+)-\d{5,}-of-\d{5,}" + re.escape(SHARD_SUFFIX))
 # The candidate (models/candidate/); LABELS and PREPROCESS are copied into it.
 KERAS_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
@@ -56,6 +59,14 @@ def problems(exc: ValidationError) -> str:
     )
 
 
+def _problems_of_json(exc: ValidationError) -> str:
+    """`problems`, or `not valid JSON (<why>)` when the text did not parse."""
+    for err in exc.errors():
+        if err["type"] == "json_invalid":  # bad syntax or bytes that are not UTF-8
+            return f"not valid JSON ({err['msg']})"
+    return problems(exc)
+
+
 class Contract(BaseModel):
     """A JSON document one stage writes and another reads.
 
@@ -71,11 +82,19 @@ class Contract(BaseModel):
             FileNotFoundError: nothing at `uri`.
             ContractError: not JSON, or not this contract's shape (one line, naming `uri`).
         """
-        text = storage.read_text(uri)
+        return cls.parse(storage.read_bytes(uri), str(uri))
+
+    @classmethod
+    def parse(cls, text: str | bytes, source: str) -> Self:
+        """Validate the JSON `text`; `source` names where it came from in the error.
+
+        Raises:
+            ContractError: not JSON, or not this contract's shape (one line, naming `source`).
+        """
         try:
             return cls.model_validate_json(text)
         except ValidationError as exc:
-            raise ContractError(f"{uri}: {problems(exc)}") from exc
+            raise ContractError(f"{source}: {_problems_of_json(exc)}") from exc
 
     def document(self) -> dict[str, Any]:
         """The JSON object as it is written: plain types, unset fields left out."""
@@ -270,6 +289,17 @@ def raw_image_path(label: str, sha256: str, ext: str) -> str:
     return f"{IMAGES_DIR}/{label}/{sha256}.{ext}"
 
 
+def shard_name(split: str, index: int, count: int) -> str:
+    """The file name of shard `index` (0-based) of `count`: `train-00000-of-00003.tfrecord`."""
+    return f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
+
+
+def is_shard(name: str, split: str) -> bool:
+    """Whether the file name `name` (no folder) is one of `split`'s shards."""
+    found = _SHARD.fullmatch(name)
+    return found is not None and found["split"] == split
+
+
 def write_manifest(uri: str, items: Iterable[ManifestItem]) -> None:
     """Write the manifest, sorted by path so identical data gives identical bytes."""
     rows = sorted(items, key=lambda item: item.path)
@@ -289,9 +319,23 @@ def read_manifest(uri: str) -> list[ManifestItem]:
     return items
 
 
+_LABELS = TypeAdapter(list[str])
+
+
 def read_labels(uri: str | Path) -> list[str]:
-    """Class names in model-output order."""
-    labels = json.loads(storage.read_text(uri))
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ValueError(f"{uri}: expected a JSON list of class names")
+    """Class names in model-output order: a non-empty JSON list of distinct strings.
+
+    Raises:
+        FileNotFoundError: nothing at `uri`.
+        ContractError: not JSON, not a list of strings, empty, or with a name twice
+            (one line, naming `uri`).
+    """
+    try:
+        labels = _LABELS.validate_json(storage.read_bytes(uri))
+    except ValidationError as exc:
+        if any(err["type"] == "json_invalid" for err in exc.errors()):
+            raise ContractError(f"{uri}: {_problems_of_json(exc)}") from exc
+        raise ContractError(f"{uri}: expected a JSON list of class names") from exc
+    if not labels or len(set(labels)) != len(labels):
+        raise ContractError(f"{uri}: needs distinct class names, has {labels!r}")
     return labels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,51 @@ def test_a_mismatched_file_is_named_in_one_line(tmp_path: Path, content: object,
         Stats.read(path)
     message = str(caught.value)
     assert message.startswith(f"{path}: ") and part in message and "\n" not in message
+
+
+def test_shard_names_are_built_and_matched_by_one_declaration() -> None:
+    from common.contracts import is_shard, shard_name
+
+    assert shard_name("train", 0, 3) == "train-00000-of-00003.tfrecord"
+    assert shard_name("val", 12, 123456) == "val-00012-of-123456.tfrecord"
+    assert is_shard(shard_name("test", 2, 3), "test")
+    assert is_shard(shard_name("val", 12, 123456), "val")
+    for other in [
+        shard_name("train", 0, 1).replace("train", "val"),  # another split's
+        "train-notes.tfrecord",  # a stray file that is no shard
+        "train-00000.tfrecord",
+        ".train-00000.partial",  # a part still being written
+        "train-00000-of-00001.tfrecord.bak",
+    ]:
+        assert not is_shard(other, "train"), other
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("[]", "needs distinct class names, has []"),
+        ('["a", "b", "a"]', "needs distinct class names"),
+        ('{"a": 0}', "expected a JSON list of class names"),
+        ('["a", 1]', "expected a JSON list of class names"),
+        ("[a, b]", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+    ids=["empty", "duplicate", "object", "not strings", "not JSON", "not UTF-8"],
+)
+def test_read_labels_refuses_what_no_model_can_use(
+    content: str | bytes, says: str, tmp_path: Path
+) -> None:
+    """The one labels reader, for the trainer and the API alike: a ContractError naming it."""
+    from common.contracts import read_labels
+
+    path = tmp_path / "labels.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ContractError, match=rf"^{path}: {re.escape(says)}"):
+        read_labels(path)
+
+
+def test_a_contract_file_that_is_not_json_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.json"
+    path.write_bytes(b"{'test': 1}")
+    with pytest.raises(ContractError, match=rf"^{path}: not valid JSON \("):
+        Metrics.read(path)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.contracts import shard_name
 from common.tfrecord import TFRecordWriter
 
 
@@ -41,7 +42,7 @@ class ShardWriter:
         self._close_current()
         final = []
         for index, part in enumerate(self.parts):
-            target = self.folder / f"{self.split}-{index:05d}-of-{len(self.parts):05d}.tfrecord"
+            target = self.folder / shard_name(self.split, index, len(self.parts))
             os.replace(part, target)
             final.append(target)
         return final

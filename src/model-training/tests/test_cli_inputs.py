@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from support import write_params
 
+from common.contracts import shard_name
+from common.params import load_params
 from trainer.quiet import NOISE, TF_LOG_LEVEL
 
 PREPROCESS = {"image_size": 16, "color_mode": "grayscale", "resize": "stretch"}
@@ -43,7 +45,7 @@ def make_processed(folder: Path) -> Path:
     _write(folder / "labels.json", ["a", "b"])
     _write(folder / "stats.json", STATS)
     for split in ("train", "val", "test"):
-        (folder / f"{split}-00000.tfrecord").write_bytes(b"")
+        (folder / shard_name(split, 0, 1)).write_bytes(b"")
     return folder
 
 
@@ -116,7 +118,7 @@ TRAIN_CASES: dict[str, tuple[Breaker, tuple[str, ...]]] = {
         ("stats.json: the train split has no examples", "process.split"),
     ),
     "no train shards": (
-        lambda d: (d / "train-00000.tfrecord").unlink(),
+        lambda d: (d / shard_name("train", 0, 1)).unlink(),
         ("no train-*.tfrecord shards", "process stage"),
     ),
 }
@@ -205,7 +207,7 @@ EVALUATE_CASES: dict[str, tuple[Breaker, Breaker, tuple[str, ...]]] = {
     ),
     "no test shards": (
         lambda m: None,
-        lambda d: (d / "test-00000.tfrecord").unlink(),
+        lambda d: (d / shard_name("test", 0, 1)).unlink(),
         ("no test-*.tfrecord shards", "process stage"),
     ),
 }
@@ -271,6 +273,29 @@ def test_register_names_a_bad_lineage_file(tmp_path: Path) -> None:
         tmp_path, "register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"
     )
     assert_clean_failure(result, "register", "lineage.json: not valid JSON", "train stage")
+
+
+def test_register_names_a_corrupt_production_metrics_file(tmp_path: Path) -> None:
+    """The production version's metrics.json, which the gate compares with, is broken."""
+    from common.registry import ModelRegistry
+
+    make_candidate(tmp_path / "candidate")
+    _write(tmp_path / "metrics.json", {"test": {"accuracy": 0.99, "macro_f1": 0.99}})
+    write_params(tmp_path)
+    old = tmp_path / "old"
+    old.mkdir()
+    _write(old / "metrics.json", {"test": {"accuracy": "high"}})
+    registry = ModelRegistry(
+        tmp_path / "r", load_params(tmp_path / "params.yaml").registry.model_name
+    )
+    registry.set_alias("production", registry.publish(old))
+    result = run_trainer(
+        tmp_path, "register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"
+    )
+    message = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert result.returncode == 1, result.stderr
+    assert len(message) == 1 and message[0].startswith("register: error: r/"), message
+    assert "/metrics.json: test.accuracy: Input should be a valid number" in message[0]
 
 
 @pytest.mark.slow

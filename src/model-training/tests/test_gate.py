@@ -50,9 +50,9 @@ def test_zero_recall_on_a_small_class_is_not_promoted(tmp_path: Path) -> None:
     """170 test images of one class, 10 of another, the small one never predicted."""
     true = np.array([0] * 170 + [1] * 10)
     matrix = confusion_matrix(true, np.zeros_like(true), 2)
-    report = classification_metrics(matrix, ["common", "rare"])
-    assert report["per_class"]["rare"]["recall"] == 0.0
-    path = metrics(tmp_path, report["accuracy"], report["macro_f1"])
+    scores, details = classification_metrics(matrix, ["common", "rare"])
+    assert details.per_class["rare"].recall == 0.0
+    path = metrics(tmp_path, scores.accuracy, scores.macro_f1)
     record = register(
         candidate(tmp_path, ["common", "rare"]), path, str(tmp_path / "r"), gate_params()
     )

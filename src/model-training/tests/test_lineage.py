@@ -87,3 +87,18 @@ def test_the_same_model_trained_again_is_one_version(repo: Path) -> None:
     version = json.loads((repo / "models/m/1/lineage.json").read_text())
     assert version["trained_at"] == "2026-01-01T00:00:00+00:00" and "git_sha" in version
     assert not (repo / "models/m/1/training_run.json").exists()
+
+
+def test_the_candidate_lineage_keeps_its_bytes(tmp_path: Path) -> None:
+    """Written through the contract: sorted keys, unset fields and run facts left out."""
+    lineage = Lineage(
+        data="data/processed/x", data_hash="d", params={"train": {"epochs": 2}},
+        tensorflow="2.21.0", trained_at="2026-01-01T00:00:00+00:00", wandb_run_id=None,
+        extra_fact=1,
+    )  # fmt: skip
+    write_lineage(tmp_path, lineage)
+    assert (tmp_path / "lineage.json").read_text() == (
+        '{\n  "data": "data/processed/x",\n  "data_hash": "d",\n  "extra_fact": 1,\n'
+        '  "params": {\n    "train": {\n      "epochs": 2\n    }\n  },\n'
+        '  "tensorflow": "2.21.0"\n}\n'
+    )

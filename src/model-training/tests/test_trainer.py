@@ -22,6 +22,64 @@ def test_model_takes_raw_pixels_and_outputs_probabilities() -> None:
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
 
 
+# What evaluate wrote for the matrix of test_classification_metrics_by_hand before its
+# scores became contract models (issue 12): the bytes must not change.
+METRICS_BYTES = """\
+{
+  "test": {
+    "accuracy": 0.6,
+    "examples": 5,
+    "loss": 0.5,
+    "macro_f1": 0.43333333333333335,
+    "tflite_accuracy": 0.6
+  }
+}
+"""
+EVALUATION_BYTES = """\
+{
+  "confusion_matrix": [
+    [
+      1,
+      1,
+      0
+    ],
+    [
+      0,
+      2,
+      0
+    ],
+    [
+      1,
+      0,
+      0
+    ]
+  ],
+  "labels": [
+    "a",
+    "b",
+    "c"
+  ],
+  "per_class": {
+    "a": {
+      "precision": 0.5,
+      "recall": 0.5,
+      "support": 2
+    },
+    "b": {
+      "precision": 0.6666666666666666,
+      "recall": 1.0,
+      "support": 2
+    },
+    "c": {
+      "precision": 0.0,
+      "recall": 0.0,
+      "support": 1
+    }
+  }
+}
+"""
+
+
 def test_unknown_model_name() -> None:
     with pytest.raises(ValueError, match="available: small_cnn"):
         build_model("resnet", Preprocess(image_size=16, color_mode="grayscale"), 10)
@@ -32,11 +90,31 @@ def test_classification_metrics_by_hand() -> None:
     pred = np.array([0, 1, 1, 1, 0])
     matrix = confusion_matrix(true, pred, 3)
     assert matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
-    report = classification_metrics(matrix, ["a", "b", "c"])
-    assert report["accuracy"] == pytest.approx(0.6)
-    assert report["per_class"]["b"] == {"precision": 2 / 3, "recall": 1.0, "support": 2}
+    scores, details = classification_metrics(matrix, ["a", "b", "c"])
+    assert scores.accuracy == pytest.approx(0.6)
+    assert details.per_class["b"].model_dump() == {
+        "precision": 2 / 3,
+        "recall": 1.0,
+        "support": 2,
+    }
     # F1: a = 0.5, b = 0.8, c = 0 → macro 0.4333
-    assert report["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert scores.macro_f1 == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_evaluate_writes_the_same_bytes_as_before(tmp_path: Path) -> None:
+    """metrics.json and evaluation.json as evaluate writes them, pinned byte for byte."""
+    from common.contracts import Metrics, SplitMetrics
+
+    matrix = confusion_matrix(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), 3)
+    scores, details = classification_metrics(matrix, ["a", "b", "c"])
+    test = SplitMetrics(
+        accuracy=scores.accuracy, macro_f1=scores.macro_f1, loss=0.5, tflite_accuracy=0.6,
+        examples=5,
+    )  # fmt: skip
+    Metrics(test=test).write(tmp_path / "metrics.json")
+    details.write(tmp_path / "evaluation.json")
+    assert (tmp_path / "metrics.json").read_text() == METRICS_BYTES
+    assert (tmp_path / "evaluation.json").read_text() == EVALUATION_BYTES
 
 
 def test_candidate_holds_every_export(tiny_pipeline: TinyPipeline) -> None:

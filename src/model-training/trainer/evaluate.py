@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -40,8 +39,15 @@ def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np
     return matrix
 
 
-def classification_metrics(matrix: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    """Accuracy, macro F1 and per-class precision/recall from a confusion matrix."""
+def classification_metrics(
+    matrix: np.ndarray, labels: list[str]
+) -> tuple[SplitMetrics, Evaluation]:
+    """Scores from a confusion matrix (`matrix[true][predicted]`, `labels` order).
+
+    Returns the split's accuracy and macro F1 (over the classes with test examples;
+    the other `SplitMetrics` fields left unset for the caller), and the `Evaluation`:
+    per-class precision, recall and support, and the matrix itself.
+    """
     tp = np.diag(matrix).astype(np.float64)
     predicted = matrix.sum(axis=0).astype(np.float64)
     actual = matrix.sum(axis=1).astype(np.float64)
@@ -50,14 +56,19 @@ def classification_metrics(matrix: np.ndarray, labels: list[str]) -> dict[str, A
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     present = actual > 0
-    return {
-        "accuracy": float(tp.sum() / max(matrix.sum(), 1)),
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "per_class": {
-            label: {"precision": float(p), "recall": float(r), "support": int(n)}
+    scores = SplitMetrics(
+        accuracy=float(tp.sum() / max(matrix.sum(), 1)),
+        macro_f1=float(f1[present].mean()) if present.any() else 0.0,
+    )
+    details = Evaluation(
+        labels=labels,
+        per_class={
+            label: ClassScores(precision=float(p), recall=float(r), support=int(n))
             for label, p, r, n in zip(labels, precision, recall, actual, strict=True)
         },
-    }
+        confusion_matrix=matrix.tolist(),
+    )
+    return scores, details
 
 
 def tflite_predict(tflite_path: Path, images: np.ndarray) -> np.ndarray:
@@ -100,7 +111,7 @@ def evaluate(
     probabilities = model.predict(images, batch_size=batch_size, verbose=0)
     loss = float(keras.losses.sparse_categorical_crossentropy(true, probabilities).numpy().mean())
     matrix = confusion_matrix(true, probabilities.argmax(axis=1), len(labels))
-    report = classification_metrics(matrix, labels)
+    scores, details = classification_metrics(matrix, labels)
     tflite_pred = tflite_predict(model_dir / TFLITE_FILE, images)
     if plots is not None:
         from trainer.plots import write_plots
@@ -117,15 +128,10 @@ def evaluate(
             history=storage.read_json(history_path) if history_path.is_file() else {},
         )
     test = SplitMetrics(
-        accuracy=report["accuracy"],
-        macro_f1=report["macro_f1"],
+        accuracy=scores.accuracy,
+        macro_f1=scores.macro_f1,
         loss=loss,
         tflite_accuracy=float((tflite_pred == true).mean()),
         examples=len(true),
-    )
-    details = Evaluation(
-        labels=labels,
-        per_class={label: ClassScores(**scores) for label, scores in report["per_class"].items()},
-        confusion_matrix=matrix.tolist(),
     )
     return EvaluationResult(metrics=Metrics(test=test), details=details)

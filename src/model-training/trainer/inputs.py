@@ -9,11 +9,10 @@ TensorFlow or Keras (a test checks it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ValidationError
+from typing import TypeVar
 
 from common import storage
 from common.contracts import (
@@ -21,13 +20,17 @@ from common.contracts import (
     LINEAGE,
     PREPROCESS,
     STATS,
+    ContractError,
     Lineage,
     Metrics,
     Preprocess,
     Split,
     Stats,
-    problems,
+    is_shard,
+    read_labels,
 )
+
+T = TypeVar("T")
 
 RERUN_PROCESS = "re-run the process stage (mega run, or python -m processor) to rewrite it"
 RERUN_TRAIN = "re-run the train stage (mega run, or python -m trainer train) to rewrite it"
@@ -47,47 +50,32 @@ class ProcessedData:
     stats: Stats
 
 
-def read_json_file(uri: str, fix: str) -> Any:
-    """The parsed JSON at `uri`; `InputError` (naming `uri` and `fix`) if absent or invalid."""
+def _checked(read: Callable[[str], T], uri: str, fix: str) -> T:
+    """`read(uri)`, its failures as one `InputError` naming `uri` and ending with `fix`."""
     if not storage.exists(uri):
         raise InputError(f"{uri}: not found; {fix}")
     try:
-        return storage.read_json(uri)
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise InputError(f"{uri}: not valid JSON ({exc}); {fix}") from exc
+        return read(uri)
+    except ContractError as exc:  # names the file and what is wrong with it
+        raise InputError(f"{exc}; {fix}") from exc
     except OSError as exc:  # e.g. a folder where the file should be
         raise InputError(f"{uri}: cannot be read ({exc.strerror or exc}); {fix}") from exc
 
 
-def _validated(model: type[BaseModel], uri: str, fix: str) -> Any:
-    raw = read_json_file(uri, fix)
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise InputError(f"{uri}: {problems(exc)}; {fix}") from exc
-
-
 def read_preprocess(folder: str, fix: str) -> Preprocess:
     """The folder's `preprocess.json`, validated."""
-    spec: Preprocess = _validated(Preprocess, storage.join(folder, PREPROCESS), fix)
-    return spec
+    return _checked(Preprocess.read, storage.join(folder, PREPROCESS), fix)
 
 
 def read_class_names(folder: str, fix: str) -> list[str]:
     """The folder's `labels.json`: a non-empty JSON list of distinct class names.
 
-    Only the file's shape is checked here, which re-running the stage that wrote it
-    can fix. How many classes there are is not: the processor refuses data of fewer
-    than two classes, and the registry gate keeps a one-class model from production
-    with its own reason.
+    Only the file's shape is checked here (`common.contracts.read_labels`), which
+    re-running the stage that wrote it can fix. How many classes there are is not: the
+    processor refuses data of fewer than two classes, and the registry gate keeps a
+    one-class model from production with its own reason.
     """
-    uri = storage.join(folder, LABELS)
-    labels = read_json_file(uri, fix)
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise InputError(f"{uri}: expected a JSON list of class names; {fix}")
-    if not labels or len(set(labels)) != len(labels):
-        raise InputError(f"{uri}: needs distinct class names, has {labels!r}; {fix}")
-    return labels
+    return _checked(read_labels, storage.join(folder, LABELS), fix)
 
 
 def _require_folder(folder: str, option: str, what: str) -> None:
@@ -102,11 +90,7 @@ def _require_folder(folder: str, option: str, what: str) -> None:
 
 def shard_paths(data: str, split: str) -> list[str]:
     """The split's TFRecord shard files in `data`, sorted; local folders and gs:// alike."""
-    return [
-        uri
-        for uri in storage.list_files(data)
-        if uri.rsplit("/", 1)[-1].startswith(f"{split}-") and uri.endswith(".tfrecord")
-    ]
+    return [uri for uri in storage.list_files(data) if is_shard(uri.rsplit("/", 1)[-1], split)]
 
 
 def check_processed(data: str, splits: tuple[Split, ...]) -> ProcessedData:
@@ -121,7 +105,7 @@ def check_processed(data: str, splits: tuple[Split, ...]) -> ProcessedData:
     )
     spec = read_preprocess(data, RERUN_PROCESS)
     labels = read_class_names(data, RERUN_PROCESS)
-    stats: Stats = _validated(Stats, storage.join(data, STATS), RERUN_PROCESS)
+    stats = _checked(Stats.read, storage.join(data, STATS), RERUN_PROCESS)
     for split in splits:
         if stats.totals.get(split, 0) < 1:
             raise InputError(
@@ -141,7 +125,7 @@ def check_candidate(model: str, files: tuple[str, ...]) -> None:
     for name in files:
         uri = storage.join(model, name)
         if name == LINEAGE:
-            _validated(Lineage, uri, RERUN_TRAIN)
+            _checked(Lineage.read, uri, RERUN_TRAIN)
         elif not storage.exists(uri):
             raise InputError(f"{uri}: not found; {RERUN_TRAIN}")
 
@@ -153,5 +137,4 @@ def check_metrics(uri: str) -> Metrics:
     Raises `InputError` (a `ValueError`) naming the file, the problem and the fix.
     """
     fix = f"{RERUN_EVALUATE} to rewrite it"
-    metrics: Metrics = _validated(Metrics, uri, fix)
-    return metrics
+    return _checked(Metrics.read, uri, fix)

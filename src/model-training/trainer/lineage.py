@@ -115,8 +115,9 @@ def build_lineage(
 
 def write_lineage(folder: Path, lineage: Lineage) -> None:
     """Write `lineage.json` (stable facts); call last, then `write_run_record`."""
-    stable = lineage.model_dump(mode="json", exclude_unset=True, exclude=set(RUN_FACTS))
-    storage.write_json(folder / LINEAGE, stable)
+    # Re-validated from the document, so the run facts are unset (not written), not None.
+    stable = {key: value for key, value in lineage.document().items() if key not in RUN_FACTS}
+    Lineage.model_validate(stable).write(folder / LINEAGE)
 
 
 def write_run_record(folder: Path, lineage: Lineage) -> None:

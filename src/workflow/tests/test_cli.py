@@ -166,3 +166,17 @@ def test_a_failing_stage_without_an_error_line_shows_its_log_tail(
     last = result.stderr.splitlines()[-1]
     assert last.startswith("mega: error: the pipeline failed (dvc exit code "), last
     assert "the full log is .mega/logs/repro-" in last
+
+
+def test_a_corrupt_stats_json_in_history_names_the_file_and_revision(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`mega data versions` reads each version's stats.json: a bad one is a ContractError."""
+    import dvc.api
+
+    from common.contracts import ContractError
+    from workflow.versions import read_stats
+
+    monkeypatch.setattr(dvc.api, "read", lambda *args, **kwargs: '{"dataset": 1}')
+    with pytest.raises(ContractError, match=r"^data/processed/x/stats.json at abcdef12: "):
+        read_stats(tmp_path, "data/processed/x", "abcdef1234567890")

@@ -69,7 +69,7 @@ def read_stats(root: Path, processed: str, rev: str) -> Stats | None:
         text = dvc.api.read(f"{processed}/{STATS}", repo=str(root), rev=rev, remote=None)
     except (DvcException, DataIndexError, FileNotFoundError, OSError):
         return None
-    return Stats.model_validate_json(text)
+    return Stats.parse(text, f"{processed}/{STATS} at {rev[:8]}")
 
 
 def list_versions(root: Path, processed: str, with_stats: bool = True) -> list[DataVersion]:
