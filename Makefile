@@ -46,7 +46,7 @@ lock-run: setup
 serve: setup
 	$(BIN)/mega serve
 
-## test: set up, then every test tier (unit, integration, e2e, browser), with coverage
+## test: set up, then every test tier (unit, integration, behaviour, e2e, browser), with coverage
 ## (the floor is fail_under in pyproject.toml)
 test: setup
 	@scripts/ensure-chromium.sh

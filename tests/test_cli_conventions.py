@@ -311,7 +311,9 @@ def test_mega_status_names_a_corrupt_stage_file(where: str, content: str, tmp_pa
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     env = {**os.environ, "MEGA_MODELS_ROOT": str(tmp_path / "models")}
     if where == "production":  # what status shows last: the production version's metrics
-        subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env)
+        # DVC of this interpreter: CI runs .venv/bin/pytest without .venv on PATH.
+        dvc_init = [sys.executable, "-m", "dvc", "init", "--no-scm", "-q"]
+        subprocess.run(dvc_init, cwd=tmp_path, check=True, env=env)
         candidate = tmp_path / "candidate"
         candidate.mkdir()
         (candidate / "metrics.json").write_text(content)
