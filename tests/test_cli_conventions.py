@@ -330,3 +330,36 @@ def test_mega_status_names_a_corrupt_stage_file(where: str, content: str, tmp_pa
     assert result.returncode == 1, (result.stdout, result.stderr)
     [line] = result.stderr.splitlines()
     assert line.startswith(f"mega: error: {path}: "), line
+
+
+@pytest.mark.parametrize(
+    ("broken", "content"),
+    [("aliases.json", "garbage"), ("1/version.json", "{"), ("1/metrics.json", "[]")],
+)
+def test_mega_status_names_a_corrupt_registry_file(
+    broken: str, content: str, tmp_path: Path
+) -> None:
+    """The registry is not a DVC output: its broken files get a fix that is not `mega run`."""
+    from support import write_params
+
+    from common.params import load_params
+    from common.registry import ModelRegistry
+
+    params = load_params(write_params(tmp_path))
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    subprocess.run([*PY, "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    (candidate / "metrics.json").write_text('{"test": {"accuracy": 0.9, "macro_f1": 0.9}}')
+    registry = ModelRegistry(tmp_path / "models", params.registry.model_name)
+    registry.set_alias("production", registry.publish(candidate))
+    path = tmp_path / "models" / params.registry.model_name / broken
+    path.write_text(content)
+    env = {**os.environ, "MEGA_MODELS_ROOT": str(tmp_path / "models")}
+    result = subprocess.run(
+        [*MEGA, "status"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"mega: error: {path}: "), line
+    assert line.endswith("`mega run` does not rewrite it"), line

@@ -124,7 +124,8 @@ class ModelManager:
     def _failed(self, version: str | None, exc: Exception) -> None:
         message = str(exc) or type(exc).__name__
         if self.load_error is None or self.load_error.get("message") != message:
-            log.error("cannot load %s %s: %s", self.settings.model_name, version or "", message)
+            name = self.settings.model_name + (f" version {version}" if version else "")
+            log.error("cannot load %s: %s", name, message)
         self.load_error = {
             "version": version,
             "message": message,

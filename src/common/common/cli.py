@@ -108,7 +108,9 @@ def failures_as(code: int, *kinds: type[Exception]) -> Iterator[None]:
     try:
         yield
     except kinds as exc:
-        raise CliError(str(exc), code) from exc
+        # A contract's message names the file and fields; its `fix` says what remakes it.
+        message = f"{exc}; {exc.fix}" if isinstance(exc, ContractError) else str(exc)
+        raise CliError(message, code) from exc
 
 
 def read_params(path: Path) -> PipelineParams:
@@ -188,7 +190,7 @@ def _reported(prog: str) -> Iterator[None]:
         error_line(prog, str(exc))
         raise typer.Exit(EXIT_UNAVAILABLE) from None
     except ContractError as exc:  # a stage file the command read does not parse
-        error_line(prog, f"{exc}; re-run the stage that writes it (mega run)")
+        error_line(prog, f"{exc}; {exc.fix}")
         raise typer.Exit(EXIT_FAILURE) from None
     except ValidationError as exc:
         if not exc.title.endswith("Settings"):

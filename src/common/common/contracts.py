@@ -48,7 +48,12 @@ TRAINING_CLASSES = "training_classes.json"
 
 
 class ContractError(ValueError):
-    """A stage's file does not match its contract; the message names the file and fields."""
+    """A stage's file does not match its contract; the message names the file and fields.
+
+    `fix` is what the CLIs print after the message: what makes the file again.
+    """
+
+    fix = "re-run the stage that writes it (mega run)"
 
 
 def problems(exc: ValidationError) -> str:

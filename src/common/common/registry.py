@@ -16,16 +16,40 @@ import datetime as dt
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common import storage
+from common.contracts import Contract, ContractError
 
 VERSION_FILE = "version.json"
+C = TypeVar("C", bound=Contract)
 ALIASES_FILE = "aliases.json"
 
 
 class RegistryError(RuntimeError):
     """The registry is missing something the caller asked for."""
+
+
+class RegistryFileError(ContractError):
+    """A file in the registry (aliases, a version's record or documents) does not parse."""
+
+    fix = (
+        "repair it, or restore it from a copy: the registry is not a DVC output, "
+        "so `mega run` does not rewrite it"
+    )
+
+
+def _read_object(uri: str) -> dict[str, Any]:
+    """A registry JSON object; RegistryFileError naming `uri` when it does not parse."""
+    try:
+        data = storage.read_json(uri)
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise RegistryFileError(f"{uri}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise RegistryFileError(f"{uri}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 class ModelRegistry:
@@ -62,11 +86,23 @@ class ModelRegistry:
                 found.add(normalized[: -len(marker)].rsplit("/", 1)[-1])
         return sorted((v for v in found if v.isdigit()), key=int)
 
+    def read_document(self, version: str, name: str, contract: type[C]) -> C | None:
+        """`version`'s document `name` as `contract`; None if the version has none.
+
+        Raises:
+            RegistryFileError: the file does not parse (its fix is not `mega run`).
+        """
+        uri = storage.join(self.version_uri(version), name)
+        if not storage.exists(uri):
+            return None
+        try:
+            return contract.read(uri)
+        except ContractError as exc:
+            raise RegistryFileError(str(exc)) from exc
+
     def version_info(self, version: str) -> dict[str, Any]:
-        data: dict[str, Any] = storage.read_json(
-            storage.join(self.version_uri(version), VERSION_FILE)
-        )
-        return data
+        """`version.json` of `version`: FileNotFoundError if absent, RegistryFileError if bad."""
+        return _read_object(storage.join(self.version_uri(version), VERSION_FILE))
 
     def publish(
         self,
@@ -128,11 +164,9 @@ class ModelRegistry:
     def aliases(self) -> dict[str, str]:
         uri = storage.join(self.base, ALIASES_FILE)
         try:
-            data = storage.read_json(uri)
+            data = _read_object(uri)
         except FileNotFoundError:
             return {}
-        if not isinstance(data, dict):
-            raise RegistryError(f"{uri}: expected an object of alias → version")
         return {str(k): str(v) for k, v in data.items()}
 
     def set_alias(self, alias: str, version: str) -> None:

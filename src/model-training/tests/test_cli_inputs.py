@@ -275,8 +275,22 @@ def test_register_names_a_bad_lineage_file(tmp_path: Path) -> None:
     assert_clean_failure(result, "register", "lineage.json: not valid JSON", "train stage")
 
 
-def test_register_names_a_corrupt_production_metrics_file(tmp_path: Path) -> None:
-    """The production version's metrics.json, which the gate compares with, is broken."""
+@pytest.mark.parametrize(
+    ("broken", "content", "problem"),
+    [
+        ("1/metrics.json", '{"test": {"accuracy": "high"}}', "test.accuracy: Input should be"),
+        ("aliases.json", "garbage", "not valid JSON"),
+        ("1/version.json", "{", "not valid JSON"),
+        ("aliases.json", "[1]", "expected a JSON object"),
+    ],
+    ids=["production metrics.json", "aliases.json not JSON", "version.json", "aliases a list"],
+)
+def test_register_names_a_corrupt_registry_file(
+    broken: str, content: str, problem: str, tmp_path: Path
+) -> None:
+    """A registry file register reads (the gate's production metrics, the aliases, a
+    version's record) is broken: one line naming it, and a fix that is not `mega run`
+    (the registry is not a DVC output)."""
     from common.registry import ModelRegistry
 
     make_candidate(tmp_path / "candidate")
@@ -284,18 +298,19 @@ def test_register_names_a_corrupt_production_metrics_file(tmp_path: Path) -> Non
     write_params(tmp_path)
     old = tmp_path / "old"
     old.mkdir()
-    _write(old / "metrics.json", {"test": {"accuracy": "high"}})
-    registry = ModelRegistry(
-        tmp_path / "r", load_params(tmp_path / "params.yaml").registry.model_name
-    )
+    _write(old / "metrics.json", {"test": {"accuracy": 0.9, "macro_f1": 0.9}})
+    name = load_params(tmp_path / "params.yaml").registry.model_name
+    registry = ModelRegistry(tmp_path / "r", name)
     registry.set_alias("production", registry.publish(old))
+    (tmp_path / "r" / name / broken).write_text(content)
     result = run_trainer(
         tmp_path, "register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"
     )
     message = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
     assert result.returncode == 1, result.stderr
-    assert len(message) == 1 and message[0].startswith("register: error: r/"), message
-    assert "/metrics.json: test.accuracy: Input should be a valid number" in message[0]
+    assert len(message) == 1, message
+    assert message[0].startswith(f"register: error: r/{name}/{broken}: {problem}"), message
+    assert message[0].endswith("`mega run` does not rewrite it"), message
 
 
 @pytest.mark.slow

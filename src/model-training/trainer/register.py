@@ -75,7 +75,12 @@ def production_accuracy(registry: ModelRegistry) -> tuple[str, float] | None:
     info = registry.version_info(version)
     if "test_accuracy" in info:
         return version, float(info["test_accuracy"])
-    metrics = Metrics.read(storage.join(registry.version_uri(version), METRICS))
+    metrics = registry.read_document(version, METRICS, Metrics)
+    if metrics is None:
+        raise FileNotFoundError(
+            f"{storage.join(registry.version_uri(version), METRICS)}: the production "
+            "version has no metrics to compare with; restore the file from a copy"
+        )
     return version, metrics.test.accuracy
 
 

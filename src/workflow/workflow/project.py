@@ -81,10 +81,8 @@ class Project:
             registry.version_info(version)  # a version whose folder was deleted is none
         except (RegistryError, FileNotFoundError):
             return None  # no alias yet, or it names a version that was deleted
-        uri = registry.version_uri(version)
-        metrics_uri = storage.join(uri, METRICS)
-        metrics = Metrics.read(metrics_uri) if storage.exists(metrics_uri) else None
-        return ProductionModel(registry.name, version, uri, metrics)
+        metrics = registry.read_document(version, METRICS, Metrics)
+        return ProductionModel(registry.name, version, registry.version_uri(version), metrics)
 
     def locked_stages(self) -> list[str]:
         """Stages that dvc.lock records (that have run and been locked)."""
