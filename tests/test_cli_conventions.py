@@ -363,3 +363,30 @@ def test_mega_status_names_a_corrupt_registry_file(
     [line] = result.stderr.splitlines()
     assert line.startswith(f"mega: error: {path}: "), line
     assert line.endswith("`mega run` does not rewrite it"), line
+
+
+@pytest.mark.parametrize("command", ["api_service", "mega serve"])
+@pytest.mark.parametrize("case", ["port in use", "unknown host"])
+def test_an_address_that_cannot_be_listened_on_is_a_usage_error(
+    command: str, case: str, tmp_path: Path
+) -> None:
+    """Refused before the model loads, in one line (uvicorn alone logged it and exited 3)."""
+    import socket
+
+    from support import write_params
+
+    write_params(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    base = [*PY, "api_service"] if command == "api_service" else [*MEGA, "serve"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        flags = ["--port", str(port)] if case == "port in use" else ["--host", "999.1.1.1"]
+        result = subprocess.run(
+            [*base, *flags], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    expected = f"--port {port}: cannot listen" if case == "port in use" else "--host 999.1.1.1: "
+    assert line.startswith(f"serve: error: {expected}"), line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 import sys
 from typing import Annotated
 
@@ -11,7 +12,7 @@ import typer
 
 from api_service.settings import ServingSettings, get_settings
 from common import cli
-from common.cli import App, version_option
+from common.cli import EXIT_USAGE, App, fail, version_option
 
 app = App(prog="serve", help=__doc__)
 
@@ -21,6 +22,31 @@ SWITCH_INTERVAL_S = 0.0005
 def from_setting(field: str) -> str:
     """`show_default` text of an option whose default is a serving setting."""
     return cli.from_setting(field, ServingSettings)
+
+
+def check_listenable(host: str, port: int) -> None:
+    """Before the model loads: exit 2 with one line unless HOST:PORT can be listened on.
+
+    uvicorn would find out only after the start-up, log it and exit 3.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        fail(
+            f"--host {host}: {exc.strerror}; pass an address of this machine "
+            "(127.0.0.1, or 0.0.0.0 for every interface)",
+            EXIT_USAGE,
+        )
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            fail(
+                f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); "
+                "pass another --port (or MEGA_SERVE_PORT), or stop what listens there",
+                EXIT_USAGE,
+            )
 
 
 @app.command()
@@ -70,6 +96,7 @@ def serve(
     settings = get_settings().model_copy(
         update={k: v for k, v in overrides.items() if v is not None}
     )
+    check_listenable(settings.serve_host, settings.serve_port)
     configure_logging(logging.INFO)
     # The batcher and log threads wake for short moments; each must take the GIL from
     # a busy event loop, which by default hands it over only every 5 ms.
