@@ -153,6 +153,20 @@ USAGE_ERRORS: dict[str, tuple[list[str], str | None, str, str]] = {
         [*PY, "trainer", "train", "--data", "d", "--out", "c"], None, "train",
         "--data d: no such folder",
     ),
+    "trainer train: --data is a raw store": (
+        [*PY, "trainer", "train", "--data", "raw", "--out", "c"], None, "train",
+        "--data raw: holds none of preprocess.json, labels.json, stats.json; pass the "
+        "processed data folder",
+    ),
+    "trainer evaluate: --model is a raw store": (
+        [*PY, "trainer", "evaluate", "--model", "raw", "--data", "raw", "--metrics", "m.json",
+         "--details", "e.json"], None, "evaluate",
+        "--model raw: holds none of preprocess.json, labels.json, lineage.json; pass the folder",
+    ),
+    "processor: --raw is not a raw store": (
+        [*PY, "processor", "--raw", "afile", "--out", "out"], None, "process",
+        "no manifest.jsonl there; pass the raw store the collect stage wrote",
+    ),
     "trainer evaluate: no --model folder": (
         [*PY, "trainer", "evaluate", "--model", "m", "--data", "d", "--metrics", "m.json",
          "--details", "e.json"], None, "evaluate", "--model m: no such folder",

@@ -30,7 +30,11 @@ def run(
     """Validate, deduplicate, resize, split and shard RAW into OUT."""
     pipeline = cli.read_params(params)
     if not storage.exists(storage.join(raw, MANIFEST)):
-        cli.fail(f"--raw {raw}: no {MANIFEST} there; run the collect stage first", cli.EXIT_USAGE)
+        cli.fail(
+            f"--raw {raw}: no {MANIFEST} there; pass the raw store the collect stage wrote "
+            "(data/raw/<dataset>), or run the collect stage first",
+            cli.EXIT_USAGE,
+        )
     cli.check_output("--out", out)
     if report_dir:
         cli.check_output("--report-dir", report_dir)

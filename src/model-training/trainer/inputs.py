@@ -88,6 +88,13 @@ def _require_folder(folder: str, option: str, what: str) -> None:
         raise InputError(f"{option} {folder}: is a file, not a folder; {what}")
 
 
+def _require_any(folder: str, option: str, names: tuple[str, ...], what: str) -> None:
+    """A folder holding none of the files a stage writes is the wrong folder, not a stale
+    one: say so, rather than advise re-running the stage."""
+    if not any(storage.exists(storage.join(folder, name)) for name in names):
+        raise InputError(f"{option} {folder}: holds none of {', '.join(names)}; {what}")
+
+
 def shard_paths(data: str, split: str) -> list[str]:
     """The split's TFRecord shard files in `data`, sorted; local folders and gs:// alike."""
     return [uri for uri in storage.list_files(data) if is_shard(uri.rsplit("/", 1)[-1], split)]
@@ -100,9 +107,9 @@ def check_processed(data: str, splits: tuple[Split, ...]) -> ProcessedData:
     `preprocess.json`, `labels.json` or `stats.json`, or a split with no
     examples or no shard files.
     """
-    _require_folder(
-        data, "--data", "pass the processed data folder (data/processed/<dataset>) or run mega run"
-    )
+    what = "pass the processed data folder (data/processed/<dataset>) or run mega run"
+    _require_folder(data, "--data", what)
+    _require_any(data, "--data", (PREPROCESS, LABELS, STATS), what)
     spec = read_preprocess(data, RERUN_PROCESS)
     labels = read_class_names(data, RERUN_PROCESS)
     stats = _checked(Stats.read, storage.join(data, STATS), RERUN_PROCESS)
@@ -119,7 +126,9 @@ def check_processed(data: str, splits: tuple[Split, ...]) -> ProcessedData:
 
 def check_candidate(model: str, files: tuple[str, ...]) -> None:
     """Check the exported candidate folder `model`: its sidecars parse and `files` exist."""
-    _require_folder(model, "--model", "pass the folder that `trainer train --out` wrote")
+    what = "pass the folder that `trainer train --out` wrote (models/candidate)"
+    _require_folder(model, "--model", what)
+    _require_any(model, "--model", (PREPROCESS, LABELS, LINEAGE), what)
     read_preprocess(model, RERUN_TRAIN)
     read_class_names(model, RERUN_TRAIN)
     for name in files:
