@@ -127,13 +127,16 @@ def read_params(path: Path) -> PipelineParams:
         ) from exc
 
 
-def check_output(flag: str, uri: str, *, file: bool = False) -> None:
-    """Before any work: exit 2 unless the folder (or, with `file`, the file) a command was
-    told to write at `uri` (given as `flag`) can be made there.
+def check_output(flag: str, uri: str, *, file: bool = False, replaced: bool = False) -> None:
+    """Before any work: exit 2 unless what a command was told to write at `uri` (given as
+    `flag`) can be written there.
 
-    A `gs://` URI is not checked here (the bucket answers when written). Locally, the path
-    must not be a file where a folder is wanted (or a folder where a file is), and its
-    nearest existing parent must be a folder this process may write into.
+    A folder is written in (the default: files go inside it, so an existing folder must
+    itself be writable), or, with `replaced`, built beside it and swapped in whole
+    (`storage.building`: its parent must be writable); with `file`, a file is written
+    atomically in its folder. A path that does not exist yet needs its nearest existing
+    parent writable. A `gs://` URI is not checked here (the bucket answers when written);
+    a file where a folder is wanted (or a folder where a file is) is refused.
     """
     from common import storage
 
@@ -143,13 +146,13 @@ def check_output(flag: str, uri: str, *, file: bool = False) -> None:
     if path.exists() and path.is_dir() == file:
         want, found = ("file", "a folder") if file else ("folder", "a file")
         fail(f"{flag} {uri}: is {found}; pass a {want} path or remove it", EXIT_USAGE)
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        fail(f"{flag} {uri}: {parent} is a file, not a folder; pass another path", EXIT_USAGE)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        fail(f"{flag} {uri}: cannot write in {parent} (permission denied)", EXIT_USAGE)
+    written_in = path if path.is_dir() and not replaced else path.parent
+    while not written_in.exists():
+        written_in = written_in.parent
+    if not written_in.is_dir():
+        fail(f"{flag} {uri}: {written_in} is a file, not a folder; pass another path", EXIT_USAGE)
+    if not os.access(written_in, os.W_OK | os.X_OK):
+        fail(f"{flag} {uri}: cannot write in {written_in} (permission denied)", EXIT_USAGE)
 
 
 def error_line(prog: str, message: str) -> None:

@@ -35,7 +35,7 @@ def run(
             "(data/raw/<dataset>), or run the collect stage first",
             cli.EXIT_USAGE,
         )
-    cli.check_output("--out", out)
+    cli.check_output("--out", out, replaced=True)
     if report_dir:
         cli.check_output("--report-dir", report_dir)
     from processor.datacard import write_data_card

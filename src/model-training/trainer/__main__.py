@@ -84,7 +84,7 @@ def train(
     pipeline = read_params(params)
     with failures_as(EXIT_USAGE, InputError):  # checked before any work
         check_processed(data, ("train",))
-    check_output("--out", out)
+    check_output("--out", out, replaced=True)
     from trainer.tracking import check_server
 
     check_server(pipeline.train.tracking == "wandb", get_settings())  # ServiceError: one line
