@@ -1,0 +1,178 @@
+"""Every image builds with podman; the compose file's pipeline and stack run for real."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from graphlib import TopologicalSorter
+
+import httpx
+import pytest
+import yaml
+from podman_support import PIPELINE_UID, BuiltImages, ComposeProject, distributions
+from support import REPO
+
+pytestmark = [pytest.mark.containers, pytest.mark.slow]
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+# Distributions of the repository itself, installed from src/ (never from an index).
+LOCAL = set((REPO / "requirements/local-packages.txt").read_text().split())
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_versions() -> dict[str, str]:
+    """name → version pinned in requirements/lock.txt (what `make setup` installs)."""
+    pins = re.findall(
+        r"^([A-Za-z0-9._-]+)==(\S+)", (REPO / "requirements/lock.txt").read_text(), re.M
+    )
+    return {normalise(name): version for name, version in pins}
+
+
+def python_images(built: BuiltImages) -> dict[str, str]:
+    return {service: image for service, image in built.images.items() if "frontend" not in image}
+
+
+def base_image(service: str) -> str:
+    """The image `service` is built FROM (its Dockerfile's first stage, or inline)."""
+    build = SERVICES[service]["build"]
+    text = build.get("dockerfile_inline") or (REPO / build["dockerfile"]).read_text()
+    return re.search(r"^FROM (\S+)", text, re.M).group(1)  # type: ignore[union-attr]
+
+
+def test_every_image_builds_with_a_size(built_images: BuiltImages) -> None:
+    built = {service for service, spec in SERVICES.items() if "build" in spec}
+    assert set(built_images.images) == built
+    for image in built_images.images.values():
+        assert image.endswith(f":{built_images.tag}")
+        row = next(line for line in built_images.table.splitlines() if line.startswith(image))
+        assert re.search(r"\d+ MB", row), row
+
+
+def test_images_install_only_what_make_setup_installs(built_images: BuiltImages) -> None:
+    """Everything an image adds to its base is in the lock at the lock's version (or is
+    one of the repository's own packages, or uv at the Makefile's version)."""
+    locked = locked_versions()
+    [uv_version] = re.findall(r"^UV_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    allowed = {**locked, "uv": uv_version}
+    bases: dict[str, dict[str, str]] = {}
+    for service, image in python_images(built_images).items():
+        base = base_image(service)
+        if base not in bases:
+            bases[base] = distributions(built_images, base)
+        added = {
+            name: version
+            for name, version in distributions(built_images, image).items()
+            if bases[base].get(name) != version and name not in LOCAL
+        }
+        assert added, f"{image}: installed nothing?"
+        wrong = {name: v for name, v in added.items() if allowed.get(name) != v}
+        assert not wrong, f"{image} installs what make setup does not (not in the lock): {wrong}"
+
+
+def test_api_service_image_contains_no_tensorflow(built_images: BuiltImages) -> None:
+    installed = distributions(built_images, built_images.images["api-service"])
+    assert "ai-edge-litert" in installed
+    assert not [name for name in installed if name.startswith(("tensorflow", "tf-", "keras"))]
+
+
+def test_every_image_runs_as_a_non_root_user(built_images: BuiltImages) -> None:
+    for image in built_images.images.values():
+        uid = built_images.run(image, "-u", entrypoint="id").strip()
+        assert uid != "0", image
+
+
+def pipeline_order() -> list[str]:
+    """The pipeline profile's services in the order their depends_on allows."""
+    graph = {}
+    for name, service in SERVICES.items():
+        if "pipeline" in service.get("profiles", []):
+            depends = service.get("depends_on", {})
+            assert all(
+                d["condition"] == "service_completed_successfully" for d in depends.values()
+            ), name
+            graph[name] = set(depends)
+    return list(TopologicalSorter(graph).static_order())
+
+
+def test_compose_pipeline_profile_runs_end_to_end(compose_project: ComposeProject) -> None:
+    """Each stage of the pipeline profile, in depends_on order, as compose defines it.
+
+    podman 4.3 cannot wait for `service_completed_successfully` (podman-compose starts
+    the chain at once), so the stages run one by one with `run --rm --no-deps`.
+    """
+    order = pipeline_order()
+    assert order == ["collect", "process", "train", "evaluate", "register"]
+    for stage in order:
+        result = compose_project.compose(
+            "--profile", "pipeline", "run", "--rm", "--no-deps", "-T", stage
+        )
+        assert result.returncode == 0, f"{stage}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        last_line = result.stdout.strip().splitlines()[-1]
+        assert last_line.startswith(f"{stage}: "), last_line
+    root = compose_project.root
+    manifest = (root / "data/raw/digits/manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == 500
+    assert (root / "reports/metrics.json").is_file()
+    aliases = json.loads((root / "models/digits-cnn/aliases.json").read_text())
+    assert aliases == {"production": "1"}
+    assert (root / "models/digits-cnn/1/model.tflite").is_file()
+    assert (root / "models/digits-cnn/1").stat().st_uid == PIPELINE_UID
+    # W&B's offline run is kept on the host, as a local run keeps it (a run's backup in
+    # .mega/runs is removed when the run ends well).
+    assert list((root / ".wandb/wandb").glob("offline-run-*"))
+
+
+def wait_healthy(project: ComposeProject, services: list[str], timeout: float = 120) -> None:
+    """Run each service's healthcheck until it passes (podman here has no systemd timer to
+    run them on its own); fail with the last output past `timeout` seconds."""
+    containers = {s: f"{project.name}_{s}_1" for s in services}
+    deadline = time.monotonic() + timeout
+    pending = dict(containers)
+    last = ""
+    while pending and time.monotonic() < deadline:
+        for service, container in list(pending.items()):
+            check = project.run_podman("healthcheck", "run", container)
+            if check.returncode == 0:
+                del pending[service]
+            last = check.stdout + check.stderr
+        time.sleep(1)
+    assert not pending, f"not healthy after {timeout}s: {sorted(pending)}; {last}"
+
+
+def test_compose_stack_serves_a_prediction_through_the_frontend(
+    compose_project: ComposeProject,
+) -> None:
+    models = compose_project.root / "models/digits-cnn"
+    if not (models / "1").is_dir():
+        pytest.skip("needs the registry the pipeline test writes")
+    started = compose_project.compose("up", "-d")
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        stack = ["api-service", "frontend"]
+        wait_healthy(compose_project, stack)
+        for service in stack:
+            uid = compose_project.run_podman(
+                "exec", f"{compose_project.name}_{service}_1", "id", "-u"
+            )
+            assert uid.stdout.strip() not in {"", "0"}, (service, uid.stderr)
+        digit = next((compose_project.root / "data/raw/digits/images/3").glob("*.png"))
+        port = compose_project.env["MEGA_FRONTEND_PORT"]
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/predict",
+            files={"file": (digit.name, digit.read_bytes(), "image/png")},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == "1"
+        prediction = answer.json()
+        assert prediction["label"] in {str(n) for n in range(10)}
+        assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-3
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert page.status_code == 200 and "<html" in page.text
+    finally:
+        compose_project.compose("down", "--timeout", "5")
