@@ -1,8 +1,11 @@
-"""The model-training image's GPU variant (`--build-arg ACCELERATOR=gpu`): its lock, its
-install branch in src/Dockerfile, and the check that rejects any other accelerator.
+"""What the Python images install: the same pins as `make setup` (requirements/lock.txt),
+and for the model-training image's GPU variant (`--build-arg ACCELERATOR=gpu`) its own
+lock, its install branch in src/Dockerfile, and the check that rejects other values.
 
 No image is built here: the Dockerfile's shell lines run under `sh` with a `uv` that only
-records its arguments, and the GPU lock is re-resolved with the Makefile's own command.
+records its arguments, and those arguments are then resolved by uv (a dry run, package
+metadata only) for the image's platform; the GPU lock is re-resolved with the Makefile's
+own command.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pytest
 from dockerfiles import dockerfile_stages
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from support import REPO
+from support import BIN, REPO
 
 DOCKERFILE = REPO / "src/Dockerfile"
 CPU_LOCK = REPO / "requirements/lock.txt"
@@ -193,6 +196,46 @@ def test_gpu_dependency_set_resolves_to_the_committed_lock(tmp_path: Path) -> No
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert pins(output) == pins(GPU_LOCK), "requirements/lock-gpu.txt is stale: run `make lock`"
+
+
+def dry_run(accelerator: str, package: str, tmp_path: Path) -> dict[str, str]:
+    """What the Dockerfile's dependency install (its own uv arguments, recorded) would put
+    into an empty Python 3.11 on the image's platform: canonical name → version."""
+    args = installed_args(accelerator, package, tmp_path)
+    assert args[:2] == ["pip", "install"], args
+    venv = tmp_path / "venv"
+    uv = str(BIN / "uv")
+    subprocess.run([uv, "venv", "-q", "--python", str(BIN / "python"), str(venv)], check=True)
+    target = ["--python", str(venv / "bin/python"), "--python-platform", "x86_64-manylinux_2_28"]
+    result = subprocess.run(
+        [uv, "pip", "install", "--dry-run", *target, *args[2:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    would = (line.removeprefix(" + ") for line in result.stderr.splitlines())
+    return {
+        canonicalize_name(name): version
+        for name, sep, version in (line.partition("==") for line in would)
+        if sep and not name.startswith(" ")
+    }
+
+
+@pytest.mark.parametrize("package", PYTHON_CONTAINERS)
+def test_cpu_images_install_only_what_make_setup_installs(package: str, tmp_path: Path) -> None:
+    """Every package an image would install has the pin `make setup` installs (lock.txt)."""
+    would = dry_run("cpu", package, tmp_path)
+    cpu = pins(CPU_LOCK)
+    assert would, "the dry run lists what it would install"
+    assert not would.keys() - cpu.keys(), f"not in the lock: {would.keys() - cpu.keys()}"
+    assert {name: cpu[name] for name in would} == would
+
+
+def test_gpu_image_installs_exactly_the_gpu_lock(tmp_path: Path) -> None:
+    """The GPU branch installs nothing more or less than lock-gpu.txt pins."""
+    assert dry_run("gpu", "model-training", tmp_path) == pins(GPU_LOCK)
 
 
 # --- the Dockerfile ----------------------------------------------------------------------
