@@ -10,7 +10,7 @@ SETUP_INPUTS := requirements/lock.txt requirements/lock.in requirements/dev.in \
 # The repository's own packages, listed once (the images exclude them the same way).
 LOCAL_PACKAGES := $(shell grep -v '^\#' requirements/local-packages.txt)
 
-.PHONY: setup run lock-run serve test lint format bench lock clean
+.PHONY: setup run lock-run serve test lint format bench lock lock-gpu uv-for-lock clean
 
 # DVC's default remote: a folder outside the repository, shared by every clone on
 # this machine, recorded in .dvc/config.local (not in git). Override: make setup DVC_REMOTE=…
@@ -67,12 +67,29 @@ format: setup
 bench: setup
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
-## lock: re-compile requirements/lock.txt after changing a pyproject.toml or dev.in
-lock:
-	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"; }
+## lock: re-compile requirements/lock.txt, then the GPU lock, after changing a pyproject.toml
+## or dev.in
+lock: uv-for-lock
 	$(BIN)/uv pip compile requirements/lock.in --python-version 3.11 --quiet \
 		--no-emit-index-url --no-emit-find-links --custom-compile-command "make lock" \
 		$(foreach p,$(LOCAL_PACKAGES),--no-emit-package $(p)) -o requirements/lock.txt
+	@$(MAKE) --no-print-directory lock-gpu
+
+# The model-training image's GPU variant (src/Dockerfile, ACCELERATOR=gpu): the files that
+# branch installs, resolved for the image's platform (Linux x86_64, glibc 2.28 or newer) and
+# constrained by lock.txt, so every package both locks hold has the same pin.
+GPU_LOCK ?= requirements/lock-gpu.txt
+GPU_INPUTS := src/common/pyproject.toml src/model-training/pyproject.toml requirements/gpu.in
+
+## lock-gpu: re-compile only requirements/lock-gpu.txt (make lock runs it too)
+lock-gpu: uv-for-lock
+	$(BIN)/uv pip compile $(GPU_INPUTS) --constraint requirements/lock.txt \
+		--excludes requirements/local-packages.txt --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --quiet --no-emit-index-url \
+		--no-emit-find-links --custom-compile-command "make lock" -o $(GPU_LOCK)
+
+uv-for-lock:
+	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"; }
 
 clean:
 	rm -rf $(VENV) .mega .pytest_cache .ruff_cache .mypy_cache
