@@ -3,11 +3,14 @@ how to build, run and enter each image (docs/containers.md) naming what really e
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from support import BIN, REPO
 
@@ -83,3 +86,80 @@ def test_env_example_shows_the_credentials_file_and_no_container_path() -> None:
     assert re.search(r"^# GCLOUD_ADC=/\S+/application_default_credentials\.json$", text, re.M)
     # .env reaches the api-service too, which has no credentials file mounted.
     assert not re.search(r"^#? ?GOOGLE_APPLICATION_CREDENTIALS=", text, re.M)
+
+
+# Pages that show `docker compose` commands; each must name only real services and profiles.
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# `docker compose run` options that take a value as the next word.
+RUN_VALUE_OPTIONS = {"--entrypoint", "-e", "--env", "-u", "--user", "-v", "--volume", "-w"}
+RUN_VALUE_OPTIONS |= {"--workdir", "--name", "-p", "--publish", "-l", "--label"}
+
+
+def compose_commands(text: str) -> list[list[str]]:
+    """Every `docker compose …` command in a page (code blocks and inline code), as words;
+    a line ending in a backslash goes on on the next line."""
+    text = text.replace("\\\n", " ")
+    commands = []
+    for found in re.findall(r"docker compose [^`\n#]*", text):
+        with contextlib.suppress(ValueError):  # prose with an odd quote is no command
+            commands.append(shlex.split(found.replace("…", "")))
+    return commands
+
+
+def run_service(words: list[str]) -> str | None:
+    """The service a `docker compose [--profile P]… run [options] SERVICE …` starts."""
+    if "run" not in words:
+        return None
+    rest = iter(words[words.index("run") + 1 :])
+    for word in rest:
+        if word in RUN_VALUE_OPTIONS:
+            next(rest, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_docs_name_only_real_compose_services_and_profiles(page: Path) -> None:
+    compose = services(COMPOSE.read_text())
+    profiles = {p for svc in compose.values() for p in svc.get("profiles", [])}
+    for words in compose_commands(page.read_text()):
+        used = {words[i + 1] for i, word in enumerate(words[:-1]) if word == "--profile"}
+        assert used <= profiles, (page.name, words)
+        service = run_service(words)
+        assert service is None or service in compose, (page.name, words)
+
+
+def doc_text() -> str:
+    return DOC.read_text()
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/architecture.md"])
+def test_containers_doc_is_linked_where_containers_are_described(page: str) -> None:
+    assert re.search(r"\]\((docs/)?containers\.md(#[\w-]+)?\)", (REPO / page).read_text()), page
+
+
+def test_containers_doc_maps_docker_shell_for_every_stage() -> None:
+    commands = compose_commands(doc_text())
+    ran = {run_service(words) for words in commands}
+    assert "docker-shell.sh" in doc_text()
+    assert set(STAGES) <= ran, f"stages without a `docker compose run`: {set(STAGES) - ran}"
+    shells = [words for words in commands if "--entrypoint" in words]
+    assert any(words[words.index("--entrypoint") + 1] in {"bash", "sh"} for words in shells)
+    profiles = {
+        words[i + 1] for words in commands for i, w in enumerate(words[:-1]) if w == "--profile"
+    }
+    assert {"pipeline", "cloud-sim"} <= profiles
+
+
+def test_containers_doc_leaves_the_size_table_for_every_image() -> None:
+    section = doc_text().split("## Image sizes and build times", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    images = [re.findall(r"`([^`]+)`", row)[0] for row in rows]
+    assert images == [
+        "mega-pipeline/data-collector",
+        "mega-pipeline/data-processor",
+        "mega-pipeline/model-training",
+        "mega-pipeline/api-service",
+        "mega-pipeline/frontend",
+    ]
