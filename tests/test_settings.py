@@ -23,6 +23,18 @@ NAME = re.compile(r"\bMEGA_[A-Z0-9_]*[A-Z0-9]_?")
 # `${MEGA_X:-value}`: compose's own default (`${MEGA_X:-}`, empty, is unset: no default).
 DEFAULTED = re.compile(r"\$\{MEGA_[A-Z0-9_]+:-[^}]+\}")
 OUTSIDE_PACKAGES = ["docker-compose.yml", "Makefile", ".env.example", "README.md"]
+# Variables of docker compose (from the environment or .env), not settings of the code:
+# each is in .env.example's containers section with compose's default.
+COMPOSE_VARIABLES = {
+    "MEGA_IMAGE_TAG",
+    "MEGA_API_PORT",
+    "MEGA_FRONTEND_PORT",
+    "MEGA_API_GCS_PORT",
+    "MEGA_UID",
+    "MEGA_GID",
+}
+# Variables of the image scripts alone (scripts/images.py, scripts/stand-in-bases).
+SCRIPT_VARIABLES = {"MEGA_CONTAINER_ENGINE", "MEGA_STAND_IN_CACHE"}
 
 
 def example() -> dict[str, str]:
@@ -48,7 +60,8 @@ def test_serving_settings_extend_the_shared_ones() -> None:
 
 def test_env_example_lists_every_setting_and_nothing_else() -> None:
     fields = {f"MEGA_{name.upper()}" for name in FIELDS}
-    shown = set(example())
+    shown = set(example()) - COMPOSE_VARIABLES
+    assert COMPOSE_VARIABLES <= set(example()), "every compose variable is in .env.example"
     assert not fields - shown, f"settings missing from .env.example: {sorted(fields - shown)}"
     assert not shown - fields, f".env.example names unknown settings: {sorted(shown - fields)}"
 
@@ -62,7 +75,7 @@ def test_env_example_shows_the_defaults(monkeypatch: pytest.MonkeyPatch, tmp_pat
     shown = {
         name: value
         for name, value in example().items()
-        if FIELDS[setting(name)].default is not None
+        if name not in COMPOSE_VARIABLES and FIELDS[setting(name)].default is not None
     }
     for name, value in shown.items():
         monkeypatch.setenv(name, value)
@@ -91,7 +104,7 @@ def files_naming_settings() -> list[Path]:
 
 def test_every_mega_variable_named_anywhere_is_a_setting() -> None:
     """A name ending in `_` (`MEGA_MAX_*` in prose) must begin some setting's name."""
-    names = {f"MEGA_{field.upper()}" for field in FIELDS}
+    names = {f"MEGA_{field.upper()}" for field in FIELDS} | COMPOSE_VARIABLES | SCRIPT_VARIABLES
     unknown = {}
     for path in files_naming_settings():
         for found in NAME.findall(path.read_text(errors="ignore")):
@@ -122,6 +135,16 @@ def test_compose_passes_settings_through_without_a_second_default() -> None:
         if name.startswith("MEGA_") and isinstance(value, str) and DEFAULTED.search(value)
     }
     assert not restated, f"compose restates settings defaults: {restated}"
+
+
+def test_env_example_shows_the_compose_variables_defaults() -> None:
+    """`${MEGA_X:-default}` in docker-compose.yml is what .env.example shows for MEGA_X."""
+    text = (REPO / "docker-compose.yml").read_text()
+    defaults = dict(re.findall(r"\$\{(MEGA_[A-Z0-9_]+):-([^}]*)\}", text))
+    shown = example()
+    for name in COMPOSE_VARIABLES:
+        assert name in defaults, f"{name} is not used in docker-compose.yml"
+        assert shown[name] == defaults[name], (name, shown[name], defaults[name])
 
 
 def test_dockerfiles_set_no_setting_to_its_default() -> None:
