@@ -61,7 +61,7 @@ def test_serving_settings_extend_the_shared_ones() -> None:
 def test_env_example_lists_every_setting_and_nothing_else() -> None:
     fields = {f"MEGA_{name.upper()}" for name in FIELDS}
     shown = set(example()) - COMPOSE_VARIABLES
-    assert COMPOSE_VARIABLES <= set(example()), "every compose variable is in .env.example"
+    assert set(example()) >= COMPOSE_VARIABLES, "every compose variable is in .env.example"
     assert not fields - shown, f"settings missing from .env.example: {sorted(fields - shown)}"
     assert not shown - fields, f".env.example names unknown settings: {sorted(shown - fields)}"
 
