@@ -10,7 +10,7 @@ SETUP_INPUTS := requirements/lock.txt requirements/lock.in requirements/dev.in \
 # The repository's own packages, listed once (the images exclude them the same way).
 LOCAL_PACKAGES := $(shell grep -v '^\#' requirements/local-packages.txt)
 
-.PHONY: setup run lock-run serve test lint format bench lock lock-gpu uv-for-lock clean
+.PHONY: setup run lock-run serve test lint format bench images lock lock-gpu uv-for-lock clean
 
 # DVC's default remote: a folder outside the repository, shared by every clone on
 # this machine, recorded in .dvc/config.local (not in git). Override: make setup DVC_REMOTE=…
@@ -62,6 +62,11 @@ lint: setup
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+## images: build every image of docker-compose.yml, tagged with the git sha (docker, else
+## podman), and print each one's size and build time
+images: setup
+	$(BIN)/python scripts/images.py
 
 ## bench: every benchmark script (each prints name: ratio against its baseline)
 bench: setup
