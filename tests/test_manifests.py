@@ -75,11 +75,36 @@ def test_images_run_as_a_non_root_user(dockerfile: Path) -> None:
         assert user.split(":")[0] not in {"0", "root"}, stage
 
 
-def test_python_images_install_from_the_lock() -> None:
-    for dockerfile in DOCKERFILES:
-        text = dockerfile.read_text()
-        if "pip install" in text:
-            assert "--constraint requirements/lock.txt" in text, dockerfile
+def inline_dockerfiles() -> dict[str, str]:
+    """The compose file's `dockerfile_inline` builds, by service."""
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    return {
+        f"docker-compose.yml: {name}": svc["build"]["dockerfile_inline"]
+        for name, svc in services.items()
+        if "dockerfile_inline" in svc.get("build", {})
+    }
+
+
+def test_every_image_installs_with_the_uv_and_the_lock_of_make_setup() -> None:
+    """pip installs uv alone, at the Makefile's version; everything else is `uv pip install`
+    with a lock as constraint (or the repository's own code without dependencies)."""
+    [pinned] = re.findall(r"^UV_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    texts = {str(path.relative_to(REPO)): path.read_text() for path in DOCKERFILES}
+    for name, text in {**texts, **inline_dockerfiles()}.items():
+        joined = text.replace("\\\n", " ")
+        for command in re.split(r"&&|;|\n|\bthen\b|\belse\b", joined):
+            words = command.split()
+            if "install" not in words or "pip" not in words:
+                continue
+            if words[0] == "uv" or "uv" in words[: words.index("pip")]:
+                assert "--no-deps" in words or re.search(
+                    r"--constraint requirements/lock(-gpu)?\.txt", command
+                ), f"{name}: {command.strip()}"
+            else:
+                assert re.search(r'"uv==\$\$?\{UV_VERSION\}"$', command.strip()), (
+                    f"{name}: pip installs something other than uv: {command.strip()}"
+                )
+                assert f"ARG UV_VERSION={pinned}" in text, name
 
 
 def test_compose_file_is_valid_against_the_compose_spec() -> None:
