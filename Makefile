@@ -46,8 +46,8 @@ lock-run: setup
 serve: setup
 	$(BIN)/mega serve
 
-## test: set up, then every test tier (unit, integration, behaviour, e2e, browser), with coverage
-## (the floor is fail_under in pyproject.toml)
+## test: set up, then every test tier (unit, integration, behaviour, e2e, browser, containers),
+## with coverage (the floor is fail_under in pyproject.toml)
 test: setup
 	@scripts/ensure-chromium.sh
 	$(BIN)/pytest --cov

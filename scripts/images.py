@@ -2,8 +2,8 @@
 
 Each service with a `build:` section (all profiles) is built by compose itself, so the
 compose file stays the one definition of the images, as
-mega-pipeline/<container>:<git sha, 12 characters> (`-dirty` added when tracked files have
-uncommitted changes). Then each image's size and build time is printed.
+mega-pipeline/<container>:<git sha, 12 characters> (`-dirty` added when the working tree
+has changes, untracked files included). Then each image's size and build time is printed.
 
 Engine: MEGA_CONTAINER_ENGINE (docker or podman); else docker when a Docker engine
 answers; else podman, which scripts/ensure-podman.sh prepares (packages, settings, and
@@ -29,26 +29,39 @@ PROFILES = ["--profile", "pipeline", "--profile", "cloud-sim"]
 TAG_VARIABLE = re.compile(r"\$\{MEGA_IMAGE_TAG(:-[^}]*)?\}")
 
 
+PODMAN_COMPOSE = Path(sys.executable).parent / "podman-compose"  # a dev dependency
+
+
+def say(message: str) -> None:
+    print(f"images: {message}", file=sys.stderr)
+
+
 def engine() -> str:
     """docker or podman, as the module docstring says; exits 2 on a bad override."""
     chosen = os.environ.get("MEGA_CONTAINER_ENGINE", "")
-    if not chosen:
-        docker_up = (
-            shutil.which("docker")
-            and subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
-        )
-        chosen = "docker" if docker_up else "podman"
-    if chosen not in {"docker", "podman"}:
-        sys.exit(f"images: MEGA_CONTAINER_ENGINE={chosen}: use docker or podman")
-    return chosen
+    if chosen not in {"", "docker", "podman"}:
+        say(f"MEGA_CONTAINER_ENGINE={chosen}: use docker or podman")
+        sys.exit(2)
+    if chosen:
+        return chosen
+    if not shutil.which("docker"):
+        return "podman"
+    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0:
+        return "docker"
+    say("docker's engine does not answer (start it to build with docker): using podman")
+    return "podman"
 
 
 def compose_command(engine_name: str) -> list[str]:
+    """The compose CLI for `engine_name`; for podman, podman made ready first (exits 1
+    with ensure-podman's reason when it cannot be)."""
     if engine_name == "docker":
         return ["docker", "compose", "-f", str(COMPOSE_FILE), *PROFILES]
-    subprocess.run([str(REPO / "scripts/ensure-podman.sh")], check=True)
-    podman_compose = Path(sys.executable).parent / "podman-compose"
-    return [str(podman_compose), "-f", str(COMPOSE_FILE), *PROFILES]
+    ready = subprocess.run([str(REPO / "scripts/ensure-podman.sh")], check=False)
+    if ready.returncode != 0:
+        say("podman is not ready (the reason is above)")
+        sys.exit(1)
+    return [str(PODMAN_COMPOSE), "-f", str(COMPOSE_FILE), *PROFILES]
 
 
 def image_tag() -> str:
@@ -58,7 +71,8 @@ def image_tag() -> str:
         ).stdout.strip()
 
     sha = git("rev-parse", "--short=12", "HEAD")
-    return f"{sha}-dirty" if git("status", "--porcelain", "--untracked-files=no") else sha
+    # Untracked files count: the build context takes them (unless .dockerignore'd).
+    return f"{sha}-dirty" if git("status", "--porcelain") else sha
 
 
 def built_images(tag: str) -> dict[str, str]:
@@ -75,16 +89,20 @@ def main() -> int:
     engine_name = engine()
     compose = compose_command(engine_name)
     tag = image_tag()
-    env = {**os.environ, "MEGA_IMAGE_TAG": tag, "GIT_SHA": tag}
+    # The commit goes into the images too (GIT_SHA: a container has no .git to ask).
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    env = {**os.environ, "MEGA_IMAGE_TAG": tag, "GIT_SHA": commit}
     rows = []
     for service, image in built_images(tag).items():
-        print(f"images: building {image} ({service}) with {engine_name}", file=sys.stderr)
+        say(f"building {image} ({service}) with {engine_name}")
         start = time.monotonic()
         built = subprocess.run(
             [*compose, "build", service], cwd=REPO, env=env, stdout=sys.stderr, check=False
         )
         if built.returncode != 0:
-            print(f"images: building {service} failed (output above)", file=sys.stderr)
+            say(f"building {service} failed (output above)")
             return 1
         seconds = time.monotonic() - start
         size = subprocess.run(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +30,7 @@ class BuiltImages:
     """What `make images` built: service → image name, and its printed table."""
 
     tag: str
+    commit: str
     images: dict[str, str]
     table: str
     env: dict[str, str] = field(default_factory=dict)
@@ -70,9 +70,8 @@ class ComposeProject:
     name: str
 
     def compose(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        podman_compose = Path(sys.executable).parent / "podman-compose"
         return subprocess.run(
-            [str(podman_compose), "-p", self.name, *args],
+            [str(load_images_script().PODMAN_COMPOSE), "-p", self.name, *args],
             cwd=self.root,
             env=self.env,
             capture_output=True,

@@ -41,6 +41,18 @@ TINY_PARAMS = {
 }
 
 
+def lock_pins(lock: Path) -> dict[str, str]:
+    """A lock's `name==version` lines (requirements/lock.txt): canonical name → version."""
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, str] = {}
+    for line in lock.read_text().splitlines():
+        name, sep, version = line.partition("==")
+        if sep and not line.startswith((" ", "#")):
+            found[canonicalize_name(name)] = version.strip()
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

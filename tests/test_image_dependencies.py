@@ -21,22 +21,12 @@ import pytest
 from dockerfiles import dockerfile_stages
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from support import BIN, REPO
+from support import BIN, REPO, lock_pins
 
 DOCKERFILE = REPO / "src/Dockerfile"
 CPU_LOCK = REPO / "requirements/lock.txt"
 GPU_LOCK = REPO / "requirements/lock-gpu.txt"
 PYTHON_CONTAINERS = ["data-collector", "data-processor", "model-training", "api-service"]
-
-
-def pins(lock: Path) -> dict[str, str]:
-    """A lock's `name==version` lines: canonical package name → version."""
-    found: dict[str, str] = {}
-    for line in lock.read_text().splitlines():
-        name, sep, version = line.partition("==")
-        if sep and not line.startswith((" ", "#")):
-            found[canonicalize_name(name)] = version.strip()
-    return found
 
 
 def cuda_packages() -> set[str]:
@@ -131,11 +121,11 @@ def option(args: list[str], name: str) -> list[str]:
 
 def test_cpu_lock_has_no_cuda_packages() -> None:
     """`make setup` and every CPU image stay free of the CUDA wheels (gigabytes)."""
-    assert not [name for name in pins(CPU_LOCK) if name.startswith("nvidia-")]
+    assert not [name for name in lock_pins(CPU_LOCK) if name.startswith("nvidia-")]
 
 
 def test_gpu_lock_agrees_with_the_cpu_lock_and_adds_the_cuda_packages() -> None:
-    cpu, gpu = pins(CPU_LOCK), pins(GPU_LOCK)
+    cpu, gpu = lock_pins(CPU_LOCK), lock_pins(GPU_LOCK)
     differing = {
         name: (cpu[name], gpu[name]) for name in cpu.keys() & gpu if cpu[name] != gpu[name]
     }
@@ -158,7 +148,7 @@ def test_gpu_lock_records_no_index_address_and_no_local_package() -> None:
         for name in (REPO / "requirements/local-packages.txt").read_text().split()
         if not name.startswith("#")
     }
-    assert not local & pins(GPU_LOCK).keys()
+    assert not local & lock_pins(GPU_LOCK).keys()
     assert "make lock" in text.splitlines()[1], "the header names the command that writes it"
 
 
@@ -195,7 +185,9 @@ def test_gpu_dependency_set_resolves_to_the_committed_lock(tmp_path: Path) -> No
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert pins(output) == pins(GPU_LOCK), "requirements/lock-gpu.txt is stale: run `make lock`"
+    assert lock_pins(output) == lock_pins(GPU_LOCK), (
+        "requirements/lock-gpu.txt is stale: run `make lock`"
+    )
 
 
 def dry_run(accelerator: str, package: str, tmp_path: Path) -> dict[str, str]:
@@ -227,7 +219,7 @@ def dry_run(accelerator: str, package: str, tmp_path: Path) -> dict[str, str]:
 def test_cpu_images_install_only_what_make_setup_installs(package: str, tmp_path: Path) -> None:
     """Every package an image would install has the pin `make setup` installs (lock.txt)."""
     would = dry_run("cpu", package, tmp_path)
-    cpu = pins(CPU_LOCK)
+    cpu = lock_pins(CPU_LOCK)
     assert would, "the dry run lists what it would install"
     assert not would.keys() - cpu.keys(), f"not in the lock: {would.keys() - cpu.keys()}"
     assert {name: cpu[name] for name in would} == would
@@ -235,7 +227,7 @@ def test_cpu_images_install_only_what_make_setup_installs(package: str, tmp_path
 
 def test_gpu_image_installs_exactly_the_gpu_lock(tmp_path: Path) -> None:
     """The GPU branch installs nothing more or less than lock-gpu.txt pins."""
-    assert dry_run("gpu", "model-training", tmp_path) == pins(GPU_LOCK)
+    assert dry_run("gpu", "model-training", tmp_path) == lock_pins(GPU_LOCK)
 
 
 # --- the Dockerfile ----------------------------------------------------------------------

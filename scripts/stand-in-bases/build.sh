@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
-# Stand-ins for the base images our Dockerfiles start FROM, for a machine that reaches
-# no image registry, only the package registries (CI's machines). Each is a Debian
-# bookworm root made with debootstrap from this machine's own apt mirror and imported
-# into podman under the exact name the Dockerfile uses, so podman builds the
-# Dockerfiles unchanged instead of pulling. Anyone who can pull images never needs it.
+# The base images our Dockerfiles start FROM, for podman: each is kept when present,
+# else pulled, else (on a machine that reaches no image registry, only the package
+# registries, as CI's) made here as a stand-in: a Debian bookworm root made with
+# debootstrap from this machine's own apt mirror and imported into podman under the
+# name the Dockerfile uses, so podman builds the Dockerfiles unchanged. Anyone who can
+# pull images gets the real ones and never a stand-in.
 #
-#   python:3.11-slim                       bookworm's Python 3.11, pip, CA certificates
-#   nginxinc/nginx-unprivileged:1.27-alpine Debian's nginx, uid 101, the template entrypoint
+#   the FROM of src/Dockerfile (python:3.11-slim): bookworm's Python 3.11, pip, CA certificates
+#   the FROM of src/frontend/Dockerfile (unprivileged nginx): Debian's nginx, uid 101, and
+#     the image's template entrypoint
 #
-# Usage: scripts/stand-in-bases/build.sh   (root, podman and debootstrap installed).
-# Idempotent: an image already made by this recipe is kept; the Debian roots are cached
-# as tarballs in $MEGA_STAND_IN_CACHE (default ~/.cache/mega-pipeline/stand-in-bases).
-# DEBIAN_MIRROR overrides the mirror read from /etc/apt.
+# Usage: scripts/stand-in-bases/build.sh   (making a stand-in needs root; debootstrap is
+# installed with apt-get when missing).
+# Idempotent: an image already made by this recipe is kept, and a real image (one this
+# script did not make) is never replaced; the Debian roots are cached as tarballs in
+# $MEGA_STAND_IN_CACHE (default ~/.cache/mega-pipeline/stand-in-bases). DEBIAN_MIRROR
+# overrides the mirror read from /etc/apt.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
 cache=${MEGA_STAND_IN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mega-pipeline/stand-in-bases}
 # The host's CA bundle goes into the images: installs inside a build then trust what
 # the host trusts (a TLS-inspecting proxy's CA included), as the host's own pip does.
 ca_bundle=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
-# Any change to this folder makes new stand-ins (the images carry the recipe's hash).
-recipe=$(cat "$here"/* | sha256sum | cut -c1-16)
+# Any change to this folder or to the CA bundle makes new stand-ins (the images carry
+# the recipe's hash).
+recipe=$(cat "$here"/* "$ca_bundle" | sha256sum | cut -c1-16)
 
 say() { echo "stand-in-bases: $*" >&2; }
 
@@ -38,9 +44,48 @@ debian_mirror() {
     echo "$uri"
 }
 
-# up_to_date IMAGE: the image exists and was made by this recipe.
-up_to_date() {
-    [[ $(podman image inspect --format '{{index .Labels "mega.stand-in.recipe"}}' "$1" 2>/dev/null) == "$recipe" ]]
+# base_of DOCKERFILE: the image its first stage is built FROM, as written there.
+base_of() {
+    awk 'toupper($1) == "FROM" { print $2; exit }' "$1"
+}
+
+# made_by IMAGE: the recipe hash of a stand-in, "real" for an image this script did
+# not make, "" when there is no such image.
+made_by() {
+    local label
+    label=$(podman image inspect --format '{{index .Labels "mega.stand-in.recipe"}}' "$1" 2>/dev/null) ||
+        return 0
+    echo "${label:-real}"
+}
+
+# needed NAME IMAGE: whether IMAGE needs a stand-in made now (said either way).
+needed() {
+    case $(made_by "$2") in
+        "$recipe") say "$1: $2 is current"; return 1 ;;
+        real) return 1 ;;
+        "")
+            if podman pull --quiet "$2" >/dev/null 2>&1; then
+                say "$1: pulled $2"
+                return 1
+            fi
+            say "$1: cannot pull $2: making a stand-in from Debian packages"
+            ;;
+        *) say "$1: $2 is a stand-in of an older recipe: making it anew" ;;
+    esac
+    if [[ $(id -u) -ne 0 ]]; then
+        say "making a stand-in needs root: run scripts/stand-in-bases/build.sh as root"
+        exit 1
+    fi
+    return 0
+}
+
+ensure_debootstrap() {
+    command -v debootstrap >/dev/null 2>&1 && return
+    command -v apt-get >/dev/null 2>&1 ||
+        { say "debootstrap is missing and there is no apt-get: install debootstrap"; exit 1; }
+    say "installing Debian's debootstrap"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
 }
 
 # root_tarball NAME PACKAGES CUSTOMIZE: a cached tarball of a minimal bookworm root with
@@ -48,19 +93,26 @@ up_to_date() {
 root_tarball() {
     local name=$1 packages=$2 customize=$3 tarball="$cache/$1-$recipe.tar"
     if [[ ! -s $tarball ]]; then
-        local root
-        root=$(mktemp -d "$cache/.$name-root.XXXXXX")
+        # Removed however this ends (a failed debootstrap leaves hundreds of MB).
+        work=$(mktemp -d "$cache/.$name-XXXXXX")
+        trap 'rm -rf "$work"' EXIT
+        local root="$work/root"
+        mkdir -m 0755 "$root"
+        ensure_debootstrap
         say "$name: debootstrap bookworm with $packages (about 2 minutes)"
         debootstrap --variant=minbase --include="$packages" bookworm "$root" "$(debian_mirror)" \
-            >"$cache/$name-debootstrap.log" 2>&1 ||
-            { say "$name: debootstrap failed; see $cache/$name-debootstrap.log"; exit 1; }
+            >"$work/debootstrap.log" 2>&1 || {
+            cp "$work/debootstrap.log" "$cache/$name-debootstrap.log"
+            say "$name: debootstrap failed; see $cache/$name-debootstrap.log"
+            exit 1
+        }
         "$customize" "$root"
         # Nothing a base image needs: downloaded packages, apt lists, docs.
         rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
             "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/*
-        tar -C "$root" -cf "$tarball.partial" .
-        mv "$tarball.partial" "$tarball"
-        rm -rf "$root"
+        tar -C "$root" -cf "$work/root.tar" .
+        mv "$work/root.tar" "$tarball"
+        rm -rf "$work"
     fi
     echo "$tarball"
 }
@@ -88,8 +140,8 @@ customize_nginx() {
     chown -R 101:101 "$root/etc/nginx/conf.d" "$root/var/log/nginx" "$root/var/lib/nginx"
 }
 
-# import NAME TARBALL IMAGE [--change …]: tag the root as IMAGE unless it is current.
-import() {
+# import_root NAME TARBALL IMAGE [--change …]: the root as image IMAGE.
+import_root() {
     local name=$1 tarball=$2 image=$3
     shift 3
     podman import --quiet --change "LABEL mega.stand-in.recipe=$recipe" "$@" \
@@ -98,12 +150,14 @@ import() {
 }
 
 mkdir -p "$cache"
-python_image=python:3.11-slim
-if up_to_date "$python_image"; then
-    say "python: $python_image is current"
-else
+# One build at a time: two would share the cache's tarballs.
+exec 9>"$cache/.lock"
+flock 9
+
+python_image=$(base_of "$repo/src/Dockerfile")
+if needed python "$python_image"; then
     tarball=$(root_tarball python python3,python3-venv,python3-pip,ca-certificates customize_python)
-    import python "$tarball" "$python_image" \
+    import_root python "$tarball" "$python_image" \
         --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
         --change "ENV LANG=C.UTF-8" \
         --change "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt" \
@@ -111,12 +165,10 @@ else
         --change 'CMD ["python3"]'
 fi
 
-nginx_image=nginxinc/nginx-unprivileged:1.27-alpine
-if up_to_date "$nginx_image"; then
-    say "nginx: $nginx_image is current"
-else
+nginx_image=$(base_of "$repo/src/frontend/Dockerfile")
+if needed nginx "$nginx_image"; then
     tarball=$(root_tarball nginx nginx-light,gettext-base,wget,ca-certificates customize_nginx)
-    import nginx "$tarball" "$nginx_image" \
+    import_root nginx "$tarball" "$nginx_image" \
         --change 'ENTRYPOINT ["/docker-entrypoint.sh"]' \
         --change 'CMD ["nginx", "-g", "daemon off;"]' \
         --change "USER 101" \

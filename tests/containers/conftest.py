@@ -26,7 +26,10 @@ _summary: list[str] = []
 @pytest.fixture(scope="session")
 def podman() -> None:
     if os.geteuid() != 0:
-        pytest.skip("the containers tier runs as root (podman, bind mounts for uid 10001)")
+        pytest.skip(
+            "the containers tier runs as root (podman, bind mounts handed to the containers'"
+            " users): sudo .venv/bin/pytest -m containers"
+        )
     ready = subprocess.run(
         [str(REPO / "scripts/ensure-podman.sh")], capture_output=True, text=True, check=False
     )
@@ -52,7 +55,10 @@ def built_images(podman: None) -> BuiltImages:
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(table + "\n")
     _summary.append(table)
-    return BuiltImages(tag=tag, images=script.built_images(tag), table=table, env=env)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return BuiltImages(tag, commit, script.built_images(tag), table, env)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

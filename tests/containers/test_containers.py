@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from graphlib import TopologicalSorter
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 import yaml
 from podman_support import PIPELINE_UID, BuiltImages, ComposeProject, distributions
-from support import REPO
+from support import REPO, lock_pins
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
@@ -19,18 +20,6 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 # Distributions of the repository itself, installed from src/ (never from an index).
 LOCAL = set((REPO / "requirements/local-packages.txt").read_text().split())
-
-
-def normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def locked_versions() -> dict[str, str]:
-    """name → version pinned in requirements/lock.txt (what `make setup` installs)."""
-    pins = re.findall(
-        r"^([A-Za-z0-9._-]+)==(\S+)", (REPO / "requirements/lock.txt").read_text(), re.M
-    )
-    return {normalise(name): version for name, version in pins}
 
 
 def python_images(built: BuiltImages) -> dict[str, str]:
@@ -56,7 +45,7 @@ def test_every_image_builds_with_a_size(built_images: BuiltImages) -> None:
 def test_images_install_only_what_make_setup_installs(built_images: BuiltImages) -> None:
     """Everything an image adds to its base is in the lock at the lock's version (or is
     one of the repository's own packages, or uv at the Makefile's version)."""
-    locked = locked_versions()
+    locked = lock_pins(REPO / "requirements/lock.txt")
     [uv_version] = re.findall(r"^UV_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.M)
     allowed = {**locked, "uv": uv_version}
     bases: dict[str, dict[str, str]] = {}
@@ -99,18 +88,31 @@ def pipeline_order() -> list[str]:
     return list(TopologicalSorter(graph).static_order())
 
 
-def test_compose_pipeline_profile_runs_end_to_end(compose_project: ComposeProject) -> None:
-    """Each stage of the pipeline profile, in depends_on order, as compose defines it.
+@pytest.fixture(scope="module")
+def pipeline(compose_project: ComposeProject) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Each stage of the pipeline profile run once, in depends_on order, as compose
+    defines it; stops at the first that fails.
 
-    podman 4.3 cannot wait for `service_completed_successfully` (podman-compose starts
-    the chain at once), so the stages run one by one with `run --rm --no-deps`.
+    podman before 4.6 cannot wait for `service_completed_successfully` (podman-compose
+    starts the chain at once), so the stages run one by one with `run --rm --no-deps`.
     """
-    order = pipeline_order()
-    assert order == ["collect", "process", "train", "evaluate", "register"]
-    for stage in order:
-        result = compose_project.compose(
+    results = {}
+    for stage in pipeline_order():
+        results[stage] = compose_project.compose(
             "--profile", "pipeline", "run", "--rm", "--no-deps", "-T", stage
         )
+        if results[stage].returncode != 0:
+            break
+    return results
+
+
+def test_compose_pipeline_profile_runs_end_to_end(
+    pipeline: dict[str, subprocess.CompletedProcess[str]],
+    compose_project: ComposeProject,
+    built_images: BuiltImages,
+) -> None:
+    assert list(pipeline) == ["collect", "process", "train", "evaluate", "register"]
+    for stage, result in pipeline.items():
         assert result.returncode == 0, f"{stage}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
         last_line = result.stdout.strip().splitlines()[-1]
         assert last_line.startswith(f"{stage}: "), last_line
@@ -122,6 +124,9 @@ def test_compose_pipeline_profile_runs_end_to_end(compose_project: ComposeProjec
     assert aliases == {"production": "1"}
     assert (root / "models/digits-cnn/1/model.tflite").is_file()
     assert (root / "models/digits-cnn/1").stat().st_uid == PIPELINE_UID
+    # No .git in a container: the commit comes from the image (GIT_SHA, make images).
+    lineage = json.loads((root / "models/digits-cnn/1/lineage.json").read_text())
+    assert lineage["git_sha"] == built_images.commit
     # W&B's offline run is kept on the host, as a local run keeps it (a run's backup in
     # .mega/runs is removed when the run ends well).
     assert list((root / ".wandb/wandb").glob("offline-run-*"))
@@ -145,11 +150,11 @@ def wait_healthy(project: ComposeProject, services: list[str], timeout: float = 
 
 
 def test_compose_stack_serves_a_prediction_through_the_frontend(
+    pipeline: dict[str, subprocess.CompletedProcess[str]],
     compose_project: ComposeProject,
 ) -> None:
-    models = compose_project.root / "models/digits-cnn"
-    if not (models / "1").is_dir():
-        pytest.skip("needs the registry the pipeline test writes")
+    registered = pipeline.get("register")
+    assert registered is not None and registered.returncode == 0, "the pipeline registered no model"
     started = compose_project.compose("up", "-d")
     assert started.returncode == 0, started.stdout + started.stderr
     try:
