@@ -94,6 +94,9 @@ def main() -> int:
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.strip()
     env = {**os.environ, "MEGA_IMAGE_TAG": tag, "GIT_SHA": commit}
+    if engine_name == "podman":
+        # podman's default OCI format drops HEALTHCHECK; Docker's format keeps it.
+        env["BUILDAH_FORMAT"] = "docker"
     rows = []
     for service, image in built_images(tag).items():
         say(f"building {image} ({service}) with {engine_name}")

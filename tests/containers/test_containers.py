@@ -11,6 +11,7 @@ from graphlib import TopologicalSorter
 import httpx
 import pytest
 import yaml
+from dockerfiles import dockerfile_stages, stage_instruction
 from podman_support import PIPELINE_UID, BuiltImages, ComposeProject, distributions
 from support import REPO, lock_pins
 
@@ -73,6 +74,30 @@ def test_every_image_runs_as_a_non_root_user(built_images: BuiltImages) -> None:
     for image in built_images.images.values():
         uid = built_images.run(image, "-u", entrypoint="id").strip()
         assert uid != "0", image
+
+
+def test_images_keep_the_dockerfiles_health_checks(built_images: BuiltImages) -> None:
+    """The HEALTHCHECK of a Dockerfile is in its image (podman's OCI format drops it)."""
+    checked = 0
+    for service, image in built_images.images.items():
+        build = SERVICES[service]["build"]
+        if "dockerfile" not in build:
+            continue
+        stages = dockerfile_stages(REPO / build["dockerfile"])
+        stage = build.get("target") or list(stages)[-1]
+        healthcheck = stage_instruction(stages, stage, "HEALTHCHECK")
+        if healthcheck is None:
+            continue
+        kept = subprocess.run(
+            ["podman", "image", "inspect", "--format", "{{json .HealthCheck}}", image],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        url = re.search(r"http://[^'\"]+", healthcheck).group(0)  # type: ignore[union-attr]
+        assert url in kept, f"{image}: no health check {url} in {kept}"
+        checked += 1
+    assert checked >= 2, "the api-service and frontend images have health checks"
 
 
 def pipeline_order() -> list[str]:
