@@ -75,6 +75,15 @@ def image_tag() -> str:
     return f"{sha}-dirty" if git("status", "--porcelain") else sha
 
 
+def build_environment(engine_name: str, tag: str, commit: str) -> dict[str, str]:
+    """The environment compose builds in: the image tag and the commit for the images."""
+    env = {**os.environ, "MEGA_IMAGE_TAG": tag, "GIT_SHA": commit}
+    if engine_name == "podman":
+        # podman's default OCI format drops HEALTHCHECK; Docker's format keeps it.
+        env["BUILDAH_FORMAT"] = "docker"
+    return env
+
+
 def built_images(tag: str) -> dict[str, str]:
     """Service name → image name with `tag`, for every service compose builds."""
     services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
@@ -93,10 +102,7 @@ def main() -> int:
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.strip()
-    env = {**os.environ, "MEGA_IMAGE_TAG": tag, "GIT_SHA": commit}
-    if engine_name == "podman":
-        # podman's default OCI format drops HEALTHCHECK; Docker's format keeps it.
-        env["BUILDAH_FORMAT"] = "docker"
+    env = build_environment(engine_name, tag, commit)
     rows = []
     for service, image in built_images(tag).items():
         say(f"building {image} ({service}) with {engine_name}")

@@ -12,7 +12,13 @@ import httpx
 import pytest
 import yaml
 from dockerfiles import dockerfile_stages, stage_instruction
-from podman_support import PIPELINE_UID, BuiltImages, ComposeProject, distributions
+from podman_support import (
+    PIPELINE_UID,
+    BuiltImages,
+    ComposeProject,
+    distributions,
+    load_images_script,
+)
 from support import REPO, lock_pins
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
@@ -98,6 +104,31 @@ def test_images_keep_the_dockerfiles_health_checks(built_images: BuiltImages) ->
         assert url in kept, f"{image}: no health check {url} in {kept}"
         checked += 1
     assert checked >= 2, "the api-service and frontend images have health checks"
+
+
+def test_a_rebuild_records_the_new_commit(built_images: BuiltImages) -> None:
+    """GIT_SHA reaches the image on a warm rebuild too (podman's builder once reused a
+    cached ENV layer whose build argument had changed)."""
+    script = load_images_script()
+    for commit in ("1111111111111111", "2222222222222222"):
+        tag = f"test-{commit[:4]}"
+        env = script.build_environment("podman", tag, commit)
+        built = subprocess.run(
+            [*script.compose_command("podman"), "build", "collect"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert built.returncode == 0, built.stderr[-3000:]
+        image = f"mega-pipeline/data-collector:{tag}"
+        try:
+            recorded = built_images.run(image, "-c", "echo $GIT_SHA", entrypoint="sh")
+        finally:
+            subprocess.run(["podman", "rmi", image], capture_output=True, check=False)
+        assert recorded.strip() == commit
 
 
 def pipeline_order() -> list[str]:
