@@ -152,7 +152,11 @@ def check_output(flag: str, uri: str, *, file: bool = False, replaced: bool = Fa
     if not written_in.is_dir():
         fail(f"{flag} {uri}: {written_in} is a file, not a folder; pass another path", EXIT_USAGE)
     if not os.access(written_in, os.W_OK | os.X_OK):
-        fail(f"{flag} {uri}: cannot write in {written_in} (permission denied)", EXIT_USAGE)
+        fail(
+            f"{flag} {uri}: cannot write in {written_in} (permission denied); run as a user who"
+            " may write there, or make it yours (in a container: docs/containers.md, Users)",
+            EXIT_USAGE,
+        )
 
 
 def error_line(prog: str, message: str) -> None:

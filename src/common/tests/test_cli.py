@@ -55,6 +55,7 @@ def test_a_read_only_folder_cannot_be_written_in(tmp_path: Path, read_only: set[
     read_only.add((tmp_path / "reports").resolve())
     error = refused("--report-dir", str(tmp_path / "reports"))
     assert error is not None and "cannot write in" in error and "permission denied" in error
+    assert "run as a user who may write there" in error  # and what to do
     assert refused("--metrics", str(tmp_path / "reports/metrics.json"), file=True)
     assert refused("--plots", str(tmp_path / "reports/plots/new"))
 
