@@ -194,17 +194,24 @@ def select(
             f"no variant within {max_accuracy_drop:.3f} of float32's test accuracy "
             f"({base.accuracy:.4f}) with macro F1 ≥ {min_macro_f1:.2f}: serving float32"
         )
-        return Optimization(
-            selected=BASELINE, reason=reason, max_accuracy_drop=max_accuracy_drop, variants=marked
-        )
+        return _report(BASELINE, reason, max_accuracy_drop, marked)
     best = min(eligible, key=lambda row: (row.latency_p50_ms, row.bytes))
     reason = (
         f"fastest within {max_accuracy_drop:.3f} of float32's test accuracy "
         f"({base.accuracy:.4f}): {best.name} {best.accuracy:.4f}, "
         f"p50 {best.latency_p50_ms:.3f} ms"
     )
+    return _report(best.name, reason, max_accuracy_drop, marked)
+
+
+def _report(selected: str, reason: str, drop: float, rows: list[VariantScores]) -> Optimization:
+    # Every field set explicitly: unset fields are left out of the written document.
     return Optimization(
-        selected=best.name, reason=reason, max_accuracy_drop=max_accuracy_drop, variants=marked
+        baseline=BASELINE,
+        selected=selected,  # type: ignore[arg-type]
+        reason=reason,
+        max_accuracy_drop=drop,
+        variants=rows,
     )
 
 
