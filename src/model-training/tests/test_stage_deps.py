@@ -32,6 +32,10 @@ ENTRIES: dict[str, tuple[str, dict[str, str]]] = {
             "quiet": "only silences native log lines",
         },
     ),
+    "optimize": (
+        "optimize_stage",
+        {"quiet": "only silences native log lines"},
+    ),
     "register": (
         "register",
         {"inputs": "only refuses a malformed metrics file"},
