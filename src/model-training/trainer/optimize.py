@@ -111,10 +111,12 @@ def candidate_variants(model_dir: Path, representative: np.ndarray) -> list[Vari
     return variants
 
 
-def keras_variant(name: str, model: keras.Model, representative: np.ndarray) -> Variant:
+def keras_variant(
+    name: str, model: keras.Model, representative: np.ndarray, sparsity: float
+) -> Variant:
     """A pruned or distilled Keras model as a full-integer int8 variant."""
     content = convert_keras(model, "int8", representative)
-    return Variant(name, content, model.count_params(), kernel_zeros(model))
+    return Variant(name, content, model.count_params(), sparsity)
 
 
 def measure(
