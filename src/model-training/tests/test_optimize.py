@@ -107,7 +107,7 @@ def optimized(tiny_pipeline: TinyPipeline, tmp_path_factory: pytest.TempPathFact
     """`trainer optimize` run on the tiny pipeline's candidate, into a folder of its own."""
     root = tmp_path_factory.mktemp("optimize")
     (root / "params.yaml").write_text((tiny_pipeline.root / "params.yaml").read_text())
-    run_cli(
+    result = run_cli(
         [
             sys.executable, "-m", "trainer", "optimize",
             "--model", str(tiny_pipeline.candidate),
@@ -119,7 +119,16 @@ def optimized(tiny_pipeline: TinyPipeline, tmp_path_factory: pytest.TempPathFact
         root,
         {"MEGA_WANDB_MODE": "disabled"},
     )  # fmt: skip
+    (root / "stdout.txt").write_text(result.stdout)
+    (root / "stderr.txt").write_text(result.stderr)
     return root
+
+
+def test_the_stage_prints_one_summary_line_and_no_converter_noise(optimized: Path) -> None:
+    report = Optimization.read(optimized / "reports/optimization.json")
+    [line] = (optimized / "stdout.txt").read_text().splitlines()
+    assert line.startswith("optimize: ") and f"selected {report.selected}" in line
+    assert (optimized / "stderr.txt").read_text() == ""
 
 
 def test_every_variant_loads_in_litert_and_agrees_with_float32(
