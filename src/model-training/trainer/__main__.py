@@ -220,7 +220,8 @@ def optimize(
     test split in LiteRT, and pick the one to serve (params.yaml `optimize`)."""
     pipeline = read_params(params)
     with failures_as(EXIT_USAGE, InputError):  # checked before any work
-        check_candidate(model, OPTIMIZE_MODEL_FILES)
+        if not storage.is_gcs(model):  # a gs:// candidate is checked once downloaded
+            check_candidate(model, OPTIMIZE_MODEL_FILES)
         check_processed(data, ("train", "test"))
     check_output("--out", out, replaced=True)
     check_output("--report", report, file=True)
@@ -235,8 +236,14 @@ def optimize(
     with (
         failures_as(EXIT_FAILURE, FileNotFoundError, ValueError),
         failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
+        tempfile.TemporaryDirectory(prefix="optimize-") as tmp,
     ):
-        result = run_optimize(Path(model), data, out, report, plots_dir, pipeline)
+        local = Path(model)
+        if storage.is_gcs(model):
+            storage.download_tree(model, tmp)
+            local = Path(tmp)
+            check_candidate(tmp, OPTIMIZE_MODEL_FILES)
+        result = run_optimize(local, data, out, report, plots_dir, pipeline)
     chosen = result.variant(result.selected)
     typer.echo(
         f"optimize: {len(result.variants)} variants measured in LiteRT; selected "
