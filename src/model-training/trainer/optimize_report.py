@@ -87,12 +87,16 @@ def plot_png(report: Optimization) -> bytes:
             alpha=0.5,
             edgecolors="black" if row.name == report.selected else "none",
             linewidths=2,
+            label=f"{row.name} ({row.bytes / 1e3:,.0f} kB)",
         )
-        axes.annotate(row.name, (row.latency_p50_ms, row.accuracy), fontsize=8, ha="center")
     axes.set_xlabel("p50 latency, one image (ms)")
     axes.set_ylabel("test accuracy")
     axes.set_title(f"Variants (marker area ∝ bytes; selected: {report.selected})")
     axes.grid(alpha=0.3)
+    # Variants often sit on top of each other: a legend, with equal markers, names them.
+    legend = axes.legend(fontsize=8, loc="best")
+    for handle in legend.legend_handles:
+        handle.set_sizes([40])  # type: ignore[union-attr]
     content = _png(figure)
     plt.close(figure)
     return content
