@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import TinyPipeline, run_cli
+from support import TinyPipeline, run_cli, write_params
 
 from common.contracts import OPTIMIZATION, ContractError, Optimization, VariantScores
 from trainer.optimize import select
@@ -173,3 +173,25 @@ def test_the_stage_writes_the_table_and_the_plot(optimized: Path) -> None:
     assert (optimized / "reports/plots/optimization.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sizes = {r.name: r.bytes for r in report.variants}
     assert sizes["int8"] < 0.5 * sizes["float32"] and sizes["float16"] < 0.6 * sizes["float32"]
+
+
+def test_the_table_goes_to_wandb_when_tracking_is_on(
+    tiny_pipeline: TinyPipeline, tmp_path: Path
+) -> None:
+    write_params(tmp_path, {"train": {"tracking": "wandb"}, "optimize": {"latency_runs": 20}})
+    run_cli(
+        [
+            sys.executable, "-m", "trainer", "optimize",
+            "--model", str(tiny_pipeline.candidate),
+            "--data", str(tiny_pipeline.processed),
+            "--out", "optimized", "--report", "optimization.json",
+        ],
+        tmp_path,
+        env={"MEGA_WANDB_MODE": "offline", "MEGA_WANDB_DIR": "runs", "WANDB_API_KEY": ""},
+    )  # fmt: skip
+    [run_file] = (tmp_path / "runs").rglob("run-*.wandb")
+    records = run_file.read_bytes()
+    report = Optimization.read(tmp_path / "optimization.json")
+    for key in (b"optimization", b"table-file", b"selection_reason", report.selected.encode()):
+        assert key in records, key
+    assert (tmp_path / "plots/optimization.png").is_file()  # --plots defaults beside --report
