@@ -34,7 +34,10 @@ ENTRIES: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "optimize": (
         "optimize_stage",
-        {"quiet": "only silences native log lines"},
+        {
+            "budget": "reached through prepare; optimize builds no model it must size",
+            "quiet": "only silences native log lines",
+        },
     ),
     "register": (
         "register",

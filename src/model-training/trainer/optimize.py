@@ -32,6 +32,7 @@ from common.contracts import (
 from common.params import OptimizeParams, PipelineParams
 from trainer.data import make_dataset
 from trainer.evaluate import classification_metrics, confusion_matrix
+from trainer.pruning import kernel_sparsity
 from trainer.quantize import Mode, convert, convert_keras, gzip_size, run_litert
 
 BASELINE: Final = "float32"
@@ -78,25 +79,6 @@ def load_split(data: str, split: str, spec: Preprocess, limit: int | None = None
     )
 
 
-def kernel_zeros(model: keras.Model) -> float:
-    """Share of exactly-zero weights over the Conv and Dense kernels of `model`."""
-    kernels = [
-        np.asarray(layer.kernel)
-        for layer in _layers(model)
-        if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense)
-    ]
-    total = sum(k.size for k in kernels)
-    return float(sum(int((k == 0).sum()) for k in kernels) / total) if total else 0.0
-
-
-def _layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """Every layer, nested models flattened (the transfer models nest a backbone)."""
-    found: list[keras.layers.Layer] = []
-    for layer in model.layers:
-        found.extend(_layers(layer) if isinstance(layer, keras.Model) else [layer])
-    return found
-
-
 def candidate_variants(model_dir: Path, representative: np.ndarray) -> list[Variant]:
     """float32 (the candidate's own `.tflite`), float16, dynamic range and int8."""
     model = keras.models.load_model(model_dir / KERAS_FILE)
@@ -107,7 +89,7 @@ def candidate_variants(model_dir: Path, representative: np.ndarray) -> list[Vari
             if mode == "float32"
             else convert(model_dir / SAVED_MODEL_DIR, mode, representative)
         )
-        variants.append(Variant(name, content, model.count_params(), kernel_zeros(model)))
+        variants.append(Variant(name, content, model.count_params(), kernel_sparsity(model)))
     return variants
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from common.contracts import Optimization
 from common.params import PipelineParams
 from common.settings import get_settings
+from trainer.compress_variants import compressed_variants
 from trainer.inputs import RERUN_TRAIN, read_preprocess
 from trainer.optimize import optimize
 from trainer.optimize_report import COLUMNS, table_rows, write_reports
@@ -20,7 +21,16 @@ def run_optimize(
     `plots` the accuracy-latency plot; with tracking on, a W&B run of job type
     `optimize` gets the table and the selection."""
     spec = read_preprocess(str(model_dir), RERUN_TRAIN)
-    result = optimize(model_dir, data, out, spec, pipeline)
+    result = optimize(
+        model_dir,
+        data,
+        out,
+        spec,
+        pipeline,
+        extra_variants=lambda representative: compressed_variants(
+            model_dir, data, pipeline, representative
+        ),
+    )
     write_reports(result, report, plots)
     tracker = Tracker(enabled=pipeline.train.tracking == "wandb", settings=get_settings())
     tracker.start(
