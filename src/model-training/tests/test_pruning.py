@@ -151,3 +151,38 @@ def test_prune_refuses_an_endless_dataset(teacher, digit_splits) -> None:
             learning_rate=1e-3,
             seed=0,
         )
+
+
+@pytest.mark.parametrize(("begin", "end"), [(0.9, 1.0), (0.99, 0.995), (0.0, 0.01)])
+def test_prune_reaches_the_target_whatever_the_fractions_on_few_steps(
+    teacher, digit_splits, begin: float, end: float
+) -> None:
+    train, _ = digit_splits
+    pruned = prune(
+        teacher,
+        train.take(3),
+        None,
+        target_sparsity=0.6,
+        epochs=1,
+        begin_fraction=begin,
+        end_fraction=end,
+        learning_rate=1e-3,
+        seed=0,
+    )
+    assert kernel_sparsity(pruned) == pytest.approx(0.6, abs=0.01)
+
+
+def test_prune_refuses_an_empty_dataset(teacher, digit_splits) -> None:
+    train, _ = digit_splits
+    with pytest.raises(ValueError, match="empty train dataset"):
+        prune(
+            teacher,
+            train.take(0),
+            None,
+            target_sparsity=0.5,
+            epochs=1,
+            begin_fraction=0.0,
+            end_fraction=0.75,
+            learning_rate=1e-3,
+            seed=0,
+        )

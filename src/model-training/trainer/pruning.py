@@ -186,7 +186,7 @@ def prune(
 
     Raises:
         ValueError: a fraction outside [0, 1], begin_fraction ≥ end_fraction, epochs < 1,
-            target_sparsity outside [0, 1), or an infinite `train`.
+            target_sparsity outside [0, 1), or an empty or infinite `train`.
     """
     if epochs < 1:
         raise ValueError(f"pruning needs at least one fine-tuning epoch, got epochs={epochs}")
@@ -196,8 +196,13 @@ def prune(
             f"{end_fraction}; fix optimize.pruning in params.yaml"
         )
     steps = _count_batches(train) * epochs
-    begin_step = math.floor(begin_fraction * steps)
-    end_step = max(begin_step + 1, math.ceil(end_fraction * steps))
+    if steps == 0:
+        raise ValueError(
+            "pruning got an empty train dataset; check the processed data's train split"
+        )
+    # Both ends inside the run, at least one step apart, so the last step reaches the target.
+    begin_step = min(math.floor(begin_fraction * steps), steps - 1)
+    end_step = min(max(begin_step + 1, math.ceil(end_fraction * steps)), steps)
     callback = MagnitudePruning(target_sparsity, begin_step, end_step, power=3, frequency=1)
     keras.utils.set_random_seed(seed)
     pruned = _copy(model)
