@@ -16,7 +16,7 @@ from support import BIN, REPO
 
 COMPOSE = REPO / "docker-compose.yml"
 DOC = REPO / "docs/containers.md"
-STAGES = ["collect", "process", "train", "evaluate", "register"]
+STAGES = ["collect", "process", "train", "evaluate", "optimize", "register"]
 # What the commented credentials block holds: the variable and the file it points to.
 ADC_LINE = re.compile(
     r"^(\s*)# ("

@@ -167,7 +167,7 @@ def test_compose_pipeline_profile_runs_end_to_end(
     compose_project: ComposeProject,
     built_images: BuiltImages,
 ) -> None:
-    assert list(pipeline) == ["collect", "process", "train", "evaluate", "register"]
+    assert list(pipeline) == ["collect", "process", "train", "evaluate", "optimize", "register"]
     for stage, result in pipeline.items():
         assert result.returncode == 0, f"{stage}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
         last_line = result.stdout.strip().splitlines()[-1]

@@ -133,12 +133,58 @@ class RegistryParams(_Section):
         return self
 
 
+class PruningParams(_Section):
+    target_sparsity: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="Fraction of zero Conv/Dense kernel weights at the end.",
+    )
+    epochs: int = Field(default=4, ge=1, description="Fine-tuning epochs with the schedule.")
+    begin_fraction: float = Field(default=0.0, ge=0, lt=1, description="Pruning starts here.")
+    end_fraction: float = Field(
+        default=0.75, gt=0, le=1, description="…and reaches the target here (of the steps)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PruningParams:
+        if self.end_fraction <= self.begin_fraction:
+            raise ValueError("pruning.end_fraction must be above pruning.begin_fraction")
+        return self
+
+
+class DistillParams(_Section):
+    filters: list[int] = Field(
+        default_factory=lambda: [8, 16], min_length=1, description="The student's conv widths."
+    )
+    dense: int = Field(default=32, ge=1, description="Units of the student's dense layer.")
+    temperature: float = Field(default=4.0, gt=0)
+    alpha: float = Field(default=0.5, ge=0, le=1, description="Weight of the hard-label loss.")
+    epochs: int | None = Field(default=None, ge=1, description="None: train.epochs.")
+
+
+class OptimizeParams(_Section):
+    """The optimize stage: quantized, pruned and distilled variants, and which one is served."""
+
+    max_accuracy_drop: float = Field(
+        default=0.01, ge=0, le=1, description="Test accuracy a variant may lose vs float32."
+    )
+    representative_examples: int = Field(
+        default=256, ge=1, description="Train-split images for full-integer calibration."
+    )
+    latency_runs: int = Field(default=200, ge=1, description="Single-image invocations timed.")
+    throughput_batch: int = Field(default=32, ge=1)
+    pruning: PruningParams = PruningParams()
+    distill: DistillParams = DistillParams()
+
+
 class PipelineParams(_Section):
     dataset: str = Field(default="digits", pattern=r"^[A-Za-z0-9_-]+$")
     collect: CollectParams = CollectParams()
     process: ProcessParams = ProcessParams()
     train: TrainParams = TrainParams()
     registry: RegistryParams = RegistryParams()
+    optimize: OptimizeParams = OptimizeParams()
 
 
 class ParamsError(ValueError):

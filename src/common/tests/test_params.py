@@ -76,3 +76,24 @@ def test_schema_defaults_are_the_params_file_values() -> None:
         key: (defaults[key], written[key]) for key in defaults if defaults[key] != written[key]
     }
     assert not differing, f"schema default ≠ params.yaml value: {differing}"
+
+
+@pytest.mark.parametrize(
+    ("optimize", "says"),
+    [
+        ({"pruning": {"begin_fraction": 0.8, "end_fraction": 0.5}}, "end_fraction must be above"),
+        ({"pruning": {"target_sparsity": 1.0}}, r"optimize\.pruning\.target_sparsity"),
+        ({"distill": {"filters": []}}, r"optimize\.distill\.filters"),
+        ({"distill": {"alpha": 1.5}}, r"optimize\.distill\.alpha"),
+        ({"max_accuracy_drop": -0.1}, r"optimize\.max_accuracy_drop"),
+    ],
+)
+def test_bad_optimize_params_are_named(tmp_path: Path, optimize: dict, says: str) -> None:
+    with pytest.raises(ParamsError, match=says):
+        load_params(write(tmp_path, {"optimize": optimize}))
+
+
+def test_the_repository_optimize_section_matches_the_contract() -> None:
+    optimize = load_params(REPO / "params.yaml").optimize
+    assert (optimize.max_accuracy_drop, optimize.throughput_batch) == (0.01, 32)
+    assert optimize.distill.epochs is None and optimize.distill.filters == [8, 16]

@@ -388,3 +388,69 @@ def test_runner_container_and_trainer_agree_on_the_tensorflow_log_level() -> Non
     }
     assert TF_LOG_LEVEL == "2"
     assert levels == {name: [TF_LOG_LEVEL] for name in sources}
+
+
+def _optimize_args(**override: str) -> list[str]:
+    flags = {
+        "--model": "candidate",
+        "--data": "data",
+        "--out": "optimized",
+        "--report": "reports/optimization.json",
+        **override,
+    }
+    return ["optimize", *(part for item in flags.items() for part in item)]
+
+
+# Each kind of bad input to optimize: a missing or incomplete candidate, data without
+# the split it reads, an output it cannot write. (breaker of the folder, flag overrides,
+# message parts)
+OPTIMIZE_CASES: dict[str, tuple[Breaker, dict[str, str], tuple[str, ...]]] = {
+    "missing model folder": (
+        lambda t: None, {"--model": "nothere"}, ("--model", "no such folder"),
+    ),
+    "candidate without its SavedModel": (
+        lambda t: None, {}, ("saved_model: not found", "train stage"),
+    ),
+    "candidate without model.tflite": (
+        lambda t: (t / "candidate/model.tflite").unlink(), {}, ("model.tflite: not found",),
+    ),
+    "data without train shards": (
+        lambda t: (t / "data" / shard_name("train", 0, 1)).unlink(),
+        {},
+        ("no train-*.tfrecord shards",),
+    ),
+    "data without a test split": (
+        lambda t: _write(t / "data/stats.json", {**STATS, "counts": {"train": {"a": 4}}}),
+        {},
+        ("the test split has no examples",),
+    ),
+    "--report is a folder": (lambda t: None, {"--report": "data"}, ("--report data: is a folder",)),
+    "--out under a file": (
+        lambda t: None, {"--out": "afile/o"}, ("--out afile/o: afile is a file, not a folder",),
+    ),
+    "--plots is a file": (lambda t: None, {"--plots": "afile"}, ("--plots afile: is a file",)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", OPTIMIZE_CASES)
+def test_optimize_refuses_bad_inputs_before_tensorflow(case: str, tmp_path: Path) -> None:
+    breaker, override, parts = OPTIMIZE_CASES[case]
+    make_candidate(tmp_path / "candidate")
+    if case != "candidate without its SavedModel":
+        (tmp_path / "candidate/saved_model").mkdir()
+    make_processed(tmp_path / "data")
+    write_params(tmp_path)
+    (tmp_path / "afile").write_text("")
+    breaker(tmp_path)
+    result = run_trainer(tmp_path, *_optimize_args(**override))
+    assert_clean_failure(result, "optimize", *parts)
+    assert not (tmp_path / "optimized").exists()
+
+
+def test_optimize_refuses_bad_params(tmp_path: Path) -> None:
+    make_candidate(tmp_path / "candidate")
+    (tmp_path / "candidate/saved_model").mkdir()
+    make_processed(tmp_path / "data")
+    write_params(tmp_path, {"optimize": {"max_accuracy_drop": 2}})
+    result = run_trainer(tmp_path, *_optimize_args())
+    assert_clean_failure(result, "optimize", "optimize.max_accuracy_drop")

@@ -32,6 +32,13 @@ ENTRIES: dict[str, tuple[str, dict[str, str]]] = {
             "quiet": "only silences native log lines",
         },
     ),
+    "optimize": (
+        "optimize_stage",
+        {
+            "budget": "reached through prepare; optimize builds no model it must size",
+            "quiet": "only silences native log lines",
+        },
+    ),
     "register": (
         "register",
         {"inputs": "only refuses a malformed metrics file"},

@@ -1,4 +1,4 @@
-"""`python -m trainer`: train, evaluate and register the image classifier."""
+"""`python -m trainer`: train, evaluate, optimize and register the image classifier."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from common.cli import (
     read_params,
     version_option,
 )
-from common.contracts import KERAS_FILE, LINEAGE, TFLITE_FILE
+from common.contracts import KERAS_FILE, LABELS, LINEAGE, SAVED_MODEL_DIR, TFLITE_FILE
 from common.settings import get_settings
 from trainer.inputs import (
     RERUN_TRAIN,
@@ -44,6 +44,8 @@ def _options(version: Annotated[bool, version_option("mega-model-training")] = F
 
 # What evaluate loads from the candidate besides the sidecars.
 CANDIDATE_MODEL_FILES = (KERAS_FILE, TFLITE_FILE)
+# What optimize converts: the SavedModel (quantization) and the float32 `.tflite` as is.
+OPTIMIZE_MODEL_FILES = (KERAS_FILE, TFLITE_FILE, SAVED_MODEL_DIR, LABELS)
 
 ParamsOption = Annotated[Path, typer.Option(help="Pipeline parameters file.")]
 
@@ -199,6 +201,54 @@ def evaluate(
         f"evaluate: test accuracy {test.accuracy:.4f} (tflite {test.tflite_accuracy:.4f}), "
         f"macro F1 {test.macro_f1:.4f} on {test.examples} examples; metrics in {metrics}, "
         f"plots in {plots_dir}"
+    )
+
+
+@app.command()
+def optimize(
+    model: Annotated[str, typer.Option(help="Candidate model folder.")],
+    data: Annotated[str, typer.Option(help="Processed data folder or gs:// URI.")],
+    out: Annotated[str, typer.Option(help="Where to write each variant's .tflite.")],
+    report: Annotated[str, typer.Option(help="Where to write optimization.json (DVC metrics).")],
+    plots: Annotated[
+        str | None,
+        typer.Option(show_default="plots/ beside REPORT", help="Folder for optimization.png."),
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Quantize (and prune and distill) MODEL into LiteRT variants, measure each on DATA's
+    test split in LiteRT, and pick the one to serve (params.yaml `optimize`)."""
+    pipeline = read_params(params)
+    with failures_as(EXIT_USAGE, InputError):  # checked before any work
+        if not storage.is_gcs(model):  # a gs:// candidate is checked once downloaded
+            check_candidate(model, OPTIMIZE_MODEL_FILES)
+        check_processed(data, ("train", "test"))
+    check_output("--out", out, replaced=True)
+    check_output("--report", report, file=True)
+    plots_dir = plots or storage.join(report.rsplit("/", 1)[0] if "/" in report else ".", "plots")
+    check_output("--plots", plots_dir)
+    from trainer.tracking import check_server
+
+    check_server(pipeline.train.tracking == "wandb", get_settings())  # ServiceError: one line
+    quiet_tensorflow_import()
+    from trainer.optimize_stage import run_optimize
+
+    with (
+        failures_as(EXIT_FAILURE, FileNotFoundError, ValueError),
+        failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
+        tempfile.TemporaryDirectory(prefix="optimize-") as tmp,
+    ):
+        local = Path(model)
+        if storage.is_gcs(model):
+            storage.download_tree(model, tmp)
+            local = Path(tmp)
+            check_candidate(tmp, OPTIMIZE_MODEL_FILES)
+        result = run_optimize(local, data, out, report, plots_dir, pipeline)
+    chosen = result.variant(result.selected)
+    typer.echo(
+        f"optimize: {len(result.variants)} variants measured in LiteRT; selected "
+        f"{result.selected} ({result.reason}; {chosen.bytes:,} bytes); variants in {out}, "
+        f"table in {report}"
     )
 
 

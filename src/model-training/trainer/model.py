@@ -16,7 +16,7 @@ import importlib
 import os
 import socket
 import urllib.error
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,34 +115,69 @@ def with_augmentation(
 
 # The small CNN's dense head sees at most this many cells per side (see build_small_cnn).
 HEAD_GRID = 4
+# The candidate small CNN's conv widths and hidden dense units.
+SMALL_CNN_FILTERS = (32, 64)
+SMALL_CNN_DENSE = 128
 
 
-def build_small_cnn(spec: Preprocess, num_classes: int) -> keras.Model:
+def build_small_cnn(
+    spec: Preprocess,
+    num_classes: int,
+    *,
+    filters: Sequence[int] = SMALL_CNN_FILTERS,
+    dense: int = SMALL_CNN_DENSE,
+) -> keras.Model:
     """A compact CNN that reaches >0.95 on the digits in a few CPU seconds.
 
-    Two conv blocks halve the side twice; a Flatten → Dense head on what is left
-    would grow with the image (1024×1024 pixels: 256×256×64 features, 537 M weights
-    in the first dense layer). So when the map is larger than `HEAD_GRID` cells per
-    side, an average pooling first shrinks it to between `HEAD_GRID` and
-    `2 × HEAD_GRID - 1` cells per side: the head stays under 0.5 M weights at any
-    image size, and images of up to 19 pixels (the 16-pixel digits) keep exactly the
-    original model.
+    See `small_cnn`; `spec` gives the input shape (raw 0–255 pixels).
     """
-    inputs = keras.Input(shape=spec.shape, name="pixels")
+    return small_cnn(spec.shape, num_classes, filters=filters, dense=dense)
+
+
+def small_cnn(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    filters: Sequence[int] = SMALL_CNN_FILTERS,
+    dense: int = SMALL_CNN_DENSE,
+    name: str = "small_cnn",
+) -> keras.Model:
+    """The small CNN on `input_shape` (height, width, channels) pixels, softmax over classes.
+
+    One conv block per entry of `filters` (3×3 conv with that many channels, then a
+    2×2 max pooling), a `dense`-unit hidden layer, then `num_classes` probabilities.
+    The defaults are the trainer's candidate; the distillation student
+    (`trainer.distill`) is the same shape with smaller widths.
+
+    A Flatten → Dense head on the last map would grow with the image (1024×1024
+    pixels: 256×256×64 features, 537 M weights in the first dense layer). So when the
+    map is larger than `HEAD_GRID` cells per side, an average pooling first shrinks it
+    to between `HEAD_GRID` and `2 × HEAD_GRID - 1` cells per side: the head stays under
+    0.5 M weights at any image size, and images of up to 19 pixels (the 16-pixel
+    digits) keep exactly the original model.
+
+    Raises:
+        ValueError: `filters` is empty or a width is not positive.
+    """
+    if not filters or min(filters) < 1 or dense < 1:
+        raise ValueError(
+            f"small_cnn needs at least one conv width and positive widths, got filters="
+            f"{list(filters)}, dense={dense}; fix the widths in params.yaml"
+        )
+    inputs = keras.Input(shape=input_shape, name="pixels")
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
+    for width in filters:
+        x = keras.layers.Conv2D(int(width), 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
     side = int(x.shape[1])
     if side > HEAD_GRID:
         pool = side // HEAD_GRID
         x = keras.layers.AveragePooling2D(pool, name="head_grid_pool")(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dropout(0.3)(x)
-    x = keras.layers.Dense(128, activation="relu")(x)
+    x = keras.layers.Dense(int(dense), activation="relu")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="small_cnn")
+    return keras.Model(inputs, outputs, name=name)
 
 
 def _keras_cache_dir() -> Path:

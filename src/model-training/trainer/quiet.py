@@ -41,7 +41,9 @@ NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\)"
     rf"|[IW]{_GLOG}"
     rf"|E{_GLOG}({'|'.join(_HARMLESS_ERRORS)})"
-    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$)"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
+    # the full-integer quantizer's settings, printed by every int8 conversion
+    r"|fully_quantize: \d+, inference_type: \d+, input_inference_type: )"
 )
 
 # The filter runs in its own small process, reading the pipe that fd 2 becomes: if the

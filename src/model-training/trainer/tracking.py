@@ -139,6 +139,15 @@ class Tracker:
                 }
             )
 
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """A W&B table (the optimization variants) under `key`."""
+        if self.run is None or self.degraded:
+            return
+        import wandb
+
+        with self._best_effort(f"logging the {key} table"):
+            self.run.log({key: wandb.Table(columns=list[str | int](columns), data=rows)})
+
     def log_model(self, folder: Path, name: str, aliases: list[str]) -> None:
         """The exported model folder as a W&B `model` artifact with `aliases`."""
         if self.run is None or self.degraded:

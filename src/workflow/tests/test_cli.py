@@ -20,6 +20,7 @@ def test_help_lists_every_command() -> None:
         "process",
         "train",
         "evaluate",
+        "optimize",
         "register",
         "status",
         "serve",
@@ -37,6 +38,7 @@ def test_dvc_output_patterns() -> None:
     assert STAGE_FAILED.match(failed)["status"] == "69"
     assert EPOCH.match("Epoch 3/15")["n"] == "3"
     assert SUMMARY.match("evaluate: test accuracy 0.98")
+    assert SUMMARY.match("optimize: 7 variants measured in LiteRT; selected int8")
     assert not SUMMARY.match("evaluated: nothing")
     # Regression: a stage's error line was shown with a green check mark.
     assert not SUMMARY.match("process: error: class(es) with fewer than min_per_class")

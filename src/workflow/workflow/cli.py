@@ -19,7 +19,7 @@ from workflow.runner import ReproResult, log_tail, repro
 app = App(
     prog="mega",
     no_args_is_help=True,
-    help="Mega Pipeline: collect → process → train → evaluate → register → serve.",
+    help="Mega Pipeline: collect → process → train → evaluate → optimize → register → serve.",
 )
 # Off a terminal (piped, or in .mega/logs) these never wrap or cut a line.
 console = console_for()
@@ -28,7 +28,7 @@ errors = console_for(stderr=True)
 
 @app.callback()
 def _options(version: Annotated[bool, version_option("mega-workflow")] = False) -> None:
-    """Mega Pipeline: collect → process → train → evaluate → register → serve."""
+    """Mega Pipeline: collect → process → train → evaluate → optimize → register → serve."""
 
 
 def _project() -> Project:
@@ -144,7 +144,12 @@ _stage_command("collect", "Collect the raw data set (stage 1).")
 _stage_command("process", "Process raw data into TFRecord shards (stage 2, after its inputs).")
 _stage_command("train", "Train the candidate model (stage 3, after its inputs).")
 _stage_command("evaluate", "Evaluate the candidate on the test split (stage 4, after its inputs).")
-_stage_command("register", "Publish the candidate and promote it if it passes the gate (stage 5).")
+_stage_command(
+    "optimize",
+    "Quantize, prune and distill the candidate; measure each variant in LiteRT and pick the "
+    "one to serve (stage 5, after its inputs).",
+)
+_stage_command("register", "Publish the candidate and promote it if it passes the gate (stage 6).")
 
 
 @app.command()

@@ -22,7 +22,7 @@ SKIPPED = re.compile(
 STAGE_FAILED = re.compile(r"^ERROR: failed to reproduce '[\w-]+': .*, exited with (?P<status>\d+)$")
 EPOCH = re.compile(r"^Epoch (?P<n>\d+)/(?P<total>\d+)")
 # The containers' one-line summaries, shown as they arrive.
-SUMMARY = re.compile(r"^(collect|process|train|evaluate|register): (?!error:)")
+SUMMARY = re.compile(r"^(collect|process|train|evaluate|optimize|register): (?!error:)")
 # Their one-line errors (`train: error: …`, common.cli's convention), shown on failure.
 ERROR = re.compile(r"^[\w-]+: error: ")
 

@@ -1,0 +1,44 @@
+"""`trainer optimize` end to end: variants, reports, and the table in W&B."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.contracts import Optimization
+from common.params import PipelineParams
+from common.settings import get_settings
+from trainer.compress_variants import compressed_variants
+from trainer.inputs import RERUN_TRAIN, read_preprocess
+from trainer.optimize import optimize
+from trainer.optimize_report import COLUMNS, table_rows, write_reports
+from trainer.tracking import Tracker
+
+
+def run_optimize(
+    model_dir: Path, data: str, out: str, report: str, plots: str, pipeline: PipelineParams
+) -> Optimization:
+    """Run the stage: `out` gets the variants, `report` the JSON (and `.md` beside it),
+    `plots` the accuracy-latency plot; with tracking on, a W&B run of job type
+    `optimize` gets the table and the selection."""
+    spec = read_preprocess(str(model_dir), RERUN_TRAIN)
+    result = optimize(
+        model_dir,
+        data,
+        out,
+        spec,
+        pipeline,
+        extra_variants=lambda representative: compressed_variants(
+            model_dir, data, pipeline, representative
+        ),
+    )
+    write_reports(result, report, plots)
+    tracker = Tracker(enabled=pipeline.train.tracking == "wandb", settings=get_settings())
+    tracker.start(
+        config={"optimize": pipeline.optimize.model_dump(), "data": data}, job_type="optimize"
+    )
+    try:
+        tracker.log_table("optimization", list(COLUMNS), table_rows(result))
+        tracker.summary({"selected": result.selected, "selection_reason": result.reason})
+    finally:
+        tracker.finish()
+    return result
