@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from common import storage
 
@@ -45,6 +45,8 @@ EPOCH_LOG = "epochs.json"
 METRICS = "metrics.json"
 MODEL_CARD = "model_card.md"
 TRAINING_CLASSES = "training_classes.json"
+# The optimize stage (models/optimized/): each variant's `<name>.tflite` and this report.
+OPTIMIZATION = "optimization.json"
 
 
 class ContractError(ValueError):
@@ -284,6 +286,63 @@ class RegisterResult(Contract):
     promoted: bool
     reason: str
     uri: str
+
+
+VariantName = Literal[
+    "float32", "float16", "dynamic", "int8", "pruned_int8", "student_int8", "scratch_student_int8"
+]
+
+
+class VariantScores(BaseModel):
+    """One LiteRT variant measured on the test split (a row of the optimization table).
+
+    Latencies are milliseconds for one image with one interpreter thread; throughput
+    is images per second at `optimize.throughput_batch`; bytes are the `.tflite` file's.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: VariantName
+    file: str
+    accuracy: float = Field(ge=0, le=1)
+    macro_f1: float = Field(ge=0, le=1)
+    agreement: float = Field(ge=0, le=1, description="Share of test items predicted as float32.")
+    bytes: int = Field(ge=1)
+    gzip_bytes: int = Field(ge=1)
+    latency_p50_ms: float = Field(ge=0)
+    latency_p95_ms: float = Field(ge=0)
+    throughput_per_s: float = Field(ge=0)
+    parameters: int = Field(ge=0)
+    sparsity: float = Field(ge=0, le=1)
+    input_dtype: Literal["float32", "uint8", "int8"]
+    eligible: bool
+
+
+class Optimization(Contract):
+    """`optimization.json` (models/optimized/ and reports/): every variant and the pick.
+
+    `selected` names the row the registry serves; `reason` says why in one line.
+    """
+
+    baseline: Literal["float32"] = "float32"
+    selected: VariantName
+    reason: str
+    max_accuracy_drop: float = Field(ge=0, le=1)
+    variants: list[VariantScores] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _selected_is_a_row(self) -> Self:
+        names = [row.name for row in self.variants]
+        if self.selected not in names:
+            raise ValueError(f"selected {self.selected!r} is not among the variants {names}")
+        return self
+
+    def variant(self, name: str) -> VariantScores:
+        """The row called `name`; KeyError when there is none."""
+        for row in self.variants:
+            if row.name == name:
+                return row
+        raise KeyError(name)
 
 
 def raw_image_path(label: str, sha256: str, ext: str) -> str:
