@@ -35,23 +35,37 @@ def _keras_model():  # type: ignore[no-untyped-def]
     return model
 
 
-def _convert(saved_model: Path, integer_input: str | None) -> bytes:
-    """The float32 `.tflite`, or (`integer_input` "uint8" or "int8") a full-integer one."""
+def export(root: Path) -> Path:
+    """The tiny model as a SavedModel in `root/saved`, what the converter reads."""
+    _keras_model().export(str(root / "saved"), format="tf_saved_model", verbose=False)
+    return root / "saved"
+
+
+def convert(saved_model: Path, kind: str) -> bytes:
+    """The `.tflite` of one kind of variant, as the optimize stage makes them.
+
+    "float32"; "float16" (float16 weights, float32 input and output); "dynamic"
+    (int8 weights, float32 I/O); "uint8" or "int8": full integer with that input and
+    output type, calibrated on random 0–255 images.
+    """
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    if integer_input is not None:
+    if kind != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if kind == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if kind in ("uint8", "int8"):
         rng = np.random.default_rng(0)
 
         def representative():  # type: ignore[no-untyped-def]
             for _ in range(32):
                 yield [rng.integers(0, 256, (1, SIZE, SIZE, 1)).astype(np.float32)]
 
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = getattr(tf, integer_input)
-        converter.inference_output_type = getattr(tf, integer_input)
+        converter.inference_input_type = getattr(tf, kind)
+        converter.inference_output_type = getattr(tf, kind)
     return bytes(converter.convert())
 
 
@@ -80,10 +94,9 @@ def make_candidate(root: Path, input_dtype: str = "uint8") -> tuple[Path, Path, 
     """`root/candidate` (float32 model.tflite and sidecars), `root/metrics.json`, and
     `root/optimized` (float32.tflite, int8.tflite with `input_dtype` input and output,
     optimization.json selecting int8)."""
-    model = _keras_model()
-    model.export(str(root / "saved"), format="tf_saved_model", verbose=False)
-    float32 = _convert(root / "saved", None)
-    int8 = _convert(root / "saved", input_dtype)
+    saved = export(root)
+    float32 = convert(saved, "float32")
+    int8 = convert(saved, input_dtype)
 
     candidate = root / "candidate"
     candidate.mkdir(parents=True)

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from PIL import Image
 from support import launch_api
-from variant_models import LABELS, SIZE, make_candidate
+from variant_models import LABELS, SIZE, convert, export, make_candidate
 
-from api_service.model import Engine
+from api_service.model import Engine, quantize
 
 MODEL = "variants"
 
@@ -82,12 +82,29 @@ def test_a_version_without_optimization_has_no_table(tmp_path: Path) -> None:
     assert answer.json()["label"] == "bright"
 
 
-def test_every_variant_gives_the_float_models_probabilities(registered: Path) -> None:
-    """The int8 engine's dequantized output matches float32's within quantization steps."""
-    version = registered / MODEL / "1"
-    optimized = registered.parent / "optimized"
+@pytest.mark.parametrize("kind", ["float16", "dynamic", "uint8", "int8"])
+def test_every_kind_of_variant_gives_the_float_models_probabilities(
+    kind: str, tmp_path: Path
+) -> None:
+    """Float16 and dynamic-range models keep float32 input and output; full-integer ones
+    take quantized pixels and give quantized scores: the engine answers float32
+    probabilities for all, matching float32's within a few quantization steps."""
+    saved = export(tmp_path)
+    (tmp_path / "float32.tflite").write_bytes(convert(saved, "float32"))
+    (tmp_path / f"{kind}.tflite").write_bytes(convert(saved, kind))
     pixels = np.random.default_rng(1).integers(0, 256, (5, SIZE, SIZE, 1)).astype(np.uint8)
-    served = Engine(version / "model.tflite", (SIZE, SIZE, 1), 1, 4).predict_batch(pixels)
-    float32 = Engine(optimized / "float32.tflite", (SIZE, SIZE, 1), 1, 4).predict_batch(pixels)
+    pixels[0], pixels[1] = 0, 255  # the extremes of the input range
+    shape = (SIZE, SIZE, 1)
+    served = Engine(tmp_path / f"{kind}.tflite", shape, 1, 4).predict_batch(pixels)
+    float32 = Engine(tmp_path / "float32.tflite", shape, 1, 4).predict_batch(pixels)
     assert served.dtype == np.float32 and served.shape == (5, len(LABELS))
+    np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(served, float32, atol=0.05)
+
+
+def test_quantizing_uses_scale_and_zero_point_and_clips_to_the_type() -> None:
+    pixels = np.array([0.0, 1.0, 3.0, 254.0, 255.0], np.float32)
+    int8 = quantize(pixels, 2.0, -128, np.dtype(np.int8))
+    assert int8.dtype == np.int8 and int8.tolist() == [-128, -128, -126, -1, 0]
+    uint8 = quantize(pixels, 0.5, 10, np.dtype(np.uint8))  # beyond 255 is clipped, not wrapped
+    assert uint8.tolist() == [10, 12, 16, 255, 255]
