@@ -108,3 +108,17 @@ def test_quantizing_uses_scale_and_zero_point_and_clips_to_the_type() -> None:
     assert int8.dtype == np.int8 and int8.tolist() == [-128, -128, -126, -1, 0]
     uint8 = quantize(pixels, 0.5, 10, np.dtype(np.uint8))  # beyond 255 is clipped, not wrapped
     assert uint8.tolist() == [10, 12, 16, 255, 255]
+
+
+def test_an_unreadable_table_leaves_the_model_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The table is a description: a broken one costs the table (one warning), not the model."""
+    make_candidate(tmp_path)
+    assert register(tmp_path, "--optimized", "optimized").returncode == 0
+    (tmp_path / "models" / MODEL / "1" / "optimization.json").write_text("{broken")
+    with launch_api(tmp_path / "models", model_poll_seconds=0, model_name=MODEL) as api:
+        info = api.client.get("/v1/model").json()
+        answer = api.client.post("/v1/predict", files={"file": ("x.png", png(0), "image/png")})
+    assert info["optimization"] is None and answer.json()["label"] == "dark"
+    assert "no optimization table on /v1/model" in caplog.text
