@@ -96,6 +96,8 @@ class _Runner:
     def _input(self, batch: np.ndarray) -> np.ndarray:
         if not np.issubdtype(self.input_dtype, np.integer):
             return batch.astype(self.input_dtype, copy=False)
+        if batch.dtype == self.input_dtype and self.input_quant == (1.0, 0):
+            return batch  # uint8 pixels into a uint8 input of scale 1: no copy (~10 % of a call)
         return quantize(batch.astype(np.float32), *self.input_quant, self.input_dtype)
 
 
