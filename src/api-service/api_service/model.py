@@ -21,6 +21,7 @@ from common.contracts import (
     LABELS,
     LINEAGE,
     METRICS,
+    OPTIMIZATION,
     PREPROCESS,
     SAVED_MODEL_DIR,
     TFLITE_FILE,
@@ -28,6 +29,7 @@ from common.contracts import (
     ContractError,
     Lineage,
     Metrics,
+    Optimization,
     Preprocess,
     TrainingClasses,
     read_labels,
@@ -58,23 +60,75 @@ class ServedModel:
     lineage: dict[str, Any]
     tflite: Path
     training_counts: dict[str, int] | None = None
+    # optimization.json's variant rows, each with `served`; None for a version without it
+    optimization: list[dict[str, Any]] | None = None
 
 
 class _Runner:
-    """One allocated interpreter and its tensor indices, looked up once, not per batch."""
+    """One allocated interpreter and its tensor indices, looked up once, not per batch.
+
+    Serves any variant the optimize stage makes: a float32 or float16-weights model
+    takes the float 0–255 pixels as they are; a full-integer model (uint8 or int8
+    input) takes them quantized with its input tensor's (scale, zero_point), and its
+    integer output is dequantized with the output tensor's.
+    """
 
     def __init__(self, interpreter: Interpreter) -> None:
         self.interpreter = interpreter
         inp = interpreter.get_input_details()[0]
+        out = interpreter.get_output_details()[0]
         self.input_index: int = inp["index"]
-        self.input_dtype: np.dtype = inp["dtype"]
-        self.output_index: int = interpreter.get_output_details()[0]["index"]
+        self.input_dtype: np.dtype = np.dtype(inp["dtype"])
+        self.input_quant: tuple[float, int] = _quantization(inp)
+        self.output_index: int = out["index"]
+        self.output_quant: tuple[float, int] = _quantization(out)
+        self.integer_output = np.issubdtype(np.dtype(out["dtype"]), np.integer)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        self.interpreter.set_tensor(self.input_index, batch.astype(self.input_dtype, copy=False))
+        """Float32 class probabilities `[N, classes]` for uint8 images `[N, H, W, C]`."""
+        self.interpreter.set_tensor(self.input_index, self._input(batch))
         self.interpreter.invoke()
-        result: np.ndarray = self.interpreter.get_tensor(self.output_index).copy()
-        return result
+        result: np.ndarray = self.interpreter.get_tensor(self.output_index)
+        if not self.integer_output:
+            return result.astype(np.float32)  # a copy: the tensor's buffer is reused
+        return _dequantize_probabilities(result, *self.output_quant)
+
+    def _input(self, batch: np.ndarray) -> np.ndarray:
+        if not np.issubdtype(self.input_dtype, np.integer):
+            return batch.astype(self.input_dtype, copy=False)
+        if batch.dtype == self.input_dtype and self.input_quant == (1.0, 0):
+            return batch  # uint8 pixels into a uint8 input of scale 1: no copy (~10 % of a call)
+        return quantize(batch.astype(np.float32), *self.input_quant, self.input_dtype)
+
+
+def _quantization(details: dict[str, Any]) -> tuple[float, int]:
+    """A tensor's (scale, zero_point); (1.0, 0) for an unquantized tensor (scale 0)."""
+    scale, zero_point = details.get("quantization", (0.0, 0))
+    return (float(scale) or 1.0, int(zero_point))
+
+
+def quantize(values: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
+    """`round(values / scale) + zero_point`, clipped to `dtype`'s range (uint8 or int8).
+
+    For this project's models (0–255 pixels in, rescaled inside the network) a uint8
+    input usually has scale 1 and zero point 0: the raw pixels pass unchanged.
+    """
+    info = np.iinfo(dtype)
+    quantized = np.round(values / scale) + zero_point
+    return np.clip(quantized, info.min, info.max).astype(dtype)
+
+
+def _dequantize_probabilities(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Float probabilities from a quantized softmax, scaled to sum to 1 per row.
+
+    An int8 softmax has steps of 1/256, so its dequantized rows sum to 1 only within a
+    few steps; the API promises probabilities that sum to 1.
+    """
+    probabilities = np.clip((values.astype(np.float32) - zero_point) * scale, 0.0, None)
+    totals = probabilities.sum(axis=-1, keepdims=True)
+    classes = probabilities.shape[-1]
+    # A row quantized to all zeros carries no preference: uniform rather than 0/0.
+    return np.where(totals > 0, probabilities / np.maximum(totals, 1e-12), 1.0 / classes)
 
 
 class Engine:
@@ -171,6 +225,24 @@ def training_class_counts(folder: Path, labels: list[str]) -> dict[str, int] | N
     return {label: classes.counts.get(label, 0) for label in labels}
 
 
+def optimization_rows(folder: Path) -> list[dict[str, Any]] | None:
+    """The version's optimization table: every variant's row, `served` marking the one in
+    `model.tflite`. None when the version has no `optimization.json` (registered without
+    `--optimized`), or with a warning when it is unreadable: the model still serves."""
+    path = folder / OPTIMIZATION
+    if not path.exists():
+        return None
+    try:
+        report = Optimization.read(path)
+    except (OSError, ContractError) as exc:
+        log.warning("%s: no optimization table on /v1/model (%s)", folder, exc)
+        return None
+    return [
+        {**row.model_dump(mode="json"), "served": row.name == report.selected}
+        for row in report.variants
+    ]
+
+
 def load_served_model(settings: ServingSettings, version: str | None = None) -> ServedModel:
     """Fetch `version` (default: what `settings.model_alias` points at) and describe it."""
     registry = ModelRegistry(settings.models_root, settings.model_name)
@@ -190,4 +262,5 @@ def load_served_model(settings: ServingSettings, version: str | None = None) -> 
         lineage=Lineage.read(folder / LINEAGE).document(),
         tflite=tflite,
         training_counts=training_class_counts(folder, labels),
+        optimization=optimization_rows(folder),
     )

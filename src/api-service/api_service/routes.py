@@ -175,6 +175,7 @@ async def model_info(manager: Manager) -> ModelInfo:
         input=model.spec.model_dump(),
         metrics=model.metrics,
         lineage=model.lineage,
+        optimization=model.optimization,
     )
 
 

@@ -45,6 +45,11 @@ class ModelInfo(BaseModel):
     input: dict[str, Any]
     metrics: dict[str, Any]
     lineage: dict[str, Any]
+    optimization: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Every optimized variant measured in LiteRT (the version's "
+        "optimization.json rows, `served` marking the one served); absent without one.",
+    )
 
 
 class Readiness(BaseModel):

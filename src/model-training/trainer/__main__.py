@@ -262,6 +262,13 @@ def register(
             show_default=from_setting("models_root"), help="Registry root folder or gs:// URI."
         ),
     ] = None,
+    optimized: Annotated[
+        str | None,
+        typer.Option(
+            show_default="none: serve the candidate's float32 model",
+            help="The optimize stage's folder: serve the variant its optimization.json selects.",
+        ),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Publish MODEL to the registry; alias it production if it passes the gate."""
@@ -269,19 +276,30 @@ def register(
     with failures_as(EXIT_USAGE, InputError):  # checked before any work
         check_candidate(model, (LINEAGE,))
     check_output("--registry", registry or get_settings().models_root)
-    from common.registry import RegistryError
+    from common.registry import ModelRegistry, RegistryError
     from trainer.register import register as run_register
 
+    record_root = registry or get_settings().models_root
     with (
         failures_as(EXIT_FAILURE, FileNotFoundError, KeyError, ValueError, RegistryError),
         failures_as(EXIT_USAGE, InputError),  # a bad metrics file
     ):
         record = run_register(
-            Path(model), metrics, registry or get_settings().models_root, pipeline.registry
+            Path(model),
+            metrics,
+            record_root,
+            pipeline.registry,
+            Path(optimized) if optimized is not None else None,
         )
     verdict = "promoted to production" if record.promoted else "kept as candidate"
+    variant = (
+        ModelRegistry(record_root, pipeline.registry.model_name)
+        .version_info(record.version)
+        .get("variant")
+    )
+    served = f" serving the {variant} variant" if variant else ""
     typer.echo(
-        f"register: {record.model} version {record.version} {verdict} "
+        f"register: {record.model} version {record.version}{served} {verdict} "
         f"({record.reason}); in {record.uri}"
     )
 

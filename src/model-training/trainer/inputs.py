@@ -18,11 +18,13 @@ from common import storage
 from common.contracts import (
     LABELS,
     LINEAGE,
+    OPTIMIZATION,
     PREPROCESS,
     STATS,
     ContractError,
     Lineage,
     Metrics,
+    Optimization,
     Preprocess,
     Split,
     Stats,
@@ -35,6 +37,7 @@ T = TypeVar("T")
 RERUN_PROCESS = "re-run the process stage (mega run, or python -m processor) to rewrite it"
 RERUN_TRAIN = "re-run the train stage (mega run, or python -m trainer train) to rewrite it"
 RERUN_EVALUATE = "re-run the evaluate stage (mega run, or python -m trainer evaluate)"
+RERUN_OPTIMIZE = "re-run the optimize stage (mega run, or python -m trainer optimize)"
 
 
 class InputError(ValueError):
@@ -147,3 +150,30 @@ def check_metrics(uri: str) -> Metrics:
     """
     fix = f"{RERUN_EVALUATE} to rewrite it"
     return _checked(Metrics.read, uri, fix)
+
+
+def check_optimized(folder: Path) -> tuple[Optimization, Path]:
+    """The optimize stage's report in the local `folder` and the selected variant's `.tflite`.
+
+    Raises `InputError` naming the file, the problem and the fix: the report missing or
+    malformed, a selected variant that is neither eligible nor the baseline, or its
+    file absent, empty or outside `folder`.
+    """
+    report_uri = str(folder / OPTIMIZATION)
+    report = _checked(Optimization.read, report_uri, RERUN_OPTIMIZE)
+    row = report.variant(report.selected)
+    if row.name != report.baseline and not row.eligible:
+        raise InputError(
+            f"{report_uri}: the selected variant {row.name!r} is not eligible (only the "
+            f"baseline or an eligible variant may be served); {RERUN_OPTIMIZE}"
+        )
+    # The file must sit beside the report: a path elsewhere would publish another model.
+    if row.file != Path(row.file).name or not row.file.endswith(".tflite"):
+        raise InputError(
+            f"{report_uri}: variant {row.name!r} names the file {row.file!r}, not a "
+            f".tflite beside the report; {RERUN_OPTIMIZE}"
+        )
+    path = folder / row.file
+    if not path.is_file() or path.stat().st_size == 0:
+        raise InputError(f"{path}: the selected variant's model is missing; {RERUN_OPTIMIZE}")
+    return report, path

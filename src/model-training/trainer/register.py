@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -13,12 +14,15 @@ from common.contracts import (
     LINEAGE,
     METRICS,
     MODEL_CARD,
+    OPTIMIZATION,
     RUN_RECORD,
     STATS,
+    TFLITE_FILE,
     TRAINING_CLASSES,
     ContractError,
     Lineage,
     Metrics,
+    Optimization,
     RegisterResult,
     SplitMetrics,
     Stats,
@@ -27,7 +31,7 @@ from common.contracts import (
 )
 from common.params import RegistryParams
 from common.registry import ModelRegistry
-from trainer.inputs import check_metrics
+from trainer.inputs import check_metrics, check_optimized
 from trainer.lineage import version_identity, version_lineage
 
 log = logging.getLogger("trainer.register")
@@ -36,7 +40,10 @@ PRODUCTION = "production"
 CANDIDATE = "candidate"
 
 
-def model_card(name: str, metrics: Metrics, lineage: Lineage) -> str:
+def model_card(
+    name: str, metrics: Metrics, lineage: Lineage, optimization: Optimization | None = None
+) -> str:
+    """The version's `model_card.md`; with `optimization`, the variant served and the table."""
     test = dict(sorted(metrics.test.model_dump(exclude_unset=True).items()))
     train_params = lineage.params.get("train", {})
     return "\n".join(
@@ -58,6 +65,7 @@ def model_card(name: str, metrics: Metrics, lineage: Lineage) -> str:
                 for k, v in test.items()
             ),
             "",
+            *(optimization_section(optimization) if optimization else []),
             "## Intended use",
             "",
             "Demonstration classifier of the Mega Pipeline template; "
@@ -65,6 +73,43 @@ def model_card(name: str, metrics: Metrics, lineage: Lineage) -> str:
             "",
         ]
     )
+
+
+OPTIMIZATION_COLUMNS = (
+    ("variant", "name", "{}"),
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("macro F1", "macro_f1", "{:.4f}"),
+    ("agreement", "agreement", "{:.4f}"),
+    ("bytes", "bytes", "{:,}"),
+    ("gzip bytes", "gzip_bytes", "{:,}"),
+    ("p50 ms", "latency_p50_ms", "{:.3f}"),
+    ("p95 ms", "latency_p95_ms", "{:.3f}"),
+    ("images/s", "throughput_per_s", "{:,.0f}"),
+    ("parameters", "parameters", "{:,}"),
+    ("sparsity", "sparsity", "{:.2f}"),
+    ("input", "input_dtype", "{}"),
+)
+
+
+def optimization_section(report: Optimization) -> list[str]:
+    """The model card's lines on the served variant and every variant measured in LiteRT."""
+    head = "| " + " | ".join(title for title, _, _ in OPTIMIZATION_COLUMNS) + " | served |"
+    rows = [
+        "| "
+        + " | ".join(fmt.format(getattr(row, key)) for _, key, fmt in OPTIMIZATION_COLUMNS)
+        + f" | {'yes' if row.name == report.selected else ''} |"
+        for row in report.variants
+    ]
+    return [
+        "## Optimization",
+        "",
+        f"Serves the `{report.selected}` variant: {report.reason}.",
+        "",
+        head,
+        "|" + "---|" * (len(OPTIMIZATION_COLUMNS) + 1),
+        *rows,
+        "",
+    ]
 
 
 def production_accuracy(registry: ModelRegistry) -> tuple[str, float] | None:
@@ -180,7 +225,11 @@ def _backfill(registry: ModelRegistry, version: str, classes: TrainingClasses | 
 
 
 def register(
-    candidate: Path, metrics_path: str, registry_root: str, params: RegistryParams
+    candidate: Path,
+    metrics_path: str,
+    registry_root: str,
+    params: RegistryParams,
+    optimized: Path | None = None,
 ) -> RegisterResult:
     """Publish `candidate` with its metrics; alias it `production` if it passes the gate.
 
@@ -188,16 +237,24 @@ def register(
     with the run's facts, and the training class counts (`training_classes.json`,
     when the data the lineage names is still there).
 
+    With `optimized` (the optimize stage's folder), the selected variant's `.tflite`
+    becomes the version's `model.tflite` (so every reader of a version serves it),
+    `optimization.json` is copied in, and `version.json` records `variant` and
+    `variant_reason`; the variant's file is part of the version's identity.
+
     Raises `trainer.inputs.InputError` (a `ValueError`) for a missing or malformed
-    `metrics_path`, before anything is published.
+    `metrics_path` or optimization report, before anything is published.
     """
     metrics = check_metrics(metrics_path)
+    variant = check_optimized(optimized) if optimized is not None else None
     labels = read_labels(candidate / LABELS)
     # The candidate's lineage with its run's facts and today's git state: the version
     # records them, but only the model's files and metrics decide whether it is new.
     lineage = version_lineage(candidate)
     classes = training_classes(lineage)
     registry = ModelRegistry(registry_root, params.model_name)
+    extra: dict[str, object] = {"test_accuracy": metrics.test.accuracy}
+    identity = version_identity(candidate, metrics)
     with tempfile.TemporaryDirectory(prefix="register-") as tmp:
         staging = Path(tmp) / "model"
         shutil.copytree(candidate, staging, ignore=shutil.ignore_patterns(RUN_RECORD))
@@ -205,12 +262,15 @@ def register(
         metrics.write(staging / METRICS)
         if classes is not None:
             classes.write(staging / TRAINING_CLASSES)
-        storage.write_text(staging / MODEL_CARD, model_card(params.model_name, metrics, lineage))
-        version = registry.publish(
-            staging,
-            extra={"test_accuracy": metrics.test.accuracy},
-            content_hash=version_identity(candidate, metrics),
+        report = None
+        if variant is not None:
+            report, model_file = variant
+            identity = _serve_variant(staging, report, model_file, identity)
+            extra |= {"variant": report.selected, "variant_reason": report.reason}
+        storage.write_text(
+            staging / MODEL_CARD, model_card(params.model_name, metrics, lineage, report)
         )
+        version = registry.publish(staging, extra=extra, content_hash=identity)
     _backfill(registry, version, classes)
     alias, reason = gate(registry, version, metrics.test, params, labels)
     registry.set_alias(alias, version)
@@ -222,3 +282,15 @@ def register(
         reason=reason,
         uri=registry.version_uri(version),
     )
+
+
+def _serve_variant(staging: Path, report: Optimization, model_file: Path, identity: str) -> str:
+    """Put the selected variant in `staging` as the served model; the version's new identity.
+
+    The candidate's float32 `.tflite` is replaced, so the identity adds the variant's
+    name and file hash: the same candidate served as another variant is another version.
+    """
+    shutil.copyfile(model_file, staging / TFLITE_FILE)
+    report.write(staging / OPTIMIZATION)
+    served = f"{identity}\n{report.selected}\n{storage.sha256_file(model_file)}"
+    return hashlib.sha256(served.encode()).hexdigest()
