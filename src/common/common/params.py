@@ -155,11 +155,11 @@ class PruningParams(_Section):
 
 class DistillParams(_Section):
     filters: list[int] = Field(
-        default_factory=lambda: [8, 16], min_length=1, description="The student's conv widths."
+        default_factory=lambda: [16, 32], min_length=1, description="The student's conv widths."
     )
     dense: int = Field(default=32, ge=1, description="Units of the student's dense layer.")
-    temperature: float = Field(default=4.0, gt=0)
-    alpha: float = Field(default=0.5, ge=0, le=1, description="Weight of the hard-label loss.")
+    temperature: float = Field(default=2.0, gt=0)
+    alpha: float = Field(default=0.9, ge=0, le=1, description="Weight of the hard-label loss.")
     epochs: int | None = Field(default=None, ge=1, description="None: train.epochs.")
 
 

@@ -96,4 +96,4 @@ def test_bad_optimize_params_are_named(tmp_path: Path, optimize: dict, says: str
 def test_the_repository_optimize_section_matches_the_contract() -> None:
     optimize = load_params(REPO / "params.yaml").optimize
     assert (optimize.max_accuracy_drop, optimize.throughput_batch) == (0.01, 32)
-    assert optimize.distill.epochs is None and optimize.distill.filters == [8, 16]
+    assert optimize.distill.epochs is None and optimize.distill.filters == [16, 32]
