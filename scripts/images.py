@@ -64,15 +64,22 @@ def compose_command(engine_name: str) -> list[str]:
     return [str(PODMAN_COMPOSE), "-f", str(COMPOSE_FILE), *PROFILES]
 
 
-def image_tag() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
-    sha = git("rev-parse", "--short=12", "HEAD")
+
+def head_commit() -> str:
+    """The checked-out commit, in full: what the images record as GIT_SHA."""
+    return _git("rev-parse", "HEAD")
+
+
+def image_tag() -> str:
+    """The commit's first 12 characters, `-dirty` when the working tree has changes."""
+    sha = head_commit()[:12]
     # Untracked files count: the build context takes them (unless .dockerignore'd).
-    return f"{sha}-dirty" if git("status", "--porcelain") else sha
+    return f"{sha}-dirty" if _git("status", "--porcelain") else sha
 
 
 def build_environment(engine_name: str, tag: str, commit: str) -> dict[str, str]:
@@ -99,10 +106,7 @@ def main() -> int:
     compose = compose_command(engine_name)
     tag = image_tag()
     # The commit goes into the images too (GIT_SHA: a container has no .git to ask).
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    env = build_environment(engine_name, tag, commit)
+    env = build_environment(engine_name, tag, head_commit())
     rows = []
     for service, image in built_images(tag).items():
         say(f"building {image} ({service}) with {engine_name}")

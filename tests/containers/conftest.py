@@ -55,10 +55,7 @@ def built_images(podman: None) -> BuiltImages:
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(table + "\n")
     _summary.append(table)
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    return BuiltImages(tag, commit, script.built_images(tag), table, env)
+    return BuiltImages(tag, script.head_commit(), script.built_images(tag), table, env)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
