@@ -1,8 +1,9 @@
 """Model optimization on the default digits run: each variant against its own baseline.
 
 Runs collect → process → train → optimize with the project's params.yaml (tracking
-off) in a temporary folder, then reads the stage's report, so every figure comes from
-the same run, measured in LiteRT on the test split. Prints:
+off) in a temporary folder, reads the stage's report and times its variants as register
+does (trainer.selection.time_variants), so every figure comes from the same run,
+measured in LiteRT on the test split. Prints:
 
 - `int8_size`: the int8 `.tflite`'s bytes / float32's (acceptance: ≤ 0.3x);
 - `int8_latency`: int8's p50 single-image latency / float32's (≤ 0.6x);
@@ -24,6 +25,8 @@ from pathlib import Path
 import yaml
 
 from common.contracts import Optimization
+from common.params import PipelineParams
+from trainer.selection import select, time_variants
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = [
@@ -33,13 +36,13 @@ STAGES = [
     [
         "trainer", "optimize", "--model", "models/candidate", "--data", "data/processed/digits",
         "--out", "models/optimized", "--report", "reports/optimization.json",
-        "--plots", "reports/plots",
     ],
 ]  # fmt: skip
 
 
 def run_pipeline(folder: Path) -> Optimization:
-    """The stages on the digits, with the project's parameters but no W&B."""
+    """The stages on the digits, with the project's parameters but no W&B; the variants
+    timed and the served one selected as register would."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["dataset"] = "digits"
     params["collect"] = {**params["collect"], "source": "digits", "uri": None}
@@ -50,7 +53,9 @@ def run_pipeline(folder: Path) -> Optimization:
         subprocess.run(
             [sys.executable, "-m", *stage], cwd=folder, env=env, check=True, capture_output=True
         )
-    return Optimization.read(folder / "reports/optimization.json")
+    measured = Optimization.read(folder / "reports/optimization.json")
+    timing = PipelineParams.model_validate(params).optimize
+    return select(time_variants(measured, folder / "models/optimized", timing))
 
 
 def points(value: float) -> str:
@@ -66,6 +71,7 @@ def main() -> None:
         f"int8_size: {int8.bytes / base.bytes:.2f}x "
         f"(ours {int8.bytes:,} B vs baseline float32 {base.bytes:,} B)"
     )
+    assert int8.latency_p50_ms and base.latency_p50_ms  # timed above
     print(
         f"int8_latency: {int8.latency_p50_ms / base.latency_p50_ms:.2f}x "
         f"(ours p50 {int8.latency_p50_ms:.4f} ms vs baseline float32 {base.latency_p50_ms:.4f} ms)"

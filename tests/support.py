@@ -38,6 +38,14 @@ TINY_PARAMS = {
         "tracking": "none",
     },
     "registry": {"model_name": "digits-cnn", "min_accuracy": 0.5, "min_macro_f1": 0.5},
+    # Short pruning and distillation, fewer timing runs: the pipeline's tests check the
+    # stage's plumbing; tests/…/test_optimize.py and the benchmark check its results.
+    "optimize": {
+        "representative_examples": 64,
+        "latency_runs": 50,
+        "pruning": {"epochs": 1},
+        "distill": {"filters": [16, 32], "dense": 32, "epochs": 2},
+    },
 }
 
 

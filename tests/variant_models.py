@@ -70,7 +70,8 @@ def convert(saved_model: Path, kind: str) -> bytes:
 
 
 def row(name: str, file: str, size: int, input_dtype: str, **scores: object) -> dict[str, object]:
-    """One optimization.json variant row (the contract's fields)."""
+    """One variant row of the optimize stage's optimization.json (no timings: register
+    adds them)."""
     return {
         "name": name,
         "file": file,
@@ -79,9 +80,6 @@ def row(name: str, file: str, size: int, input_dtype: str, **scores: object) -> 
         "agreement": 1.0,
         "bytes": size,
         "gzip_bytes": size,
-        "latency_p50_ms": 0.05,
-        "latency_p95_ms": 0.07,
-        "throughput_per_s": 20000.0,
         "parameters": 130,
         "sparsity": 0.0,
         "input_dtype": input_dtype,
@@ -90,10 +88,17 @@ def row(name: str, file: str, size: int, input_dtype: str, **scores: object) -> 
     }
 
 
-def make_candidate(root: Path, input_dtype: str = "uint8") -> tuple[Path, Path, Path]:
+def make_candidate(
+    root: Path, input_dtype: str = "uint8", eligible: tuple[str, ...] = ("int8",)
+) -> tuple[Path, Path, Path]:
     """`root/candidate` (float32 model.tflite and sidecars), `root/metrics.json`, and
-    `root/optimized` (float32.tflite, int8.tflite with `input_dtype` input and output,
-    optimization.json selecting int8)."""
+    `root/optimized` as the optimize stage leaves it: float32.tflite, int8.tflite with
+    `input_dtype` input and output, the test images register times them on, and
+    optimization.json with the `eligible` variants marked.
+
+    Register serves the fastest eligible variant by its own timings; with one eligible
+    variant (int8 by default) what it serves does not depend on them.
+    """
     saved = export(root)
     float32 = convert(saved, "float32")
     int8 = convert(saved, input_dtype)
@@ -113,14 +118,16 @@ def make_candidate(root: Path, input_dtype: str = "uint8") -> tuple[Path, Path, 
     optimized.mkdir()
     (optimized / "float32.tflite").write_bytes(float32)
     (optimized / "int8.tflite").write_bytes(int8)
+    images = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 1), dtype=np.uint8)
+    np.save(optimized / "timing_images.npy", images)
     report = {
         "baseline": "float32",
-        "selected": "int8",
-        "reason": "fastest within 0.010 of float32's test accuracy (1.0000): int8 1.0000",
         "max_accuracy_drop": 0.01,
         "variants": [
-            row("float32", "float32.tflite", len(float32), "float32"),
-            row("int8", "int8.tflite", len(int8), input_dtype, latency_p50_ms=0.02),
+            row(
+                "float32", "float32.tflite", len(float32), "float32", eligible="float32" in eligible
+            ),
+            row("int8", "int8.tflite", len(int8), input_dtype, eligible="int8" in eligible),
         ],
     }
     (optimized / "optimization.json").write_text(json.dumps(report))

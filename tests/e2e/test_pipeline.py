@@ -80,7 +80,7 @@ def test_mega_run_builds_and_registers_a_model(
     project: Path, first_run: subprocess.CompletedProcess[str]
 ) -> None:
     result = first_run
-    assert "ran: collect, process, train, evaluate, register" in result.stdout
+    assert "ran: collect, process, train, evaluate, optimize, register" in result.stdout
     assert "production model" in result.stdout
     assert "digits-cnn version 1" in result.stdout
 
@@ -100,12 +100,15 @@ def test_second_run_reruns_nothing(project: Path, first_run: object) -> None:
     # Whether anything re-ran is read from the summary, not from a wall-clock bound.
     result = sh([MEGA, "run"], project)
     assert "ran:" not in result.stdout
-    assert "up to date, skipped: collect, process, train, evaluate, register" in result.stdout
+    assert (
+        "up to date, skipped: collect, process, train, evaluate, optimize, register"
+        in result.stdout
+    )
 
 
 def test_status_reports_everything_up_to_date(project: Path, first_run: object) -> None:
     out = sh([MEGA, "status"], project).stdout
-    assert out.count("up to date") == 5
+    assert out.count("up to date") == 6
     assert "production model: digits-cnn version 1" in out
 
 
@@ -115,13 +118,13 @@ def test_changed_training_param_reruns_from_train(restored: Path) -> None:
     assert "train      changed" in out
     assert "collect    up to date" in out
     write_params(restored, DEFAULT_PARAMS)
-    assert sh([MEGA, "status"], restored).stdout.count("up to date") == 5
+    assert sh([MEGA, "status"], restored).stdout.count("up to date") == 6
 
 
 def test_changed_processing_param_reruns_process_and_later_not_collect(restored: Path) -> None:
     write_params(restored, {**DEFAULT_PARAMS, "process": {"resize": "pad"}})
     out = sh([MEGA, "run"], restored).stdout
-    assert "ran: process, train, evaluate, register" in out
+    assert "ran: process, train, evaluate, optimize, register" in out
     assert "up to date, skipped: collect" in out
 
 

@@ -72,7 +72,7 @@ def test_forced_rerun_gives_identical_outputs_and_no_new_version(tmp_path: Path)
     sh(["git", "commit", "-qm", "lock"], root)
 
     out = sh([MEGA, "run", "--force"], root)
-    assert "ran: collect, process, train, evaluate, register" in out
+    assert "ran: collect, process, train, evaluate, optimize, register" in out
     second = snapshot(root)
     differing = sorted(
         name for name in first.keys() | second.keys() if first.get(name) != second.get(name)

@@ -68,6 +68,8 @@ def test_the_model_description_carries_the_optimization_rows(registered: Path) -
     rows = {row["name"]: row for row in info["optimization"]}
     assert set(rows) == {"float32", "int8"}
     assert rows["int8"]["served"] and not rows["float32"]["served"]
+    # register timed every variant when it published the version
+    assert all(row["latency_p50_ms"] > 0 and row["throughput_per_s"] > 0 for row in rows.values())
     # The version's model.tflite is the int8 file the served row describes.
     assert rows["int8"]["bytes"] == (registered / MODEL / "1" / "model.tflite").stat().st_size
 

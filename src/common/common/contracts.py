@@ -47,6 +47,8 @@ MODEL_CARD = "model_card.md"
 TRAINING_CLASSES = "training_classes.json"
 # The optimize stage (models/optimized/): each variant's `<name>.tflite` and this report.
 OPTIMIZATION = "optimization.json"
+# Test images register times the variants on, written by optimize beside them.
+TIMING_IMAGES = "timing_images.npy"
 
 
 class ContractError(ValueError):
@@ -296,8 +298,11 @@ VariantName = Literal[
 class VariantScores(BaseModel):
     """One LiteRT variant measured on the test split (a row of the optimization table).
 
-    Latencies are milliseconds for one image with one interpreter thread; throughput
-    is images per second at `optimize.throughput_batch`; bytes are the `.tflite` file's.
+    Bytes are the `.tflite` file's. The speed fields are absent from the optimize
+    stage's report (timings differ from run to run, the stage's outputs must not) and
+    set by register, which times every variant: latencies in milliseconds for one image
+    with one interpreter thread, throughput in images per second at
+    `optimize.throughput_batch`.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -309,31 +314,38 @@ class VariantScores(BaseModel):
     agreement: float = Field(ge=0, le=1, description="Share of test items predicted as float32.")
     bytes: int = Field(ge=1)
     gzip_bytes: int = Field(ge=1)
-    latency_p50_ms: float = Field(ge=0)
-    latency_p95_ms: float = Field(ge=0)
-    throughput_per_s: float = Field(ge=0)
     parameters: int = Field(ge=0)
     sparsity: float = Field(ge=0, le=1)
     input_dtype: Literal["float32", "uint8", "int8"]
-    eligible: bool
+    eligible: bool = Field(
+        description="Selectable, within max_accuracy_drop of float32 and above the F1 floor."
+    )
+    latency_p50_ms: float | None = Field(default=None, ge=0)
+    latency_p95_ms: float | None = Field(default=None, ge=0)
+    throughput_per_s: float | None = Field(default=None, ge=0)
 
 
 class Optimization(Contract):
-    """`optimization.json` (models/optimized/ and reports/): every variant and the pick.
+    """`optimization.json`: every variant of the candidate, measured in LiteRT.
 
-    `selected` names the row the registry serves; `reason` says why in one line.
+    In models/optimized/ and reports/ (the optimize stage): accuracy, size and
+    eligibility only, the same bytes on every run. In a registry version (register):
+    each row timed as well, `selected` the variant the version serves and `reason`
+    why, in one line.
     """
 
     baseline: Literal["float32"] = "float32"
-    selected: VariantName
-    reason: str
     max_accuracy_drop: float = Field(ge=0, le=1)
     variants: list[VariantScores] = Field(min_length=1)
+    selected: VariantName | None = None
+    reason: str | None = None
 
     @model_validator(mode="after")
     def _selected_is_a_row(self) -> Self:
         names = [row.name for row in self.variants]
-        if self.selected not in names:
+        if self.baseline not in names:
+            raise ValueError(f"no {self.baseline!r} row among the variants {names}")
+        if self.selected is not None and self.selected not in names:
             raise ValueError(f"selected {self.selected!r} is not among the variants {names}")
         return self
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from collector.sources.digits import load_digits
 from trainer.model import small_cnn
+
+# The collector's bundled digits, read as a file: a container's tests import no other
+# container (tests/test_dependencies.py). 64 pixels (0..16) and the label per row.
+DIGITS_CSV = Path(__file__).parents[2] / "data-collector/collector/sources/data/digits.csv.gz"
 
 SHAPE = (16, 16, 1)
 CLASSES = 10
@@ -24,7 +29,9 @@ def digit_splits() -> tuple[tf.data.Dataset, tf.data.Dataset]:
     The bundled 8×8 digits with each pixel doubled; the first 1400 (shuffled with a
     fixed seed) train, the other 397 test.
     """
-    images, labels = load_digits()
+    with gzip.open(DIGITS_CSV, "rt", encoding="ascii") as text:
+        rows = np.loadtxt(text, delimiter=",")
+    images, labels = rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64)
     pixels = (np.kron(images, np.ones((2, 2))) * (255.0 / 16.0))[..., None].astype(np.float32)
     train = (
         tf.data.Dataset.from_tensor_slices((pixels[:TRAIN_COUNT], labels[:TRAIN_COUNT]))

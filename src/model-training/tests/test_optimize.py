@@ -11,12 +11,16 @@ import pytest
 from support import TinyPipeline, run_cli, write_params
 
 from common.contracts import OPTIMIZATION, ContractError, Optimization, VariantScores
-from trainer.optimize import select
+from trainer.selection import mark_eligible, select
 
 
 def row(
-    name: str, accuracy: float, p50: float, size: int, macro_f1: float | None = None
+    name: str, accuracy: float, p50: float | None, size: int, macro_f1: float | None = None
 ) -> VariantScores:
+    """A variant row; timed (`p50` set) as register leaves it, or untimed as the stage does."""
+    timings = {} if p50 is None else {
+        "latency_p50_ms": p50, "latency_p95_ms": p50, "throughput_per_s": 1000.0
+    }  # fmt: skip
     return VariantScores(
         name=name,  # type: ignore[arg-type]
         file=f"{name}.tflite",
@@ -25,37 +29,40 @@ def row(
         agreement=1.0,
         bytes=size,
         gzip_bytes=size,
-        latency_p50_ms=p50,
-        latency_p95_ms=p50,
-        throughput_per_s=1000.0,
         parameters=100,
         sparsity=0.0,
         input_dtype="float32",
         eligible=False,
+        **timings,  # type: ignore[arg-type]
     )
+
+
+def chosen(rows: list[VariantScores], drop: float = 0.01, min_f1: float = 0.5) -> Optimization:
+    """The rule end to end: the stage marks the eligible rows, register selects."""
+    return select(mark_eligible(rows, drop, min_f1))
 
 
 def test_the_fastest_variant_within_the_drop_is_selected() -> None:
     rows = [row("float32", 0.95, 0.05, 600), row("dynamic", 0.945, 0.02, 160)]
     rows.append(row("int8", 0.93, 0.01, 150))  # fastest, but 2 points down
-    report = select(rows, max_accuracy_drop=0.01, min_macro_f1=0.5)
+    report = chosen(rows)
     assert report.selected == "dynamic"
     assert [r.eligible for r in report.variants] == [True, True, False]
-    assert "dynamic 0.9450" in report.reason and "0.9500" in report.reason
+    assert "dynamic 0.9450" in str(report.reason) and "0.9500" in str(report.reason)
 
 
 def test_nothing_qualifies_serves_float32() -> None:
     # float32 itself misses the macro-F1 floor, the rest are too far down.
     rows = [row("float32", 0.9, 0.05, 600, macro_f1=0.4), row("int8", 0.7, 0.01, 150)]
-    report = select(rows, max_accuracy_drop=0.01, min_macro_f1=0.5)
+    report = chosen(rows)
     assert report.selected == "float32"
     assert not any(r.eligible for r in report.variants)
-    assert "serving float32" in report.reason
+    assert "serving float32" in str(report.reason)
 
 
 def test_the_macro_f1_floor_excludes_a_fast_variant() -> None:
     rows = [row("float32", 0.95, 0.05, 600), row("int8", 0.95, 0.01, 150, macro_f1=0.6)]
-    report = select(rows, max_accuracy_drop=0.01, min_macro_f1=0.85)
+    report = chosen(rows, min_f1=0.85)
     assert report.selected == "float32"
     assert not report.variant("int8").eligible
 
@@ -63,31 +70,57 @@ def test_the_macro_f1_floor_excludes_a_fast_variant() -> None:
 def test_a_tie_in_latency_goes_to_the_smaller_file() -> None:
     rows = [row("float32", 0.95, 0.05, 600), row("dynamic", 0.95, 0.01, 160)]
     rows.append(row("int8", 0.95, 0.01, 150))
-    assert select(rows, 0.01, 0.5).selected == "int8"
+    assert chosen(rows).selected == "int8"
     rows[2] = row("int8", 0.95, 0.01, 170)
-    assert select(rows, 0.01, 0.5).selected == "dynamic"
+    assert chosen(rows).selected == "dynamic"
 
 
 def test_a_drop_exactly_at_the_limit_is_allowed() -> None:
     # 0.97 - 0.96 is 0.010000000000000009 in floating point.
     rows = [row("float32", 0.97, 0.05, 600), row("int8", 0.96, 0.01, 150)]
-    assert select(rows, 0.01, 0.5).selected == "int8"
+    assert chosen(rows).selected == "int8"
 
 
 def test_the_scratch_student_is_never_selected() -> None:
     rows = [row("float32", 0.95, 0.05, 600), row("scratch_student_int8", 0.95, 0.001, 10)]
-    report = select(rows, 0.01, 0.5)
+    report = chosen(rows)
     assert report.selected == "float32"
     assert not report.variant("scratch_student_int8").eligible
 
 
-def test_selection_needs_the_float32_row() -> None:
+def test_eligibility_needs_the_float32_row() -> None:
     with pytest.raises(ValueError, match="float32 baseline"):
-        select([row("int8", 0.95, 0.01, 150)], 0.01, 0.5)
+        mark_eligible([row("int8", 0.95, 0.01, 150)], 0.01, 0.5)
 
 
-def test_the_report_round_trips(tmp_path: Path) -> None:
-    report = select([row("float32", 0.95, 0.05, 600), row("int8", 0.95, 0.01, 150)], 0.01, 0.5)
+def stage_report() -> Optimization:
+    """What the optimize stage writes: eligibility marked, no timings."""
+    return mark_eligible([row("float32", 0.95, None, 600), row("int8", 0.95, None, 150)], 0.01, 0.5)
+
+
+def test_selection_needs_timings() -> None:
+    untimed = mark_eligible(
+        [row("float32", 0.95, None, 600), row("int8", 0.95, None, 150)], 0.01, 0.5
+    )
+    with pytest.raises(ValueError, match="every eligible variant timed"):
+        select(untimed)
+
+
+def test_the_stage_report_has_no_timings_and_no_selection(tmp_path: Path) -> None:
+    report = mark_eligible(
+        [row("float32", 0.95, None, 600), row("int8", 0.95, None, 150)], 0.01, 0.5
+    )
+    report.write(tmp_path / OPTIMIZATION)
+    assert Optimization.read(tmp_path / OPTIMIZATION) == report
+    document = json.loads((tmp_path / OPTIMIZATION).read_text())
+    assert set(document) == {"baseline", "max_accuracy_drop", "variants"}
+    assert not {"latency_p50_ms", "latency_p95_ms", "throughput_per_s"} & set(
+        document["variants"][0]
+    )
+
+
+def test_the_timed_report_round_trips(tmp_path: Path) -> None:
+    report = chosen([row("float32", 0.95, 0.05, 600), row("int8", 0.95, 0.01, 150)])
     report.write(tmp_path / OPTIMIZATION)
     assert Optimization.read(tmp_path / OPTIMIZATION) == report
     document = json.loads((tmp_path / OPTIMIZATION).read_text())
@@ -96,7 +129,7 @@ def test_the_report_round_trips(tmp_path: Path) -> None:
 
 
 def test_a_report_selecting_a_missing_row_is_refused(tmp_path: Path) -> None:
-    report = select([row("float32", 0.95, 0.05, 600)], 0.01, 0.5).document()
+    report = chosen([row("float32", 0.95, 0.05, 600)]).document()
     (tmp_path / OPTIMIZATION).write_text(json.dumps({**report, "selected": "int8"}))
     with pytest.raises(ContractError, match="selected 'int8' is not among the variants"):
         Optimization.read(tmp_path / OPTIMIZATION)
@@ -123,7 +156,6 @@ def optimized(tiny_pipeline: TinyPipeline, tmp_path_factory: pytest.TempPathFact
             "--data", data,
             "--out", "models/optimized",
             "--report", "reports/optimization.json",
-            "--plots", "reports/plots",
         ],
         root,
         env,
@@ -137,7 +169,9 @@ def test_the_stage_ends_with_its_summary_and_has_no_converter_noise(optimized: P
     report = Optimization.read(optimized / "reports/optimization.json")
     # Before it: the pruning and distillation epochs, as `trainer train` prints its own.
     line = (optimized / "stdout.txt").read_text().splitlines()[-1]
-    assert line.startswith("optimize: ") and f"selected {report.selected}" in line
+    eligible = ", ".join(row.name for row in report.variants if row.eligible)
+    assert line.startswith("optimize: 7 variants measured in LiteRT; eligible to serve: ")
+    assert f"eligible to serve: {eligible};" in line
     assert (optimized / "stderr.txt").read_text() == ""
 
 
@@ -147,8 +181,8 @@ def test_every_variant_loads_in_litert_and_agrees_with_float32(
     from ai_edge_litert.interpreter import Interpreter
 
     from trainer.inputs import RERUN_TRAIN, read_preprocess
+    from trainer.litert import to_input
     from trainer.optimize import load_split
-    from trainer.quantize import to_input
 
     report = Optimization.read(optimized / "reports/optimization.json")
     assert report == Optimization.read(optimized / "models/optimized" / OPTIMIZATION)
@@ -180,12 +214,11 @@ def test_every_variant_loads_in_litert_and_agrees_with_float32(
         assert report.variant(name).agreement == pytest.approx(agreement, abs=1 / len(found))
 
 
-def test_the_stage_writes_the_table_and_the_plot(optimized: Path) -> None:
+def test_the_stage_writes_the_table(optimized: Path) -> None:
     report = Optimization.read(optimized / "reports/optimization.json")
     markdown = (optimized / "reports/optimization.md").read_text()
-    assert f"**{report.selected}**" in markdown
-    assert all(f"| {r.name} |" in markdown or f"**{r.name}**" in markdown for r in report.variants)
-    assert (optimized / "reports/plots/optimization.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(f"| {r.name} |" in markdown for r in report.variants)
+    assert "Register times every variant" in markdown and "p50" not in markdown
     sizes = {r.name: r.bytes for r in report.variants}
     assert sizes["int8"] < 0.5 * sizes["float32"] and sizes["float16"] < 0.6 * sizes["float32"]
     # The pruned variant's zeros show in the gzipped size, the student's in its parameters.
@@ -195,23 +228,45 @@ def test_the_stage_writes_the_table_and_the_plot(optimized: Path) -> None:
     assert report.variant("student_int8").parameters < 0.25 * int8.parameters
 
 
-def test_the_table_goes_to_wandb_when_tracking_is_on(
-    tiny_pipeline: TinyPipeline, tmp_path: Path
-) -> None:
-    write_params(tmp_path, {"train": {"tracking": "wandb"}, "optimize": {"latency_runs": 20}})
+def _optimize(root: Path, tiny_pipeline: TinyPipeline, tracking: str) -> dict[str, bytes]:
+    """`trainer optimize` of the shared tiny candidate in `root` (one epoch each for the
+    pruned and distilled models); the bytes of every output DVC records in dvc.lock."""
+    compress = {"pruning": {"epochs": 1}, "distill": {"epochs": 1}}
+    root.mkdir()
+    write_params(root, {"train": {"tracking": tracking}, "optimize": compress})
     run_cli(
         [
             sys.executable, "-m", "trainer", "optimize",
             "--model", str(tiny_pipeline.candidate),
             "--data", str(tiny_pipeline.processed),
-            "--out", "optimized", "--report", "optimization.json",
+            "--out", "optimized", "--report", "reports/optimization.json",
         ],
-        tmp_path,
+        root,
         env={"MEGA_WANDB_MODE": "offline", "MEGA_WANDB_DIR": "runs", "WANDB_API_KEY": ""},
     )  # fmt: skip
-    [run_file] = (tmp_path / "runs").rglob("run-*.wandb")
-    records = run_file.read_bytes()
-    report = Optimization.read(tmp_path / "optimization.json")
-    for key in (b"optimization", b"table-file", b"selection_reason", report.selected.encode()):
-        assert key in records, key
-    assert (tmp_path / "plots/optimization.png").is_file()  # --plots defaults beside --report
+    outputs = [*sorted((root / "optimized").iterdir()), *sorted((root / "reports").iterdir())]
+    return {str(path.relative_to(root)): path.read_bytes() for path in outputs}
+
+
+def test_the_outputs_are_the_same_on_every_run_and_the_table_goes_to_wandb(
+    tiny_pipeline: TinyPipeline, tmp_path: Path
+) -> None:
+    # dvc.lock records a hash of each output: a timing in any of them (as the stage once
+    # wrote) changed dvc.lock on every run. Tracking is a parameter outside the outputs.
+    tracked = _optimize(tmp_path / "tracked", tiny_pipeline, "wandb")
+    plain = _optimize(tmp_path / "plain", tiny_pipeline, "none")
+    assert sorted(tracked) == [
+        "optimized/dynamic.tflite", "optimized/float16.tflite", "optimized/float32.tflite",
+        "optimized/int8.tflite", "optimized/labels.json", "optimized/optimization.json",
+        "optimized/pruned_int8.tflite", "optimized/scratch_student_int8.tflite",
+        "optimized/student_int8.tflite", "optimized/timing_images.npy",
+        "reports/optimization.json", "reports/optimization.md",
+    ]  # fmt: skip
+    assert tracked == plain
+    [table_file] = (tmp_path / "tracked" / "runs").rglob("optimization_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"][:3] == ["variant", "accuracy", "macro F1"]
+    assert [line[0] for line in table["data"]] == [
+        "float32", "float16", "dynamic", "int8", "pruned_int8", "student_int8",
+        "scratch_student_int8",
+    ]  # fmt: skip

@@ -1,9 +1,11 @@
-"""Issue 14: `register --optimized` serves the selected variant and records why; without
-the flag register is unchanged; a broken optimization report is one line, nothing published."""
+"""Issue 14: `register --optimized` times the variants, serves the fastest eligible one and
+records why; without the flag register is unchanged; a broken optimize folder is one line,
+nothing published."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,144 +14,165 @@ from typing import Any
 
 import pytest
 import yaml
-from variant_models import row
+from variant_models import make_candidate
 
-from common.contracts import Metrics
-from common.params import RegistryParams
+from common.contracts import Metrics, Optimization
+from common.params import OptimizeParams, RegistryParams
 from common.registry import ModelRegistry
 from trainer.inputs import InputError
 from trainer.lineage import version_identity
 from trainer.register import register
 
-FLOAT32 = b"float32 stand-in: register only copies the file"
-INT8 = b"int8 stand-in"
-REASON = "fastest within 0.010 of float32's test accuracy (0.9900): int8 0.9900, p50 0.021 ms"
 PARAMS = RegistryParams(model_name="m", min_accuracy=0.5, min_macro_f1=0.5)
+TIMING = OptimizeParams(latency_runs=20, throughput_batch=4)
 
 
-def candidate(root: Path) -> tuple[Path, str]:
-    folder = root / "candidate"
-    folder.mkdir()
-    (folder / "labels.json").write_text(json.dumps(["a", "b"]))
-    spec = {"image_size": 8, "color_mode": "grayscale", "resize": "stretch"}
-    (folder / "preprocess.json").write_text(json.dumps(spec))
-    (folder / "lineage.json").write_text(json.dumps({"trained_at": "t", "params": {}}))
-    (folder / "model.tflite").write_bytes(FLOAT32)
-    metrics = root / "metrics.json"
-    metrics.write_text(json.dumps({"test": {"accuracy": 0.99, "macro_f1": 0.99}}))
-    return folder, str(metrics)
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny candidate and its optimize folder with real LiteRT variants, made once."""
+    root = tmp_path_factory.mktemp("register-variant")
+    make_candidate(root)
+    return root
 
 
-def report(**change: Any) -> dict[str, Any]:
-    return {
-        "baseline": "float32",
-        "selected": "int8",
-        "reason": REASON,
-        "max_accuracy_drop": 0.01,
-        "variants": [
-            row("float32", "float32.tflite", len(FLOAT32), "float32", accuracy=0.99),
-            row("int8", "int8.tflite", len(INT8), "uint8", accuracy=0.99, latency_p50_ms=0.021),
-        ],
-        **change,
-    }
+def copy(built: Path, root: Path, eligible: tuple[str, ...] = ("int8",)) -> tuple[Path, str]:
+    """The candidate and its optimize folder in `root`, with only `eligible` marked so."""
+    for name in ("candidate", "optimized"):
+        shutil.copytree(built / name, root / name)
+    shutil.copyfile(built / "metrics.json", root / "metrics.json")
+    report = root / "optimized" / "optimization.json"
+    document = json.loads(report.read_text())
+    for row in document["variants"]:
+        row["eligible"] = row["name"] in eligible
+    report.write_text(json.dumps(document))
+    return root / "candidate", str(root / "metrics.json")
 
 
-def optimized(root: Path, document: dict[str, Any] | str | None = None) -> Path:
-    folder = root / "optimized"
-    folder.mkdir(exist_ok=True)
-    (folder / "float32.tflite").write_bytes(FLOAT32)
-    (folder / "int8.tflite").write_bytes(INT8)
-    text = document if isinstance(document, str) else json.dumps(document or report())
-    (folder / "optimization.json").write_text(text)
-    return folder
+def publish(root: Path, model: Path, metrics: str) -> Path:
+    return Path(register(model, metrics, str(root / "r"), PARAMS, root / "optimized", TIMING).uri)
 
 
-def test_without_optimized_register_is_as_before(tmp_path: Path) -> None:
-    model, metrics = candidate(tmp_path)
+def test_without_optimized_register_is_as_before(built: Path, tmp_path: Path) -> None:
+    model, metrics = copy(built, tmp_path)
     version = Path(register(model, metrics, str(tmp_path / "r"), PARAMS).uri)
     info = json.loads((version / "version.json").read_text())
     assert set(info) == {"name", "content_hash", "published_at", "test_accuracy", "version"}
     assert info["content_hash"] == version_identity(model, Metrics.read(metrics))
-    assert (version / "model.tflite").read_bytes() == FLOAT32
+    assert (version / "model.tflite").read_bytes() == (model / "model.tflite").read_bytes()
     assert not (version / "optimization.json").exists()
     assert "## Optimization" not in (version / "model_card.md").read_text()
 
 
-def test_the_selected_variant_is_served_and_the_version_says_why(tmp_path: Path) -> None:
-    model, metrics = candidate(tmp_path)
-    record = register(model, metrics, str(tmp_path / "r"), PARAMS, optimized(tmp_path))
-    version = Path(record.uri)
+def test_the_fastest_eligible_variant_is_served_and_the_version_says_why(
+    built: Path, tmp_path: Path
+) -> None:
+    model, metrics = copy(built, tmp_path, eligible=("float32", "int8"))
+    version = publish(tmp_path, model, metrics)
+    report = Optimization.read(version / "optimization.json")
+    # Timed here, every row; the stage's report had no timings.
+    assert all(row.latency_p50_ms and row.latency_p95_ms for row in report.variants)
+    assert all(row.throughput_per_s for row in report.variants)
+    assert all(row.latency_p50_ms <= row.latency_p95_ms for row in report.variants)  # type: ignore[operator]
+    fastest = min(report.variants, key=lambda row: (row.latency_p50_ms, row.bytes))
+    assert report.selected == fastest.name
+    served = (tmp_path / "optimized" / fastest.file).read_bytes()
+    assert (version / "model.tflite").read_bytes() == served
     info = json.loads((version / "version.json").read_text())
-    assert (info["variant"], info["variant_reason"]) == ("int8", REASON)
-    assert (version / "model.tflite").read_bytes() == INT8
-    assert json.loads((version / "optimization.json").read_text()) == report()
+    assert (info["variant"], info["variant_reason"]) == (report.selected, report.reason)
+    assert f"{fastest.name} 1.0000, p50 {fastest.latency_p50_ms:.3f} ms" in str(report.reason)
     card = (version / "model_card.md").read_text()
-    assert f"Serves the `int8` variant: {REASON}." in card
-    assert "| int8 | 0.9900 |" in card and card.count("| yes |") == 1
-    assert (model / "model.tflite").read_bytes() == FLOAT32  # the candidate is left alone
+    assert f"Serves the `{fastest.name}` variant: {report.reason}." in card
+    assert f"| **{fastest.name}** | 1.0000 |" in card and card.count("| yes | yes |") == 1
+    assert "p50 ms" in card
+    assert (version / "optimization.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The stage's folder and the candidate are left alone.
+    untimed = Optimization.read(tmp_path / "optimized" / "optimization.json")
+    assert untimed.selected is None and untimed.variants[0].latency_p50_ms is None
+    assert (model / "model.tflite").read_bytes() == (
+        tmp_path / "optimized/float32.tflite"
+    ).read_bytes()
 
 
-def test_another_variant_is_another_version_and_a_rerun_is_the_same(tmp_path: Path) -> None:
-    model, metrics = candidate(tmp_path)
+def test_nothing_eligible_serves_float32(built: Path, tmp_path: Path) -> None:
+    model, metrics = copy(built, tmp_path, eligible=())
+    version = publish(tmp_path, model, metrics)
+    info = json.loads((version / "version.json").read_text())
+    assert info["variant"] == "float32" and "serving float32" in info["variant_reason"]
+    assert (version / "model.tflite").read_bytes() == (model / "model.tflite").read_bytes()
+
+
+def test_another_variant_is_another_version_and_a_rerun_is_the_same(
+    built: Path, tmp_path: Path
+) -> None:
+    model, metrics = copy(built, tmp_path)
     root = str(tmp_path / "r")
     plain = register(model, metrics, root, PARAMS).version
-    served = register(model, metrics, root, PARAMS, optimized(tmp_path)).version
-    again = register(model, metrics, root, PARAMS, optimized(tmp_path)).version
+    served = register(model, metrics, root, PARAMS, tmp_path / "optimized", TIMING).version
+    again = register(model, metrics, root, PARAMS, tmp_path / "optimized", TIMING).version
     assert plain != served == again
     assert ModelRegistry(root, "m").versions() == [plain, served]
 
 
+def _rewrite(root: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    path = root / "optimized" / "optimization.json"
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def _elsewhere(document: dict[str, Any]) -> None:
+    document["variants"][1]["file"] = "../candidate/model.tflite"
+
+
 BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
-    "not JSON": (lambda d: optimized(d, "{nope"), "optimization.json: not valid JSON"),
+    "not JSON": (
+        lambda d: (d / "optimized/optimization.json").write_text("{nope"),
+        "optimization.json: not valid JSON",
+    ),
     "a field missing": (
-        lambda d: optimized(d, {k: v for k, v in report().items() if k != "reason"}),
-        "optimization.json: reason: Field required",
+        lambda d: _rewrite(d, lambda doc: doc.pop("max_accuracy_drop")),
+        "optimization.json: max_accuracy_drop: Field required",
     ),
-    "selected not a row": (
-        lambda d: optimized(d, report(selected="float16")),
-        "selected 'float16' is not among the variants",
+    "no float32 row": (
+        lambda d: _rewrite(d, lambda doc: doc["variants"].pop(0)),
+        "no 'float32' row among the variants ['int8']",
     ),
-    "selected file gone": (
-        lambda d: (optimized(d) / "int8.tflite").unlink(),
-        "int8.tflite: the selected variant's model is missing",
+    "a variant's file gone": (
+        lambda d: (d / "optimized/float32.tflite").unlink(),
+        "float32.tflite: variant 'float32''s model is missing",
     ),
-    "selected file elsewhere": (
-        lambda d: optimized(
-            d, report(variants=[row("int8", "../candidate/model.tflite", 1, "uint8")])
-        ),
+    "a variant's file elsewhere": (
+        lambda d: _rewrite(d, _elsewhere),
         "names the file '../candidate/model.tflite', not a .tflite beside the report",
     ),
-    "selected not eligible": (
-        lambda d: optimized(
-            d,
-            report(
-                variants=[
-                    *report()["variants"][:1],
-                    row("int8", "int8.tflite", 1, "uint8", eligible=False),
-                ]
-            ),
-        ),
-        "the selected variant 'int8' is not eligible",
+    "the timing images gone": (
+        lambda d: (d / "optimized/timing_images.npy").unlink(),
+        "timing_images.npy: the test images register times the variants on are missing",
     ),
-    "no report": (lambda d: (d / "optimized").mkdir(), "optimization.json: not found"),
+    "no report": (
+        lambda d: (d / "optimized/optimization.json").unlink(),
+        "optimization.json: not found",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", BROKEN)
-def test_a_broken_report_is_refused_before_anything_is_published(tmp_path: Path, case: str) -> None:
-    model, metrics = candidate(tmp_path)
+def test_a_broken_optimize_folder_is_refused_before_anything_is_published(
+    built: Path, tmp_path: Path, case: str
+) -> None:
+    model, metrics = copy(built, tmp_path)
     make, message = BROKEN[case]
     make(tmp_path)
     with pytest.raises(InputError, match="re-run the optimize stage") as caught:
-        register(model, metrics, str(tmp_path / "r"), PARAMS, tmp_path / "optimized")
+        publish(tmp_path, model, metrics)
     assert message in str(caught.value)
     assert not (tmp_path / "r").exists() or not ModelRegistry(tmp_path / "r", "m").versions()
 
 
-def test_the_cli_says_which_variant_it_serves_or_what_is_wrong(tmp_path: Path) -> None:
-    candidate(tmp_path)
-    folder = optimized(tmp_path)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"registry": {"model_name": "m"}}))
+def test_the_cli_says_which_variant_it_serves_or_what_is_wrong(built: Path, tmp_path: Path) -> None:
+    copy(built, tmp_path)
+    params = {"registry": {"model_name": "m"}, "optimize": {"latency_runs": 20}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     def cli(*extra: str) -> subprocess.CompletedProcess[str]:
         args = ["register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"]
@@ -164,7 +187,7 @@ def test_the_cli_says_which_variant_it_serves_or_what_is_wrong(tmp_path: Path) -
     served = cli("--optimized", "optimized")
     assert served.returncode == 0, served.stderr
     assert served.stdout.startswith("register: m version 1 serving the int8 variant promoted")
-    (folder / "optimization.json").write_text("{nope")
+    (tmp_path / "optimized/optimization.json").write_text("{nope")
     broken = cli("--optimized", "optimized")
     assert broken.returncode == 2
     lines = broken.stderr.strip().splitlines()

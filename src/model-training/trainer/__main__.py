@@ -209,15 +209,13 @@ def optimize(
     model: Annotated[str, typer.Option(help="Candidate model folder.")],
     data: Annotated[str, typer.Option(help="Processed data folder or gs:// URI.")],
     out: Annotated[str, typer.Option(help="Where to write each variant's .tflite.")],
-    report: Annotated[str, typer.Option(help="Where to write optimization.json (DVC metrics).")],
-    plots: Annotated[
-        str | None,
-        typer.Option(show_default="plots/ beside REPORT", help="Folder for optimization.png."),
-    ] = None,
+    report: Annotated[
+        str, typer.Option(help="Where to write optimization.json (DVC metrics; .md beside it).")
+    ],
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Quantize (and prune and distill) MODEL into LiteRT variants, measure each on DATA's
-    test split in LiteRT, and pick the one to serve (params.yaml `optimize`)."""
+    test split in LiteRT, and mark those params.yaml `optimize` allows register to serve."""
     pipeline = read_params(params)
     with failures_as(EXIT_USAGE, InputError):  # checked before any work
         if not storage.is_gcs(model):  # a gs:// candidate is checked once downloaded
@@ -225,8 +223,6 @@ def optimize(
         check_processed(data, ("train", "test"))
     check_output("--out", out, replaced=True)
     check_output("--report", report, file=True)
-    plots_dir = plots or storage.join(report.rsplit("/", 1)[0] if "/" in report else ".", "plots")
-    check_output("--plots", plots_dir)
     from trainer.tracking import check_server
 
     check_server(pipeline.train.tracking == "wandb", get_settings())  # ServiceError: one line
@@ -243,11 +239,11 @@ def optimize(
             storage.download_tree(model, tmp)
             local = Path(tmp)
             check_candidate(tmp, OPTIMIZE_MODEL_FILES)
-        result = run_optimize(local, data, out, report, plots_dir, pipeline)
-    chosen = result.variant(result.selected)
+        result = run_optimize(local, data, out, report, pipeline)
+    eligible = [row.name for row in result.variants if row.eligible]
     typer.echo(
-        f"optimize: {len(result.variants)} variants measured in LiteRT; selected "
-        f"{result.selected} ({result.reason}; {chosen.bytes:,} bytes); variants in {out}, "
+        f"optimize: {len(result.variants)} variants measured in LiteRT; eligible to serve: "
+        f"{', '.join(eligible) or 'none (register serves float32)'}; variants in {out}, "
         f"table in {report}"
     )
 
@@ -266,7 +262,8 @@ def register(
         str | None,
         typer.Option(
             show_default="none: serve the candidate's float32 model",
-            help="The optimize stage's folder: serve the variant its optimization.json selects.",
+            help="The optimize stage's folder: time its variants here and serve the fastest "
+            "eligible one.",
         ),
     ] = None,
     params: ParamsOption = Path("params.yaml"),
@@ -290,6 +287,7 @@ def register(
             record_root,
             pipeline.registry,
             Path(optimized) if optimized is not None else None,
+            pipeline.optimize,
         )
     verdict = "promoted to production" if record.promoted else "kept as candidate"
     variant = (

@@ -21,6 +21,7 @@ from common.contracts import (
     OPTIMIZATION,
     PREPROCESS,
     STATS,
+    TIMING_IMAGES,
     ContractError,
     Lineage,
     Metrics,
@@ -152,28 +153,29 @@ def check_metrics(uri: str) -> Metrics:
     return _checked(Metrics.read, uri, fix)
 
 
-def check_optimized(folder: Path) -> tuple[Optimization, Path]:
-    """The optimize stage's report in the local `folder` and the selected variant's `.tflite`.
+def check_optimized(folder: Path) -> Optimization:
+    """The optimize stage's report in the local `folder`, every variant's file checked.
 
     Raises `InputError` naming the file, the problem and the fix: the report missing or
-    malformed, a selected variant that is neither eligible nor the baseline, or its
-    file absent, empty or outside `folder`.
+    malformed, a variant whose file is not a `.tflite` beside the report, or is missing
+    or empty, or the test images register times the variants on missing.
     """
     report_uri = str(folder / OPTIMIZATION)
     report = _checked(Optimization.read, report_uri, RERUN_OPTIMIZE)
-    row = report.variant(report.selected)
-    if row.name != report.baseline and not row.eligible:
+    for row in report.variants:
+        # The file must sit beside the report: a path elsewhere would publish another model.
+        if row.file != Path(row.file).name or not row.file.endswith(".tflite"):
+            raise InputError(
+                f"{report_uri}: variant {row.name!r} names the file {row.file!r}, not a "
+                f".tflite beside the report; {RERUN_OPTIMIZE}"
+            )
+        path = folder / row.file
+        if not path.is_file() or path.stat().st_size == 0:
+            raise InputError(f"{path}: variant {row.name!r}'s model is missing; {RERUN_OPTIMIZE}")
+    timing = folder / TIMING_IMAGES
+    if not timing.is_file():
         raise InputError(
-            f"{report_uri}: the selected variant {row.name!r} is not eligible (only the "
-            f"baseline or an eligible variant may be served); {RERUN_OPTIMIZE}"
+            f"{timing}: the test images register times the variants on are missing; "
+            f"{RERUN_OPTIMIZE}"
         )
-    # The file must sit beside the report: a path elsewhere would publish another model.
-    if row.file != Path(row.file).name or not row.file.endswith(".tflite"):
-        raise InputError(
-            f"{report_uri}: variant {row.name!r} names the file {row.file!r}, not a "
-            f".tflite beside the report; {RERUN_OPTIMIZE}"
-        )
-    path = folder / row.file
-    if not path.is_file() or path.stat().st_size == 0:
-        raise InputError(f"{path}: the selected variant's model is missing; {RERUN_OPTIMIZE}")
-    return report, path
+    return report

@@ -1,18 +1,23 @@
-"""The optimize stage: LiteRT variants of the candidate, measured, and the one to serve.
+"""LiteRT variants of the candidate, measured, and the rule that picks the one to serve.
 
-Each variant is quantized (trainer.quantize), run on the test split in LiteRT, and
-compared with float32; the selection rule (params.yaml `optimize`) picks the fastest
-variant that loses at most `max_accuracy_drop` of test accuracy and keeps the
-registry's macro-F1 floor.
+The optimize stage quantizes each variant (trainer.quantize), runs it on the test split
+in LiteRT and compares it with float32: accuracy, macro F1, agreement and size, which
+the same code and data always reproduce, so the stage's outputs are DVC-reproducible.
+A variant is eligible when it loses at most `optimize.max_accuracy_drop` of test
+accuracy and keeps the registry's macro-F1 floor.
+
+Speed depends on the machine and moves from run to run, so register times every
+variant when it publishes (`time_variants`) and serves the fastest eligible one
+(`select`); the version records the timings and the choice.
 """
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
 import keras
 import numpy as np
@@ -24,20 +29,20 @@ from common.contracts import (
     OPTIMIZATION,
     SAVED_MODEL_DIR,
     TFLITE_FILE,
+    TIMING_IMAGES,
     Optimization,
     Preprocess,
     VariantScores,
     read_labels,
 )
-from common.params import OptimizeParams, PipelineParams
+from common.params import PipelineParams
 from trainer.data import make_dataset
 from trainer.evaluate import classification_metrics, confusion_matrix
+from trainer.litert import predict_litert
 from trainer.pruning import kernel_sparsity
-from trainer.quantize import Mode, convert, convert_keras, gzip_size, run_litert
+from trainer.quantize import Mode, convert, convert_keras, gzip_size
+from trainer.selection import mark_eligible
 
-BASELINE: Final = "float32"
-# Measured for the gain of distillation, never served.
-NOT_SELECTABLE = frozenset({"scratch_student_int8"})
 # Quantizations of the candidate itself, in table order.
 QUANTIZED: tuple[tuple[str, Mode], ...] = (
     ("float32", "float32"),
@@ -102,23 +107,18 @@ def keras_variant(
 
 
 def measure(
-    variants: list[Variant], test: TestSplit, labels: list[str], params: OptimizeParams
+    variants: list[Variant], test: TestSplit, labels: list[str], batch: int
 ) -> list[VariantScores]:
-    """Each variant's row, measured in LiteRT on `test`; `eligible` still unset (False).
+    """Each variant's row, measured in LiteRT on `test` (no timings; `eligible` False).
 
     The first variant is the baseline the agreement is measured against.
     """
     rows, baseline = [], None
     for variant in variants:
-        run = run_litert(
-            variant.content,
-            test.images,
-            latency_runs=params.latency_runs,
-            batch=params.throughput_batch,
-        )
-        baseline = run.predictions if baseline is None else baseline
+        predicted = predict_litert(variant.content, test.images, batch=batch)
+        baseline = predicted.classes if baseline is None else baseline
         scores, _ = classification_metrics(
-            confusion_matrix(test.labels, run.predictions, len(labels)), labels
+            confusion_matrix(test.labels, predicted.classes, len(labels)), labels
         )
         rows.append(
             VariantScores(
@@ -126,77 +126,25 @@ def measure(
                 file=f"{variant.name}.tflite",
                 accuracy=scores.accuracy,
                 macro_f1=scores.macro_f1,
-                agreement=float((run.predictions == baseline).mean()),
+                agreement=float((predicted.classes == baseline).mean()),
                 bytes=len(variant.content),
                 gzip_bytes=gzip_size(variant.content),
-                latency_p50_ms=run.latency_p50_ms,
-                latency_p95_ms=run.latency_p95_ms,
-                throughput_per_s=run.throughput_per_s,
                 parameters=variant.parameters,
                 sparsity=variant.sparsity,
-                input_dtype=run.input_dtype,  # type: ignore[arg-type]
+                input_dtype=predicted.input_dtype,  # type: ignore[arg-type]
                 eligible=False,
             )
         )
     return rows
 
 
-# Accuracies are shares of the same test items: a drop equal to the limit, computed in
-# floating point, must not fail by a rounding error.
-TOLERANCE = 1e-9
-
-
-def select(
-    rows: list[VariantScores], max_accuracy_drop: float, min_macro_f1: float
-) -> Optimization:
-    """The selection rule over measured rows (the float32 row among them).
-
-    Eligible: selectable, test accuracy at least float32's minus `max_accuracy_drop`,
-    and macro F1 at least the registry's `min_macro_f1`. The fastest eligible (p50)
-    wins, a tie going to the smaller file; with none eligible, float32 is served.
-
-    Raises:
-        ValueError: no float32 row.
-    """
-    base = next((row for row in rows if row.name == BASELINE), None)
-    if base is None:
-        raise ValueError("the optimization table needs the float32 baseline row")
-    floor = base.accuracy - max_accuracy_drop
-    marked = [
-        row.model_copy(
-            update={
-                "eligible": row.name not in NOT_SELECTABLE
-                and row.accuracy >= floor - TOLERANCE
-                and row.macro_f1 >= min_macro_f1 - TOLERANCE
-            }
-        )
-        for row in rows
-    ]
-    eligible = [row for row in marked if row.eligible]
-    if not eligible:
-        reason = (
-            f"no variant within {max_accuracy_drop:.3f} of float32's test accuracy "
-            f"({base.accuracy:.4f}) with macro F1 ≥ {min_macro_f1:.2f}: serving float32"
-        )
-        return _report(BASELINE, reason, max_accuracy_drop, marked)
-    best = min(eligible, key=lambda row: (row.latency_p50_ms, row.bytes))
-    reason = (
-        f"fastest within {max_accuracy_drop:.3f} of float32's test accuracy "
-        f"({base.accuracy:.4f}): {best.name} {best.accuracy:.4f}, "
-        f"p50 {best.latency_p50_ms:.3f} ms"
-    )
-    return _report(best.name, reason, max_accuracy_drop, marked)
-
-
-def _report(selected: str, reason: str, drop: float, rows: list[VariantScores]) -> Optimization:
-    # Every field set explicitly: unset fields are left out of the written document.
-    return Optimization(
-        baseline=BASELINE,
-        selected=selected,  # type: ignore[arg-type]
-        reason=reason,
-        max_accuracy_drop=drop,
-        variants=rows,
-    )
+def timing_sample(test: TestSplit, count: int) -> bytes:
+    """`TIMING_IMAGES`: the first `count` test images as a uint8 `.npy` `[count, H, W, C]`
+    (rounded: timing does not depend on the pixels' fractions, and uint8 is a quarter
+    of the bytes)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.clip(np.round(test.images[:count]), 0, 255).astype(np.uint8))
+    return buffer.getvalue()
 
 
 def optimize(
@@ -207,8 +155,9 @@ def optimize(
     pipeline: PipelineParams,
     extra_variants: Callable[[np.ndarray], list[Variant]] | None = None,
 ) -> Optimization:
-    """Quantize, measure and select; writes `<variant>.tflite` and `optimization.json`
-    into `out` (built beside it and swapped in whole). Returns the report.
+    """Quantize, measure and mark the eligible variants; writes `<variant>.tflite`,
+    `labels.txt` and `optimization.json` into `out` (built beside it and swapped in
+    whole). Returns the report (untimed: register times and selects).
 
     `extra_variants(representative)` adds variants made elsewhere (pruned, distilled).
     """
@@ -219,8 +168,8 @@ def optimize(
     if extra_variants is not None:
         variants += extra_variants(representative)
     test = load_split(data, "test", spec)
-    report = select(
-        measure(variants, test, labels, params),
+    report = mark_eligible(
+        measure(variants, test, labels, params.throughput_batch),
         params.max_accuracy_drop,
         pipeline.registry.min_macro_f1,
     )
@@ -228,5 +177,8 @@ def optimize(
         for variant in variants:
             storage.atomic_write_bytes(staging / f"{variant.name}.tflite", variant.content)
         shutil.copyfile(model_dir / LABELS, staging / LABELS)
+        storage.atomic_write_bytes(
+            staging / TIMING_IMAGES, timing_sample(test, params.throughput_batch)
+        )
         report.write(staging / OPTIMIZATION)
     return report

@@ -29,10 +29,12 @@ from common.contracts import (
     TrainingClasses,
     read_labels,
 )
-from common.params import RegistryParams
+from common.params import OptimizeParams, RegistryParams
 from common.registry import ModelRegistry
 from trainer.inputs import check_metrics, check_optimized
 from trainer.lineage import version_identity, version_lineage
+from trainer.optimize_report import OPTIMIZATION_PNG, markdown_table, plot_png
+from trainer.selection import select, time_variants
 
 log = logging.getLogger("trainer.register")
 
@@ -75,39 +77,15 @@ def model_card(
     )
 
 
-OPTIMIZATION_COLUMNS = (
-    ("variant", "name", "{}"),
-    ("accuracy", "accuracy", "{:.4f}"),
-    ("macro F1", "macro_f1", "{:.4f}"),
-    ("agreement", "agreement", "{:.4f}"),
-    ("bytes", "bytes", "{:,}"),
-    ("gzip bytes", "gzip_bytes", "{:,}"),
-    ("p50 ms", "latency_p50_ms", "{:.3f}"),
-    ("p95 ms", "latency_p95_ms", "{:.3f}"),
-    ("images/s", "throughput_per_s", "{:,.0f}"),
-    ("parameters", "parameters", "{:,}"),
-    ("sparsity", "sparsity", "{:.2f}"),
-    ("input", "input_dtype", "{}"),
-)
-
-
 def optimization_section(report: Optimization) -> list[str]:
     """The model card's lines on the served variant and every variant measured in LiteRT."""
-    head = "| " + " | ".join(title for title, _, _ in OPTIMIZATION_COLUMNS) + " | served |"
-    rows = [
-        "| "
-        + " | ".join(fmt.format(getattr(row, key)) for _, key, fmt in OPTIMIZATION_COLUMNS)
-        + f" | {'yes' if row.name == report.selected else ''} |"
-        for row in report.variants
-    ]
     return [
         "## Optimization",
         "",
-        f"Serves the `{report.selected}` variant: {report.reason}.",
+        f"Serves the `{report.selected}` variant: {report.reason}. Timed when this version "
+        "was registered, on the machine that registered it.",
         "",
-        head,
-        "|" + "---|" * (len(OPTIMIZATION_COLUMNS) + 1),
-        *rows,
+        *markdown_table(report),
         "",
     ]
 
@@ -230,6 +208,7 @@ def register(
     registry_root: str,
     params: RegistryParams,
     optimized: Path | None = None,
+    timing: OptimizeParams | None = None,
 ) -> RegisterResult:
     """Publish `candidate` with its metrics; alias it `production` if it passes the gate.
 
@@ -237,16 +216,18 @@ def register(
     with the run's facts, and the training class counts (`training_classes.json`,
     when the data the lineage names is still there).
 
-    With `optimized` (the optimize stage's folder), the selected variant's `.tflite`
-    becomes the version's `model.tflite` (so every reader of a version serves it),
-    `optimization.json` is copied in, and `version.json` records `variant` and
-    `variant_reason`; the variant's file is part of the version's identity.
+    With `optimized` (the optimize stage's folder), every variant is timed in LiteRT here
+    (`timing`'s latency runs and batch; defaults when None) and the fastest eligible one's
+    `.tflite` becomes the version's `model.tflite` (so every reader of a version serves
+    it). The version gets the timed `optimization.json` and its plot `optimization.png`,
+    and `version.json` records `variant` and `variant_reason`; the variant's file is part
+    of the version's identity.
 
     Raises `trainer.inputs.InputError` (a `ValueError`) for a missing or malformed
     `metrics_path` or optimization report, before anything is published.
     """
     metrics = check_metrics(metrics_path)
-    variant = check_optimized(optimized) if optimized is not None else None
+    measured = check_optimized(optimized) if optimized is not None else None
     labels = read_labels(candidate / LABELS)
     # The candidate's lineage with its run's facts and today's git state: the version
     # records them, but only the model's files and metrics decide whether it is new.
@@ -263,9 +244,9 @@ def register(
         if classes is not None:
             classes.write(staging / TRAINING_CLASSES)
         report = None
-        if variant is not None:
-            report, model_file = variant
-            identity = _serve_variant(staging, report, model_file, identity)
+        if optimized is not None and measured is not None:
+            report = select(time_variants(measured, optimized, timing or OptimizeParams()))
+            identity = _serve_variant(staging, report, optimized, identity)
             extra |= {"variant": report.selected, "variant_reason": report.reason}
         storage.write_text(
             staging / MODEL_CARD, model_card(params.model_name, metrics, lineage, report)
@@ -284,13 +265,16 @@ def register(
     )
 
 
-def _serve_variant(staging: Path, report: Optimization, model_file: Path, identity: str) -> str:
-    """Put the selected variant in `staging` as the served model; the version's new identity.
+def _serve_variant(staging: Path, report: Optimization, optimized: Path, identity: str) -> str:
+    """Put the selected variant in `staging` as the served model, with the timed table
+    and its plot; returns the version's new identity.
 
     The candidate's float32 `.tflite` is replaced, so the identity adds the variant's
     name and file hash: the same candidate served as another variant is another version.
     """
+    model_file = optimized / report.variant(str(report.selected)).file
     shutil.copyfile(model_file, staging / TFLITE_FILE)
     report.write(staging / OPTIMIZATION)
+    storage.write_bytes(staging / OPTIMIZATION_PNG, plot_png(report))
     served = f"{identity}\n{report.selected}\n{storage.sha256_file(model_file)}"
     return hashlib.sha256(served.encode()).hexdigest()

@@ -38,7 +38,7 @@ def test_dvc_output_patterns() -> None:
     assert STAGE_FAILED.match(failed)["status"] == "69"
     assert EPOCH.match("Epoch 3/15")["n"] == "3"
     assert SUMMARY.match("evaluate: test accuracy 0.98")
-    assert SUMMARY.match("optimize: 7 variants measured in LiteRT; selected int8")
+    assert SUMMARY.match("optimize: 7 variants measured in LiteRT; eligible to serve: int8")
     assert not SUMMARY.match("evaluated: nothing")
     # Regression: a stage's error line was shown with a green check mark.
     assert not SUMMARY.match("process: error: class(es) with fewer than min_per_class")
