@@ -312,6 +312,10 @@ class VariantScores(BaseModel):
     accuracy: float = Field(ge=0, le=1)
     macro_f1: float = Field(ge=0, le=1)
     agreement: float = Field(ge=0, le=1, description="Share of test items predicted as float32.")
+    # Before the sizes: what people compare first (the page shows the fields in this order).
+    latency_p50_ms: float | None = Field(default=None, ge=0)
+    latency_p95_ms: float | None = Field(default=None, ge=0)
+    throughput_per_s: float | None = Field(default=None, ge=0)
     bytes: int = Field(ge=1)
     gzip_bytes: int = Field(ge=1)
     parameters: int = Field(ge=0)
@@ -320,9 +324,6 @@ class VariantScores(BaseModel):
     eligible: bool = Field(
         description="Selectable, within max_accuracy_drop of float32 and above the F1 floor."
     )
-    latency_p50_ms: float | None = Field(default=None, ge=0)
-    latency_p95_ms: float | None = Field(default=None, ge=0)
-    throughput_per_s: float | None = Field(default=None, ge=0)
 
 
 class Optimization(Contract):
