@@ -26,6 +26,7 @@ import yaml
 
 from common.contracts import Optimization
 from common.params import PipelineParams
+from trainer.inputs import check_optimized
 from trainer.selection import select, time_variants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,9 +54,9 @@ def run_pipeline(folder: Path) -> Optimization:
         subprocess.run(
             [sys.executable, "-m", *stage], cwd=folder, env=env, check=True, capture_output=True
         )
-    measured = Optimization.read(folder / "reports/optimization.json")
+    measured, images = check_optimized(folder / "models/optimized")
     timing = PipelineParams.model_validate(params).optimize
-    return select(time_variants(measured, folder / "models/optimized", timing))
+    return select(time_variants(measured, folder / "models/optimized", images, timing))
 
 
 def points(value: float) -> str:

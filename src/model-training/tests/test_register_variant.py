@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from variant_models import make_candidate
@@ -153,6 +154,18 @@ BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
         lambda d: (d / "optimized/optimization.json").unlink(),
         "optimization.json: not found",
     ),
+    "the timing images not an array": (
+        lambda d: (d / "optimized/timing_images.npy").write_bytes(b"not numpy"),
+        "timing_images.npy: not a NumPy array file",
+    ),
+    "the timing images not images": (
+        lambda d: np.save(d / "optimized/timing_images.npy", np.zeros((3, 8), np.uint8)),
+        "timing_images.npy: uint8 [3, 8] is not a uint8 array of images",
+    ),
+    "the timing images empty": (
+        lambda d: np.save(d / "optimized/timing_images.npy", np.zeros((0, 8, 8, 1), np.uint8)),
+        "timing_images.npy: uint8 [0, 8, 8, 1] is not a uint8 array of images",
+    ),
 }
 
 
@@ -164,6 +177,32 @@ def test_a_broken_optimize_folder_is_refused_before_anything_is_published(
     make, message = BROKEN[case]
     make(tmp_path)
     with pytest.raises(InputError, match="re-run the optimize stage") as caught:
+        publish(tmp_path, model, metrics)
+    assert message in str(caught.value)
+    assert not (tmp_path / "r").exists() or not ModelRegistry(tmp_path / "r", "m").versions()
+
+
+# Found only when LiteRT runs the file: the folder looked right.
+UNRUNNABLE: dict[str, tuple[Callable[[Path], object], str]] = {
+    "a variant's file not a model": (
+        lambda d: (d / "optimized/int8.tflite").write_bytes(b"not a flatbuffer"),
+        "int8.tflite: LiteRT cannot run variant 'int8' on the timing images",
+    ),
+    "timing images of another size": (
+        lambda d: np.save(d / "optimized/timing_images.npy", np.zeros((2, 5, 5, 1), np.uint8)),
+        "float32.tflite: LiteRT cannot run variant 'float32' on the timing images",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UNRUNNABLE)
+def test_a_variant_litert_cannot_run_is_named_and_nothing_is_published(
+    built: Path, tmp_path: Path, case: str
+) -> None:
+    model, metrics = copy(built, tmp_path)
+    make, message = UNRUNNABLE[case]
+    make(tmp_path)
+    with pytest.raises(ValueError, match="re-run the optimize stage") as caught:
         publish(tmp_path, model, metrics)
     assert message in str(caught.value)
     assert not (tmp_path / "r").exists() or not ModelRegistry(tmp_path / "r", "m").versions()

@@ -153,6 +153,16 @@ def train_report(summary: TrainSummary, out: str) -> list[str]:
     return lines
 
 
+def local_candidate(model: str, tmp: str, files: tuple[str, ...]) -> Path:
+    """MODEL as a local folder: a gs:// candidate is downloaded into `tmp` and then checked
+    for `files` (InputError when one is missing); a local one is used in place."""
+    if not storage.is_gcs(model):
+        return Path(model)
+    storage.download_tree(model, tmp)
+    check_candidate(tmp, files)
+    return Path(tmp)
+
+
 @app.command()
 def evaluate(
     model: Annotated[str, typer.Option(help="Candidate model folder.")],
@@ -184,11 +194,7 @@ def evaluate(
         failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
         tempfile.TemporaryDirectory(prefix="evaluate-") as tmp,
     ):
-        local = Path(model)
-        if storage.is_gcs(model):
-            storage.download_tree(model, tmp)
-            local = Path(tmp)
-            check_candidate(tmp, CANDIDATE_MODEL_FILES)
+        local = local_candidate(model, tmp, CANDIDATE_MODEL_FILES)
         spec = read_preprocess(str(local), RERUN_TRAIN)
         plots_dir = plots or storage.join(
             metrics.rsplit("/", 1)[0] if "/" in metrics else ".", "plots"
@@ -234,11 +240,7 @@ def optimize(
         failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
         tempfile.TemporaryDirectory(prefix="optimize-") as tmp,
     ):
-        local = Path(model)
-        if storage.is_gcs(model):
-            storage.download_tree(model, tmp)
-            local = Path(tmp)
-            check_candidate(tmp, OPTIMIZE_MODEL_FILES)
+        local = local_candidate(model, tmp, OPTIMIZE_MODEL_FILES)
         result = run_optimize(local, data, out, report, pipeline)
     eligible = [row.name for row in result.variants if row.eligible]
     typer.echo(

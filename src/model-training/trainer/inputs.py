@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
+
 from common import storage
 from common.contracts import (
     LABELS,
@@ -153,12 +155,13 @@ def check_metrics(uri: str) -> Metrics:
     return _checked(Metrics.read, uri, fix)
 
 
-def check_optimized(folder: Path) -> Optimization:
-    """The optimize stage's report in the local `folder`, every variant's file checked.
+def check_optimized(folder: Path) -> tuple[Optimization, np.ndarray]:
+    """The optimize stage's report in the local `folder`, every variant's file checked,
+    and the test images to time them on (float32 `[N, H, W, C]`, 0–255).
 
     Raises `InputError` naming the file, the problem and the fix: the report missing or
     malformed, a variant whose file is not a `.tflite` beside the report, or is missing
-    or empty, or the test images register times the variants on missing.
+    or empty, or the timing images missing or not a uint8 array of images.
     """
     report_uri = str(folder / OPTIMIZATION)
     report = _checked(Optimization.read, report_uri, RERUN_OPTIMIZE)
@@ -172,10 +175,21 @@ def check_optimized(folder: Path) -> Optimization:
         path = folder / row.file
         if not path.is_file() or path.stat().st_size == 0:
             raise InputError(f"{path}: variant {row.name!r}'s model is missing; {RERUN_OPTIMIZE}")
-    timing = folder / TIMING_IMAGES
-    if not timing.is_file():
+    return report, _timing_images(folder / TIMING_IMAGES)
+
+
+def _timing_images(path: Path) -> np.ndarray:
+    if not path.is_file():
         raise InputError(
-            f"{timing}: the test images register times the variants on are missing; "
-            f"{RERUN_OPTIMIZE}"
+            f"{path}: the test images register times the variants on are missing; {RERUN_OPTIMIZE}"
         )
-    return report
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a NumPy array file ({exc}); {RERUN_OPTIMIZE}") from exc
+    if images.dtype != np.uint8 or images.ndim != 4 or not len(images):
+        raise InputError(
+            f"{path}: {images.dtype} {list(images.shape)} is not a uint8 array of images "
+            f"[N, H, W, C]; {RERUN_OPTIMIZE}"
+        )
+    return images.astype(np.float32)

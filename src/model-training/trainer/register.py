@@ -245,7 +245,8 @@ def register(
             classes.write(staging / TRAINING_CLASSES)
         report = None
         if optimized is not None and measured is not None:
-            report = select(time_variants(measured, optimized, timing or OptimizeParams()))
+            table, images = measured
+            report = select(time_variants(table, optimized, images, timing or OptimizeParams()))
             identity = _serve_variant(staging, report, optimized, identity)
             extra |= {"variant": report.selected, "variant_reason": report.reason}
         storage.write_text(

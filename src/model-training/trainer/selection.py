@@ -12,7 +12,7 @@ from typing import Final
 
 import numpy as np
 
-from common.contracts import TIMING_IMAGES, Optimization, VariantScores
+from common.contracts import Optimization, VariantScores
 from common.params import OptimizeParams
 from trainer.litert import time_litert
 
@@ -55,23 +55,31 @@ def mark_eligible(
     return Optimization(baseline=BASELINE, max_accuracy_drop=max_accuracy_drop, variants=marked)
 
 
-def time_variants(report: Optimization, folder: Path, params: OptimizeParams) -> Optimization:
-    """`report` with every row timed in LiteRT on `folder`'s `TIMING_IMAGES`: p50/p95 of
-    `params.latency_runs` single-image calls, throughput at `params.throughput_batch`.
-    Each row's file is read from `folder`.
+def time_variants(
+    report: Optimization, folder: Path, images: np.ndarray, params: OptimizeParams
+) -> Optimization:
+    """`report` with every row timed in LiteRT on `images` (float `[N, H, W, C]`, 0–255,
+    the stage's `TIMING_IMAGES`): p50/p95 of `params.latency_runs` single-image calls,
+    throughput at `params.throughput_batch`. Each row's file is read from `folder`.
 
     Raises:
-        OSError, ValueError: the sample is missing or unreadable.
+        ValueError: LiteRT cannot run a variant's file on these images (named).
     """
-    images = np.load(folder / TIMING_IMAGES, allow_pickle=False).astype(np.float32)
     timed = []
     for row in report.variants:
-        speed = time_litert(
-            (folder / row.file).read_bytes(),
-            images,
-            latency_runs=params.latency_runs,
-            batch=params.throughput_batch,
-        )
+        path = folder / row.file
+        try:
+            speed = time_litert(
+                path.read_bytes(),
+                images,
+                latency_runs=params.latency_runs,
+                batch=params.throughput_batch,
+            )
+        except (ValueError, RuntimeError) as exc:  # what the interpreter raises
+            raise ValueError(
+                f"{path}: LiteRT cannot run variant {row.name!r} on the timing images "
+                f"({str(exc).splitlines()[0]}); re-run the optimize stage"
+            ) from exc
         timed.append(
             row.model_copy(
                 update={
