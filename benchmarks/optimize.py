@@ -54,9 +54,11 @@ def run_pipeline(folder: Path) -> Optimization:
         subprocess.run(
             [sys.executable, "-m", *stage], cwd=folder, env=env, check=True, capture_output=True
         )
-    measured, images = check_optimized(folder / "models/optimized")
+    measured, images = check_optimized(folder / "models/optimized", folder / "models/candidate")
     timing = PipelineParams.model_validate(params).optimize
-    return select(time_variants(measured, folder / "models/optimized", images, timing))
+    return select(
+        time_variants(measured, folder / "models/optimized", images, timing), timing.latency_tie
+    )
 
 
 def points(value: float) -> str:

@@ -118,6 +118,7 @@ def make_candidate(
     optimized.mkdir()
     (optimized / "float32.tflite").write_bytes(float32)
     (optimized / "int8.tflite").write_bytes(int8)
+    (optimized / "labels.json").write_text(json.dumps(LABELS))
     images = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 1), dtype=np.uint8)
     np.save(optimized / "timing_images.npy", images)
     report = {

@@ -34,6 +34,7 @@ from common.contracts import (
     TrainingClasses,
     read_labels,
 )
+from common.images import quantize
 from common.registry import VERSION_FILE, ModelRegistry
 
 log = logging.getLogger("api_service.model")
@@ -105,17 +106,6 @@ def _quantization(details: dict[str, Any]) -> tuple[float, int]:
     """A tensor's (scale, zero_point); (1.0, 0) for an unquantized tensor (scale 0)."""
     scale, zero_point = details.get("quantization", (0.0, 0))
     return (float(scale) or 1.0, int(zero_point))
-
-
-def quantize(values: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
-    """`round(values / scale) + zero_point`, clipped to `dtype`'s range (uint8 or int8).
-
-    For this project's models (0–255 pixels in, rescaled inside the network) a uint8
-    input usually has scale 1 and zero point 0: the raw pixels pass unchanged.
-    """
-    info = np.iinfo(dtype)
-    quantized = np.round(values / scale) + zero_point
-    return np.clip(quantized, info.min, info.max).astype(dtype)
 
 
 def _dequantize_probabilities(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

@@ -15,7 +15,8 @@ from PIL import Image
 from support import launch_api
 from variant_models import LABELS, SIZE, convert, export, make_candidate
 
-from api_service.model import Engine, quantize
+from api_service.model import Engine
+from common.images import quantize
 
 MODEL = "variants"
 

@@ -323,3 +323,17 @@ def prepare_image(
 def load_for_model(data: bytes, spec: Preprocess, max_pixels: int | None = None) -> np.ndarray:
     """Bytes → model pixels `[H, W, C]` uint8, as the processor makes them."""
     return prepare_image(data, spec, max_pixels)[1]
+
+
+def quantize(values: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
+    """`round(values / scale) + zero_point`, clipped to `dtype`'s range (uint8 or int8):
+    float pixels as a full-integer LiteRT model's input tensor takes them, with the
+    tensor's (scale, zero point). Serving and the optimize stage's measurements both
+    quantize here, so a variant is measured on exactly the inputs it is served.
+
+    For this project's models (0–255 pixels in, rescaled inside the network) a uint8
+    input usually has scale 1 and zero point 0: the raw pixels pass unchanged.
+    """
+    info = np.iinfo(dtype)
+    quantized = np.round(values / scale) + zero_point
+    return np.clip(quantized, info.min, info.max).astype(dtype)

@@ -173,6 +173,13 @@ class OptimizeParams(_Section):
         default=256, ge=1, description="Train-split images for full-integer calibration."
     )
     latency_runs: int = Field(default=200, ge=1, description="Single-image invocations timed.")
+    latency_tie: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="p50 latencies within this share of the fastest eligible one tie: the "
+        "smallest file among them is served (timings move by a few percent between runs).",
+    )
     throughput_batch: int = Field(default=32, ge=1)
     pruning: PruningParams = PruningParams()
     distill: DistillParams = DistillParams()

@@ -428,7 +428,11 @@ OPTIMIZE_CASES: dict[str, tuple[Breaker, dict[str, str], tuple[str, ...]]] = {
     "--out under a file": (
         lambda t: None, {"--out": "afile/o"}, ("--out afile/o: afile is a file, not a folder",),
     ),
-    "--plots is a file": (lambda t: None, {"--plots": "afile"}, ("--plots afile: is a file",)),
+    "--report under a file": (
+        lambda t: None,
+        {"--report": "afile/r.json"},
+        ("--report afile/r.json: afile is a file, not a folder",),
+    ),
 }  # fmt: skip
 
 

@@ -37,9 +37,11 @@ def row(
     )
 
 
-def chosen(rows: list[VariantScores], drop: float = 0.01, min_f1: float = 0.5) -> Optimization:
+def chosen(
+    rows: list[VariantScores], drop: float = 0.01, min_f1: float = 0.5, tie: float = 0.0
+) -> Optimization:
     """The rule end to end: the stage marks the eligible rows, register selects."""
-    return select(mark_eligible(rows, drop, min_f1))
+    return select(mark_eligible(rows, drop, min_f1), tie)
 
 
 def test_the_fastest_variant_within_the_drop_is_selected() -> None:
@@ -75,6 +77,21 @@ def test_a_tie_in_latency_goes_to_the_smaller_file() -> None:
     assert chosen(rows).selected == "dynamic"
 
 
+def test_latencies_within_the_tie_margin_go_to_the_smallest_file() -> None:
+    # 5 % apart: timing noise, not a difference; the smaller file is served.
+    rows = [row("float32", 0.95, 0.05, 600), row("dynamic", 0.95, 0.0100, 160)]
+    rows.append(row("int8", 0.95, 0.0105, 150))
+    report = chosen(rows, tie=0.1)
+    assert report.selected == "int8"
+    assert "the smallest of 2 within 10% of the fastest: int8" in str(report.reason)
+    # 20 % apart is a difference: the faster one is served.
+    rows[2] = row("int8", 0.95, 0.012, 150)
+    assert chosen(rows, tie=0.1).selected == "dynamic"
+    # A smaller file that is fast but not eligible is never in the tie.
+    rows[2] = row("int8", 0.90, 0.0101, 150)
+    assert chosen(rows, tie=0.1).selected == "dynamic"
+
+
 def test_a_drop_exactly_at_the_limit_is_allowed() -> None:
     # 0.97 - 0.96 is 0.010000000000000009 in floating point.
     rows = [row("float32", 0.97, 0.05, 600), row("int8", 0.96, 0.01, 150)]
@@ -99,17 +116,12 @@ def stage_report() -> Optimization:
 
 
 def test_selection_needs_timings() -> None:
-    untimed = mark_eligible(
-        [row("float32", 0.95, None, 600), row("int8", 0.95, None, 150)], 0.01, 0.5
-    )
     with pytest.raises(ValueError, match="every eligible variant timed"):
-        select(untimed)
+        select(stage_report())
 
 
 def test_the_stage_report_has_no_timings_and_no_selection(tmp_path: Path) -> None:
-    report = mark_eligible(
-        [row("float32", 0.95, None, 600), row("int8", 0.95, None, 150)], 0.01, 0.5
-    )
+    report = stage_report()
     report.write(tmp_path / OPTIMIZATION)
     assert Optimization.read(tmp_path / OPTIMIZATION) == report
     document = json.loads((tmp_path / OPTIMIZATION).read_text())
@@ -141,7 +153,10 @@ def optimized(tiny_pipeline: TinyPipeline, tmp_path_factory: pytest.TempPathFact
     trained to convergence: the shared tiny candidate (6 epochs) is still learning, and
     a fine-tuned or distilled model would then differ from it by learning more."""
     root = tmp_path_factory.mktemp("optimize")
-    write_params(root, {"train": {"epochs": 20}, "optimize": {"pruning": {"epochs": 6}}})
+    # distill.epochs null: the student trains as long as the candidate (the tiny params'
+    # two epochs leave it far from the teacher)
+    compress = {"pruning": {"epochs": 6}, "distill": {"epochs": None}}
+    write_params(root, {"train": {"epochs": 20}, "optimize": compress})
     env = {"MEGA_WANDB_MODE": "disabled"}
     data = str(tiny_pipeline.processed)
     run_cli(

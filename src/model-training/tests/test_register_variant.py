@@ -5,6 +5,7 @@ nothing published."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -121,6 +122,11 @@ def _rewrite(root: Path, change: Callable[[dict[str, Any]], object]) -> None:
     path.write_text(json.dumps(document))
 
 
+def _archive(path: Path) -> None:
+    with path.open("wb") as file:  # a path would get ".npz" appended
+        np.savez(file, np.zeros((2, 8, 8, 1), np.uint8))
+
+
 def _elsewhere(document: dict[str, Any]) -> None:
     document["variants"][1]["file"] = "../candidate/model.tflite"
 
@@ -162,6 +168,22 @@ BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
         lambda d: np.save(d / "optimized/timing_images.npy", np.zeros((3, 8), np.uint8)),
         "timing_images.npy: uint8 [3, 8] is not a uint8 array of images",
     ),
+    "the timing images an empty file": (
+        lambda d: (d / "optimized/timing_images.npy").write_bytes(b""),
+        "timing_images.npy: not a NumPy array file",
+    ),
+    "the timing images an archive": (
+        lambda d: _archive(d / "optimized/timing_images.npy"),
+        "timing_images.npy: an archive of arrays, not one array",
+    ),
+    "made from another candidate": (
+        lambda d: (d / "candidate/model.tflite").write_bytes(b"a newer candidate"),
+        "made from another candidate than",
+    ),
+    "labels of another candidate": (
+        lambda d: (d / "candidate/labels.json").write_text('["cat", "dog"]'),
+        "(labels.json is not its labels.json)",
+    ),
     "the timing images empty": (
         lambda d: np.save(d / "optimized/timing_images.npy", np.zeros((0, 8, 8, 1), np.uint8)),
         "timing_images.npy: uint8 [0, 8, 8, 1] is not a uint8 array of images",
@@ -202,7 +224,7 @@ def test_a_variant_litert_cannot_run_is_named_and_nothing_is_published(
     model, metrics = copy(built, tmp_path)
     make, message = UNRUNNABLE[case]
     make(tmp_path)
-    with pytest.raises(ValueError, match="re-run the optimize stage") as caught:
+    with pytest.raises(InputError, match="re-run the optimize stage") as caught:
         publish(tmp_path, model, metrics)
     assert message in str(caught.value)
     assert not (tmp_path / "r").exists() or not ModelRegistry(tmp_path / "r", "m").versions()
@@ -232,3 +254,28 @@ def test_the_cli_says_which_variant_it_serves_or_what_is_wrong(built: Path, tmp_
     lines = broken.stderr.strip().splitlines()
     assert len(lines) == 1 and "optimization.json: not valid JSON" in lines[0], broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+def test_with_tracking_the_timed_table_goes_to_wandb(built: Path, tmp_path: Path) -> None:
+    copy(built, tmp_path)
+    params = {
+        "registry": {"model_name": "m"},
+        "optimize": {"latency_runs": 20},
+        "train": {"tracking": "wandb"},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"]
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", *args, "--optimized", "optimized"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MEGA_WANDB_MODE": "offline", "MEGA_WANDB_DIR": "runs"},
+    )
+    assert result.returncode == 0, result.stderr
+    [table_file] = (tmp_path / "runs").rglob("optimization_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert {"p50 ms", "images/s (batch)", "eligible", "served"} <= set(table["columns"])
+    served = table["columns"].index("served")
+    assert [line[0] for line in table["data"] if line[served]] == ["int8"]

@@ -40,7 +40,7 @@ ENTRIES: dict[str, tuple[str, dict[str, str]]] = {
         },
     ),
     # inputs.check_optimized returns the optimize stage's report register acts on
-    "register": ("register", {}),
+    "register": ("register", {"tracking": "logs the table to W&B; writes nothing register makes"}),
 }
 
 

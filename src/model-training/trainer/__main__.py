@@ -277,6 +277,12 @@ def register(
     check_output("--registry", registry or get_settings().models_root)
     from common.registry import ModelRegistry, RegistryError
     from trainer.register import register as run_register
+    from trainer.register import track_selection
+    from trainer.tracking import check_server
+
+    # The timed optimization table goes to W&B: the server answers before any work.
+    tracking = pipeline.train.tracking == "wandb" and optimized is not None
+    check_server(tracking, get_settings())  # ServiceError: one line
 
     record_root = registry or get_settings().models_root
     with (
@@ -292,11 +298,9 @@ def register(
             pipeline.optimize,
         )
     verdict = "promoted to production" if record.promoted else "kept as candidate"
-    variant = (
-        ModelRegistry(record_root, pipeline.registry.model_name)
-        .version_info(record.version)
-        .get("variant")
-    )
+    published = ModelRegistry(record_root, pipeline.registry.model_name)
+    track_selection(published, record, tracking, get_settings())
+    variant = published.version_info(record.version).get("variant")
     served = f" serving the {variant} variant" if variant else ""
     typer.echo(
         f"register: {record.model} version {record.version}{served} {verdict} "

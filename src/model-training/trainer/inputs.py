@@ -23,6 +23,7 @@ from common.contracts import (
     OPTIMIZATION,
     PREPROCESS,
     STATS,
+    TFLITE_FILE,
     TIMING_IMAGES,
     ContractError,
     Lineage,
@@ -155,13 +156,15 @@ def check_metrics(uri: str) -> Metrics:
     return _checked(Metrics.read, uri, fix)
 
 
-def check_optimized(folder: Path) -> tuple[Optimization, np.ndarray]:
+def check_optimized(folder: Path, candidate: Path) -> tuple[Optimization, np.ndarray]:
     """The optimize stage's report in the local `folder`, every variant's file checked,
     and the test images to time them on (float32 `[N, H, W, C]`, 0–255).
 
     Raises `InputError` naming the file, the problem and the fix: the report missing or
     malformed, a variant whose file is not a `.tflite` beside the report, or is missing
-    or empty, or the timing images missing or not a uint8 array of images.
+    or empty, the folder made from another candidate than `candidate` (its float32
+    variant or labels differ from the candidate's), or the timing images missing or not
+    a uint8 array of images.
     """
     report_uri = str(folder / OPTIMIZATION)
     report = _checked(Optimization.read, report_uri, RERUN_OPTIMIZE)
@@ -175,7 +178,23 @@ def check_optimized(folder: Path) -> tuple[Optimization, np.ndarray]:
         path = folder / row.file
         if not path.is_file() or path.stat().st_size == 0:
             raise InputError(f"{path}: variant {row.name!r}'s model is missing; {RERUN_OPTIMIZE}")
+    _same_candidate(folder, report.variant(report.baseline).file, candidate)
     return report, _timing_images(folder / TIMING_IMAGES)
+
+
+def _same_candidate(folder: Path, baseline_file: str, candidate: Path) -> None:
+    """The stage copies the candidate's float32 `.tflite` and labels as they are: if they
+    differ, the variants are of another model (optimize did not run after train)."""
+    pairs = [
+        (folder / baseline_file, candidate / TFLITE_FILE),
+        (folder / LABELS, candidate / LABELS),
+    ]
+    for made, source in pairs:
+        if not made.is_file() or storage.sha256_file(made) != storage.sha256_file(source):
+            raise InputError(
+                f"{folder}: made from another candidate than {candidate} ({made.name} is not "
+                f"its {source.name}); {RERUN_OPTIMIZE}"
+            )
 
 
 def _timing_images(path: Path) -> np.ndarray:
@@ -185,8 +204,10 @@ def _timing_images(path: Path) -> np.ndarray:
         )
     try:
         images = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
         raise InputError(f"{path}: not a NumPy array file ({exc}); {RERUN_OPTIMIZE}") from exc
+    if not isinstance(images, np.ndarray):  # an .npz archive under this name
+        raise InputError(f"{path}: an archive of arrays, not one array; {RERUN_OPTIMIZE}")
     if images.dtype != np.uint8 or images.ndim != 4 or not len(images):
         raise InputError(
             f"{path}: {images.dtype} {list(images.shape)} is not a uint8 array of images "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.images import quantize
 from trainer.quiet import filtered_native_stderr
 
 LATENCY_WARMUP = 10  # invocations before timing: first calls allocate and pack weights
@@ -42,20 +43,31 @@ def to_input(images: np.ndarray, detail: dict) -> np.ndarray:
     if dtype == np.float32:
         return images.astype(np.float32)
     scale, zero_point = detail["quantization"]
-    info = np.iinfo(dtype)
-    quantized = np.round(images / scale + zero_point)
-    return np.clip(quantized, info.min, info.max).astype(dtype)
+    return quantize(images, scale, int(zero_point), dtype)
 
 
 def _interpreter(content: bytes, batch: int, shape: tuple[int, ...]):
+    """An interpreter for batches of `batch` images of `shape` `(H, W, C)`.
+
+    Raises:
+        ValueError: the model takes images of another shape (a dimension it declares
+            dynamic, -1, takes any size), or `content` is not a LiteRT model.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     with filtered_native_stderr():  # LiteRT's "Created ... XNNPACK delegate" notice
         # One thread: on these small inputs a second thread only adds hand-off cost.
         interpreter = Interpreter(model_content=content, num_threads=1)
-        interpreter.resize_tensor_input(
-            interpreter.get_input_details()[0]["index"], [batch, *shape]
+        detail = interpreter.get_input_details()[0]
+        # Resizing would accept another image size in a model that pools globally, and
+        # the figures would then be of images it is never served.
+        declared = [int(size) for size in detail["shape_signature"][1:]]
+        fits = len(declared) == len(shape) and all(
+            d in (-1, s) for d, s in zip(declared, shape, strict=True)
         )
+        if not fits:
+            raise ValueError(f"the model takes images of shape {declared}, not {list(shape)}")
+        interpreter.resize_tensor_input(detail["index"], [batch, *shape])
         interpreter.allocate_tensors()
     return interpreter
 
@@ -108,7 +120,8 @@ def time_litert(content: bytes, images: np.ndarray, *, latency_runs: int, batch:
 
 def single_image_latency(content: bytes, images: np.ndarray, runs: int) -> tuple[float, float]:
     """p50 and p95 milliseconds of one image's set-invoke-read, over `runs` calls
-    cycling through `images` (float `[N, H, W, C]`, 0–255, quantized beforehand)."""
+    cycling through `images` (float `[N, H, W, C]`, 0–255; quantized here for an integer
+    input)."""
     single = _interpreter(content, 1, tuple(images.shape[1:]))
     detail = single.get_input_details()[0]
     inputs = to_input(images, detail)

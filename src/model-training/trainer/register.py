@@ -31,10 +31,12 @@ from common.contracts import (
 )
 from common.params import OptimizeParams, RegistryParams
 from common.registry import ModelRegistry
+from common.settings import Settings
 from trainer.inputs import check_metrics, check_optimized
 from trainer.lineage import version_identity, version_lineage
-from trainer.optimize_report import OPTIMIZATION_PNG, markdown_table, plot_png
+from trainer.optimize_report import OPTIMIZATION_PNG, markdown_table, plot_png, table
 from trainer.selection import select, time_variants
+from trainer.tracking import Tracker
 
 log = logging.getLogger("trainer.register")
 
@@ -227,7 +229,7 @@ def register(
     `metrics_path` or optimization report, before anything is published.
     """
     metrics = check_metrics(metrics_path)
-    measured = check_optimized(optimized) if optimized is not None else None
+    measured = check_optimized(optimized, candidate) if optimized is not None else None
     labels = read_labels(candidate / LABELS)
     # The candidate's lineage with its run's facts and today's git state: the version
     # records them, but only the model's files and metrics decide whether it is new.
@@ -246,7 +248,8 @@ def register(
         report = None
         if optimized is not None and measured is not None:
             table, images = measured
-            report = select(time_variants(table, optimized, images, timing or OptimizeParams()))
+            settings = timing or OptimizeParams()
+            report = select(time_variants(table, optimized, images, settings), settings.latency_tie)
             identity = _serve_variant(staging, report, optimized, identity)
             extra |= {"variant": report.selected, "variant_reason": report.reason}
         storage.write_text(
@@ -264,6 +267,26 @@ def register(
         reason=reason,
         uri=registry.version_uri(version),
     )
+
+
+def track_selection(
+    registry: ModelRegistry, record: RegisterResult, enabled: bool, settings: Settings
+) -> None:
+    """With tracking on, a W&B run of job type `register` gets the version's timed
+    optimization table and the variant it serves (nothing for a version without one)."""
+    report = registry.read_document(record.version, OPTIMIZATION, Optimization)
+    if report is None:
+        return
+    tracker = Tracker(enabled=enabled, settings=settings)
+    tracker.start(config={"model": record.model, "version": record.version}, job_type="register")
+    try:
+        titles, rows = table(report)
+        tracker.log_table("optimization", titles, rows)
+        tracker.summary(
+            {"selected": report.selected, "selection_reason": report.reason, "alias": record.alias}
+        )
+    finally:
+        tracker.finish()
 
 
 def _serve_variant(staging: Path, report: Optimization, optimized: Path, identity: str) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 
 from common.contracts import Optimization, VariantScores
 from common.params import OptimizeParams
+from trainer.inputs import InputError
 from trainer.litert import time_litert
 
 BASELINE: Final = "float32"
@@ -63,7 +64,8 @@ def time_variants(
     throughput at `params.throughput_batch`. Each row's file is read from `folder`.
 
     Raises:
-        ValueError: LiteRT cannot run a variant's file on these images (named).
+        trainer.inputs.InputError: LiteRT cannot run a variant's file on these images
+            (named): the folder is broken, re-run optimize.
     """
     timed = []
     for row in report.variants:
@@ -76,7 +78,7 @@ def time_variants(
                 batch=params.throughput_batch,
             )
         except (ValueError, RuntimeError) as exc:  # what the interpreter raises
-            raise ValueError(
+            raise InputError(
                 f"{path}: LiteRT cannot run variant {row.name!r} on the timing images "
                 f"({str(exc).splitlines()[0]}); re-run the optimize stage"
             ) from exc
@@ -92,20 +94,25 @@ def time_variants(
     return report.model_copy(update={"variants": timed})
 
 
-def select(report: Optimization) -> Optimization:
-    """The selection rule over a timed report: the fastest eligible variant (p50), a tie
-    going to the smaller file; with none eligible, float32. Returns `report` with
+def select(report: Optimization, latency_tie: float = 0.0) -> Optimization:
+    """The selection rule over a timed report: among the eligible variants whose p50 is
+    within `latency_tie` (a share, 0.1 = 10 %) of the fastest eligible one, the smallest
+    file (then the lower p50); with none eligible, float32. Returns `report` with
     `selected` and `reason` set.
+
+    Timings move by a few percent from run to run: without the tie margin two variants
+    that close would take turns being served, each turn a new registry version.
 
     Raises:
         ValueError: an eligible row without a p50 latency (the report was not timed).
     """
     base = report.variant(BASELINE)
-    eligible = [row for row in report.variants if row.eligible]
-    if any(row.latency_p50_ms is None for row in eligible):
+    eligible = [(row, row.latency_p50_ms) for row in report.variants if row.eligible]
+    timed = [(row, p50) for row, p50 in eligible if p50 is not None]
+    if len(timed) < len(eligible):
         raise ValueError("the selection needs every eligible variant timed (time_variants)")
     drop = report.max_accuracy_drop
-    if not eligible:
+    if not timed:
         return report.model_copy(
             update={
                 "selected": BASELINE,
@@ -115,13 +122,19 @@ def select(report: Optimization) -> Optimization:
                 ),
             }
         )
-    best = min(eligible, key=lambda row: (row.latency_p50_ms or 0.0, row.bytes))
+    fastest = min(p50 for _, p50 in timed)
+    tied = [(row, p50) for row, p50 in timed if p50 <= fastest * (1 + latency_tie)]
+    best, p50 = min(tied, key=lambda pair: (pair[0].bytes, pair[1]))
+    others = ""
+    if len(tied) > 1:
+        others = f", the smallest of {len(tied)} within {latency_tie:.0%} of the fastest"
     return report.model_copy(
         update={
             "selected": best.name,
             "reason": (
-                f"fastest within {drop:.3f} of float32's test accuracy ({base.accuracy:.4f}): "
-                f"{best.name} {best.accuracy:.4f}, p50 {best.latency_p50_ms:.3f} ms"
+                f"fastest within {drop:.3f} of float32's test accuracy ({base.accuracy:.4f})"
+                f"{others}: {best.name} {best.accuracy:.4f}, p50 {p50:.3f} ms, "
+                f"{best.bytes:,} bytes"
             ),
         }
     )
