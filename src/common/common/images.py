@@ -335,5 +335,6 @@ def quantize(values: np.ndarray, scale: float, zero_point: int, dtype: np.dtype)
     input usually has scale 1 and zero point 0: the raw pixels pass unchanged.
     """
     info = np.iinfo(dtype)
-    quantized = np.round(values / scale) + zero_point
+    # A scale of 0 means the converter recorded none: the values pass as they are.
+    quantized = np.round(values / (scale or 1.0)) + zero_point
     return np.clip(quantized, info.min, info.max).astype(dtype)

@@ -83,7 +83,7 @@ def test_latencies_within_the_tie_margin_go_to_the_smallest_file() -> None:
     rows.append(row("int8", 0.95, 0.0105, 150))
     report = chosen(rows, tie=0.1)
     assert report.selected == "int8"
-    assert "the smallest of 2 within 10% of the fastest: int8" in str(report.reason)
+    assert "the smallest of 2 within 10 % of the fastest: int8" in str(report.reason)
     # 20 % apart is a difference: the faster one is served.
     rows[2] = row("int8", 0.95, 0.012, 150)
     assert chosen(rows, tie=0.1).selected == "dynamic"

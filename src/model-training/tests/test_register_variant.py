@@ -168,6 +168,10 @@ BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
         lambda d: np.save(d / "optimized/timing_images.npy", np.zeros((3, 8), np.uint8)),
         "timing_images.npy: uint8 [3, 8] is not a uint8 array of images",
     ),
+    "timing images of another size": (
+        lambda d: np.save(d / "optimized/timing_images.npy", np.zeros((2, 5, 5, 1), np.uint8)),
+        "images of shape [5, 5, 1], the model takes [8, 8, 1] (preprocess.json)",
+    ),
     "the timing images an empty file": (
         lambda d: (d / "optimized/timing_images.npy").write_bytes(b""),
         "timing_images.npy: not a NumPy array file",
@@ -209,10 +213,6 @@ UNRUNNABLE: dict[str, tuple[Callable[[Path], object], str]] = {
     "a variant's file not a model": (
         lambda d: (d / "optimized/int8.tflite").write_bytes(b"not a flatbuffer"),
         "int8.tflite: LiteRT cannot run variant 'int8' on the timing images",
-    ),
-    "timing images of another size": (
-        lambda d: np.save(d / "optimized/timing_images.npy", np.zeros((2, 5, 5, 1), np.uint8)),
-        "float32.tflite: LiteRT cannot run variant 'float32' on the timing images",
     ),
 }
 
@@ -279,3 +279,33 @@ def test_with_tracking_the_timed_table_goes_to_wandb(built: Path, tmp_path: Path
     assert {"p50 ms", "images/s (batch)", "eligible", "served"} <= set(table["columns"])
     served = table["columns"].index("served")
     assert [line[0] for line in table["data"] if line[served]] == ["int8"]
+
+
+def test_a_candidate_without_its_model_is_named(built: Path, tmp_path: Path) -> None:
+    model, metrics = copy(built, tmp_path)
+    (model / "model.tflite").unlink()
+    with pytest.raises(InputError, match="re-run the train stage") as caught:
+        publish(tmp_path, model, metrics)
+    assert "candidate/model.tflite: not found" in str(caught.value)
+
+
+def test_a_wandb_failure_after_publishing_is_a_warning(built: Path, tmp_path: Path) -> None:
+    # The version is published before the table goes to W&B: a failure there must not
+    # report the registration as failed (DVC would not record the stage).
+    copy(built, tmp_path)
+    params = {"registry": {"model_name": "m"}, "train": {"tracking": "wandb"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "afile").write_text("not a folder")
+    args = ["register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"]
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", *args, "--optimized", "optimized"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MEGA_WANDB_MODE": "offline", "MEGA_WANDB_DIR": "afile"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "register: warning: the optimization table did not reach W&B" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout.startswith("register: m version 1 serving the int8 variant promoted")

@@ -275,7 +275,9 @@ def register(
     with failures_as(EXIT_USAGE, InputError):  # checked before any work
         check_candidate(model, (LINEAGE,))
     check_output("--registry", registry or get_settings().models_root)
+    from common.contracts import ContractError
     from common.registry import ModelRegistry, RegistryError
+    from common.services import ServiceError
     from trainer.register import register as run_register
     from trainer.register import track_selection
     from trainer.tracking import check_server
@@ -299,7 +301,14 @@ def register(
         )
     verdict = "promoted to production" if record.promoted else "kept as candidate"
     published = ModelRegistry(record_root, pipeline.registry.model_name)
-    track_selection(published, record, tracking, get_settings())
+    try:
+        track_selection(published, record, tracking, get_settings())
+    except (ServiceError, OSError, RegistryError, ContractError) as exc:  # published anyway
+        typer.echo(
+            f"register: warning: the optimization table did not reach W&B ({exc}); the "
+            "version is published",
+            err=True,
+        )
     variant = published.version_info(record.version).get("variant")
     served = f" serving the {variant} variant" if variant else ""
     typer.echo(

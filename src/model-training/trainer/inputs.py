@@ -179,7 +179,14 @@ def check_optimized(folder: Path, candidate: Path) -> tuple[Optimization, np.nda
         if not path.is_file() or path.stat().st_size == 0:
             raise InputError(f"{path}: variant {row.name!r}'s model is missing; {RERUN_OPTIMIZE}")
     _same_candidate(folder, report.variant(report.baseline).file, candidate)
-    return report, _timing_images(folder / TIMING_IMAGES)
+    images = _timing_images(folder / TIMING_IMAGES)
+    spec = read_preprocess(str(candidate), RERUN_TRAIN)
+    if tuple(images.shape[1:]) != spec.shape:
+        raise InputError(
+            f"{folder / TIMING_IMAGES}: images of shape {list(images.shape[1:])}, the model "
+            f"takes {list(spec.shape)} (preprocess.json); {RERUN_OPTIMIZE}"
+        )
+    return report, images
 
 
 def _same_candidate(folder: Path, baseline_file: str, candidate: Path) -> None:
@@ -190,6 +197,8 @@ def _same_candidate(folder: Path, baseline_file: str, candidate: Path) -> None:
         (folder / LABELS, candidate / LABELS),
     ]
     for made, source in pairs:
+        if not source.is_file():
+            raise InputError(f"{source}: not found; {RERUN_TRAIN}")
         if not made.is_file() or storage.sha256_file(made) != storage.sha256_file(source):
             raise InputError(
                 f"{folder}: made from another candidate than {candidate} ({made.name} is not "

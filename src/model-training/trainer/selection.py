@@ -127,7 +127,7 @@ def select(report: Optimization, latency_tie: float = 0.0) -> Optimization:
     best, p50 = min(tied, key=lambda pair: (pair[0].bytes, pair[1]))
     others = ""
     if len(tied) > 1:
-        others = f", the smallest of {len(tied)} within {latency_tie:.0%} of the fastest"
+        others = f", the smallest of {len(tied)} within {100 * latency_tie:g} % of the fastest"
     return report.model_copy(
         update={
             "selected": best.name,
