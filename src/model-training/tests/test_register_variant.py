@@ -309,3 +309,24 @@ def test_a_wandb_failure_after_publishing_is_a_warning(built: Path, tmp_path: Pa
     assert "register: warning: the optimization table did not reach W&B" in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout.startswith("register: m version 1 serving the int8 variant promoted")
+
+
+def test_registering_again_keeps_the_choice_without_timing_again(
+    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Timed again, two close variants could swap places and make a new version of the
+    # same model (it happened under load): the choice is made once per candidate and
+    # optimize folder.
+    model, metrics = copy(built, tmp_path, eligible=("float32", "int8"))
+    first = publish(tmp_path, model, metrics)
+
+    def timed_again(*args: object) -> None:
+        raise AssertionError("the variants were timed again")
+
+    monkeypatch.setattr("trainer.register.time_variants", timed_again)
+    assert publish(tmp_path, model, metrics) == first
+    assert ModelRegistry(tmp_path / "r", "m").versions() == ["1"]
+    # Other variants (another optimize report) are timed.
+    _rewrite(tmp_path, lambda doc: doc.update(max_accuracy_drop=0.02))
+    with pytest.raises(AssertionError, match="timed again"):
+        publish(tmp_path, model, metrics)

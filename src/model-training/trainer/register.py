@@ -8,6 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from common import storage
 from common.contracts import (
     LABELS,
@@ -247,11 +249,17 @@ def register(
             classes.write(staging / TRAINING_CLASSES)
         report = None
         if optimized is not None and measured is not None:
-            table, images = measured
-            settings = timing or OptimizeParams()
-            report = select(time_variants(table, optimized, images, settings), settings.latency_tie)
+            stage_hash = storage.sha256_file(optimized / OPTIMIZATION)
+            report = _served_before(registry, identity, stage_hash) or _time_and_select(
+                measured, optimized, timing or OptimizeParams()
+            )
+            extra |= {
+                "variant": report.selected,
+                "variant_reason": report.reason,
+                "candidate_hash": identity,
+                "optimization_hash": stage_hash,
+            }
             identity = _serve_variant(staging, report, optimized, identity)
-            extra |= {"variant": report.selected, "variant_reason": report.reason}
         storage.write_text(
             staging / MODEL_CARD, model_card(params.model_name, metrics, lineage, report)
         )
@@ -287,6 +295,42 @@ def track_selection(
         )
     finally:
         tracker.finish()
+
+
+def _time_and_select(
+    measured: tuple[Optimization, np.ndarray], optimized: Path, timing: OptimizeParams
+) -> Optimization:
+    """Time every variant of the optimize folder here and apply the selection rule."""
+    table, images = measured
+    return select(time_variants(table, optimized, images, timing), timing.latency_tie)
+
+
+def _served_before(
+    registry: ModelRegistry, candidate_hash: str, stage_hash: str
+) -> Optimization | None:
+    """The timed report of a version already published from this candidate and these
+    variants (the same optimize report, byte for byte), or None.
+
+    Registering the same model again must give the same version: timed again, two close
+    variants could swap places and make a new one. So the choice is made once per
+    candidate and optimize folder, and a re-run keeps it. A version whose report is
+    unreadable is passed over (the variants are timed again).
+    """
+    for version in reversed(registry.versions()):
+        try:
+            info = registry.version_info(version)
+            if (info.get("candidate_hash"), info.get("optimization_hash")) != (
+                candidate_hash,
+                stage_hash,
+            ):
+                continue
+            report = registry.read_document(version, OPTIMIZATION, Optimization)
+        except (OSError, ContractError) as exc:
+            log.warning("version %s: unreadable (%s); timing the variants again", version, exc)
+            continue
+        if report is not None and report.selected is not None:
+            return report
+    return None
 
 
 def _serve_variant(staging: Path, report: Optimization, optimized: Path, identity: str) -> str:
