@@ -380,6 +380,7 @@ def test_the_model_card_shows_the_optimization_table_when_there_is_one(
             "latency_ms": 0.22,
             "served": True,
         },
+        {"variant": "student", "size_bytes": 9_000, "accuracy": 0.95, "latency_ms": 0.0066},
     ]
 
     def add_table(route: Any) -> None:
@@ -392,7 +393,7 @@ def test_the_model_card_shows_the_optimization_table_when_there_is_one(
     wait_until_ready(page)
     page.wait_for_selector("#optimization:not([hidden])")
     rows = page.locator("#optimization-table tbody tr")
-    assert rows.count() == 2
+    assert rows.count() == 3
     assert page.locator("#optimization-table thead th").all_inner_texts() == [
         "Variant",
         "Size",
@@ -402,6 +403,8 @@ def test_the_model_card_shows_the_optimization_table_when_there_is_one(
     ]
     assert rows.nth(1).inner_text().split("\t")[:4] == ["int8", "31.0 KB", "95.8%", "0.22 ms"]
     assert "served" in (rows.nth(1).get_attribute("class") or "")
+    # sub-millisecond latencies keep two significant digits, not two decimals
+    assert rows.nth(2).inner_text().split("\t")[3] == "0.0066 ms"
     page.locator("#model-card").screenshot(path=str(output_dir / "model-card.png"))
 
 
