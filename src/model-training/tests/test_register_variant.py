@@ -239,6 +239,22 @@ def test_the_cli_says_which_variant_it_serves_or_what_is_wrong(built: Path, tmp_
     assert "Traceback" not in broken.stderr
 
 
+def register_cli(
+    root: Path, params: dict[str, Any], **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m trainer register --optimized optimized` in `root` with `params`."""
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"]
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args, "--optimized", "optimized"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+
+
 def test_with_tracking_the_timed_table_goes_to_wandb(built: Path, tmp_path: Path) -> None:
     copy(built, tmp_path)
     params = {
@@ -246,16 +262,7 @@ def test_with_tracking_the_timed_table_goes_to_wandb(built: Path, tmp_path: Path
         "optimize": {"latency_runs": 20},
         "train": {"tracking": "wandb"},
     }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    args = ["register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"]
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer", *args, "--optimized", "optimized"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "MEGA_WANDB_MODE": "offline", "MEGA_WANDB_DIR": "runs"},
-    )
+    result = register_cli(tmp_path, params, MEGA_WANDB_MODE="offline", MEGA_WANDB_DIR="runs")
     assert result.returncode == 0, result.stderr
     [table_file] = (tmp_path / "runs").rglob("optimization_*.table.json")
     table = json.loads(table_file.read_text())
@@ -277,17 +284,8 @@ def test_a_wandb_failure_after_publishing_is_a_warning(built: Path, tmp_path: Pa
     # report the registration as failed (DVC would not record the stage).
     copy(built, tmp_path)
     params = {"registry": {"model_name": "m"}, "train": {"tracking": "wandb"}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "afile").write_text("not a folder")
-    args = ["register", "--model", "candidate", "--metrics", "metrics.json", "--registry", "r"]
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer", *args, "--optimized", "optimized"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "MEGA_WANDB_MODE": "offline", "MEGA_WANDB_DIR": "afile"},
-    )
+    result = register_cli(tmp_path, params, MEGA_WANDB_MODE="offline", MEGA_WANDB_DIR="afile")
     assert result.returncode == 0, result.stderr
     assert "register: warning: the optimization table did not reach W&B" in result.stderr
     assert "Traceback" not in result.stderr
