@@ -185,6 +185,33 @@ class OptimizeParams(_Section):
     distill: DistillParams = DistillParams()
 
 
+class VertexParams(_Section):
+    """Training on Vertex AI (`mega train --on vertex`, `mega tune --on vertex`)."""
+
+    machine_type: str = Field(
+        default="n1-standard-4", pattern=r"^[a-z0-9-]+$", description="Each worker's machine."
+    )
+    accelerator_type: str = Field(
+        default="NVIDIA_TESLA_T4",
+        pattern=r"^[A-Z0-9_]+$",
+        description="Vertex AI's AcceleratorType name; used when accelerator_count > 0.",
+    )
+    accelerator_count: int = Field(default=0, ge=0, le=16, description="GPUs per worker.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Machines: one chief, and workers - 1 more (MultiWorkerMirroredStrategy).",
+    )
+    boot_disk_gb: int = Field(default=100, ge=100, le=65536)
+    timeout_hours: float = Field(default=24.0, gt=0, le=168, description="Then Vertex stops it.")
+    restart_on_worker_restart: bool = Field(
+        default=True,
+        description="Restart every worker when one restarts; the trainer resumes from "
+        "AIP_CHECKPOINT_DIR's backup.",
+    )
+
+
 class PipelineParams(_Section):
     dataset: str = Field(default="digits", pattern=r"^[A-Za-z0-9_-]+$")
     collect: CollectParams = CollectParams()
@@ -192,6 +219,7 @@ class PipelineParams(_Section):
     train: TrainParams = TrainParams()
     registry: RegistryParams = RegistryParams()
     optimize: OptimizeParams = OptimizeParams()
+    vertex: VertexParams = VertexParams()
 
 
 class ParamsError(ValueError):

@@ -31,6 +31,20 @@ class Settings(BaseSettings):
 
     # Google Cloud (needed only for cloud runs).
     gcp_project: str | None = None
+    gcp_region: str = "us-central1"
+    # Where cloud runs keep their data, job outputs and staged files: gs://bucket[/prefix].
+    gcs_root: str | None = None
+    # The service account (e-mail) Vertex AI jobs run as; unset: Vertex AI's default one.
+    vertex_service_account: str | None = None
+    # The Vertex AI API endpoint; unset: the region's own. Set it for a private endpoint
+    # (tests point it at a loopback stub: an http:// endpoint is sent no credentials).
+    vertex_endpoint: str | None = None
+    # The Artifact Registry repository the images are pushed to and Vertex AI pulls from,
+    # as `gcloud artifacts repositories describe` prints its registryUri.
+    image_repository: str | None = None
+    # The Secret Manager secret holding the W&B API key (its name in MEGA_GCP_PROJECT, or
+    # a full `projects/…/secrets/…` name): cloud jobs read the key from it at start.
+    wandb_secret: str | None = None
 
     # External services (Cloud Storage, W&B): seconds to open a connection, to wait for
     # one answer, and for one operation with its retries (common.services.ServiceBudget).
