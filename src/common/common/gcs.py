@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from common.services import ServiceBudget, ServiceError
 
 if TYPE_CHECKING:
-    from google.cloud import storage as gcs
+    import google.cloud.storage as gcs
 
 GCS_SCHEME = "gs://"
 
@@ -44,7 +44,7 @@ def gcs_client() -> gcs.Client:
 
     Raises ServiceError when no Google credentials can be found.
     """
-    from google.cloud import storage as gcs_lib
+    import google.cloud.storage as gcs_lib
 
     from common.settings import get_settings
 
