@@ -12,9 +12,10 @@ import subprocess
 from pathlib import Path
 
 LOCAL_REPOSITORY = "mega-pipeline"
-# The training image, and its variant with TensorFlow's CUDA wheels (ACCELERATOR=gpu).
 TRAINING_IMAGE = "model-training"
-TRAINING_GPU_IMAGE = "model-training-gpu"
+# The training image built with ACCELERATOR=gpu (TensorFlow's CUDA wheels) is tagged
+# `<tag>-gpu` (src/model-training/README.md).
+GPU_TAG_SUFFIX = "-gpu"
 
 
 def _git(root: Path, *args: str) -> str:
