@@ -27,6 +27,15 @@ SUMMARY = re.compile(r"^(collect|process|train|evaluate|optimize|register): (?!e
 ERROR = re.compile(r"^[\w-]+: error: ")
 
 
+@dataclass(frozen=True)
+class ExperimentRun:
+    """Run as a DVC experiment (`dvc exp run --temp`) instead of `dvc repro`."""
+
+    name: str
+    overrides: list[str]  # `KEY=VALUE`s for `-S`, checked beforehand
+    env: dict[str, str]  # variables for the dvc process (workflow.experiments.experiment_env)
+
+
 @dataclass
 class ReproResult:
     returncode: int
@@ -51,21 +60,34 @@ def repro(
     console: Console,
     force: bool = False,
     single: bool = False,
+    experiment: ExperimentRun | None = None,
 ) -> ReproResult:
     """Run `dvc repro [targets]`, showing progress over `stages`; full output goes to a log.
 
-    `single` re-runs just the targets, not the stages before them.
+    `single` re-runs just the targets, not the stages before them. With `experiment`,
+    `dvc exp run --temp` runs them in a temporary copy (params.yaml and the workspace
+    unchanged); `force` then also replaces an experiment of the same name.
     """
     log_dir = root / ".mega" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     # Microseconds and the pid: two runs started in the same second keep their own logs.
-    log_path = log_dir / f"repro-{dt.datetime.now():%Y%m%d-%H%M%S-%f}-{os.getpid()}.log"
+    kind = "exp" if experiment else "repro"
+    log_path = log_dir / f"{kind}-{dt.datetime.now():%Y%m%d-%H%M%S-%f}-{os.getpid()}.log"
     flags = [*(["--force"] if force else []), *(["--single-item"] if single else [])]
     command = [sys.executable, "-m", "dvc", "repro", *flags, *targets]
+    if experiment is not None:
+        overrides = [arg for override in experiment.overrides for arg in ("-S", override)]
+        command = [
+            *command[:3],
+            *("exp", "run", "--temp", "--name", experiment.name, *overrides),
+            *flags,
+            *targets,
+        ]
     # Stage commands say `python`: make it this environment's, activated or not.
     bin_dir = str(Path(sys.executable).parent)
     env = {
         **os.environ,
+        **(experiment.env if experiment else {}),
         "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
         "PYTHONUNBUFFERED": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",  # no TF C++ INFO/WARNING lines; ERROR ones (OOM) stay
