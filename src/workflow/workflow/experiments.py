@@ -218,7 +218,9 @@ def tuned_overrides(root: Path) -> list[str]:
     try:
         best = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ExperimentError(f"{TUNED}: not valid YAML ({exc}); {redo}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ExperimentError(f"{TUNED}: not valid YAML{where}; {redo}") from exc
     if not isinstance(best, dict) or not best:
         raise ExperimentError(f"{TUNED}: expected dotted params keys with values; {redo}")
     try:
