@@ -234,12 +234,6 @@ def load_params(path: str | Path = "params.yaml") -> PipelineParams:
         raise ParamsError(f"{path}: not found; run from the project root or pass --params") from exc
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
-    return validate_params(raw, str(path))
-
-
-def validate_params(raw: object, where: str) -> PipelineParams:
-    """Validate params as parsed from YAML; errors say `<where>: invalid parameters: …`
-    with each bad dotted key (ParamsError)."""
     try:
         return PipelineParams.model_validate(raw)
     except ValidationError as exc:
@@ -247,4 +241,4 @@ def validate_params(raw: object, where: str) -> PipelineParams:
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
             for err in exc.errors()
         )
-        raise ParamsError(f"{where}: invalid parameters: {problems}") from exc
+        raise ParamsError(f"{path}: invalid parameters: {problems}") from exc

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from common import storage
-from common.params import ParamsError, PipelineParams, validate_params
+from common.params import ParamsError, PipelineParams, load_params
 from common.settings import Settings
 
 PARAMS_FILE = "params.yaml"
@@ -162,6 +162,7 @@ def check_overrides(
     raw = yaml.safe_load(params_path.read_text()) or {}
     for override in overrides:
         _check_key(raw, override, origin)
+    given = " ".join(f"{origin} {o.text}" if origin == "-S" else o.text for o in overrides)
     with tempfile.TemporaryDirectory(prefix="mega-params-") as folder:
         copy = Path(folder) / PARAMS_FILE
         shutil.copyfile(params_path, copy)
@@ -170,12 +171,14 @@ def check_overrides(
         except InvalidArgumentError as exc:
             cause = str(exc.__cause__ or exc).splitlines()[0]
             raise ExperimentError(f"{origin}: dvc cannot apply the values: {cause}") from exc
-        changed = yaml.safe_load(copy.read_text())
-    given = " ".join(f"{origin} {o.text}" if origin == "-S" else o.text for o in overrides)
-    try:
-        return validate_params(changed, f"{PARAMS_FILE} with {given}")
-    except ParamsError as exc:
-        raise ExperimentError(f"{exc}; give a valid value") from exc
+        try:
+            return load_params(copy)
+        except ParamsError as exc:
+            # The message names the copy: name the file and the values instead.
+            problem = str(exc).removeprefix(f"{copy}: ")
+            raise ExperimentError(
+                f"{PARAMS_FILE} with {given}: {problem}; give a valid value"
+            ) from exc
 
 
 def hydra_value(value: object) -> str:
