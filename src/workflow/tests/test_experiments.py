@@ -188,6 +188,7 @@ def test_the_environment_points_into_the_workspace_and_names_the_wandb_runs(
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("MEGA_WANDB_PROJECT=from-dotenv\nMEGA_TRAIN_RUN_DIR=runs\n")
     monkeypatch.setenv("MEGA_GCP_PROJECT", "p")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "keys/sa.json")
     env = experiment_env(tmp_path, Settings(), "brave-owl")
     assert env["WANDB_RUN_GROUP"] == "brave-owl"
     assert env["WANDB_NAME"] == "brave-owl"
@@ -196,11 +197,14 @@ def test_the_environment_points_into_the_workspace_and_names_the_wandb_runs(
     # Relative paths would land in the copy DVC deletes: they are the workspace's.
     assert env["MEGA_WANDB_DIR"] == str(tmp_path / ".wandb")
     assert env["MEGA_TRAIN_RUN_DIR"] == str(tmp_path / "runs")
+    assert env["GOOGLE_APPLICATION_CREDENTIALS"] == str(tmp_path / "keys/sa.json")
     # Unset settings keep their defaults in the stages; an absolute or gs:// one is kept.
     assert "MEGA_MODELS_ROOT" not in env
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/keys/sa.json")
     absolute = Settings(wandb_dir="/w", train_run_dir="gs://b/runs")
     kept = experiment_env(tmp_path, absolute, "x")
     assert (kept["MEGA_WANDB_DIR"], kept["MEGA_TRAIN_RUN_DIR"]) == ("/w", "gs://b/runs")
+    assert "GOOGLE_APPLICATION_CREDENTIALS" not in kept  # inherited as it is
 
 
 @pytest.fixture
@@ -427,3 +431,15 @@ def test_exp_diff_of_an_unknown_experiment_is_one_line(
     assert result.exit_code == 2, result.output
     assert result.output.startswith("mega: error: ")
     assert "'nope'" in result.output and "`mega exp show` lists the experiments" in result.output
+
+
+def test_exp_show_outside_a_dvc_repository_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    result = cli.invoke(app, ["exp", "show"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("mega: error: dvc exp show failed: you are not inside")
+    assert len(result.output.strip().splitlines()) == 1

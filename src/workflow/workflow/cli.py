@@ -601,7 +601,8 @@ def exp_diff(
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
         reason = (lines or ["dvc exp diff failed"])[-1].removeprefix("ERROR: ")
-        fail(f"{reason}; `mega exp show` lists the experiments", EXIT_USAGE)
+        hint = "; `mega exp show` lists the experiments" if "unknown" in reason else ""
+        fail(f"{reason}{hint}", EXIT_USAGE)
     diff = json.loads(result.stdout or "{}")
     table = Table(title=f"{revs[0] if revs else 'HEAD'} → {revs[1] if revs else 'workspace'}")
     for column in ("", "file", "key", "old", "new", "change"):

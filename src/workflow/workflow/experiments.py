@@ -11,8 +11,9 @@ What running in that copy means, and what is done about it:
   key, a bad value or a malformed `-S` fails in seconds with one line.
 - `.env` is git-ignored, so the copy has none: the settings it (or the environment)
   gave `mega` are passed to the stages as MEGA_* variables.
-- Relative settings would resolve inside the copy, which DVC deletes: offline W&B runs
-  (MEGA_WANDB_DIR) and a set MEGA_TRAIN_RUN_DIR are made absolute in the workspace.
+- Relative paths would resolve inside the copy, which DVC deletes: offline W&B runs
+  (MEGA_WANDB_DIR), a set MEGA_TRAIN_RUN_DIR and GOOGLE_APPLICATION_CREDENTIALS are made
+  absolute in the workspace.
 - An experiment stops before `register`: it never publishes into the registry, so it
   cannot promote a production model. To keep one: `dvc exp apply NAME`, then `mega run`
   registers it through the gate.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -47,6 +49,7 @@ TUNED = Path("tuning") / "best.yaml"
 NOT_IN_EXPERIMENTS = ("register",)
 # Path settings that must point into the workspace, not DVC's temporary copy.
 WORKSPACE_PATHS = ("wandb_dir", "train_run_dir")
+CREDENTIALS = "GOOGLE_APPLICATION_CREDENTIALS"
 
 
 class ExperimentError(ValueError):
@@ -236,8 +239,9 @@ def experiment_env(root: Path, settings: Settings, name: str) -> dict[str, str]:
     """Variables for the `dvc exp run` process, so that its stages, running in DVC's
     temporary copy, see this workspace's settings and tag their W&B runs.
 
-    Each MEGA_* setting given (by the environment or `.env`) is passed on; WANDB_DIR and
-    a relative MEGA_TRAIN_RUN_DIR become absolute paths in `root`.
+    Each MEGA_* setting given (by the environment or `.env`) is passed on; MEGA_WANDB_DIR,
+    a relative MEGA_TRAIN_RUN_DIR and a relative GOOGLE_APPLICATION_CREDENTIALS become
+    absolute paths in `root`.
     """
     env = {
         f"MEGA_{field.upper()}": str(getattr(settings, field))
@@ -248,6 +252,10 @@ def experiment_env(root: Path, settings: Settings, name: str) -> dict[str, str]:
         value = getattr(settings, field)
         if value and not storage.is_gcs(value) and not Path(value).is_absolute():
             env[f"MEGA_{field.upper()}"] = str(root / value)
+    # The Google libraries read this key file path relative to the working directory too.
+    credentials = os.environ.get(CREDENTIALS)
+    if credentials and not Path(credentials).is_absolute():
+        env[CREDENTIALS] = str(root / credentials)
     env["WANDB_RUN_GROUP"] = name
     env["WANDB_NAME"] = name
     return env
@@ -359,7 +367,8 @@ def load_experiments(
     )
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
-        raise ExperimentError(f"dvc exp show failed: {(lines or ['no output'])[-1]}")
+        reason = (lines or ["no output"])[-1].removeprefix("ERROR: ")
+        raise ExperimentError(f"dvc exp show failed: {reason}")
     return read_show(json.loads(result.stdout or "[]"), metrics_file)
 
 
