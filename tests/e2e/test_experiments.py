@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import REPO, write_params
+from support import REPO, TINY_PARAMS, write_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -111,7 +111,7 @@ def test_the_summary_shows_the_experiments_own_params_and_metrics(
 ) -> None:
     out = experiment[0].stdout
     assert f"Experiment {NAME}" in out
-    assert "train.epochs 6 → 1" in out  # 6: the tiny params' own value
+    assert f"train.epochs {TINY_PARAMS['train']['epochs']} → 1" in out
     assert "test metrics" in out and "accuracy 0." in out
     assert f"runs named {NAME}, group {NAME}" in out
 
@@ -122,7 +122,9 @@ def test_exp_show_and_diff_list_it_with_its_metric(project: Path, experiment: ob
     assert "accuracy 0." in row and "macro F1" in row
     diff = sh([MEGA, "exp", "diff", NAME], project).stdout
     [epochs] = [line for line in diff.splitlines() if "train.epochs" in line]
-    assert "6" in epochs and "1" in epochs and "-5" in epochs
+    epochs_before = TINY_PARAMS["train"]["epochs"]
+    cells = [cell.strip() for cell in epochs.split("│") if cell.strip()]
+    assert cells[-3:] == [str(epochs_before), "1", f"{1 - epochs_before:+d}"], epochs
 
 
 def test_its_wandb_runs_are_in_the_workspace_grouped_and_named(

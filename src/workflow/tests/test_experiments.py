@@ -154,7 +154,7 @@ def test_tuned_reads_best_yaml_as_overrides(tmp_path: Path) -> None:
     best = {"train.learning_rate": 0.0031, "train.batch_size": 32, "train.augment.flip": "none"}
     (tmp_path / "tuning/best.yaml").write_text("# best of 8 trials\n" + yaml.safe_dump(best))
     overrides = tuned_overrides(tmp_path)
-    result = check_overrides(params, parse_overrides(overrides))
+    result = check_overrides(params, parse_overrides(overrides, origin="tuning/best.yaml"))
     assert result.train.learning_rate == pytest.approx(0.0031)
     assert result.train.batch_size == 32
 
@@ -443,3 +443,16 @@ def test_exp_show_outside_a_dvc_repository_is_one_line(
     assert result.exit_code == 1, result.output
     assert result.output.startswith("mega: error: dvc exp show failed: you are not inside")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_bad_tuned_value_names_best_yaml(tmp_path: Path) -> None:
+    params = write_params(tmp_path)
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning/best.yaml").write_text("train.learning_rate: -1.0\n")
+    origin = "tuning/best.yaml"
+    with pytest.raises(ExperimentError) as caught:
+        check_overrides(params, parse_overrides(tuned_overrides(tmp_path), origin), origin)
+    assert str(caught.value).startswith(
+        "params.yaml with tuning/best.yaml's train.learning_rate=-1.0: invalid parameters: "
+        "train.learning_rate: Input should be greater than 0"
+    )

@@ -165,12 +165,15 @@ def check_overrides(
     raw = yaml.safe_load(params_path.read_text()) or {}
     for override in overrides:
         _check_key(raw, override, origin)
-    given = " ".join(f"{origin} {o.text}" if origin == "-S" else o.text for o in overrides)
+    texts = [o.text for o in overrides]
+    given = (
+        " ".join(f"-S {t}" for t in texts) if origin == "-S" else f"{origin}'s {' '.join(texts)}"
+    )
     with tempfile.TemporaryDirectory(prefix="mega-params-") as folder:
         copy = Path(folder) / PARAMS_FILE
         shutil.copyfile(params_path, copy)
         try:
-            apply_overrides(copy, [o.text for o in overrides])
+            apply_overrides(copy, texts)
         except InvalidArgumentError as exc:
             cause = str(exc.__cause__ or exc).splitlines()[0]
             raise ExperimentError(f"{origin}: dvc cannot apply the values: {cause}") from exc
