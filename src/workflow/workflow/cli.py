@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from common import storage
-from common.cli import EXIT_USAGE, App, console_for, fail, from_setting, version_option
+from common.cli import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    App,
+    console_for,
+    fail,
+    failures_as,
+    from_setting,
+    version_option,
+)
 from common.params import ParamsError
 from common.settings import get_settings
 from workflow.project import Project, ProjectError
@@ -142,7 +152,67 @@ def _stage_command(stage: str, doc: str) -> None:
 
 _stage_command("collect", "Collect the raw data set (stage 1).")
 _stage_command("process", "Process raw data into TFRecord shards (stage 2, after its inputs).")
-_stage_command("train", "Train the candidate model (stage 3, after its inputs).")
+
+
+class Where(StrEnum):
+    local = "local"
+    vertex = "vertex"
+
+
+@app.command()
+def train(
+    on: Annotated[
+        Where, typer.Option(help="local: the DVC stage; vertex: a Vertex AI custom job.")
+    ] = Where.local,
+    force: Annotated[
+        bool,
+        typer.Option(help="Local: re-run this stage and the ones before it even if unchanged."),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="Vertex: print the job body as JSON and send nothing.")
+    ] = False,
+    detach: Annotated[
+        bool, typer.Option(help="Vertex: return once the job is created, do not follow it.")
+    ] = False,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            show_default="the local processed data, uploaded under MEGA_GCS_ROOT",
+            help="Vertex: the processed data's gs:// URI.",
+        ),
+    ] = None,
+    image_tag: Annotated[
+        str | None,
+        typer.Option(
+            show_default="the git sha, as `mega build` tags", help="Vertex: the image tag."
+        ),
+    ] = None,
+) -> None:
+    """Train the candidate model (stage 3, after its inputs), here or on Vertex AI.
+
+    On Vertex AI the training image runs `python -m trainer train` with params.yaml's
+    `vertex:` machines, GPUs and workers; docs/cloud.md sets up the project.
+    """
+    if on is Where.local:
+        if dry_run or detach or data or image_tag:
+            fail("--dry-run, --detach, --data and --image-tag need --on vertex", EXIT_USAGE)
+        _run_stages(["train"], force=force)
+        return
+    from workflow import vertex_train
+    from workflow.vertex import CloudConfigError
+
+    project = _project()
+    with failures_as(EXIT_USAGE, CloudConfigError):
+        if dry_run:
+            vertex_train.dry_run(project, get_settings(), console, errors, data, image_tag)
+            return
+        succeeded = vertex_train.submit_training(
+            project, get_settings(), console, data=data, tag=image_tag, detach=detach
+        )
+    if not succeeded:
+        raise typer.Exit(EXIT_FAILURE)
+
+
 _stage_command("evaluate", "Evaluate the candidate on the test split (stage 4, after its inputs).")
 _stage_command(
     "optimize",
