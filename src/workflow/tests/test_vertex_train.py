@@ -192,6 +192,13 @@ def test_missing_settings_are_named_before_any_request(
     assert "MEGA_GCP_PROJECT" not in line
 
 
+def test_outside_git_the_image_tag_is_asked_for(run_mega: Mega, tmp_path: Path) -> None:
+    root = make_project(tmp_path, None)
+    result = run_mega(["train", "--on", "vertex", "--dry-run"], root, {})
+    assert result.returncode == 2
+    assert "not a git checkout" in result.stderr and "--image-tag" in result.stderr
+
+
 def test_vertex_only_options_need_on_vertex(run_mega: Mega, tmp_path: Path) -> None:
     root = make_project(tmp_path, None)
     result = run_mega(["train", "--dry-run"], root, {})

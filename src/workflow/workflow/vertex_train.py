@@ -8,6 +8,7 @@ under MEGA_GCS_ROOT, create the job, then follow it to its end.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,21 @@ def data_prefix(target: CloudTarget, dataset: str, version: str) -> str:
     return f"{target.gcs_root}/data/processed/{dataset}/{version}"
 
 
+def source_tag(project: Project) -> str:
+    """The image tag of the checked-out code, as `mega build` tags its images.
+
+    Raises:
+        CloudConfigError: the project is not a git checkout (no commit names the code).
+    """
+    try:
+        return image_tag(project.root)
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        raise CloudConfigError(
+            f"{project.root} is not a git checkout, so no commit names the image: "
+            "pass --image-tag (the tag `mega build` printed)"
+        ) from exc
+
+
 def data_version(data: str | None, local_version: str | None) -> str:
     """The data-version label: the local data's version, `external` for --data."""
     if data is not None:
@@ -77,7 +93,7 @@ def plan_training(
         )
     version = stats.data_hash[:12] if stats else UNKNOWN_DATA_VERSION
     name = job_name("train", params)
-    tag = tag or image_tag(project.root)
+    tag = tag or source_tag(project)
     return TrainingRun(
         display_name=name,
         data_uri=data or data_prefix(target, params.dataset, version),
