@@ -198,19 +198,28 @@ def train(
             fail("--dry-run, --detach, --data and --image-tag need --on vertex", EXIT_USAGE)
         _run_stages(["train"], force=force)
         return
-    from workflow import vertex_train
+    from workflow import vertex_submit as vertex
     from workflow.vertex import CloudConfigError
 
     project = _project()
+    settings = get_settings()
     with failures_as(EXIT_USAGE, CloudConfigError):
         if dry_run:
-            vertex_train.dry_run(project, get_settings(), console, errors, data, image_tag)
+            vertex.dry_run(project, settings, errors, vertex.CUSTOM_JOB, data=data, tag=image_tag)
             return
-        succeeded = vertex_train.submit_training(
-            project, get_settings(), console, data=data, tag=image_tag, detach=detach
+        submitted = vertex.submit(
+            project,
+            settings,
+            console,
+            vertex.CUSTOM_JOB,
+            data=data,
+            tag=image_tag,
+            detach=detach,
         )
-    if not succeeded:
+    if not submitted.succeeded:
         raise typer.Exit(EXIT_FAILURE)
+    if submitted.final is not None:
+        console.print(f"trained: the candidate is in {submitted.run.model_dir}")
 
 
 _stage_command("evaluate", "Evaluate the candidate on the test split (stage 4, after its inputs).")

@@ -1,18 +1,22 @@
-"""`mega train --on vertex`: the training stage as a Vertex AI CustomJob.
+"""Submitting training to Vertex AI: `mega train --on vertex` and `mega tune --on vertex`.
 
 Plan (`plan_training`): the job's display name, data and output URIs, image and labels,
-from the project, params.yaml and the settings. Submit (`submit_training`): check the
-bucket, stage the processed data (keyed by its version, uploaded once) and params.yaml
-under MEGA_GCS_ROOT, create the job, then follow it to its end.
+from the project, params.yaml and the settings. Submit (`submit`): check the bucket,
+stage the processed data (keyed by its version, uploaded once) and params.yaml under
+MEGA_GCS_ROOT, create the job (a `JobKind`: a custom job, a tuning job), then follow it
+to its end.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from common import storage
+from common.params import PipelineParams
 from common.settings import Settings
 from workflow.images import image_tag
 from workflow.project import Project
@@ -40,7 +44,6 @@ from workflow.vertex_jobs import (
 )
 
 if TYPE_CHECKING:
-    from google.cloud.aiplatform_v1 import JobServiceClient
     from rich.console import Console
 
 UNKNOWN_DATA_VERSION = "<data version: run `mega process` first>"
@@ -74,7 +77,7 @@ def data_version(data: str | None, local_version: str | None) -> str:
 
 
 def plan_training(
-    project: Project, target: CloudTarget, *, data: str | None, tag: str | None
+    project: Project, target: CloudTarget, stage: str, *, data: str | None, tag: str | None
 ) -> TrainingRun:
     """The training run to submit: the local processed data staged, unless `data` is given.
 
@@ -92,7 +95,7 @@ def plan_training(
             "upload; run `mega process` first, or pass --data gs://… (processed data)"
         )
     version = stats.data_hash[:12] if stats else UNKNOWN_DATA_VERSION
-    name = job_name("train", params)
+    name = job_name(stage, params)
     tag = tag or source_tag(project)
     return TrainingRun(
         display_name=name,
@@ -100,7 +103,7 @@ def plan_training(
         output_dir=f"{target.gcs_root}/vertex/{name}",
         image=training_image(target, params.vertex, tag),
         labels={
-            "mega-stage": "train",
+            "mega-stage": stage,
             "dataset": label(params.dataset),
             "git-sha": label(tag),
             "data-version": label(data_version(data, version if stats else None)),
@@ -108,19 +111,40 @@ def plan_training(
     )
 
 
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of Vertex AI job `mega` submits: how to build its body and read it."""
+
+    resource: str  # the API's resource in snake case: custom_job, hyperparameter_tuning_job
+    collection: str  # its collection in the REST path: customJobs, hyperparameterTuningJobs
+    words: str  # what the CLI calls it
+    stage: str  # the `mega-stage` label and the job name's kind: train, tune
+    build: Callable[[TrainingRun, PipelineParams, CloudTarget, Settings], Any]
+    progress: Callable[[Any], str] = lambda job: ""
+
+
+CUSTOM_JOB = JobKind(
+    resource="custom_job",
+    collection="customJobs",
+    words="custom job",
+    stage="train",
+    build=lambda run, params, target, settings: custom_job(run, params.vertex, target, settings),
+)
+
+
 def dry_run(
     project: Project,
     settings: Settings,
-    console: Console,
     errors: Console,
+    kind: JobKind,
+    *,
     data: str | None,
     tag: str | None,
 ) -> None:
-    """Print the CustomJob body that would be created (stdout: JSON only)."""
+    """Print the body of the job that would be created (stdout: JSON only; notes: stderr)."""
     target = CloudTarget.from_settings(settings, dry_run=True)
-    run = plan_training(project, target, data=data, tag=tag)
-    job = custom_job(run, project.params.vertex, target, settings)
-    print(as_json(job))
+    run = plan_training(project, target, kind.stage, data=data, tag=tag)
+    print(as_json(kind.build(run, project.params, target, settings)))
     if target.missing:
         errors.print(
             f"dry run: {', '.join(target.missing)} unset, shown as <MEGA_…> (docs/cloud.md)",
@@ -130,30 +154,45 @@ def dry_run(
         local = project.processed_dir.relative_to(project.root)
         errors.print(f"dry run: {local} would be uploaded to {run.data_uri}", highlight=False)
     errors.print(
-        f"dry run: nothing was sent; POST {target.parent}/customJobs creates it", highlight=False
+        f"dry run: nothing was sent; POST {target.parent}/{kind.collection} creates it",
+        highlight=False,
     )
 
 
-def submit_training(
+@dataclass(frozen=True)
+class Submitted:
+    """A job `submit` created: its run, and its last state read (None when detached)."""
+
+    run: TrainingRun
+    name: str
+    final: Any | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.final is None or state_name(self.final) == "JOB_STATE_SUCCEEDED"
+
+
+def submit(
     project: Project,
     settings: Settings,
     console: Console,
+    kind: JobKind,
     *,
     data: str | None,
     tag: str | None,
     detach: bool,
-) -> bool:
-    """Stage the inputs, create the CustomJob and (unless `detach`) follow it.
+) -> Submitted:
+    """Stage the inputs, create the job and (unless `detach`) follow it to its end.
 
-    Returns whether the job succeeded (True when detached).
+    A job that did not succeed is reported on stderr as one line with its error.
 
     Raises:
         CloudConfigError: a setting or parameter is missing or wrong (before any request).
         ServiceError: Vertex AI or Cloud Storage refused or did not answer.
     """
     target = CloudTarget.from_settings(settings)
-    run = plan_training(project, target, data=data, tag=tag)
-    body = custom_job(run, project.params.vertex, target, settings)  # checks the accelerator
+    run = plan_training(project, target, kind.stage, data=data, tag=tag)
+    body = kind.build(run, project.params, target, settings)  # checks the accelerator
     client = job_client(settings)
     if "-dirty" in run.image:
         console.print(
@@ -165,37 +204,32 @@ def submit_training(
         sent = stage_data(project.processed_dir, run.data_uri)
         console.print(f"data: {run.data_uri} ({sent} file(s) uploaded, the rest already there)")
     storage.write_bytes(run.params_uri, (project.root / "params.yaml").read_bytes())
-    with vertex_errors(settings, target):
-        created = client.create_custom_job(
-            parent=target.parent, custom_job=body, **call_options(settings)
-        )
+
+    def call(verb: str, **fields: Any) -> Any:
+        with vertex_errors(settings, target):
+            method = getattr(client, f"{verb}_{kind.resource}")
+            return method(**fields, **call_options(settings))
+
+    created = call("create", parent=target.parent, **{kind.resource: body})
     handle = JobHandle(
         name=created.name,
-        kind="custom job",
-        get=lambda: _get(client, created.name, settings, target),
-        cancel=lambda: _cancel(client, created.name, settings, target),
-        progress=lambda job: "",
+        kind=kind.words,
+        get=lambda: call("get", name=created.name),
+        cancel=lambda: call("cancel", name=created.name),
+        progress=kind.progress,
     )
-    console.print(f"Vertex AI custom job {created.name}")
+    console.print(f"Vertex AI {kind.words} {created.name}")
     console.print(f"  console: {console_link(target, handle.id)}")
     console.print(f"  logs:    {logs_link(target, handle.id)}")
     if detach:
         console.print("detached: follow it with the console link above")
-        return True
+        return Submitted(run=run, name=created.name, final=None)
     final = follow(handle, console, settings.vertex_poll_seconds)
-    if state_name(final) == "JOB_STATE_SUCCEEDED":
-        console.print(f"trained: the candidate is in {run.model_dir}")
-        return True
-    error = final.error.message if final.error and final.error.message else "no message"
-    print(f"mega: error: Vertex AI job {handle.id} {state_name(final)}: {error}", file=sys.stderr)
-    return False
-
-
-def _get(client: JobServiceClient, name: str, settings: Settings, target: CloudTarget) -> object:
-    with vertex_errors(settings, target):
-        return client.get_custom_job(name=name, **call_options(settings))
-
-
-def _cancel(client: JobServiceClient, name: str, settings: Settings, target: CloudTarget) -> None:
-    with vertex_errors(settings, target):
-        client.cancel_custom_job(name=name, **call_options(settings))
+    submitted = Submitted(run=run, name=created.name, final=final)
+    if not submitted.succeeded:
+        error = final.error.message if final.error and final.error.message else "no message"
+        print(
+            f"mega: error: Vertex AI {kind.words} {handle.id} {state_name(final)}: {error}",
+            file=sys.stderr,
+        )
+    return submitted
