@@ -338,3 +338,31 @@ def test_a_service_built_under_another_name_is_refused(project: Path, engine_log
     result = mega_build(project, engine_log)
     assert result.returncode == 2
     assert "service frontend builds acme/frontend" in result.stderr
+
+
+@pytest.mark.parametrize("prepared", [False, True])
+def test_without_an_answering_docker_podman_is_prepared_first(
+    project: Path, engine_log: Path, prepared: bool
+) -> None:
+    if prepared:
+        (project / "scripts").mkdir()
+        script = project / "scripts/ensure-podman.sh"
+        script.write_text("#!/bin/sh\necho 'podman: not installed and not root' >&2\nexit 1\n")
+        script.chmod(0o755)
+    result = mega_build(project, engine_log, FAKE_FAIL="info", FAKE_ERROR="no daemon")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == (
+        "build: docker's engine does not answer (start it to build with docker): using podman"
+    )
+    if prepared:
+        assert lines[1:] == [
+            "podman: not installed and not root",
+            "mega: error: podman is not ready (the reason is above)",
+        ]
+    else:
+        assert lines[1] == (
+            "mega: error: no scripts/ensure-podman.sh to prepare podman; run mega build from "
+            "the project root"
+        )
+    assert [c[0] for c in calls(engine_log)] == ["info"]

@@ -165,7 +165,11 @@ def compose_command(engine_name: str, root: Path) -> list[str]:
     compose_file = str(root / COMPOSE_FILE)
     if engine_name == "docker":
         return ["docker", "compose", "-f", compose_file, *PROFILES]
-    ready = subprocess.run([str(root / "scripts/ensure-podman.sh")], check=False)
+    prepare = root / "scripts/ensure-podman.sh"
+    if not prepare.is_file():
+        where = prepare.relative_to(root)
+        fail(f"no {where} to prepare podman; run mega build from the project root")
+    ready = subprocess.run([str(prepare)], check=False)
     if ready.returncode != 0:
         fail("podman is not ready (the reason is above)")
     return [str(PODMAN_COMPOSE), "-f", compose_file, *PROFILES]
