@@ -313,6 +313,7 @@ def test_a_failed_build_stops_with_one_line_and_pushes_nothing(
         ("engine", "MEGA_CONTAINER_ENGINE=rkt: use docker or podman"),
         ("no-git", "is not a git checkout"),
         ("no-compose", "no docker-compose.yml in"),
+        ("no-docker", "MEGA_CONTAINER_ENGINE=docker, but there is no docker on PATH"),
     ],
 )
 def test_bad_setups_fail_in_one_line_before_any_build(
@@ -321,6 +322,12 @@ def test_bad_setups_fail_in_one_line_before_any_build(
     env = {}
     if setup == "engine":
         env["MEGA_CONTAINER_ENGINE"] = "rkt"
+    elif setup == "no-docker":
+        # Only git on PATH: neither the fake engine nor any docker of the machine.
+        tools = project.parent / "tools"
+        tools.mkdir()
+        (tools / "git").symlink_to(shutil.which("git") or "git")
+        env |= {"MEGA_CONTAINER_ENGINE": "docker", "PATH": str(tools)}
     elif setup == "no-git":
         shutil.rmtree(project / ".git")
     else:

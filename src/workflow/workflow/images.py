@@ -149,6 +149,13 @@ def engine(say: Say) -> str:
     chosen = os.environ.get("MEGA_CONTAINER_ENGINE", "")
     if chosen not in {"", "docker", "podman"}:
         fail(f"MEGA_CONTAINER_ENGINE={chosen}: use docker or podman", EXIT_USAGE)
+    if chosen == "docker" and not shutil.which("docker"):
+        # podman is installed by ensure-podman.sh when it may; Docker never is.
+        fail(
+            "MEGA_CONTAINER_ENGINE=docker, but there is no docker on PATH: install Docker, "
+            "or unset the setting to build with podman",
+            EXIT_USAGE,
+        )
     if chosen:
         return chosen
     if not shutil.which("docker"):
