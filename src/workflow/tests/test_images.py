@@ -246,8 +246,9 @@ def test_push_of_a_dirty_tree_is_refused_unless_allowed(project: Path, engine_lo
             ["may not push there", "gcloud auth configure-docker registry.invalid"],
         ),
         (
-            'denied: Permission "artifactregistry.repositories.uploadArtifacts" denied',
-            ["may not push there", "roles/artifactregistry.writer"],
+            'denied: Permission "artifactregistry.repositories.uploadArtifacts" denied on '
+            "resource (or it may not exist)",
+            ["may not push there", "the repository exists", "roles/artifactregistry.writer"],
         ),
         (
             'name unknown: Repository "images" not found',

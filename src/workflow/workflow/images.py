@@ -279,8 +279,8 @@ def push_failure(engine_name: str, remote: str, output: str) -> str:
         )
         return (
             f"{said}: {engine_name} may not push there; log it in to the registry with "
-            f"{login}, and check that your account may write to the repository "
-            "(roles/artifactregistry.writer)"
+            f"{login}, and check that the repository exists and your account may write to "
+            "it (roles/artifactregistry.writer)"
         )
     if _UNREACHABLE.search(output):
         return f"{said}: {host} does not answer; check the network and MEGA_IMAGE_REPOSITORY"
