@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -462,6 +463,46 @@ def serve(
     console.print(f"serving on http://{bind_host}:{bind_port}")
     sys.stdout.flush()
     os.execv(sys.executable, command)
+
+
+@app.command()
+def build(
+    push: Annotated[
+        bool,
+        typer.Option(
+            help="Then tag each image (but the cloud-sim profile's) for MEGA_IMAGE_REPOSITORY "
+            "and push it to Artifact Registry."
+        ),
+    ] = False,
+    gpu: Annotated[
+        bool,
+        typer.Option(
+            help="Also build the training image for GPUs (ACCELERATOR=gpu), tagged <tag>-gpu."
+        ),
+    ] = False,
+    allow_dirty: Annotated[
+        bool,
+        typer.Option(help="Push even when the working tree has changes (tag <sha>-dirty)."),
+    ] = False,
+) -> None:
+    """Build every image of docker-compose.yml, tagged with the git sha (docker, else podman);
+    print each one's size and build time."""
+    from workflow.images import build_all, table
+
+    def say(message: str) -> None:
+        errors.print(f"build: {message}", markup=False, highlight=False)
+
+    # "" (unset) rather than None: build_all then refuses it, naming the setting.
+    repository = (get_settings().image_repository or "") if push else None
+    result = build_all(Path.cwd(), say, gpu=gpu, repository=repository, allow_dirty=allow_dirty)
+    console.print(f"\n{table(result.built)}", markup=False, highlight=False)
+    if result.pushed:
+        console.print("\npushed:\n" + "\n".join(result.pushed), markup=False, highlight=False)
+    console.print(
+        f"\nrun them: MEGA_IMAGE_TAG={result.tag} docker compose up (or podman-compose)",
+        markup=False,
+        highlight=False,
+    )
 
 
 def main() -> None:
