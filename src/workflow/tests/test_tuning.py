@@ -92,6 +92,14 @@ def test_the_metric_spec_is_the_tag_the_trainer_reports(metric: str, goal: str) 
     assert spec.goal == aiplatform_v1.StudySpec.MetricSpec.GoalType[goal]
 
 
+def test_a_vertex_trial_writes_where_hypertune_and_vertex_ai_agree() -> None:
+    import hypertune
+
+    assert tuning.vertex_trial_env() == {
+        "CLOUD_ML_HP_METRIC_FILE": hypertune.hypertune._DEFAULT_METRIC_PATH
+    }
+
+
 # --- the trial's command line and results -------------------------------------------------
 
 
@@ -239,6 +247,26 @@ def test_every_trial_failing_exits_1_with_the_last_error(
     assert len(json.loads((project / "tuning/trials.json").read_text())["trials"]) == 2
 
 
+def test_a_rerun_replaces_the_results_and_a_failed_one_keeps_the_best(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = project / "tuning/logs"
+    logs.mkdir(parents=True)
+    for number in (1, 2, 3, 4):
+        (logs / f"trial-{number}.log").write_text("an earlier run")
+    fake_trials(monkeypatch, [0.5, 0.6])
+    assert tune_cli("--trials", "2").exit_code == 0
+    assert sorted(p.name for p in logs.iterdir()) == ["trial-1.log", "trial-2.log"]
+    best = (project / "tuning/best.yaml").read_text()
+
+    fake_trials(monkeypatch, ["train: error: broken"])
+    result = tune_cli("--trials", "1")
+    assert result.exit_code == 1
+    assert "tuning/best.yaml is left as an earlier run wrote it" in result.output
+    assert (project / "tuning/best.yaml").read_text() == best
+    assert len(json.loads((project / "tuning/trials.json").read_text())["trials"]) == 1
+
+
 def test_ctrl_c_keeps_the_finished_trials(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     given = fake_trials(monkeypatch, [0.8, KeyboardInterrupt(), 0.9])
     result = tune_cli()
@@ -257,6 +285,15 @@ def test_ctrl_c_before_any_trial_finished_writes_no_best(
     assert result.exit_code == 130
     assert "interrupted before any trial finished" in result.output
     assert not (project / "tuning/best.yaml").exists()
+    assert not (project / "tuning/trials.json").exists()
+
+
+def test_ctrl_c_after_failed_trials_only(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_trials(monkeypatch, ["train: error: broken", KeyboardInterrupt()])
+    result = tune_cli()
+    assert result.exit_code == 130
+    assert "every trial failed; the last: train: error: broken" in result.output
+    assert len(json.loads((project / "tuning/trials.json").read_text())["trials"]) == 1
 
 
 def test_without_processed_data_it_says_to_process_first(

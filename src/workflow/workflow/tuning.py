@@ -62,6 +62,9 @@ LOGS_DIR = "logs"
 # What the trainer reads (cloudml-hypertune's variables; see trainer.tuning).
 METRIC_FILE_ENV = "CLOUD_ML_HP_METRIC_FILE"
 TRIAL_ID_ENV = "CLOUD_ML_TRIAL_ID"
+# Where cloudml-hypertune writes when CLOUD_ML_HP_METRIC_FILE is unset, and Vertex AI's
+# trial agent reads.
+VERTEX_METRIC_FILE = "/tmp/hypertune/output.metrics"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 EPOCH = re.compile(r"^Epoch (?P<n>\d+)/(?P<total>\d+)")
@@ -151,6 +154,13 @@ def vertex_metric(tune: TuneParams) -> aiplatform_v1.StudySpec.MetricSpec:
         metric_type.GoalType.MAXIMIZE if tune.goal == "maximize" else metric_type.GoalType.MINIMIZE
     )
     return metric_type(metric_id=tune.metric, goal=goal)
+
+
+def vertex_trial_env() -> dict[str, str]:
+    """Environment for a HyperparameterTuningJob's trial spec: names hypertune's default
+    metric file, so the trainer knows it is a trial (trainer.tuning.in_tuning_trial) even
+    where Vertex AI sets neither CLOUD_ML_TRIAL_ID nor a trial in CLUSTER_SPEC."""
+    return {METRIC_FILE_ENV: VERTEX_METRIC_FILE}
 
 
 # --- results ------------------------------------------------------------------------------
@@ -425,11 +435,20 @@ def write_trials(root: Path, result: StudyResult, tune: TuneParams, started: str
     return path
 
 
+def _drop_stale_logs(root: Path, trials: int) -> None:
+    """Remove the logs of trials past `trials` that an earlier, longer run left."""
+    for log in (root / TUNING_DIR / LOGS_DIR).glob("trial-*.log"):
+        number = log.stem.removeprefix("trial-")
+        if number.isdigit() and int(number) > trials:
+            log.unlink(missing_ok=True)
+
+
 def run_local(project: Project, trials: int | None, console: Console) -> None:
     """`mega tune`: run params.yaml's tune: study on this machine and write its results.
 
     Needs the processed data (`mega process`); fails in one line otherwise, when every
-    trial fails (the last one's error) or when interrupted before any trial finished.
+    trial fails (the last one's error; exit 1) or when interrupted before any trial
+    finished (exit 130). A re-run replaces the results of the one before.
     """
     tune = project.params.tune
     count = trials or tune.trials
@@ -455,15 +474,24 @@ def run_local(project: Project, trials: int | None, console: Console) -> None:
             group=f"tune-{started.strftime('%Y%m%d-%H%M%S')}",
         )
         result = run_study(setup, count, console)
-    write_trials(project.root, result, tune, started.isoformat(timespec="seconds"))
     if result.trials:
+        write_trials(project.root, result, tune, started.isoformat(timespec="seconds"))
+        _drop_stale_logs(project.root, len(result.trials))
         console.print(trials_table(result, tune))
     best = result.best(tune.goal)
     if best is None:
-        if result.interrupted:
-            fail("interrupted before any trial finished; nothing written", EXIT_INTERRUPTED)
+        if not result.trials:
+            fail("interrupted before any trial finished; no results written", EXIT_INTERRUPTED)
         last = result.trials[-1]
-        fail(f"every trial failed; the last: {last.error} (log: {last.log})", EXIT_FAILURE)
+        kept = (
+            f"; {TUNING_DIR}/{BEST_FILE} is left as an earlier run wrote it"
+            if (project.root / TUNING_DIR / BEST_FILE).exists()
+            else ""
+        )
+        fail(
+            f"every trial failed; the last: {last.error} (log: {last.log}){kept}",
+            EXIT_INTERRUPTED if result.interrupted else EXIT_FAILURE,
+        )
     assert best.value is not None
     try:
         path = write_best(
