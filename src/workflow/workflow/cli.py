@@ -262,6 +262,24 @@ def status() -> None:
     )
 
 
+@app.command()
+def tune(
+    trials: Annotated[
+        int | None,
+        typer.Option(min=1, show_default="tune.trials", help="How many trials to run."),
+    ] = None,
+) -> None:
+    """Tune the training's hyperparameters on this machine (params.yaml tune:, Optuna).
+
+    Each trial trains on the processed data (`mega process` first) with its values given
+    as the trainer's --<key>=<value> arguments; the best trial's values go to
+    tuning/best.yaml, every trial to tuning/trials.json. Ctrl-C keeps finished trials.
+    """
+    from workflow.tuning import run_local
+
+    run_local(_project(), trials, console)
+
+
 data_app = App(prog="mega", no_args_is_help=True, help="Version, share and restore the data (DVC).")
 app.add_typer(data_app, name="data")
 
