@@ -64,9 +64,9 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 ## images: build every image of docker-compose.yml, tagged with the git sha (docker, else
-## podman), and print each one's size and build time
+## podman), and print each one's size and build time (`mega build`; --push: docs/containers.md)
 images: setup
-	$(BIN)/python scripts/images.py
+	$(BIN)/mega build
 
 ## bench: every benchmark script (each prints name: ratio against its baseline)
 bench: setup

@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
-from support import REPO
+from workflow import images
 
 # The pipeline containers run as this uid, which is in no image's /etc/passwd: as on a
 # Linux host where MEGA_UID=$(id -u) hands the containers the user's own folders.
 PIPELINE_UID = 4242
 
 
-def load_images_script() -> ModuleType:
-    """scripts/images.py (`make images`) as a module: the image names and tag it uses."""
-    spec = importlib.util.spec_from_file_location("images_script", REPO / "scripts/images.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @dataclass
 class BuiltImages:
-    """What `make images` built: service → image name, and its printed table."""
+    """What `make images` (`mega build`) built: service → image name, and its printed table."""
 
     tag: str
     commit: str
@@ -71,7 +60,7 @@ class ComposeProject:
 
     def compose(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(load_images_script().PODMAN_COMPOSE), "-p", self.name, *args],
+            [str(images.PODMAN_COMPOSE), "-p", self.name, *args],
             cwd=self.root,
             env=self.env,
             capture_output=True,

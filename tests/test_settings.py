@@ -33,7 +33,7 @@ COMPOSE_VARIABLES = {
     "MEGA_UID",
     "MEGA_GID",
 }
-# Variables of the image scripts alone (scripts/images.py, scripts/stand-in-bases).
+# Variables of the image builds alone (`mega build`: workflow/images.py, scripts/stand-in-bases).
 SCRIPT_VARIABLES = {"MEGA_CONTAINER_ENGINE", "MEGA_STAND_IN_CACHE"}
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
-from podman_support import PIPELINE_UID, BuiltImages, ComposeProject, load_images_script
-from support import REPO, free_port, write_params
+from podman_support import PIPELINE_UID, BuiltImages, ComposeProject
+from support import BIN, REPO, free_port, write_params
+
+from workflow import images
 
 REPORT = REPO / "test-output/containers/images.txt"
 _summary: list[str] = []
@@ -38,10 +39,11 @@ def podman() -> None:
 
 @pytest.fixture(scope="session")
 def built_images(podman: None) -> BuiltImages:
-    """`make images` with podman (the script itself, as a user runs it)."""
+    """`make images` with podman (`mega build` itself, as a user runs it)."""
     env = {**os.environ, "MEGA_CONTAINER_ENGINE": "podman"}
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts/images.py")],
+        [str(BIN / "mega"), "build"],
+        cwd=REPO,
         capture_output=True,
         text=True,
         env=env,
@@ -49,13 +51,13 @@ def built_images(podman: None) -> BuiltImages:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-5000:]
-    script = load_images_script()
-    tag = script.image_tag()
+    tag = images.image_tag(REPO)
     table = result.stdout.strip()
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(table + "\n")
     _summary.append(table)
-    return BuiltImages(tag, script.head_commit(), script.built_images(tag), table, env)
+    built = {image.service: image.local(tag) for image in images.compose_images(REPO)}
+    return BuiltImages(tag, images.head_commit(REPO), built, table, env)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

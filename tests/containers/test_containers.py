@@ -17,9 +17,10 @@ from podman_support import (
     BuiltImages,
     ComposeProject,
     distributions,
-    load_images_script,
 )
 from support import REPO, lock_pins
+
+from workflow import images
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
@@ -109,12 +110,11 @@ def test_images_keep_the_dockerfiles_health_checks(built_images: BuiltImages) ->
 def test_a_rebuild_records_the_new_commit(built_images: BuiltImages) -> None:
     """GIT_SHA reaches the image on a warm rebuild too (podman's builder once reused a
     cached ENV layer whose build argument had changed)."""
-    script = load_images_script()
     for commit in ("1111111111111111", "2222222222222222"):
         tag = f"test-{commit[:4]}"
-        env = script.build_environment("podman", tag, commit)
+        env = images.build_environment("podman", tag, commit)
         built = subprocess.run(
-            [*script.compose_command("podman"), "build", "collect"],
+            [*images.compose_command("podman", REPO), "build", "collect"],
             cwd=REPO,
             env=env,
             capture_output=True,

@@ -6,11 +6,13 @@ an out-of-range value fails at start with the offending key in the message.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from common import storage
 
@@ -212,6 +214,136 @@ class VertexParams(_Section):
     )
 
 
+class RangeSpec(_Section):
+    """A numeric search range: `{min, max, scale: linear|log, type: float|int}`."""
+
+    min: float
+    max: float
+    scale: Literal["linear", "log"] = "linear"
+    type: Literal["float", "int"] = "float"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeSpec:
+        if self.max <= self.min:
+            raise ValueError(f"max ({self.max:g}) must be above min ({self.min:g})")
+        if self.scale == "log" and self.min <= 0:
+            raise ValueError(f"a log scale needs min above 0, not {self.min:g}")
+        if self.type == "int" and not (self.min.is_integer() and self.max.is_integer()):
+            raise ValueError("type int needs whole min and max")
+        return self
+
+
+class ChoiceSpec(_Section):
+    """A list of values to choose from: `{values: [...]}`."""
+
+    values: list[bool | int | float | str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ChoiceSpec:
+        if len({repr(v) for v in self.values}) != len(self.values):
+            raise ValueError(f"values repeat one another: {self.values}")
+        return self
+
+
+SearchSpec = RangeSpec | ChoiceSpec
+
+
+def _default_space() -> dict[str, SearchSpec]:
+    return {
+        "train.learning_rate": RangeSpec(min=5e-4, max=1e-2, scale="log"),
+        "train.batch_size": ChoiceSpec(values=[32, 64, 128]),
+    }
+
+
+class TuneParams(_Section):
+    """Hyperparameter tuning (`mega tune`, `mega tune --on vertex`): what to search, and how.
+
+    `space` maps a dotted `train.*` key to a range or a list of values; every value it
+    can produce must be valid for that key.
+    """
+
+    metric: Literal["val_accuracy", "val_loss"] = Field(
+        default="val_accuracy", description="The last epoch's value of this fit metric."
+    )
+    goal: Literal["maximize", "minimize"] = "maximize"
+    trials: int = Field(default=8, ge=1, le=1000, description="Trainings in one tuning run.")
+    parallel_trials: int = Field(
+        default=2, ge=1, le=100, description="Trials at once (Vertex AI; local runs one by one)."
+    )
+    seed: int = Field(default=42, description="The sampler's seed: a re-run asks the same.")
+    space: dict[str, SearchSpec] = Field(default_factory=_default_space, min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TuneParams:
+        wanted = {"val_accuracy": "maximize", "val_loss": "minimize"}[self.metric]
+        if self.goal != wanted:
+            raise ValueError(
+                f"goal {self.goal} of {self.metric} would search for the worst model; "
+                f"set tune.goal: {wanted}"
+            )
+        if self.parallel_trials > self.trials:
+            raise ValueError(
+                f"parallel_trials ({self.parallel_trials}) exceeds trials ({self.trials})"
+            )
+        for key, spec in self.space.items():
+            _check_search_key(key, spec)
+        return self
+
+
+def _field(model: type[BaseModel], dotted: str) -> FieldInfo | None:
+    """The schema field at `dotted` below `model` (`augment.zoom`), or None."""
+    head, _, rest = dotted.partition(".")
+    field = model.model_fields.get(head)
+    if field is None or not rest:
+        return field
+    inner = field.annotation
+    if isinstance(inner, type) and issubclass(inner, BaseModel):
+        return _field(inner, rest)
+    return None
+
+
+def _check_search_key(key: str, spec: SearchSpec) -> None:
+    """ValueError unless `key` is a train.* parameter that takes every value `spec` gives."""
+    section, _, rest = key.partition(".")
+    if section != "train":
+        raise ValueError(
+            f"space key {key!r}: only train.* parameters can be tuned (a trial is one training "
+            "on the processed data)"
+        )
+    field = _field(TrainParams, rest)
+    if field is None or (
+        isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    ):
+        raise ValueError(f"space key {key!r}: no such parameter in params.yaml's train section")
+    if isinstance(spec, RangeSpec):
+        if spec.type == "float" and field.annotation is int:
+            raise ValueError(f"space key {key!r}: the parameter is whole: set type: int")
+        edges: list[object] = [spec.min, spec.max]
+        if spec.type == "int":
+            edges = [int(spec.min), int(spec.max)]
+    else:
+        edges = list(spec.values)
+    for value in edges:
+        try:
+            _set_train_value(rest, value)
+        except ValidationError as exc:
+            raise ValueError(
+                f"space key {key!r}: {value!r} is not valid: {_problems(exc)}"
+            ) from exc
+
+
+def _set_train_value(dotted: str, value: object) -> TrainParams:
+    data = TrainParams().model_dump()
+    _assign(data, dotted.split("."), value)
+    return TrainParams.model_validate(data)
+
+
+def _assign(data: dict[str, Any], path: list[str], value: object) -> None:
+    for part in path[:-1]:
+        data = data[part]
+    data[path[-1]] = value
+
+
 class PipelineParams(_Section):
     dataset: str = Field(default="digits", pattern=r"^[A-Za-z0-9_-]+$")
     collect: CollectParams = CollectParams()
@@ -220,6 +352,7 @@ class PipelineParams(_Section):
     registry: RegistryParams = RegistryParams()
     optimize: OptimizeParams = OptimizeParams()
     vertex: VertexParams = VertexParams()
+    tune: TuneParams = TuneParams()
 
 
 class ParamsError(ValueError):
@@ -237,8 +370,72 @@ def load_params(path: str | Path = "params.yaml") -> PipelineParams:
     try:
         return PipelineParams.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ParamsError(f"{path}: invalid parameters: {problems}") from exc
+        raise ParamsError(f"{path}: invalid parameters: {_problems(exc)}") from exc
+
+
+def _problems(exc: ValidationError) -> str:
+    """A validation error as `dotted.key: message; ...` on one line."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def _parse_value(text: str) -> object:
+    """`text` as a YAML scalar (`5` → 5, `0.5` → 0.5, `null` → None, `[8, 16]` → a list);
+    text YAML cannot parse stays the string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(params: PipelineParams, overrides: Mapping[str, str]) -> PipelineParams:
+    """`params` with each dotted key of `overrides` (`{"train.epochs": "2"}`) set, validated.
+
+    Values are strings, read as YAML (`2` is a number, `null` None, `[16, 32]` a list); a
+    string parameter's value that YAML reads otherwise (`on`, `1e3`) is kept as written.
+    The result is validated as a whole (split ratios set together must sum to 1).
+    Raises ParamsError, one line naming the key: an unknown key, a section given a value,
+    or a value the schema refuses. `params` itself is left unchanged.
+    """
+    data = params.model_dump()
+    slots: dict[str, tuple[dict[str, Any], str]] = {}
+    for key, text in overrides.items():
+        node, name = _slot(data, key)
+        node[name] = _parse_value(text)
+        slots[key] = (node, name)
+    try:
+        return PipelineParams.model_validate(data)
+    except ValidationError as exc:
+        error = exc
+    # YAML read a number or a bool where the schema may want the string as written.
+    refused = {".".join(str(p) for p in err["loc"]) for err in error.errors()}
+    retyped = [k for k in refused & set(slots) if not isinstance(slots[k][0][slots[k][1]], str)]
+    for key in retyped:
+        node, name = slots[key]
+        node[name] = overrides[key]
+    if retyped:
+        try:
+            return PipelineParams.model_validate(data)
+        except ValidationError:
+            pass  # the first error says it better
+    loc = ".".join(str(p) for p in error.errors()[0]["loc"])
+    culprit = next(
+        (k for k in overrides if k == loc or k.startswith(f"{loc}.") or loc.startswith(f"{k}.")),
+        None,
+    )
+    given = f"{culprit}={overrides[culprit]}: " if culprit else ""
+    raise ParamsError(f"{given}{_problems(error)}") from error
+
+
+def _slot(data: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
+    """The dict holding dotted `key` in `data` (a params dump), and the name in it."""
+    path = key.split(".")
+    node: object = data
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not all(path) or not isinstance(node, dict) or path[-1] not in node:
+        raise ParamsError(f"{key}: no such parameter in params.yaml (keys look like train.epochs)")
+    if isinstance(node[path[-1]], dict):
+        raise ParamsError(f"{key}: is a section; set one of its keys ({key}.<name>=<value>)")
+    return node, path[-1]

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # The Vertex AI API endpoint; unset: the region's own. Set it for a private endpoint
     # (tests point it at a loopback stub: an http:// endpoint is sent no credentials).
     vertex_endpoint: str | None = None
+    # Seconds between two reads of a running Vertex AI job's state.
+    vertex_poll_seconds: float = Field(default=15.0, ge=0)
     # The Artifact Registry repository the images are pushed to and Vertex AI pulls from,
     # as `gcloud artifacts repositories describe` prints its registryUri.
     image_repository: str | None = None

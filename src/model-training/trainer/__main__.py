@@ -32,6 +32,7 @@ from trainer.inputs import (
 from trainer.quiet import quiet_tensorflow_import
 
 if TYPE_CHECKING:  # trainer.train imports TensorFlow: only once a command needs it
+    from common.params import PipelineParams
     from trainer.train import TrainSummary
 
 app = App(group="trainer", help=__doc__, no_args_is_help=True)
@@ -57,8 +58,9 @@ class StrategyName(StrEnum):
     multiworker = "multiworker"
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Processed data folder or gs:// URI.")],
     out: Annotated[str, typer.Option(help="Where to export the candidate model.")],
     params: ParamsOption = Path("params.yaml"),
@@ -82,8 +84,12 @@ def train(
 
     A run killed part-way resumes from its last finished epoch when started again
     with the same arguments. Only the chief worker exports and tracks the run.
+
+    Extra arguments such as --train.learning_rate=0.003 override params.yaml,
+    as Vertex AI's tuning trials pass theirs; in a tuning trial the chief
+    then reports tune.metric through cloudml-hypertune.
     """
-    pipeline = read_params(params)
+    pipeline = overridden(read_params(params), ctx.args)
     with failures_as(EXIT_USAGE, InputError):  # checked before any work
         check_processed(data, ("train",))
     check_output("--out", out, replaced=True)
@@ -118,6 +124,23 @@ def train(
         )
     for line in train_report(summary, out):
         typer.echo(line)
+    if summary.is_chief:
+        from trainer.tuning import report_metric
+
+        with failures_as(EXIT_FAILURE, ValueError):  # a fit without the metric
+            reported = report_metric(pipeline.tune, summary.final, summary.epochs)
+        if reported is not None:
+            typer.echo(f"train: reported {pipeline.tune.metric} {reported:.4f} for tuning")
+
+
+def overridden(pipeline: PipelineParams, args: list[str]) -> PipelineParams:
+    """`pipeline` with the `--<key>=<value>` overrides in `args` applied; a bad one is a
+    usage error (2) naming it."""
+    from common.params import ParamsError, apply_overrides
+    from trainer.tuning import OverrideError, parse_overrides
+
+    with failures_as(EXIT_USAGE, OverrideError, ParamsError):
+        return apply_overrides(pipeline, parse_overrides(args))
 
 
 def train_report(summary: TrainSummary, out: str) -> list[str]:

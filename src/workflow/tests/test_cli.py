@@ -24,6 +24,7 @@ def test_help_lists_every_command() -> None:
         "register",
         "status",
         "serve",
+        "build",
     ):
         assert command in result.output
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,7 +13,16 @@ import typer
 from rich.table import Table
 
 from common import storage
-from common.cli import EXIT_USAGE, App, console_for, fail, from_setting, version_option
+from common.cli import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    App,
+    console_for,
+    fail,
+    failures_as,
+    from_setting,
+    version_option,
+)
 from common.params import ParamsError
 from common.settings import get_settings
 from workflow.project import Project, ProjectError
@@ -286,7 +296,76 @@ def _stage_command(stage: str, doc: str) -> None:
 
 _stage_command("collect", "Collect the raw data set (stage 1).")
 _stage_command("process", "Process raw data into TFRecord shards (stage 2, after its inputs).")
-_stage_command("train", "Train the candidate model (stage 3, after its inputs).")
+
+
+class Where(StrEnum):
+    local = "local"
+    vertex = "vertex"
+
+
+@app.command()
+def train(
+    on: Annotated[
+        Where, typer.Option(help="local: the DVC stage; vertex: a Vertex AI custom job.")
+    ] = Where.local,
+    force: Annotated[
+        bool,
+        typer.Option(help="Local: re-run this stage and the ones before it even if unchanged."),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="Vertex: print the job body as JSON and send nothing.")
+    ] = False,
+    detach: Annotated[
+        bool, typer.Option(help="Vertex: return once the job is created, do not follow it.")
+    ] = False,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            show_default="the local processed data, uploaded under MEGA_GCS_ROOT",
+            help="Vertex: the processed data's gs:// URI.",
+        ),
+    ] = None,
+    image_tag: Annotated[
+        str | None,
+        typer.Option(
+            show_default="the git sha, as `mega build` tags", help="Vertex: the image tag."
+        ),
+    ] = None,
+) -> None:
+    """Train the candidate model (stage 3, after its inputs), here or on Vertex AI.
+
+    On Vertex AI the training image runs `python -m trainer train` with params.yaml's
+    `vertex:` machines, GPUs and workers; docs/cloud.md sets up the project.
+    """
+    if on is Where.local:
+        if dry_run or detach or data or image_tag:
+            fail("--dry-run, --detach, --data and --image-tag need --on vertex", EXIT_USAGE)
+        _run_stages(["train"], force=force)
+        return
+    from workflow import vertex_submit as vertex
+    from workflow.vertex import CloudConfigError
+
+    project = _project()
+    settings = get_settings()
+    with failures_as(EXIT_USAGE, CloudConfigError):
+        if dry_run:
+            vertex.dry_run(project, settings, errors, vertex.CUSTOM_JOB, data=data, tag=image_tag)
+            return
+        submitted = vertex.submit(
+            project,
+            settings,
+            console,
+            vertex.CUSTOM_JOB,
+            data=data,
+            tag=image_tag,
+            detach=detach,
+        )
+    if not submitted.succeeded:
+        raise typer.Exit(EXIT_FAILURE)
+    if submitted.final is not None:
+        console.print(f"trained: the candidate is in {submitted.run.model_dir}")
+
+
 _stage_command("evaluate", "Evaluate the candidate on the test split (stage 4, after its inputs).")
 _stage_command(
     "optimize",
@@ -324,6 +403,24 @@ def status() -> None:
         f"[bold]production model[/bold]: {production.name} version {production.version} "
         f"({production.uri}), test accuracy {accuracy:.4f}"
     )
+
+
+@app.command()
+def tune(
+    trials: Annotated[
+        int | None,
+        typer.Option(min=1, show_default="tune.trials", help="How many trials to run."),
+    ] = None,
+) -> None:
+    """Tune the training's hyperparameters on this machine (params.yaml tune:, Optuna).
+
+    Each trial trains on the processed data (`mega process` first) with its values given
+    as the trainer's --<key>=<value> arguments; the best trial's values go to
+    tuning/best.yaml, every trial to tuning/trials.json. Ctrl-C keeps finished trials.
+    """
+    from workflow.tuning import run_local
+
+    run_local(_project(), trials, console)
 
 
 data_app = App(prog="mega", no_args_is_help=True, help="Version, share and restore the data (DVC).")
@@ -623,6 +720,46 @@ def exp_diff(
         console.print(table, soft_wrap=True)
     else:
         console.print("no params or metrics differ")
+
+
+@app.command()
+def build(
+    push: Annotated[
+        bool,
+        typer.Option(
+            help="Then tag each image (but the cloud-sim profile's) for MEGA_IMAGE_REPOSITORY "
+            "and push it to Artifact Registry."
+        ),
+    ] = False,
+    gpu: Annotated[
+        bool,
+        typer.Option(
+            help="Also build the training image for GPUs (ACCELERATOR=gpu), tagged <tag>-gpu."
+        ),
+    ] = False,
+    allow_dirty: Annotated[
+        bool,
+        typer.Option(help="Push even when the working tree has changes (tag <sha>-dirty)."),
+    ] = False,
+) -> None:
+    """Build every image of docker-compose.yml, tagged with the git sha (docker, else podman);
+    print each one's size and build time."""
+    from workflow.images import build_all, table
+
+    def say(message: str) -> None:
+        errors.print(f"build: {message}", markup=False, highlight=False)
+
+    # "" (unset) rather than None: build_all then refuses it, naming the setting.
+    repository = (get_settings().image_repository or "") if push else None
+    result = build_all(Path.cwd(), say, gpu=gpu, repository=repository, allow_dirty=allow_dirty)
+    console.print(f"\n{table(result.built)}", markup=False, highlight=False)
+    if result.pushed:
+        console.print("\npushed:\n" + "\n".join(result.pushed), markup=False, highlight=False)
+    console.print(
+        f"\nrun them: MEGA_IMAGE_TAG={result.tag} docker compose up (or podman-compose)",
+        markup=False,
+        highlight=False,
+    )
 
 
 def main() -> None:

@@ -1,0 +1,265 @@
+"""Submitting jobs to Vertex AI and following them: clients, staging, errors, progress.
+
+Every call is bounded by the settings' service budget, and every failure is one line
+(`ServiceError`) naming Vertex AI or Cloud Storage, what went wrong and the fix: no
+credentials, a missing bucket, a permission or an API not enabled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from common import storage
+from common.services import ServiceBudget, ServiceError
+from common.settings import Settings
+from workflow.vertex import CloudTarget
+
+if TYPE_CHECKING:
+    from google.cloud import aiplatform_v1
+    from rich.console import Console
+
+FINAL_STATES = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
+CREDENTIALS_FIX = (
+    "run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS "
+    "to a service account key file outside the repository)"
+)
+
+
+def service_name(settings: Settings) -> str:
+    """`Vertex AI (<region>)`, or the endpoint when one is set."""
+    where = settings.vertex_endpoint or settings.gcp_region
+    return f"Vertex AI ({where})"
+
+
+def credentials(settings: Settings) -> Any:
+    """Application Default Credentials; none for a plain-http endpoint (a local stub),
+    since a token must never travel unencrypted.
+
+    Raises:
+        ServiceError: no credentials are set up on this machine.
+    """
+    from google.auth import default
+    from google.auth.credentials import AnonymousCredentials
+    from google.auth.exceptions import DefaultCredentialsError
+
+    if (settings.vertex_endpoint or "").startswith("http://"):
+        return AnonymousCredentials()
+    try:
+        found, _ = default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    except DefaultCredentialsError as exc:
+        raise ServiceError(
+            service_name(settings), "no Google credentials found", CREDENTIALS_FIX, denied=True
+        ) from exc
+    return found
+
+
+def job_client(settings: Settings) -> aiplatform_v1.JobServiceClient:
+    """A JobServiceClient for the region (or MEGA_VERTEX_ENDPOINT), over REST."""
+    from google.cloud import aiplatform_v1
+
+    endpoint = settings.vertex_endpoint or f"{settings.gcp_region}-aiplatform.googleapis.com"
+    return aiplatform_v1.JobServiceClient(
+        client_options={"api_endpoint": endpoint},
+        transport="rest",
+        credentials=credentials(settings),
+    )
+
+
+def call_options(settings: Settings) -> dict[str, Any]:
+    """`timeout` and `retry` for one API call, from the service budget."""
+    from google.api_core.retry import Retry, if_transient_error
+
+    budget = ServiceBudget.from_settings(settings)
+    return {
+        "timeout": budget.read_timeout,
+        "retry": Retry(predicate=if_transient_error, timeout=budget.retry_seconds),
+    }
+
+
+def _reason(exc: Any) -> str:
+    """The ErrorInfo reason Google's APIs attach to an error (e.g. SERVICE_DISABLED)."""
+    reason = getattr(exc, "reason", None)
+    return str(reason) if reason else ""
+
+
+@contextlib.contextmanager
+def vertex_errors(settings: Settings, target: CloudTarget) -> Iterator[None]:
+    """Turn Vertex AI's refusals and silences into one-line `ServiceError`s."""
+    import requests
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    service = service_name(settings)
+    project = target.project
+    try:
+        yield
+    except (api.PermissionDenied, api.Forbidden) as exc:
+        if _reason(exc) == "SERVICE_DISABLED" or "has not been used" in str(exc.message):
+            raise ServiceError(
+                service,
+                f"the Vertex AI API is not enabled in project {project}",
+                f"enable it: gcloud services enable aiplatform.googleapis.com --project {project}",
+                denied=True,
+            ) from exc
+        raise ServiceError(
+            service,
+            f"permission denied in project {project} ({exc.message})",
+            "grant your account roles/aiplatform.user (and roles/iam.serviceAccountUser on "
+            "MEGA_VERTEX_SERVICE_ACCOUNT); docs/cloud.md lists the roles",
+            denied=True,
+        ) from exc
+    except (api.Unauthenticated, api.Unauthorized, auth.GoogleAuthError) as exc:
+        raise ServiceError(
+            service, f"the credentials were refused ({exc})", CREDENTIALS_FIX, denied=True
+        ) from exc
+    except api.NotFound as exc:
+        raise ServiceError(
+            service,
+            f"not found: {exc.message}",
+            "check MEGA_GCP_PROJECT and MEGA_GCP_REGION (a region where Vertex AI runs)",
+        ) from exc
+    except (api.InvalidArgument, api.BadRequest) as exc:
+        raise ServiceError(
+            service,
+            f"the job was refused: {exc.message}",
+            "check the vertex: section of params.yaml (machine type, accelerator, workers)",
+        ) from exc
+    except (api.RetryError, api.ServerError, requests.RequestException, OSError) as exc:
+        raise ServiceError(
+            service,
+            f"unreachable ({type(exc).__name__}: {exc})",
+            "check the network or MEGA_VERTEX_ENDPOINT; MEGA_SERVICE_RETRY_SECONDS sets "
+            "how long to keep trying",
+        ) from exc
+    except api.GoogleAPICallError as exc:
+        raise ServiceError(
+            service, f"request refused ({exc.code} {exc.message})", CREDENTIALS_FIX
+        ) from exc
+
+
+def check_bucket(gcs_root: str, region: str) -> None:
+    """Fail in seconds, as one line, when MEGA_GCS_ROOT's bucket does not exist."""
+    from google.api_core.exceptions import NotFound
+
+    from common.gcs import probe, split_gcs
+
+    bucket, _ = split_gcs(gcs_root)
+    try:
+        probe(gcs_root)
+    except NotFound as exc:
+        raise ServiceError(
+            f"Cloud Storage (gs://{bucket})",
+            f"bucket {bucket} does not exist",
+            f"create it (gcloud storage buckets create gs://{bucket} --location {region}) "
+            "or fix MEGA_GCS_ROOT",
+        ) from exc
+
+
+def stage_data(local: Path, remote: str) -> int:
+    """Upload the files of `local` missing under the `remote` prefix; returns how many.
+
+    The prefix is keyed by the data version, so files already there are the same
+    bytes: a re-run, or one after an interrupted upload, sends only what is missing.
+    """
+    have = {uri.removeprefix(remote.rstrip("/") + "/") for uri in storage.list_files(remote)}
+    missing = [
+        path
+        for path in sorted(local.rglob("*"))
+        if path.is_file() and path.relative_to(local).as_posix() not in have
+    ]
+    for path in missing:
+        storage.write_bytes(
+            storage.join(remote, path.relative_to(local).as_posix()), path.read_bytes()
+        )
+    return len(missing)
+
+
+def console_link(target: CloudTarget, job_id: str) -> str:
+    """The job's page in the Google Cloud console."""
+    return (
+        f"https://console.cloud.google.com/agent-platform/locations/{target.region}"
+        f"/training/{job_id}?project={target.project}"
+    )
+
+
+def logs_link(target: CloudTarget, job_id: str) -> str:
+    """The job's logs in Cloud Logging."""
+    query = quote(f'resource.type="ml_job" resource.labels.job_id="{job_id}"', safe="")
+    return f"https://console.cloud.google.com/logs/query;query={query}?project={target.project}"
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """How to read and cancel one job, whatever its kind."""
+
+    name: str  # projects/…/locations/…/<kind>/<id>
+    kind: str  # what the CLI calls it: `custom job`, `tuning job`
+    get: Callable[[], Any]
+    cancel: Callable[[], None]
+    progress: Callable[[Any], str]  # a few words on a job's progress (trials done…)
+
+    @property
+    def id(self) -> str:
+        return self.name.rsplit("/", 1)[-1]
+
+
+def state_name(job: Any) -> str:
+    """A job's state as Vertex AI names it (`JOB_STATE_RUNNING`)."""
+    return str(job.state.name)
+
+
+def _elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def follow(handle: JobHandle, console: Console, poll_seconds: float) -> Any:
+    """Poll the job until it ends, printing each change of state; returns the last read.
+
+    Ctrl-C asks whether to cancel the job (on a terminal; elsewhere it is left running),
+    then exits with 130, the shell's code for an interrupted command.
+    """
+    started = time.monotonic()
+    last = ""
+    try:
+        with console.status(f"{handle.kind} {handle.id}: submitted") as status:
+            while True:
+                job = handle.get()
+                state = state_name(job)
+                extra = handle.progress(job)
+                if state != last:
+                    console.print(f"{_elapsed(time.monotonic() - started):>12}  {state}  {extra}")
+                    last = state
+                if state in FINAL_STATES:
+                    return job
+                status.update(
+                    f"{handle.kind} {handle.id}: {state} {extra} "
+                    f"({_elapsed(time.monotonic() - started)})"
+                )
+                time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        return _interrupted(handle, console)
+
+
+def _interrupted(handle: JobHandle, console: Console) -> Any:
+    """Ctrl-C while following: cancel the job if the user says so."""
+    import typer
+
+    if sys.stdin.isatty() and typer.confirm(
+        f"\nCancel {handle.kind} {handle.id} on Vertex AI?", default=False
+    ):
+        handle.cancel()
+        console.print(f"cancellation of {handle.id} requested; Vertex AI stops it shortly")
+    else:
+        console.print(
+            f"\n{handle.kind} {handle.id} goes on running; cancel it with the console link "
+            "above or `gcloud ai custom-jobs cancel` / `gcloud ai hp-tuning-jobs cancel`"
+        )
+    raise SystemExit(130)  # the shell's code for an interrupted command

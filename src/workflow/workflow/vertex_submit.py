@@ -1,0 +1,235 @@
+"""Submitting training to Vertex AI: `mega train --on vertex` and `mega tune --on vertex`.
+
+Plan (`plan_training`): the job's display name, data and output URIs, image and labels,
+from the project, params.yaml and the settings. Submit (`submit`): check the bucket,
+stage the processed data (keyed by its version, uploaded once) and params.yaml under
+MEGA_GCS_ROOT, create the job (a `JobKind`: a custom job, a tuning job), then follow it
+to its end.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from common import storage
+from common.params import PipelineParams
+from common.settings import Settings
+from workflow.images import image_tag
+from workflow.project import Project
+from workflow.vertex import (
+    CloudConfigError,
+    CloudTarget,
+    TrainingRun,
+    as_json,
+    custom_job,
+    job_name,
+    label,
+    training_image,
+)
+from workflow.vertex_jobs import (
+    JobHandle,
+    call_options,
+    check_bucket,
+    console_link,
+    follow,
+    job_client,
+    logs_link,
+    stage_data,
+    state_name,
+    vertex_errors,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+UNKNOWN_DATA_VERSION = "<data version: run `mega process` first>"
+
+
+def data_prefix(target: CloudTarget, dataset: str, version: str) -> str:
+    """Where the processed data of `version` is staged: one prefix per data version."""
+    return f"{target.gcs_root}/data/processed/{dataset}/{version}"
+
+
+def source_tag(project: Project) -> str:
+    """The image tag of the checked-out code, as `mega build` tags its images.
+
+    Raises:
+        CloudConfigError: the project is not a git checkout (no commit names the code).
+    """
+    try:
+        return image_tag(project.root)
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        raise CloudConfigError(
+            f"{project.root} is not a git checkout, so no commit names the image: "
+            "pass --image-tag (the tag `mega build` printed)"
+        ) from exc
+
+
+def data_version(data: str | None, local_version: str | None) -> str:
+    """The data-version label: the local data's version, `external` for --data."""
+    if data is not None:
+        return "external"
+    return local_version or "unknown"
+
+
+def plan_training(
+    project: Project, target: CloudTarget, stage: str, *, data: str | None, tag: str | None
+) -> TrainingRun:
+    """The training run to submit: the local processed data staged, unless `data` is given.
+
+    Raises:
+        CloudConfigError: `data` is not a gs:// URI, or (outside a dry run) there is no
+            local processed data to stage.
+    """
+    params = project.params
+    if data is not None and not storage.is_gcs(data):
+        raise CloudConfigError(f"--data {data}: give the processed data's gs:// URI")
+    stats = project.data_stats()
+    if data is None and stats is None and not target.missing:
+        raise CloudConfigError(
+            f"no processed data in {project.processed_dir.relative_to(project.root)} to "
+            "upload; run `mega process` first, or pass --data gs://… (processed data)"
+        )
+    version = stats.data_hash[:12] if stats else UNKNOWN_DATA_VERSION
+    name = job_name(stage, params)
+    tag = tag or source_tag(project)
+    return TrainingRun(
+        display_name=name,
+        data_uri=data or data_prefix(target, params.dataset, version),
+        output_dir=f"{target.gcs_root}/vertex/{name}",
+        image=training_image(target, params.vertex, tag),
+        labels={
+            "mega-stage": stage,
+            "dataset": label(params.dataset),
+            "git-sha": label(tag),
+            "data-version": label(data_version(data, version if stats else None)),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of Vertex AI job `mega` submits: how to build its body and read it."""
+
+    resource: str  # the API's resource in snake case: custom_job, hyperparameter_tuning_job
+    collection: str  # its collection in the REST path: customJobs, hyperparameterTuningJobs
+    words: str  # what the CLI calls it
+    stage: str  # the `mega-stage` label and the job name's kind: train, tune
+    build: Callable[[TrainingRun, PipelineParams, CloudTarget, Settings], Any]
+    progress: Callable[[Any], str] = lambda job: ""
+
+
+CUSTOM_JOB = JobKind(
+    resource="custom_job",
+    collection="customJobs",
+    words="custom job",
+    stage="train",
+    build=lambda run, params, target, settings: custom_job(run, params.vertex, target, settings),
+)
+
+
+def dry_run(
+    project: Project,
+    settings: Settings,
+    errors: Console,
+    kind: JobKind,
+    *,
+    data: str | None,
+    tag: str | None,
+) -> None:
+    """Print the body of the job that would be created (stdout: JSON only; notes: stderr)."""
+    target = CloudTarget.from_settings(settings, dry_run=True)
+    run = plan_training(project, target, kind.stage, data=data, tag=tag)
+    print(as_json(kind.build(run, project.params, target, settings)))
+    if target.missing:
+        errors.print(
+            f"dry run: {', '.join(target.missing)} unset, shown as <MEGA_…> (docs/cloud.md)",
+            highlight=False,
+        )
+    if data is None:
+        local = project.processed_dir.relative_to(project.root)
+        errors.print(f"dry run: {local} would be uploaded to {run.data_uri}", highlight=False)
+    errors.print(
+        f"dry run: nothing was sent; POST {target.parent}/{kind.collection} creates it",
+        highlight=False,
+    )
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A job `submit` created: its run, and its last state read (None when detached)."""
+
+    run: TrainingRun
+    name: str
+    final: Any | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.final is None or state_name(self.final) == "JOB_STATE_SUCCEEDED"
+
+
+def submit(
+    project: Project,
+    settings: Settings,
+    console: Console,
+    kind: JobKind,
+    *,
+    data: str | None,
+    tag: str | None,
+    detach: bool,
+) -> Submitted:
+    """Stage the inputs, create the job and (unless `detach`) follow it to its end.
+
+    A job that did not succeed is reported on stderr as one line with its error.
+
+    Raises:
+        CloudConfigError: a setting or parameter is missing or wrong (before any request).
+        ServiceError: Vertex AI or Cloud Storage refused or did not answer.
+    """
+    target = CloudTarget.from_settings(settings)
+    run = plan_training(project, target, kind.stage, data=data, tag=tag)
+    body = kind.build(run, project.params, target, settings)  # checks the accelerator
+    client = job_client(settings)
+    if "-dirty" in run.image:
+        console.print(
+            f"[yellow]note[/yellow]: the working tree has changes: the job runs {run.image}, "
+            "which `mega build --push` must have pushed from this tree"
+        )
+    check_bucket(target.gcs_root, target.region)
+    if data is None:
+        sent = stage_data(project.processed_dir, run.data_uri)
+        console.print(f"data: {run.data_uri} ({sent} file(s) uploaded, the rest already there)")
+    storage.write_bytes(run.params_uri, (project.root / "params.yaml").read_bytes())
+
+    def call(verb: str, **fields: Any) -> Any:
+        with vertex_errors(settings, target):
+            method = getattr(client, f"{verb}_{kind.resource}")
+            return method(**fields, **call_options(settings))
+
+    created = call("create", parent=target.parent, **{kind.resource: body})
+    handle = JobHandle(
+        name=created.name,
+        kind=kind.words,
+        get=lambda: call("get", name=created.name),
+        cancel=lambda: call("cancel", name=created.name),
+        progress=kind.progress,
+    )
+    console.print(f"Vertex AI {kind.words} {created.name}")
+    console.print(f"  console: {console_link(target, handle.id)}")
+    console.print(f"  logs:    {logs_link(target, handle.id)}")
+    if detach:
+        console.print("detached: follow it with the console link above")
+        return Submitted(run=run, name=created.name, final=None)
+    final = follow(handle, console, settings.vertex_poll_seconds)
+    submitted = Submitted(run=run, name=created.name, final=final)
+    if not submitted.succeeded:
+        error = final.error.message if final.error and final.error.message else "no message"
+        print(
+            f"mega: error: Vertex AI {kind.words} {handle.id} {state_name(final)}: {error}",
+            file=sys.stderr,
+        )
+    return submitted

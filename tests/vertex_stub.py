@@ -1,0 +1,162 @@
+"""A loopback stub of the Vertex AI REST API (v1 jobs), recording every request.
+
+google-cloud-aiplatform's clients talk plain HTTP to it with
+`api_endpoint="http://127.0.0.1:PORT"` and `transport="rest"` (MEGA_VERTEX_ENDPOINT for
+`mega`). Bodies arrive as the API takes them: enums as integers, int64 as strings,
+default values left out.
+
+It creates custom and hyperparameter tuning jobs, answers each later GET of a job with
+the next of `states` (the last one repeating), and cancels. `fail_with` makes every
+request answer one Google-shaped error instead.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+COLLECTIONS = {"customJobs", "hyperparameterTuningJobs"}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # without the query, percent-decoded
+    query: str
+    body: Any  # the parsed JSON body, or None
+    raw: str  # the body as sent
+    headers: dict[str, str]
+
+
+@dataclass
+class VertexStub:
+    """The stub's state: what was asked, and how to answer."""
+
+    url: str = ""
+    requests: list[Request] = field(default_factory=list)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    states: list[str] = field(
+        default_factory=lambda: ["JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
+    )
+    # Extra fields the final GET of a job carries (an error, the trials of a tuning job).
+    final_fields: dict[str, Any] = field(default_factory=dict)
+    fail_with: tuple[int, dict[str, Any]] | None = None
+    reads: dict[str, int] = field(default_factory=dict)
+
+    def created(self, collection: str) -> list[Request]:
+        """The POSTs that created a job in `collection`."""
+        return [
+            r for r in self.requests if r.method == "POST" and r.path.endswith(f"/{collection}")
+        ]
+
+    def next_state(self, name: str) -> str:
+        count = self.reads.get(name, 0)
+        self.reads[name] = count + 1
+        return self.states[min(count, len(self.states) - 1)]
+
+
+def google_error(status: int, message: str, reason: str | None = None) -> dict[str, Any]:
+    """An error body as Google's APIs send it, with an ErrorInfo `reason` when given."""
+    names = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}
+    error: dict[str, Any] = {
+        "code": status,
+        "message": message,
+        "status": names.get(status, "NOT_FOUND" if status == 404 else "UNAVAILABLE"),
+    }
+    if reason:
+        error["details"] = [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "googleapis.com",
+                "metadata": {"service": "aiplatform.googleapis.com"},
+            }
+        ]
+    return {"error": error}
+
+
+def _handler(stub: VertexStub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, status: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _record(self) -> Request:
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length).decode() if length else ""
+            parts = urlsplit(self.path)
+            request = Request(
+                method=self.command,
+                path=unquote(parts.path),
+                query=unquote(parts.query),
+                body=json.loads(raw) if raw else None,
+                raw=raw,
+                headers=dict(self.headers),
+            )
+            stub.requests.append(request)
+            return request
+
+        def do_POST(self) -> None:
+            request = self._record()
+            if stub.fail_with:
+                self._send(*stub.fail_with)
+                return
+            path = request.path.removeprefix("/v1/")
+            if path.endswith(":cancel"):
+                name = path.removesuffix(":cancel")
+                stub.jobs[name]["state"] = "JOB_STATE_CANCELLED"
+                stub.states = ["JOB_STATE_CANCELLED"]
+                self._send(200, {})
+                return
+            collection = path.rsplit("/", 1)[-1]
+            assert collection in COLLECTIONS, path
+            name = f"{path}/{1000 + len(stub.jobs)}"
+            job = {**request.body, "name": name, "state": "JOB_STATE_QUEUED"}
+            stub.jobs[name] = job
+            self._send(200, job)
+
+        def do_GET(self) -> None:
+            request = self._record()
+            if stub.fail_with:
+                self._send(*stub.fail_with)
+                return
+            name = request.path.removeprefix("/v1/")
+            if name not in stub.jobs:
+                self._send(404, google_error(404, f"{name} not found"))
+                return
+            state = stub.next_state(name)
+            job = {**stub.jobs[name], "state": state}
+            if state == stub.states[-1]:
+                job.update(stub.final_fields)
+            self._send(200, job)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def vertex_stub() -> Iterator[VertexStub]:
+    """A running stub; `stub.url` is its `http://127.0.0.1:PORT`."""
+    stub = VertexStub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(stub))
+    stub.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield stub
+    finally:
+        server.shutdown()
+        server.server_close()
