@@ -456,3 +456,21 @@ def test_a_bad_tuned_value_names_best_yaml(tmp_path: Path) -> None:
         "params.yaml with tuning/best.yaml's train.learning_rate=-1.0: invalid parameters: "
         "train.learning_rate: Input should be greater than 0"
     )
+
+
+def test_tuned_runs_what_mega_tune_writes(tmp_path: Path) -> None:
+    """The contract between the parts: workflow.tuning.write_best → mega run --tuned."""
+    from workflow.experiments import TUNED
+    from workflow.tuning import write_best
+
+    params = write_params(tmp_path)
+    best = {"train.learning_rate": 0.0031, "train.batch_size": 128, "train.augment.flip": "none"}
+    path = write_best(
+        tmp_path, best, "mega tune (local), trial 3 of 8", metric="val_accuracy", value=0.98
+    )
+    assert path == tmp_path / TUNED
+    overrides = parse_overrides(tuned_overrides(tmp_path), origin=str(TUNED))
+    result = check_overrides(params, overrides, origin=str(TUNED))
+    assert result.train.learning_rate == pytest.approx(0.0031)
+    assert result.train.batch_size == 128
+    assert result.train.augment.flip == "none"
