@@ -41,10 +41,11 @@ import yaml
 from common import storage
 from common.params import ParamsError, PipelineParams, load_params
 from common.settings import Settings
+from workflow.tuning import BEST_FILE, TUNING_DIR
 
 PARAMS_FILE = "params.yaml"
 # Where `mega tune` writes the best trial's parameters: dotted key → value.
-TUNED = Path("tuning") / "best.yaml"
+TUNED = Path(TUNING_DIR) / BEST_FILE
 # Stages an experiment leaves out: `register` publishes into the shared model registry.
 NOT_IN_EXPERIMENTS = ("register",)
 # Path settings that must point into the workspace, not DVC's temporary copy.
