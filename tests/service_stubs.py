@@ -6,10 +6,15 @@
 - `hang`: a socket that accepts connections and never answers;
 - `401` / `403`: an HTTP server answering every request with that status and a JSON
   error body shaped like Google's and W&B's.
+
+Services that answer: `SecretManagerStub` (Secret Manager's REST API, holding secrets
+and refusing some), `WandbGoesSilent` (W&B starting runs, then silent). Both record the
+requests they get.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -54,13 +59,17 @@ class HangingServer:
             conn.close()
 
 
+def error_body(status: int, message: str, reason: str | None = None) -> bytes:
+    """An error body shaped like Google's (`error.code`, `error.message`, `error.status`)
+    and W&B's (`errors`)."""
+    error: dict[str, Any] = {"code": status, "message": message}
+    if reason:
+        error["status"] = reason
+    return json.dumps({"error": error, "errors": [{"message": message}]}).encode()
+
+
 def status_handler(status: int) -> type[BaseHTTPRequestHandler]:
-    body = json.dumps(
-        {
-            "error": {"code": status, "message": f"stub says {status}"},
-            "errors": [{"message": f"stub says {status}"}],
-        }
-    ).encode()
+    body = error_body(status, f"stub says {status}")
 
     class Handler(BaseHTTPRequestHandler):
         def _answer(self) -> None:
@@ -167,10 +176,13 @@ class WandbGoesSilent:
         stop = threading.Event()
         silent = threading.Event()
         self.stop = stop
+        self.headers: list[dict[str, str]] = []  # of every request, in order
+        headers = self.headers
         run = self.RUN
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                headers.append(dict(self.headers))
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
                 if self.path.startswith("/files/"):
@@ -201,5 +213,70 @@ class WandbGoesSilent:
 
     def close(self) -> None:
         self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class SecretManagerStub:
+    """A loopback Secret Manager REST API (`MEGA_SECRET_MANAGER_ENDPOINT=stub.url`).
+
+    `GET /v1/projects/P/secrets/S/versions/V:access` answers `{"name", "payload":
+    {"data": base64}}` for a secret `projects/P/secrets/S` in `secrets` (any version),
+    403 PERMISSION_DENIED for one in `denied`, and 404 NOT_FOUND otherwise, as the real
+    API does. `requests` records each request's (path without the query, headers).
+    """
+
+    def __init__(self, secrets: dict[str, bytes], denied: frozenset[str] = frozenset()) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        seen = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                seen.append((path, dict(self.headers)))
+                name = path.removeprefix("/v1/").removesuffix(":access")
+                secret = name.split("/versions/", 1)[0]
+                if secret in denied:
+                    status, body = (
+                        403,
+                        error_body(
+                            403,
+                            f"Permission 'secretmanager.versions.access' denied for resource "
+                            f"'{name}' (or it may not exist).",
+                            "PERMISSION_DENIED",
+                        ),
+                    )
+                elif secret in secrets and path.endswith(":access"):
+                    data = base64.b64encode(secrets[secret]).decode()
+                    status, body = (
+                        200,
+                        json.dumps({"name": name, "payload": {"data": data}}).encode(),
+                    )
+                else:
+                    status, body = (
+                        404,
+                        error_body(
+                            404, f"Secret [{secret}] not found or has no versions.", "NOT_FOUND"
+                        ),
+                    )
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.requests]
+
+    def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()

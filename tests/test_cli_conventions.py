@@ -149,6 +149,10 @@ USAGE_ERRORS: dict[str, tuple[list[str], str | None, str, str]] = {
         [*PY, "trainer", "train", "--data", "d", "--out", "c"], BAD_PARAMS, "train",
         "params.yaml: invalid parameters: train.epochs",
     ),
+    "trainer train: no --out, no AIP_MODEL_DIR": (
+        [*PY, "trainer", "train", "--data", "d"], None, "train",
+        "Missing option '--out' (env var: 'AIP_MODEL_DIR')",
+    ),
     "trainer train: no --data folder": (
         [*PY, "trainer", "train", "--data", "d", "--out", "c"], None, "train",
         "--data d: no such folder",
@@ -219,6 +223,34 @@ def test_usage_errors_exit_2_with_one_prefixed_line(case: str, tmp_path: Path) -
     [line] = result.stderr.splitlines()
     assert line.startswith(f"{prog}: error: ") and says in line, line
     assert "\x1b[" not in line  # no colour off a terminal
+
+
+# Every command that reads params.yaml, with the flags it needs besides --params (none of
+# them is looked at: params.yaml is read first).
+PARAMS_READERS: dict[str, list[str]] = {
+    "collect": [*PY, "collector", "--out", "raw"],
+    "process": [*PY, "processor", "--raw", "raw", "--out", "out"],
+    "train": [*PY, "trainer", "train", "--data", "d", "--out", "c"],
+    "optimize": [*PY, "trainer", "optimize", "--model", "m", "--data", "d", "--out", "o",
+                 "--report", "r.json"],
+    "register": [*PY, "trainer", "register", "--model", "m", "--metrics", "m.json"],
+}  # fmt: skip
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("prog", PARAMS_READERS)
+def test_params_are_read_from_a_gs_uri(prog: str, storage_emulator: str, tmp_path: Path) -> None:
+    """`--params gs://…` (as a Vertex AI job gets its staged params.yaml) is read from
+    Cloud Storage: the error names that object and its bad key."""
+    from common import storage
+
+    uri = f"{storage_emulator}/job/params.yaml"
+    storage.write_bytes(uri, BAD_PARAMS.encode())
+    argv = [*PARAMS_READERS[prog], "--params", uri]
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{prog}: error: {uri}: invalid parameters: train.epochs"), line
 
 
 def test_an_os_error_is_one_line_and_exit_1() -> None:

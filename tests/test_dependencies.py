@@ -27,6 +27,7 @@ CONTAINERS = sorted(path.parent for path in (REPO / "src").glob("*/pyproject.tom
 NOT_IMPORTED = {
     ("api-service", "python-multipart"): "FastAPI parses the multipart uploads with it",
     ("workflow", "dvc-gs"): "DVC loads it as a plugin for gs:// remotes",
+    ("model-training", "tensorboard"): "tf.summary (Keras's TensorBoard callback) runs on it",
 }
 # A container's tests that import another container's package, each for a reason.
 TESTS_IMPORTING_ANOTHER = {

@@ -113,8 +113,9 @@ def failures_as(code: int, *kinds: type[Exception]) -> Iterator[None]:
         raise CliError(message, code) from exc
 
 
-def read_params(path: Path) -> PipelineParams:
-    """params.yaml at `path`, validated; a missing or invalid file is a usage error (2)."""
+def read_params(path: str | Path) -> PipelineParams:
+    """params.yaml at `path` (a local path or gs:// URI), validated; a missing or invalid
+    file is a usage error (2)."""
     from common.params import ParamsError, load_params
 
     try:

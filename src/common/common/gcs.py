@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.services import ServiceBudget, ServiceError
+from common.services import ServiceBudget, ServiceError, unreachable_reason
 
 if TYPE_CHECKING:
     import google.cloud.storage as gcs
@@ -109,7 +109,7 @@ def gcs_errors(uri: str) -> Iterator[None]:
         if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
             raise  # a local file, not the service
         raise ServiceError(
-            service, f"unreachable ({_unreachable_reason(exc)})", _GCS_UNREACHABLE_FIX
+            service, f"unreachable ({unreachable_reason(exc)})", _GCS_UNREACHABLE_FIX
         ) from exc
     except api.NotFound:
         raise
@@ -117,21 +117,6 @@ def gcs_errors(uri: str) -> Iterator[None]:
         raise ServiceError(
             service, f"request refused ({exc.code} {exc.message})", _GCS_DENIED_FIX, denied=True
         ) from exc
-
-
-def _unreachable_reason(exc: BaseException) -> str:
-    """A short why for a failed connection; the clients nest the cause several levels deep."""
-    from google.api_core.exceptions import RetryError
-
-    cause: BaseException = exc.cause if isinstance(exc, RetryError) and exc.cause else exc
-    text = str(cause).lower()
-    if "refused" in text:
-        return "connection refused"
-    if "timed out" in text or "timeout" in type(cause).__name__.lower():
-        return "no answer in time"
-    if "name or service not known" in text or "name resolution" in text:
-        return "host name not found"
-    return f"{type(cause).__name__}: {cause}"
 
 
 def blob(uri: str) -> Any:

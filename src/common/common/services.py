@@ -82,6 +82,22 @@ def check_answers(service: str, url: str, budget: ServiceBudget, fix: str) -> No
         raise ServiceError(service, f"unreachable ({reason or type(exc).__name__})", fix) from exc
 
 
+def unreachable_reason(exc: BaseException) -> str:
+    """A short why for a failed connection (refused, no answer in time, host name not
+    found); the Google clients nest the cause several levels deep."""
+    from google.api_core.exceptions import RetryError
+
+    cause: BaseException = exc.cause if isinstance(exc, RetryError) and exc.cause else exc
+    text = str(cause).lower()
+    if "refused" in text:
+        return "connection refused"
+    if "timed out" in text or "timeout" in type(cause).__name__.lower():
+        return "no answer in time"
+    if "name or service not known" in text or "name resolution" in text:
+        return "host name not found"
+    return f"{type(cause).__name__}: {cause}"
+
+
 def _one_line(text: str) -> str:
     """The first non-empty line of a client's message, which may span many."""
     for line in str(text).splitlines():

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # The Secret Manager secret holding the W&B API key (its name in MEGA_GCP_PROJECT, or
     # a full `projects/…/secrets/…` name): cloud jobs read the key from it at start.
     wandb_secret: str | None = None
+    # The Secret Manager API endpoint; unset: the global one. Set it for a private
+    # endpoint (tests point it at a loopback stub: an http:// endpoint is sent no credentials).
+    secret_manager_endpoint: str | None = None
 
     # External services (Cloud Storage, W&B): seconds to open a connection, to wait for
     # one answer, and for one operation with its retries (common.services.ServiceBudget).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -28,8 +27,11 @@ app = App(prog="collect", help=__doc__)
 def run(
     out: Annotated[str, typer.Option(help="Raw store folder or gs:// URI, e.g. data/raw/digits.")],
     params: Annotated[
-        Path, typer.Option(help="Pipeline parameters file; its collect: section says what to read.")
-    ] = Path("params.yaml"),
+        str,
+        typer.Option(
+            help="Pipeline parameters file or gs:// URI; its collect: section says what to read."
+        ),
+    ] = "params.yaml",
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
     version: Annotated[bool, version_option("mega-data-collector")] = False,
 ) -> None:

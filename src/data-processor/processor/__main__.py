@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,7 +16,9 @@ app = cli.App(prog="process", help=__doc__)
 def run(
     raw: Annotated[str, typer.Option(help="Raw store written by the collector.")],
     out: Annotated[str, typer.Option(help="Output folder or gs:// URI for the shards.")],
-    params: Annotated[Path, typer.Option(help="Pipeline parameters file.")] = Path("params.yaml"),
+    params: Annotated[
+        str, typer.Option(help="Pipeline parameters file or gs:// URI.")
+    ] = "params.yaml",
     report_dir: Annotated[
         str | None,
         typer.Option(show_default="no data card", help="Write data_card.md and its chart here."),

@@ -458,3 +458,52 @@ def test_optimize_refuses_bad_params(tmp_path: Path) -> None:
     write_params(tmp_path, {"optimize": {"max_accuracy_drop": 2}})
     result = run_trainer(tmp_path, *_optimize_args())
     assert_clean_failure(result, "optimize", "optimize.max_accuracy_drop")
+
+
+# Each command that tracks a run in W&B, on inputs that pass its checks.
+TRACKING_COMMANDS: dict[str, list[str]] = {
+    "train": ["train", "--data", "data", "--out", "candidate-out"],
+    "optimize": _optimize_args(),
+    "register": ["register", "--model", "candidate", "--metrics", "metrics.json",
+                 "--registry", "models", "--optimized", "optimized"],
+}  # fmt: skip
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", TRACKING_COMMANDS)
+def test_tracking_commands_read_the_wandb_secret_first(command: str, tmp_path: Path) -> None:
+    """With MEGA_WANDB_SECRET and no WANDB_API_KEY, each command that tracks asks Secret
+    Manager for the key at start: before the W&B server check (which would fail on its
+    closed port) and before TensorFlow. A missing secret is one line, exit 69."""
+    from service_stubs import EXIT_UNAVAILABLE, SecretManagerStub
+    from support import free_port
+
+    make_candidate(tmp_path / "candidate")
+    (tmp_path / "candidate/saved_model").mkdir()
+    make_processed(tmp_path / "data")
+    write_params(tmp_path, {"train": {"tracking": "wandb"}})
+    stub = SecretManagerStub({})  # holds no secret
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "MEGA_WANDB_MODE")}
+    env.update(
+        MEGA_WANDB_SECRET="wandb-api-key",
+        MEGA_GCP_PROJECT="proj",
+        MEGA_SECRET_MANAGER_ENDPOINT=stub.url,
+        MEGA_WANDB_MODE="online",
+        WANDB_BASE_URL=f"http://127.0.0.1:{free_port()}",  # nothing listens
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "trainer", *TRACKING_COMMANDS[command]],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        stub.close()
+    assert stub.paths == ["/v1/projects/proj/secrets/wandb-api-key/versions/latest:access"]
+    assert result.returncode == EXIT_UNAVAILABLE, result.stderr[-3000:]
+    [line] = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert line.startswith(
+        f"{command}: error: Secret Manager (projects/proj/secrets/wandb-api-key/versions/latest): "
+        "no such secret or version; create it"
+    ), line
+    imported = {row.rsplit("|", 1)[-1].strip().split(".")[0] for row in result.stderr.splitlines()}
+    assert not imported & {"tensorflow", "keras"}

@@ -1,5 +1,7 @@
-"""Online W&B that cannot be reached or refuses the key: one line, exit 69, no training."""
+"""Online W&B that cannot be reached or refuses the key: one line, exit 69, no training.
+And the key read from Secret Manager reaches wandb and nothing else."""
 
+import base64
 import os
 import subprocess
 import sys
@@ -8,6 +10,7 @@ from pathlib import Path
 import pytest
 from service_stubs import (
     QUICK_BUDGET,
+    SecretManagerStub,
     WandbGoesSilent,
     assert_one_line_service_error,
     service_fault,
@@ -101,3 +104,43 @@ def test_wandb_silent_mid_run_keeps_the_model_and_warns(processed: Path, tmp_pat
     [warning] = [line for line in result.stderr.splitlines() if "warning: W&B" in line]
     assert f"W&B ({server.url})" in warning and "wandb sync" in warning
     assert "\ntrain: 1 epochs in " in result.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_the_key_from_secret_manager_reaches_wandb_and_nothing_else(
+    processed: Path, tmp_path: Path
+) -> None:
+    """As on Vertex AI: no WANDB_API_KEY, MEGA_WANDB_SECRET names the secret. wandb
+    authenticates with the key; it is in no output, W&B run file or candidate file."""
+    key = "5ec2e7" + "0123456789abcdef" * 2 + "be"  # 40 characters, as W&B keys are
+    secrets = SecretManagerStub({"projects/proj/secrets/wandb-api-key": f"{key}\n".encode()})
+    server = WandbGoesSilent()
+    env = {k: v for k, v in online_env(tmp_path, server.url).items() if k != "WANDB_API_KEY"}
+    env.update(
+        MEGA_WANDB_SECRET="wandb-api-key",
+        MEGA_GCP_PROJECT="proj",
+        MEGA_SECRET_MANAGER_ENDPOINT=secrets.url,
+        MEGA_WANDB_FINISH_TIMEOUT="5",
+    )
+    try:
+        result = train(processed, tmp_path, env)
+    finally:
+        server.close()
+        secrets.close()
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert secrets.paths == ["/v1/projects/proj/secrets/wandb-api-key/versions/latest:access"]
+    # wandb signs its requests with the key (HTTP basic auth, user "api").
+    basic = "Basic " + base64.b64encode(f"api:{key}".encode()).decode()
+    sent = {value for headers in server.headers for name, value in headers.items()
+            if name.lower() == "authorization"}  # fmt: skip
+    assert basic in sent, sent
+    forms = [key, base64.b64encode(key.encode()).decode(), basic]
+    assert not [form for form in forms if form in output]
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    config = [path for path in written if path.name == "config.yaml"]
+    assert config, "the W&B run wrote no config.yaml"
+    assert (tmp_path / "candidate/model.tflite") in written
+    leaked = [path for path in written if any(form.encode() in path.read_bytes() for form in forms)]
+    assert not leaked, leaked

@@ -262,7 +262,12 @@ def test_multiworker_two_processes_on_loopback(tiny_pipeline: TinyPipeline, tmp_
                 "--strategy=multiworker",
                 f"--weights-out=weights-{index}.npz",
                 f"--summary-out=summary-{index}.json",
-                env={"TF_CONFIG": tf_config, "CUDA_VISIBLE_DEVICES": "-1"},
+                env={
+                    "TF_CONFIG": tf_config,
+                    "CUDA_VISIBLE_DEVICES": "-1",
+                    # Each its own folder here, to tell who wrote (Vertex gives all one).
+                    "AIP_TENSORBOARD_LOG_DIR": str(tmp_path / f"tensorboard-{index}"),
+                },
             )
         )
     outputs = [finish(p) for p in processes]
@@ -273,6 +278,8 @@ def test_multiworker_two_processes_on_loopback(tiny_pipeline: TinyPipeline, tmp_
     assert chief["workers"] == 2 and chief["strategy"] == "multiworker"
     assert (tmp_path / "out-0/model.tflite").is_file()
     assert not (tmp_path / "out-1").exists(), "only the chief may write artifacts"
+    assert list((tmp_path / "tensorboard-0").rglob("events.out.tfevents.*"))
+    assert not (tmp_path / "tensorboard-1").exists(), "only the chief writes TensorBoard logs"
     first, second = (np.load(tmp_path / f"weights-{i}.npz") for i in range(2))
     assert len(first.files) == len(second.files) > 0
     for key in first.files:
@@ -304,6 +311,51 @@ def test_killed_run_resumes_where_it_stopped(tiny_pipeline: TinyPipeline, tmp_pa
     history = json.loads((tmp_path / "candidate/history.json").read_text())
     assert len(history["loss"]) == 3, "3 epochs in total, not 4"
     assert not any((tmp_path / ".mega/runs").iterdir()), "the run folder goes after success"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_vertex_job_restarted_resumes_from_its_checkpoint_dir(
+    tiny_pipeline: TinyPipeline, tmp_path: Path, storage_emulator: str
+) -> None:
+    """As a Vertex AI job runs the trainer: no --out (AIP_MODEL_DIR), params.yaml on gs://,
+    AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR set. Killed after epoch 1 and started
+    again with the same environment (a worker restart), it resumes from the checkpoint dir.
+
+    The AIP_* folders are local: TensorFlow's own gs:// file system (the backup, the
+    TensorBoard logs) cannot be pointed at the storage emulator.
+    """
+    from common import storage
+
+    params = f"{storage_emulator}/job/params.yaml"
+    storage.write_bytes(params, write_params(tmp_path, {"train": {"epochs": 3}}).read_bytes())
+    (tmp_path / "params.yaml").unlink()  # the job has only the gs:// copy
+    job = tmp_path / "job"
+    env = {
+        "AIP_MODEL_DIR": f"{job}/model/",  # as Vertex AI sets them: with a slash
+        "AIP_CHECKPOINT_DIR": f"{job}/checkpoints/",
+        "AIP_TENSORBOARD_LOG_DIR": f"{job}/logs/",
+    }
+    args = ["--data", str(tiny_pipeline.processed), "--params", params]
+    process = hook(tiny_pipeline, tmp_path, "--kill-after-epoch=1", "--cli", *args, env=env)
+    output = finish(process)
+    assert process.returncode == -9, output[-3000:]
+    assert not (job / "model").exists()
+    [backup] = (job / "checkpoints").rglob("training_metadata.json")
+    assert json.loads(backup.read_text())["epoch"] == 1
+
+    train_cli = [sys.executable, "-m", "trainer", "train", *args]
+    result = run_cli(train_cli, tmp_path, env={"MEGA_WANDB_MODE": "disabled", **env})
+    assert "Epoch 1/3" not in result.stdout and "Epoch 2/3" in result.stdout
+    assert "train: 3 epochs in" in result.stdout and "resumed after epoch 1" in result.stdout
+    assert f"candidate in {job}/model/" in result.stdout
+    history = json.loads((job / "model/history.json").read_text())
+    assert len(history["loss"]) == 3, "3 epochs in total, not 4"
+    assert (job / "model/model.tflite").is_file()
+    assert not (job / "checkpoints/chief").exists(), "the backup goes after success"
+    assert not (tmp_path / ".mega").exists(), "AIP_CHECKPOINT_DIR is the run directory"
+    logs = {path.parent.name for path in (job / "logs").rglob("events.out.tfevents.*")}
+    assert logs == {"train", "validation"}
 
 
 # --- evaluation and gate -----------------------------------------------------------------

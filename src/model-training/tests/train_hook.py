@@ -2,7 +2,9 @@
 
 Hooks: split the CPU into logical devices (before TensorFlow starts), SIGKILL the
 process right after an epoch's backup, save the final weights for comparison,
-and write the returned summary as JSON.
+and write the returned summary as JSON. With `--cli ARGS…` it runs the command
+`python -m trainer train ARGS…` itself with the hooks, so the CLI's own defaults
+(Vertex AI's `AIP_*` variables, a gs:// `--params`) are the ones used.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--data")
+    parser.add_argument("--out")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--strategy", default="auto")
     parser.add_argument("--run-dir")
@@ -29,6 +31,7 @@ def main() -> None:
     parser.add_argument("--kill-after-epoch", type=int, default=0)
     parser.add_argument("--weights-out")
     parser.add_argument("--summary-out")
+    parser.add_argument("--cli", nargs=argparse.REMAINDER)
     args = parser.parse_args()
 
     import keras
@@ -54,6 +57,15 @@ def main() -> None:
             if args.weights_out:
                 np.savez(args.weights_out, *[np.asarray(w) for w in self.model.get_weights()])
 
+    if args.cli is not None:
+        import functools
+
+        import trainer.train
+        from trainer.__main__ import app
+
+        # The command imports `train` when it runs: it gets the one with the hooks.
+        trainer.train.train = functools.partial(train, callbacks=[Hooks()])
+        app(["train", *args.cli])  # exits with the command's status
     summary = train(
         args.data,
         args.out,

@@ -48,7 +48,8 @@ CANDIDATE_MODEL_FILES = (KERAS_FILE, TFLITE_FILE)
 # What optimize converts: the SavedModel (quantization) and the float32 `.tflite` as is.
 OPTIMIZE_MODEL_FILES = (KERAS_FILE, TFLITE_FILE, SAVED_MODEL_DIR, LABELS)
 
-ParamsOption = Annotated[Path, typer.Option(help="Pipeline parameters file.")]
+# A path or gs:// URI (a Vertex AI job reads the params.yaml staged beside its data).
+ParamsOption = Annotated[str, typer.Option(help="Pipeline parameters file or gs:// URI.")]
 
 
 class StrategyName(StrEnum):
@@ -62,8 +63,15 @@ class StrategyName(StrEnum):
 def train(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Processed data folder or gs:// URI.")],
-    out: Annotated[str, typer.Option(help="Where to export the candidate model.")],
-    params: ParamsOption = Path("params.yaml"),
+    out: Annotated[
+        str,
+        typer.Option(
+            envvar="AIP_MODEL_DIR",  # set by Vertex AI to the job's model folder
+            show_envvar=True,
+            help="Folder or gs:// URI to export the candidate model to.",
+        ),
+    ],
+    params: ParamsOption = "params.yaml",
     strategy: Annotated[
         StrategyName,
         typer.Option(
@@ -241,7 +249,7 @@ def optimize(
     report: Annotated[
         str, typer.Option(help="Where to write optimization.json (DVC metrics; .md beside it).")
     ],
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = "params.yaml",
 ) -> None:
     """Quantize (and prune and distill) MODEL into LiteRT variants, measure each on DATA's
     test split in LiteRT, and mark those params.yaml `optimize` allows register to serve."""
@@ -291,7 +299,7 @@ def register(
             "eligible one.",
         ),
     ] = None,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = "params.yaml",
 ) -> None:
     """Publish MODEL to the registry; alias it production if it passes the gate."""
     pipeline = read_params(params)

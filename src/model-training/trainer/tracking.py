@@ -2,7 +2,8 @@
 
 The mode: `MEGA_WANDB_MODE` when it is set; otherwise online when `WANDB_API_KEY`
 is in the environment (wandb reads the key itself; it is never an argument),
-offline when not. `train.tracking: none` turns tracking off.
+offline when not. `train.tracking: none` turns tracking off. With `MEGA_WANDB_SECRET`
+(Vertex AI jobs) the key is read from Secret Manager at start (`load_key`).
 
 Online, a W&B server that cannot be reached, stays silent or refuses the key fails the
 run at start, before any training, with one line (`ServiceError`): the user asked for
@@ -28,6 +29,8 @@ if TYPE_CHECKING:  # the CLI checks the server before TensorFlow is imported
     import keras
     import numpy as np
 
+# Where wandb reads its API key.
+KEY_VARIABLE = "WANDB_API_KEY"
 WANDB_FIX = (
     "run offline with MEGA_WANDB_MODE=offline (upload later with `wandb sync`) "
     "or turn tracking off with train.tracking: none"
@@ -38,15 +41,38 @@ def wandb_mode(settings: Settings) -> str:
     """The W&B mode to use: an explicit setting wins, then the presence of a key."""
     if "wandb_mode" in settings.model_fields_set:
         return settings.wandb_mode
-    return "online" if os.environ.get("WANDB_API_KEY") else settings.wandb_mode
+    return "online" if os.environ.get(KEY_VARIABLE) else settings.wandb_mode
+
+
+def load_key(enabled: bool, settings: Settings) -> bool:
+    """Put the W&B key from Secret Manager into this process's `WANDB_API_KEY`, where
+    wandb reads it; True when it did.
+
+    Only when a run will track and may go online: tracking `enabled`, `MEGA_WANDB_SECRET`
+    set, no `WANDB_API_KEY` yet (a key given directly wins), and `MEGA_WANDB_MODE` not
+    forced to offline or disabled (an offline run needs no key, nor the network). The
+    key then makes the mode online, as a key in the environment does.
+
+    Raises:
+        ServiceError: the secret cannot be read (`trainer.secrets.wandb_key`).
+    """
+    forced_off = "wandb_mode" in settings.model_fields_set and settings.wandb_mode != "online"
+    if not enabled or not settings.wandb_secret or os.environ.get(KEY_VARIABLE) or forced_off:
+        return False
+    from trainer.secrets import wandb_key
+
+    os.environ[KEY_VARIABLE] = wandb_key(settings)  # this process and its children only
+    return True
 
 
 def check_server(enabled: bool, settings: Settings) -> None:
-    """Before anything heavy: an online run's W&B server must answer, else `ServiceError`.
+    """Before anything heavy: the key from Secret Manager when one is named (`load_key`),
+    then an online run's W&B server must answer, else `ServiceError`.
 
     wandb itself notices only after its own start-up and retries; this takes a connect
     and a read timeout of the service budget. The key is checked later, by wandb.
     """
+    load_key(enabled, settings)
     if not enabled or wandb_mode(settings) != "online":
         return
     server = Tracker.server()

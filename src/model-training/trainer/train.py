@@ -14,6 +14,7 @@ The run directory is removed once the candidate is exported.
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,9 @@ from trainer.lineage import build_lineage
 from trainer.prepare import Inputs, Models, Setup, build_models, read_inputs, set_up
 from trainer.runs import RunFolder, clean_up, open_run
 from trainer.tracking import Tracker
+
+# Where Vertex AI wants TensorBoard logs written.
+TENSORBOARD_DIR = "AIP_TENSORBOARD_LOG_DIR"
 
 
 class EpochHistory(keras.callbacks.Callback):
@@ -194,6 +198,19 @@ def fit(
     return Fit(epochs=len(rows), resumed_from=resumed_from, seconds=seconds, curves=curves)
 
 
+def tensorboard(task: Task) -> list[keras.callbacks.Callback]:
+    """A TensorBoard callback writing to `AIP_TENSORBOARD_LOG_DIR` (a folder or gs:// URI,
+    set by Vertex AI for a job with a TensorBoard), on the chief only; else none.
+
+    Other workers' curves are the same numbers, and several writers in one folder would
+    show each epoch several times.
+    """
+    log_dir = os.environ.get(TENSORBOARD_DIR)
+    if not log_dir or not task.is_chief:
+        return []
+    return [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")]
+
+
 def report(
     tracker: Tracker, serving: keras.Model, inputs: Inputs, fitted: Fit, replicas: int
 ) -> None:
@@ -270,7 +287,14 @@ def train(
     models = build_models(params, inputs, setup)
     run = open_run(out, params, inputs.data_hash, setup.task, run_dir)
     with tracking(params, settings, data, inputs, setup, run) as tracker:
-        fitted = fit(models, inputs, setup, cfg.epochs, run, [*tracker.callbacks(), *callbacks])
+        fitted = fit(
+            models,
+            inputs,
+            setup,
+            cfg.epochs,
+            run,
+            [*tracker.callbacks(), *tensorboard(setup.task), *callbacks],
+        )
         report(tracker, models.serving, inputs, fitted, setup.replicas)
         export(models.serving, out, params, data, inputs, fitted, setup.task, tracker)
     clean_up(run, setup.task)

@@ -425,3 +425,102 @@ def test_ctrl_c_on_a_terminal_cancels_when_asked(monkeypatch: pytest.MonkeyPatch
         vertex_jobs.follow(handle, Console(file=open(os.devnull, "w")), 0)  # noqa: SIM115
     assert exit_info.value.code == 130
     assert cancelled == [True]
+
+
+# --- mega tune --on vertex ---------------------------------------------------------------
+
+TRIALS = [
+    {
+        "id": "1",
+        "state": "SUCCEEDED",
+        "parameters": [
+            {"parameterId": "train.learning_rate", "value": 0.004},
+            {"parameterId": "train.batch_size", "value": 64.0},
+        ],
+        "finalMeasurement": {"metrics": [{"metricId": "val_accuracy", "value": 0.93}]},
+        "endTime": "2026-12-01T00:00:00Z",
+    },
+    {
+        "id": "2",
+        "state": "SUCCEEDED",
+        "parameters": [
+            {"parameterId": "train.learning_rate", "value": 0.0021},
+            {"parameterId": "train.batch_size", "value": 32.0},
+        ],
+        "finalMeasurement": {"metrics": [{"metricId": "val_accuracy", "value": 0.97}]},
+        "endTime": "2026-12-01T00:01:00Z",
+    },
+    {"id": "3", "state": "INFEASIBLE", "parameters": [], "endTime": "2026-12-01T00:02:00Z"},
+]
+
+
+def test_tune_dry_run_prints_the_study(run_mega: Mega, tmp_path: Path) -> None:
+    root = make_project(tmp_path, None, {"workers": 2})
+    args = ["tune", "--on", "vertex", "--dry-run", "--image-tag", "t", "--trials", "1"]
+    result = run_mega(args, root, {})
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    assert job["maxTrialCount"] == 1 and job["parallelTrialCount"] == 1
+    assert job["studySpec"]["metrics"] == [{"metricId": "val_accuracy", "goal": "MAXIMIZE"}]
+    assert {p["parameterId"] for p in job["studySpec"]["parameters"]} == {
+        "train.learning_rate",
+        "train.batch_size",
+    }
+    assert len(job["trialJobSpec"]["workerPoolSpecs"]) == 2
+    assert "hyperparameterTuningJobs creates it" in result.stderr
+
+
+def test_tune_on_vertex_sends_the_study_and_keeps_the_best_trial(
+    run_mega: Mega, project: Path, vertex_stub: VertexStub, storage_emulator: str
+) -> None:
+    vertex_stub.final_fields = {"trials": TRIALS}
+    result = run_mega(["tune", "--on", "vertex", "--image-tag", "t"], project, on_stub(vertex_stub))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (create,) = vertex_stub.created("hyperparameterTuningJobs")
+    assert create.path == "/v1/projects/my-project/locations/europe-west4/hyperparameterTuningJobs"
+    job = create.body
+    assert job["displayName"].startswith("mega-tune-digits-")
+    assert job["maxTrialCount"] == 8 and job["parallelTrialCount"] == 2
+    study = job["studySpec"]
+    assert study["metrics"] == [{"metricId": "val_accuracy", "goal": 1}]  # MAXIMIZE
+    by_id = {p["parameterId"]: p for p in study["parameters"]}
+    learning_rate, batch_size = by_id["train.learning_rate"], by_id["train.batch_size"]
+    assert learning_rate == {
+        "parameterId": "train.learning_rate",
+        "doubleValueSpec": {"minValue": 0.0005, "maxValue": 0.01},
+        "scaleType": 2,  # UNIT_LOG_SCALE
+    }
+    assert batch_size == {
+        "parameterId": "train.batch_size",
+        "discreteValueSpec": {"values": [32.0, 64.0, 128.0]},
+    }
+    trial = job["trialJobSpec"]
+    output = f"gs://test-bucket/mega/vertex/{job['displayName']}"
+    assert trial["baseOutputDirectory"] == {"outputUriPrefix": output}
+    assert trial["serviceAccount"] == "trainer@my-project.iam.gserviceaccount.com"
+    for pool in trial["workerPoolSpecs"]:
+        container = pool["containerSpec"]
+        assert container["args"][:2] == ["train", "--data"]
+        assert container["args"][3:] == ["--params", f"{output}/params.yaml"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["CLOUD_ML_HP_METRIC_FILE"] == "/tmp/hypertune/output.metrics"
+        assert env["MEGA_WANDB_SECRET"] == "wandb-api-key"
+    assert job["labels"]["mega-stage"] == "tune"
+    # The best succeeded trial (2), its values typed by the schema.
+    best = (project / "tuning/best.yaml").read_text()
+    assert "train.learning_rate: 0.0021\ntrain.batch_size: 32\n" in best
+    assert "trial 2" in best and "val_accuracy: 0.97" in best
+    assert "best: trial 2, val_accuracy 0.9700" in result.stdout
+    assert "3/8 trials finished" in result.stdout
+    for request in vertex_stub.requests:
+        assert SECRET not in request.raw + request.path + request.query + str(request.headers)
+
+
+def test_tune_on_vertex_without_a_scored_trial_fails(
+    run_mega: Mega, project: Path, vertex_stub: VertexStub, storage_emulator: str
+) -> None:
+    vertex_stub.final_fields = {"trials": TRIALS[2:]}
+    result = run_mega(["tune", "--on", "vertex", "--image-tag", "t"], project, on_stub(vertex_stub))
+    assert result.returncode == 1
+    assert "reported val_accuracy" in result.stderr
+    assert not (project / "tuning/best.yaml").exists()

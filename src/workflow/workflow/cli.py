@@ -28,8 +28,10 @@ from common.settings import get_settings
 from workflow.project import Project, ProjectError
 from workflow.runner import ReproResult, log_tail, repro
 
+# Only for type checking: the Vertex AI client takes seconds to import.
 if TYPE_CHECKING:
     from workflow.experiments import ExperimentRecord
+    from workflow.vertex_submit import JobKind, Submitted
 
 app = App(
     prog="mega",
@@ -303,6 +305,55 @@ class Where(StrEnum):
     vertex = "vertex"
 
 
+DryRunOption = Annotated[
+    bool, typer.Option(help="Vertex: print the job body as JSON and send nothing.")
+]
+DetachOption = Annotated[
+    bool, typer.Option(help="Vertex: return once the job is created, do not follow it.")
+]
+DataOption = Annotated[
+    str | None,
+    typer.Option(
+        show_default="the local processed data, uploaded under MEGA_GCS_ROOT",
+        help="Vertex: the processed data's gs:// URI.",
+    ),
+]
+ImageTagOption = Annotated[
+    str | None,
+    typer.Option(show_default="the git sha, as `mega build` tags", help="Vertex: the image tag."),
+]
+
+
+def _local_only(dry_run: bool, detach: bool, data: str | None, image_tag: str | None) -> None:
+    if dry_run or detach or data or image_tag:
+        fail("--dry-run, --detach, --data and --image-tag need --on vertex", EXIT_USAGE)
+
+
+def _on_vertex(
+    project: Project,
+    kind: JobKind,
+    dry_run: bool,
+    detach: bool,
+    data: str | None,
+    image_tag: str | None,
+) -> Submitted | None:
+    """Print (`dry_run`) or submit and follow the job of `kind`; exit 1 when it failed."""
+    from workflow import vertex_submit as vertex
+    from workflow.vertex import CloudConfigError
+
+    settings = get_settings()
+    with failures_as(EXIT_USAGE, CloudConfigError):
+        if dry_run:
+            vertex.dry_run(project, settings, errors, kind, data=data, tag=image_tag)
+            return None
+        submitted = vertex.submit(
+            project, settings, console, kind, data=data, tag=image_tag, detach=detach
+        )
+    if not submitted.succeeded:
+        raise typer.Exit(EXIT_FAILURE)
+    return submitted
+
+
 @app.command()
 def train(
     on: Annotated[
@@ -312,25 +363,10 @@ def train(
         bool,
         typer.Option(help="Local: re-run this stage and the ones before it even if unchanged."),
     ] = False,
-    dry_run: Annotated[
-        bool, typer.Option(help="Vertex: print the job body as JSON and send nothing.")
-    ] = False,
-    detach: Annotated[
-        bool, typer.Option(help="Vertex: return once the job is created, do not follow it.")
-    ] = False,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            show_default="the local processed data, uploaded under MEGA_GCS_ROOT",
-            help="Vertex: the processed data's gs:// URI.",
-        ),
-    ] = None,
-    image_tag: Annotated[
-        str | None,
-        typer.Option(
-            show_default="the git sha, as `mega build` tags", help="Vertex: the image tag."
-        ),
-    ] = None,
+    dry_run: DryRunOption = False,
+    detach: DetachOption = False,
+    data: DataOption = None,
+    image_tag: ImageTagOption = None,
 ) -> None:
     """Train the candidate model (stage 3, after its inputs), here or on Vertex AI.
 
@@ -338,31 +374,13 @@ def train(
     `vertex:` machines, GPUs and workers; docs/cloud.md sets up the project.
     """
     if on is Where.local:
-        if dry_run or detach or data or image_tag:
-            fail("--dry-run, --detach, --data and --image-tag need --on vertex", EXIT_USAGE)
+        _local_only(dry_run, detach, data, image_tag)
         _run_stages(["train"], force=force)
         return
     from workflow import vertex_submit as vertex
-    from workflow.vertex import CloudConfigError
 
-    project = _project()
-    settings = get_settings()
-    with failures_as(EXIT_USAGE, CloudConfigError):
-        if dry_run:
-            vertex.dry_run(project, settings, errors, vertex.CUSTOM_JOB, data=data, tag=image_tag)
-            return
-        submitted = vertex.submit(
-            project,
-            settings,
-            console,
-            vertex.CUSTOM_JOB,
-            data=data,
-            tag=image_tag,
-            detach=detach,
-        )
-    if not submitted.succeeded:
-        raise typer.Exit(EXIT_FAILURE)
-    if submitted.final is not None:
+    submitted = _on_vertex(_project(), vertex.CUSTOM_JOB, dry_run, detach, data, image_tag)
+    if submitted is not None and submitted.final is not None:
         console.print(f"trained: the candidate is in {submitted.run.model_dir}")
 
 
@@ -411,16 +429,53 @@ def tune(
         int | None,
         typer.Option(min=1, show_default="tune.trials", help="How many trials to run."),
     ] = None,
+    on: Annotated[
+        Where,
+        typer.Option(help="local: trials one by one here; vertex: a Vertex AI tuning job."),
+    ] = Where.local,
+    dry_run: DryRunOption = False,
+    detach: DetachOption = False,
+    data: DataOption = None,
+    image_tag: ImageTagOption = None,
 ) -> None:
-    """Tune the training's hyperparameters on this machine (params.yaml tune:, Optuna).
+    """Tune the training's hyperparameters (params.yaml tune:), here with Optuna or on Vertex AI.
 
     Each trial trains on the processed data (`mega process` first) with its values given
     as the trainer's --<key>=<value> arguments; the best trial's values go to
-    tuning/best.yaml, every trial to tuning/trials.json. Ctrl-C keeps finished trials.
+    tuning/best.yaml (locally every trial also to tuning/trials.json), which
+    `mega run --tuned` runs. Ctrl-C keeps finished trials.
     """
-    from workflow.tuning import run_local
+    if on is Where.local:
+        _local_only(dry_run, detach, data, image_tag)
+        from workflow.tuning import run_local
 
-    run_local(_project(), trials, console)
+        run_local(_project(), trials, console)
+        return
+    from workflow import vertex_submit as vertex
+    from workflow.tuning import vertex_best, write_best
+
+    project = _project()
+    submitted = _on_vertex(project, vertex.tuning_kind(trials), dry_run, detach, data, image_tag)
+    if submitted is None or submitted.final is None:
+        return
+    tune_params = project.params.tune
+    best = vertex_best(submitted.final, tune_params)
+    if best is None:
+        fail(f"no trial of {submitted.name} reported {tune_params.metric}; see its logs")
+    trial_id, values, value = best
+    job_id = submitted.name.rsplit("/", 1)[-1]
+    with failures_as(EXIT_FAILURE, ParamsError):
+        path = write_best(
+            project.root,
+            values,
+            f"Vertex AI tuning job {job_id}, trial {trial_id}",
+            metric=tune_params.metric,
+            value=value,
+        )
+    console.print(
+        f"best: trial {trial_id}, {tune_params.metric} {value:.4f}; in "
+        f"{path.relative_to(project.root)}. `mega run --tuned` runs an experiment with them."
+    )
 
 
 data_app = App(prog="mega", no_args_is_help=True, help="Version, share and restore the data (DVC).")

@@ -163,6 +163,25 @@ def vertex_trial_env() -> dict[str, str]:
     return {METRIC_FILE_ENV: VERTEX_METRIC_FILE}
 
 
+def vertex_best(job: Any, tune: TuneParams) -> tuple[str, dict[str, object], float] | None:
+    """The best succeeded trial of a finished HyperparameterTuningJob: its id, its values
+    (dotted key → value, as Vertex AI gives them) and its final `tune.metric`; None when
+    no trial succeeded with that metric."""
+    scored = []
+    for trial in job.trials:
+        if trial.state.name != "SUCCEEDED":
+            continue
+        values = [m.value for m in trial.final_measurement.metrics if m.metric_id == tune.metric]
+        if values:
+            params = {p.parameter_id: p.value for p in trial.parameters}
+            scored.append((values[0], str(trial.id), params))
+    if not scored:
+        return None
+    pick = max if tune.goal == "maximize" else min
+    value, trial_id, params = pick(scored, key=lambda row: row[0])
+    return trial_id, params, value
+
+
 # --- results ------------------------------------------------------------------------------
 
 

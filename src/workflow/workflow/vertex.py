@@ -208,16 +208,20 @@ class TrainingRun:
 
 
 def custom_job_spec(
-    run: TrainingRun, vertex: VertexParams, target: CloudTarget, settings: Settings
+    run: TrainingRun,
+    vertex: VertexParams,
+    target: CloudTarget,
+    settings: Settings,
+    extra_env: dict[str, str] | None = None,
 ) -> aiplatform_v1.CustomJobSpec:
-    """The CustomJobSpec of `run`: pools, output folder, account, timeout, restarts."""
+    """The CustomJobSpec of `run`: pools, output folder, account, timeout, restarts;
+    `extra_env` joins the trainer's environment."""
     from google.cloud import aiplatform_v1
     from google.protobuf import duration_pb2
 
+    env = {**job_env(target, settings), **(extra_env or {})}
     spec = aiplatform_v1.CustomJobSpec(
-        worker_pool_specs=worker_pool_specs(
-            vertex, run.image, run.trainer_args(), job_env(target, settings)
-        ),
+        worker_pool_specs=worker_pool_specs(vertex, run.image, run.trainer_args(), env),
         base_output_directory=aiplatform_v1.GcsDestination(output_uri_prefix=run.output_dir),
         scheduling=aiplatform_v1.Scheduling(
             timeout=duration_pb2.Duration(seconds=round(vertex.timeout_hours * 3600)),
@@ -238,6 +242,31 @@ def custom_job(
     return aiplatform_v1.CustomJob(
         display_name=run.display_name,
         job_spec=custom_job_spec(run, vertex, target, settings),
+        labels=run.labels,
+    )
+
+
+def tuning_job(
+    run: TrainingRun, params: PipelineParams, target: CloudTarget, settings: Settings
+) -> aiplatform_v1.HyperparameterTuningJob:
+    """The HyperparameterTuningJob body `mega tune --on vertex` creates: params.yaml's
+    `tune:` study, each trial the custom job of `run` with the trial's values appended
+    to the trainer's arguments (`--<key>=<value>`) by Vertex AI."""
+    from google.cloud import aiplatform_v1
+
+    from workflow.tuning import vertex_metric, vertex_parameters, vertex_trial_env
+
+    tune = params.tune
+    return aiplatform_v1.HyperparameterTuningJob(
+        display_name=run.display_name,
+        study_spec=aiplatform_v1.StudySpec(
+            metrics=[vertex_metric(tune)], parameters=vertex_parameters(tune)
+        ),
+        max_trial_count=tune.trials,
+        parallel_trial_count=tune.parallel_trials,
+        trial_job_spec=custom_job_spec(
+            run, params.vertex, target, settings, extra_env=vertex_trial_env()
+        ),
         labels=run.labels,
     )
 

@@ -29,6 +29,7 @@ from workflow.vertex import (
     job_name,
     label,
     training_image,
+    tuning_job,
 )
 from workflow.vertex_jobs import (
     JobHandle,
@@ -130,6 +131,36 @@ CUSTOM_JOB = JobKind(
     stage="train",
     build=lambda run, params, target, settings: custom_job(run, params.vertex, target, settings),
 )
+
+
+def _trials_progress(job: Any) -> str:
+    """`<finished>/<max> trials` of a tuning job."""
+    done = sum(1 for trial in job.trials if trial.end_time)
+    return f"{done}/{job.max_trial_count} trials finished" if job.max_trial_count else ""
+
+
+def tuning_kind(trials: int | None = None) -> JobKind:
+    """The tuning job of params.yaml's `tune:` study (`trials` in place of tune.trials)."""
+
+    def build(run: TrainingRun, params: PipelineParams, target: CloudTarget, s: Settings) -> Any:
+        if trials is not None:
+            tune = params.tune.model_copy(
+                update={
+                    "trials": trials,
+                    "parallel_trials": min(params.tune.parallel_trials, trials),
+                }
+            )
+            params = params.model_copy(update={"tune": tune})
+        return tuning_job(run, params, target, s)
+
+    return JobKind(
+        resource="hyperparameter_tuning_job",
+        collection="hyperparameterTuningJobs",
+        words="tuning job",
+        stage="tune",
+        build=build,
+        progress=_trials_progress,
+    )
 
 
 def dry_run(
