@@ -22,11 +22,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 import pytest
-from support import free_port
+from support import free_port, start_server
 
 FAULTS = ["refused", "hang", "401", "403"]
 # sysexits EX_UNAVAILABLE, what every CLI exits with when a service fails it.
@@ -103,11 +103,9 @@ def service_fault(request: pytest.FixtureRequest) -> Iterator[str]:
         finally:
             hanging.close()
     else:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), status_handler(int(kind)))
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
+        server, url = start_server(status_handler(int(kind)))
         try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
+            yield url
         finally:
             server.shutdown()
             server.server_close()
@@ -206,10 +204,7 @@ class WandbGoesSilent:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = start_server(Handler)
 
     def close(self) -> None:
         self.stop.set()
@@ -268,10 +263,7 @@ class SecretManagerStub:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = start_server(Handler)
 
     @property
     def paths(self) -> list[str]:

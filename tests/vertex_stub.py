@@ -13,14 +13,14 @@ request answer one Google-shaped error instead.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from support import start_server
 
 COLLECTIONS = {"customJobs", "hyperparameterTuningJobs"}
 
@@ -151,10 +151,7 @@ def _handler(stub: VertexStub) -> type[BaseHTTPRequestHandler]:
 def vertex_stub() -> Iterator[VertexStub]:
     """A running stub; `stub.url` is its `http://127.0.0.1:PORT`."""
     stub = VertexStub()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(stub))
-    stub.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server, stub.url = start_server(_handler(stub))
     try:
         yield stub
     finally:

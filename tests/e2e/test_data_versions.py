@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import REPO, write_params
+from support import GIT_IDENTITY, REPO, write_params
 
 from common import storage
 
@@ -19,10 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MEGA = str(Path(sys.executable).parent / "mega")
 DVC = [sys.executable, "-m", "dvc"]
 ENV = {
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    **GIT_IDENTITY,
     "COLUMNS": "250",
 }
 DATA = ("data/raw/digits", "data/processed/digits")

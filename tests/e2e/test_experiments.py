@@ -16,16 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import REPO, TINY_PARAMS, write_params
+from support import GIT_IDENTITY, REPO, TINY_PARAMS, write_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MEGA = str(Path(sys.executable).parent / "mega")
 ENV = {
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    **GIT_IDENTITY,
     "COLUMNS": "250",
     "MEGA_WANDB_MODE": "offline",
 }

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import REPO, TINY_PARAMS, free_port, launch_api, write_params
+from support import GIT_IDENTITY, REPO, TINY_PARAMS, free_port, launch_api, write_params
 
 from processor.process import assign_split
 
@@ -26,16 +26,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MEGA = str(Path(sys.executable).parent / "mega")
 DEFAULT_PARAMS = {"train": {"tracking": "wandb"}}
 REGISTRY = "models/digits-cnn"
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-}
 
 
 def sh(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **GIT_ENV, "COLUMNS": "200", "MEGA_WANDB_MODE": "offline"}
+    env = {**os.environ, **GIT_IDENTITY, "COLUMNS": "200", "MEGA_WANDB_MODE": "offline"}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
     return result
