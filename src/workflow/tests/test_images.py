@@ -218,14 +218,26 @@ def test_push_without_a_usable_repository_fails_before_any_build(
     assert calls(engine_log) == []
 
 
+def test_changes_outside_the_build_inputs_leave_the_tag_clean(project: Path) -> None:
+    """params.yaml, docs or dvc.lock go into no image: the commit's images are these."""
+    clean = image_tag(project)
+    (project / "params.yaml").write_text("train: {epochs: 2}\n")
+    (project / "docs").mkdir()
+    (project / "docs/notes.md").write_text("notes\n")
+    assert image_tag(project) == clean
+    (project / "docker-compose.yml").write_text("services: {}\n")
+    assert image_tag(project) == f"{clean}-dirty"
+
+
 def test_push_of_a_dirty_tree_is_refused_unless_allowed(project: Path, engine_log: Path) -> None:
-    (project / "notes.txt").write_text("untracked files go into the build context\n")
+    (project / "src").mkdir()
+    (project / "src/notes.txt").write_text("untracked files go into the build context\n")
     tag = image_tag(project)
     assert tag.endswith("-dirty")
     result = mega_build(project, engine_log, "--push", MEGA_IMAGE_REPOSITORY=REPOSITORY)
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
-    assert "the working tree has changes" in line and "--allow-dirty" in line
+    assert "what the images are built from has changes" in line and "--allow-dirty" in line
     assert calls(engine_log) == []
     result = mega_build(
         project, engine_log, "--push", "--allow-dirty", MEGA_IMAGE_REPOSITORY=REPOSITORY

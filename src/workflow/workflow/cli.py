@@ -794,7 +794,7 @@ def build(
     ] = False,
     allow_dirty: Annotated[
         bool,
-        typer.Option(help="Push even when the working tree has changes (tag <sha>-dirty)."),
+        typer.Option(help="Push even when src/ or requirements/ have changes (tag <sha>-dirty)."),
     ] = False,
 ) -> None:
     """Build every image of docker-compose.yml, tagged with the git sha (docker, else podman);

@@ -2,7 +2,7 @@
 
 Locally compose names each image `mega-pipeline/<container>:<tag>`; pushed, the same
 image is `<MEGA_IMAGE_REPOSITORY>/<container>:<tag>`. The tag is the commit's first 12
-characters, with `-dirty` when the working tree has changes, so a job spec names the
+characters, with `-dirty` when what the images are built from has changes, so a job spec names the
 exact code it runs.
 
 docker-compose.yml stays the one definition of the images: every service with a `build:`
@@ -66,11 +66,18 @@ def head_commit(root: Path) -> str:
     return _git(root, "rev-parse", "HEAD")
 
 
+# What the images are built from (src/Dockerfile and src/frontend/Dockerfile copy only
+# src/ and requirements/; compose holds the emulator's inline Dockerfile): a change
+# elsewhere (params.yaml, docs, dvc.lock) leaves every image as the commit builds it.
+BUILD_INPUTS = ("src", "requirements", "docker-compose.yml", ".dockerignore")
+
+
 def image_tag(root: Path) -> str:
-    """The commit's first 12 characters, `-dirty` when the working tree has changes."""
+    """The commit's first 12 characters, `-dirty` when what the images are built from
+    (BUILD_INPUTS) has changes, untracked files included."""
     sha = head_commit(root)[:12]
-    # Untracked files count: the build context takes them (unless .dockerignore'd).
-    return f"{sha}-dirty" if _git(root, "status", "--porcelain") else sha
+    changed = _git(root, "status", "--porcelain", "--", *BUILD_INPUTS)
+    return f"{sha}-dirty" if changed else sha
 
 
 def remote_image(repository: str, container: str, tag: str) -> str:
@@ -344,7 +351,8 @@ def build_all(
         fail(f"{root} is not a git checkout: the images are tagged with its commit", EXIT_USAGE)
     if repository and tag.endswith("-dirty") and not allow_dirty:
         fail(
-            "the working tree has changes (`git status`): a pushed image must name the exact "
+            "what the images are built from has changes (`git status src requirements`): a "
+            "pushed image must name the exact "
             "code it holds; commit or stash them, or pass --allow-dirty to push "
             f"{tag} images",
             EXIT_USAGE,

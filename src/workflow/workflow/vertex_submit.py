@@ -227,7 +227,7 @@ def submit(
     client = job_client(settings)
     if "-dirty" in run.image:
         console.print(
-            f"[yellow]note[/yellow]: the working tree has changes: the job runs {run.image}, "
+            f"[yellow]note[/yellow]: src/ or requirements/ has changes: the job runs {run.image}, "
             "which `mega build --push` must have pushed from this tree"
         )
     check_bucket(target.gcs_root, target.region)
