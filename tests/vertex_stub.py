@@ -5,9 +5,10 @@ google-cloud-aiplatform's clients talk plain HTTP to it with
 `mega`). Bodies arrive as the API takes them: enums as integers, int64 as strings,
 default values left out.
 
-It creates custom and hyperparameter tuning jobs, answers each later GET of a job with
-the next of `states` (the last one repeating), and cancels. `fail_with` makes every
-request answer one Google-shaped error instead.
+It lists no jobs, creates custom and hyperparameter tuning jobs, answers each later GET
+of a job with the next of `states` (the last one repeating), and cancels. `fail_with`
+makes every request answer one Google-shaped error instead, `fail_create_with` only
+the creations.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class VertexStub:
     # Extra fields the final GET of a job carries (an error, the trials of a tuning job).
     final_fields: dict[str, Any] = field(default_factory=dict)
     fail_with: tuple[int, dict[str, Any]] | None = None
+    # Only the POSTs that create a job answer this error (the rest work).
+    fail_create_with: tuple[int, dict[str, Any]] | None = None
     reads: dict[str, int] = field(default_factory=dict)
 
     def created(self, collection: str) -> list[Request]:
@@ -82,6 +85,22 @@ def google_error(status: int, message: str, reason: str | None = None) -> dict[s
     return {"error": error}
 
 
+def _create(stub: VertexStub, collection_path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Record a new job under `collection_path` (…/customJobs); the job as created."""
+    assert collection_path.rsplit("/", 1)[-1] in COLLECTIONS, collection_path
+    name = f"{collection_path}/{1000 + len(stub.jobs)}"
+    job = {**body, "name": name, "state": "JOB_STATE_QUEUED"}
+    stub.jobs[name] = job
+    return job
+
+
+def _cancel(stub: VertexStub, name: str) -> dict[str, Any]:
+    """Cancel job `name`: every later read of it says CANCELLED."""
+    stub.jobs[name]["state"] = "JOB_STATE_CANCELLED"
+    stub.states = ["JOB_STATE_CANCELLED"]
+    return {}
+
+
 def _handler(stub: VertexStub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, body: Any) -> None:
@@ -114,17 +133,11 @@ def _handler(stub: VertexStub) -> type[BaseHTTPRequestHandler]:
                 return
             path = request.path.removeprefix("/v1/")
             if path.endswith(":cancel"):
-                name = path.removesuffix(":cancel")
-                stub.jobs[name]["state"] = "JOB_STATE_CANCELLED"
-                stub.states = ["JOB_STATE_CANCELLED"]
-                self._send(200, {})
-                return
-            collection = path.rsplit("/", 1)[-1]
-            assert collection in COLLECTIONS, path
-            name = f"{path}/{1000 + len(stub.jobs)}"
-            job = {**request.body, "name": name, "state": "JOB_STATE_QUEUED"}
-            stub.jobs[name] = job
-            self._send(200, job)
+                self._send(200, _cancel(stub, path.removesuffix(":cancel")))
+            elif stub.fail_create_with:
+                self._send(*stub.fail_create_with)
+            else:
+                self._send(200, _create(stub, path, request.body))
 
         def do_GET(self) -> None:
             request = self._record()
@@ -132,6 +145,10 @@ def _handler(stub: VertexStub) -> type[BaseHTTPRequestHandler]:
                 self._send(*stub.fail_with)
                 return
             name = request.path.removeprefix("/v1/")
+            collection = name.rsplit("/", 1)[-1]
+            if collection in COLLECTIONS:  # a listing: none is shown
+                self._send(200, {})
+                return
             if name not in stub.jobs:
                 self._send(404, google_error(404, f"{name} not found"))
                 return

@@ -12,7 +12,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from common.settings import Settings
@@ -61,6 +61,41 @@ class ServiceBudget:
     def timeout(self) -> tuple[float, float]:
         """(connect, read) as `requests` and google-cloud-storage take it."""
         return (self.connect_timeout, self.read_timeout)
+
+
+def google_call_options(budget: ServiceBudget, *, retry: bool = True) -> dict[str, Any]:
+    """`timeout` and `retry` for one call of a generated Google API client.
+
+    The timeout bounds each request (the budget's read timeout); transient errors are
+    retried with backoff until `retry_seconds` have passed. `retry=False` for a call that
+    must not be sent twice (creating a job: the first may have been accepted).
+    """
+    from google.api_core.retry import Retry, if_transient_error
+
+    return {
+        "timeout": budget.read_timeout,
+        "retry": (
+            Retry(
+                predicate=if_transient_error,
+                initial=0.25,
+                maximum=2.0,
+                timeout=budget.retry_seconds,
+            )
+            if retry
+            else None
+        ),
+    }
+
+
+def endpoint_credentials(endpoint: str | None) -> Any:
+    """AnonymousCredentials for a plain `http://` API endpoint (a local stub), so that no
+    token ever travels unencrypted; None otherwise (the client finds the Application
+    Default Credentials)."""
+    if endpoint and endpoint.startswith("http://"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return AnonymousCredentials()
+    return None
 
 
 def check_answers(service: str, url: str, budget: ServiceBudget, fix: str) -> None:

@@ -16,9 +16,15 @@ sent no credentials.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from common.services import ServiceBudget, ServiceError, unreachable_reason
+from common.services import (
+    ServiceBudget,
+    ServiceError,
+    endpoint_credentials,
+    google_call_options,
+    unreachable_reason,
+)
 
 if TYPE_CHECKING:
     from common.settings import Settings
@@ -99,28 +105,17 @@ def wandb_key(settings: Settings) -> str:
 
 def _access(name: str, settings: Settings) -> bytes:
     """One bounded `access_secret_version` call; the payload's bytes."""
-    from google.api_core.retry import Retry, if_transient_error
     from google.cloud.secretmanager import SecretManagerServiceClient
 
     endpoint = settings.secret_manager_endpoint
-    options: dict[str, Any] = {}
-    if endpoint and endpoint.startswith("http://"):  # a loopback stub: no credentials
-        from google.auth.credentials import AnonymousCredentials
-
-        options["credentials"] = AnonymousCredentials()
+    credentials = endpoint_credentials(endpoint)
     client = SecretManagerServiceClient(
         client_options={"api_endpoint": endpoint} if endpoint else None,
         transport="rest",
-        **options,
+        **({"credentials": credentials} if credentials else {}),
     )
     budget = ServiceBudget.from_settings(settings)
-    response = client.access_secret_version(
-        name=name,
-        timeout=budget.read_timeout,
-        retry=Retry(
-            predicate=if_transient_error, initial=0.25, maximum=2.0, timeout=budget.retry_seconds
-        ),
-    )
+    response = client.access_secret_version(name=name, **google_call_options(budget))
     return bytes(response.payload.data)
 
 

@@ -289,7 +289,7 @@ def test_data_is_staged_once_per_version(
     assert "(0 file(s) uploaded" in second.stdout
     assert "detached" in second.stdout
     # Detached: created, never read.
-    assert not [r for r in vertex_stub.requests if r.method == "GET"]
+    assert not vertex_stub.reads
 
 
 def test_given_data_is_not_uploaded(
@@ -345,6 +345,70 @@ def test_vertex_refusals_are_one_line(
     assert says in line
 
 
+def test_a_disabled_api_is_said_before_the_data_is_uploaded(
+    run_mega: Mega, project: Path, vertex_stub: VertexStub, storage_emulator: str
+) -> None:
+    from common import storage
+
+    vertex_stub.fail_with = (403, google_error(403, "disabled", "SERVICE_DISABLED"))
+    result = run_mega(
+        ["train", "--on", "vertex", "--image-tag", "t"], project, on_stub(vertex_stub)
+    )
+    assert_one_line_service_error(result, "mega", "Vertex AI")
+    assert [r.method for r in vertex_stub.requests] == ["GET"]  # the one listing
+    assert not list(storage.list_files("gs://test-bucket/mega"))
+
+
+def test_a_create_that_failed_is_not_sent_again(
+    run_mega: Mega, project: Path, vertex_stub: VertexStub, storage_emulator: str
+) -> None:
+    """503 may come after the job was made: a retry could start a second training."""
+    vertex_stub.fail_create_with = (503, google_error(503, "backend error"))
+    result = run_mega(
+        ["train", "--on", "vertex", "--image-tag", "t"], project, on_stub(vertex_stub)
+    )
+    assert_one_line_service_error(result, "mega", "Vertex AI")
+    assert len(vertex_stub.created("customJobs")) == 1
+
+
+def test_a_failed_read_says_the_job_goes_on(
+    run_mega: Mega, project: Path, vertex_stub: VertexStub, storage_emulator: str
+) -> None:
+    vertex_stub.states = ["JOB_STATE_RUNNING"]
+    env = on_stub(vertex_stub, MEGA_VERTEX_POLL_SECONDS="0.05")
+    original = vertex_stub.next_state
+
+    def then_fail(name: str) -> str:
+        if vertex_stub.reads.get(name, 0) >= 2:
+            vertex_stub.fail_with = (403, google_error(403, "token expired"))
+        return original(name)
+
+    vertex_stub.next_state = then_fail  # type: ignore[method-assign]
+    result = run_mega(["train", "--on", "vertex", "--image-tag", "t"], project, env)
+    line = assert_one_line_service_error(result, "mega", "Vertex AI")
+    assert "custom job 1000 goes on running on Vertex AI" in line
+
+
+def test_following_stops_past_the_jobs_own_timeout(
+    run_mega: Mega, tmp_path: Path, processed: Path, vertex_stub: VertexStub, storage_emulator: str
+) -> None:
+    """A job queued for ever (no GPUs free) is not followed for ever."""
+    root = make_project(tmp_path, processed, {"timeout_hours": 0.0001})
+    vertex_stub.states = ["JOB_STATE_PENDING"]
+    env = on_stub(vertex_stub, MEGA_VERTEX_POLL_SECONDS="0.05")
+    result = run_mega(["train", "--on", "vertex", "--image-tag", "t"], root, env)
+    assert result.returncode == 1
+    assert "stopped following custom job 1000, still JOB_STATE_PENDING" in result.stderr
+    assert not [r for r in vertex_stub.requests if r.path.endswith(":cancel")]
+
+
+def test_dry_run_needs_no_data_even_with_every_setting(run_mega: Mega, tmp_path: Path) -> None:
+    root = make_project(tmp_path, None)
+    result = run_mega(["train", "--on", "vertex", "--dry-run", "--image-tag", "t"], root, SETTINGS)
+    assert result.returncode == 0, result.stderr
+    assert "<data version: run `mega process` first>" in result.stdout
+
+
 def test_unreachable_vertex_fails_in_seconds(
     run_mega: Mega, project: Path, service_fault: str, storage_emulator: str
 ) -> None:
@@ -364,7 +428,7 @@ def test_a_missing_bucket_is_named(
     line = assert_one_line_service_error(result, "mega", "Cloud Storage")
     assert "bucket no-such-bucket does not exist" in line
     assert "gcloud storage buckets create gs://no-such-bucket" in line
-    assert not vertex_stub.requests
+    assert not vertex_stub.created("customJobs")
 
 
 def test_no_credentials_is_one_line(run_mega: Mega, project: Path, tmp_path: Path) -> None:
@@ -392,7 +456,7 @@ def test_ctrl_c_off_a_terminal_leaves_the_job_running(
         text=True,
     )
     deadline = time.monotonic() + 60
-    while not [r for r in vertex_stub.requests if r.method == "GET"]:
+    while not vertex_stub.reads:  # following the job
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)
@@ -422,7 +486,7 @@ def test_ctrl_c_on_a_terminal_cancels_when_asked(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
     monkeypatch.setattr("typer.confirm", lambda *a, **k: True)
     with pytest.raises(SystemExit) as exit_info:
-        vertex_jobs.follow(handle, Console(file=open(os.devnull, "w")), 0)  # noqa: SIM115
+        vertex_jobs.follow(handle, Console(file=open(os.devnull, "w")), 0, 60)  # noqa: SIM115
     assert exit_info.value.code == 130
     assert cancelled == [True]
 
@@ -504,6 +568,7 @@ def test_tune_on_vertex_sends_the_study_and_keeps_the_best_trial(
         assert container["args"][3:] == ["--params", f"{output}/params.yaml"]
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["CLOUD_ML_HP_METRIC_FILE"] == "/tmp/hypertune/output.metrics"
+        assert env["WANDB_RUN_GROUP"] == job["displayName"]
         assert env["MEGA_WANDB_SECRET"] == "wandb-api-key"
     assert job["labels"]["mega-stage"] == "tune"
     # The best succeeded trial (2), its values typed by the schema.

@@ -265,7 +265,12 @@ def tuning_job(
         max_trial_count=tune.trials,
         parallel_trial_count=tune.parallel_trials,
         trial_job_spec=custom_job_spec(
-            run, params.vertex, target, settings, extra_env=vertex_trial_env()
+            run,
+            params.vertex,
+            target,
+            settings,
+            # The trials' W&B runs in one group, as a local study's are.
+            extra_env={**vertex_trial_env(), "WANDB_RUN_GROUP": run.display_name},
         ),
         labels=run.labels,
     )

@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from common import storage
-from common.services import ServiceBudget, ServiceError
+from common.services import (
+    ServiceBudget,
+    ServiceError,
+    endpoint_credentials,
+    google_call_options,
+)
 from common.settings import Settings
 from workflow.vertex import CloudTarget
 
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
     from google.cloud import aiplatform_v1
     from rich.console import Console
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 FINAL_STATES = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 CREDENTIALS_FIX = (
     "run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS "
@@ -39,18 +45,17 @@ def service_name(settings: Settings) -> str:
 
 
 def credentials(settings: Settings) -> Any:
-    """Application Default Credentials; none for a plain-http endpoint (a local stub),
-    since a token must never travel unencrypted.
+    """Application Default Credentials; none for a plain-http endpoint (a local stub).
 
     Raises:
         ServiceError: no credentials are set up on this machine.
     """
     from google.auth import default
-    from google.auth.credentials import AnonymousCredentials
     from google.auth.exceptions import DefaultCredentialsError
 
-    if (settings.vertex_endpoint or "").startswith("http://"):
-        return AnonymousCredentials()
+    anonymous = endpoint_credentials(settings.vertex_endpoint)
+    if anonymous is not None:
+        return anonymous
     try:
         found, _ = default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
     except DefaultCredentialsError as exc:
@@ -72,15 +77,9 @@ def job_client(settings: Settings) -> aiplatform_v1.JobServiceClient:
     )
 
 
-def call_options(settings: Settings) -> dict[str, Any]:
+def call_options(settings: Settings, *, retry: bool = True) -> dict[str, Any]:
     """`timeout` and `retry` for one API call, from the service budget."""
-    from google.api_core.retry import Retry, if_transient_error
-
-    budget = ServiceBudget.from_settings(settings)
-    return {
-        "timeout": budget.read_timeout,
-        "retry": Retry(predicate=if_transient_error, timeout=budget.retry_seconds),
-    }
+    return google_call_options(ServiceBudget.from_settings(settings), retry=retry)
 
 
 def _reason(exc: Any) -> str:
@@ -220,32 +219,47 @@ def _elapsed(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def follow(handle: JobHandle, console: Console, poll_seconds: float) -> Any:
+def follow(handle: JobHandle, console: Console, poll_seconds: float, limit_seconds: float) -> Any:
     """Poll the job until it ends, printing each change of state; returns the last read.
 
-    Ctrl-C asks whether to cancel the job (on a terminal; elsewhere it is left running),
-    then exits with 130, the shell's code for an interrupted command.
+    After `limit_seconds` (well past the job's own timeout) it stops following and
+    returns the job as it stands, not ended. A failed read ends the command (the job goes
+    on running, as the error says). Ctrl-C asks whether to cancel the job (on a terminal;
+    elsewhere it is left running), then exits with 130, the shell's code for an
+    interrupted command.
     """
     started = time.monotonic()
     last = ""
     try:
         with console.status(f"{handle.kind} {handle.id}: submitted") as status:
             while True:
-                job = handle.get()
+                job = _read(handle)
                 state = state_name(job)
                 extra = handle.progress(job)
+                elapsed = time.monotonic() - started
                 if state != last:
-                    console.print(f"{_elapsed(time.monotonic() - started):>12}  {state}  {extra}")
+                    console.print(f"{_elapsed(elapsed):>12}  {state}  {extra}")
                     last = state
-                if state in FINAL_STATES:
+                if state in FINAL_STATES or elapsed >= limit_seconds:
                     return job
-                status.update(
-                    f"{handle.kind} {handle.id}: {state} {extra} "
-                    f"({_elapsed(time.monotonic() - started)})"
-                )
+                status.update(f"{handle.kind} {handle.id}: {state} {extra} ({_elapsed(elapsed)})")
                 time.sleep(poll_seconds)
     except KeyboardInterrupt:
         return _interrupted(handle, console)
+
+
+def _read(handle: JobHandle) -> Any:
+    """The job now; a ServiceError says that the job itself goes on."""
+    try:
+        return handle.get()
+    except ServiceError as exc:
+        raise ServiceError(
+            exc.service,
+            exc.problem,
+            f"{exc.fix}; {handle.kind} {handle.id} goes on running on Vertex AI (its console "
+            "link is above)",
+            denied=exc.denied,
+        ) from exc
 
 
 def _interrupted(handle: JobHandle, console: Console) -> Any:
@@ -262,4 +276,4 @@ def _interrupted(handle: JobHandle, console: Console) -> Any:
             f"\n{handle.kind} {handle.id} goes on running; cancel it with the console link "
             "above or `gcloud ai custom-jobs cancel` / `gcloud ai hp-tuning-jobs cancel`"
         )
-    raise SystemExit(130)  # the shell's code for an interrupted command
+    raise SystemExit(EXIT_INTERRUPTED)

@@ -9,6 +9,7 @@ to its end.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from workflow.vertex import (
     tuning_job,
 )
 from workflow.vertex_jobs import (
+    FINAL_STATES,
     JobHandle,
     call_options,
     check_bucket,
@@ -78,7 +80,13 @@ def data_version(data: str | None, local_version: str | None) -> str:
 
 
 def plan_training(
-    project: Project, target: CloudTarget, stage: str, *, data: str | None, tag: str | None
+    project: Project,
+    target: CloudTarget,
+    stage: str,
+    *,
+    data: str | None,
+    tag: str | None,
+    dry_run: bool = False,
 ) -> TrainingRun:
     """The training run to submit: the local processed data staged, unless `data` is given.
 
@@ -90,7 +98,7 @@ def plan_training(
     if data is not None and not storage.is_gcs(data):
         raise CloudConfigError(f"--data {data}: give the processed data's gs:// URI")
     stats = project.data_stats()
-    if data is None and stats is None and not target.missing:
+    if data is None and stats is None and not dry_run:
         raise CloudConfigError(
             f"no processed data in {project.processed_dir.relative_to(project.root)} to "
             "upload; run `mega process` first, or pass --data gs://… (processed data)"
@@ -122,6 +130,8 @@ class JobKind:
     stage: str  # the `mega-stage` label and the job name's kind: train, tune
     build: Callable[[TrainingRun, PipelineParams, CloudTarget, Settings], Any]
     progress: Callable[[Any], str] = lambda job: ""
+    # How many jobs' timeouts in a row it may take: trials run parallel_trials at a time.
+    rounds: Callable[[PipelineParams], int] = lambda params: 1
 
 
 CUSTOM_JOB = JobKind(
@@ -153,7 +163,12 @@ def tuning_kind(trials: int | None = None) -> JobKind:
             params = params.model_copy(update={"tune": tune})
         return tuning_job(run, params, target, s)
 
+    def rounds(params: PipelineParams) -> int:
+        count = trials or params.tune.trials
+        return math.ceil(count / min(params.tune.parallel_trials, count))
+
     return JobKind(
+        rounds=rounds,
         resource="hyperparameter_tuning_job",
         collection="hyperparameterTuningJobs",
         words="tuning job",
@@ -174,7 +189,7 @@ def dry_run(
 ) -> None:
     """Print the body of the job that would be created (stdout: JSON only; notes: stderr)."""
     target = CloudTarget.from_settings(settings, dry_run=True)
-    run = plan_training(project, target, kind.stage, data=data, tag=tag)
+    run = plan_training(project, target, kind.stage, data=data, tag=tag, dry_run=True)
     print(as_json(kind.build(run, project.params, target, settings)))
     if target.missing:
         errors.print(
@@ -230,17 +245,24 @@ def submit(
             f"[yellow]note[/yellow]: src/ or requirements/ has changes: the job runs {run.image}, "
             "which `mega build --push` must have pushed from this tree"
         )
+
+    def call(verb: str, **fields: Any) -> Any:
+        # A create is never retried: a request that timed out may have made the job.
+        with vertex_errors(settings, target):
+            method = getattr(client, f"{verb}_{kind.resource}")
+            return method(**fields, **call_options(settings, retry=verb != "create"))
+
+    # One cheap request first: a disabled API or a missing permission is said in seconds,
+    # before the data is uploaded.
+    with vertex_errors(settings, target):
+        client.list_custom_jobs(
+            request={"parent": target.parent, "page_size": 1}, **call_options(settings)
+        )
     check_bucket(target.gcs_root, target.region)
     if data is None:
         sent = stage_data(project.processed_dir, run.data_uri)
         console.print(f"data: {run.data_uri} ({sent} file(s) uploaded, the rest already there)")
     storage.write_bytes(run.params_uri, (project.root / "params.yaml").read_bytes())
-
-    def call(verb: str, **fields: Any) -> Any:
-        with vertex_errors(settings, target):
-            method = getattr(client, f"{verb}_{kind.resource}")
-            return method(**fields, **call_options(settings))
-
     created = call("create", parent=target.parent, **{kind.resource: body})
     handle = JobHandle(
         name=created.name,
@@ -255,9 +277,19 @@ def submit(
     if detach:
         console.print("detached: follow it with the console link above")
         return Submitted(run=run, name=created.name, final=None)
-    final = follow(handle, console, settings.vertex_poll_seconds)
+    params = project.params
+    # Half as long again as the job's own limit: time queued for machines does not count.
+    limit = 1.5 * 3600 * params.vertex.timeout_hours * kind.rounds(params)
+    final = follow(handle, console, settings.vertex_poll_seconds, limit)
     submitted = Submitted(run=run, name=created.name, final=final)
-    if not submitted.succeeded:
+    if state_name(final) not in FINAL_STATES:
+        print(
+            f"mega: error: stopped following {kind.words} {handle.id}, still "
+            f"{state_name(final)} after {limit / 3600:g} h; it goes on running on Vertex AI "
+            "(console link above)",
+            file=sys.stderr,
+        )
+    elif not submitted.succeeded:
         error = final.error.message if final.error and final.error.message else "no message"
         print(
             f"mega: error: Vertex AI {kind.words} {handle.id} {state_name(final)}: {error}",
