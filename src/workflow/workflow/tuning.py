@@ -78,9 +78,11 @@ def format_value(value: object) -> str:
 
 def trial_args(data: str, out: str, params_file: str, values: Mapping[str, object]) -> list[str]:
     """The trainer's arguments for one trial (after `python -m trainer`): what a Vertex AI
-    trial runs, its parameters appended as `--<dotted key>=<value>`."""
+    trial runs (`workflow.vertex.TrainingRun.trainer_args`, its parameters appended as
+    `--<dotted key>=<value>`), with `--out` for the model, which Vertex AI gives in
+    AIP_MODEL_DIR instead. tests/test_tuning.py holds the two to the same shape."""
     overrides = [f"--{key}={format_value(value)}" for key, value in values.items()]
-    return ["train", "--data", data, "--out", out, "--params", params_file, *overrides]
+    return ["train", "--data", data, "--params", params_file, "--out", out, *overrides]
 
 
 # --- the study as Vertex AI takes it ------------------------------------------------------
