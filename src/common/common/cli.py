@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +49,10 @@ if TYPE_CHECKING:
 # Exit statuses (sysexits.h-like: scripts and `mega` tell bad input from a failed run).
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: how a shell reports a command stopped by Ctrl-C
+
+# A stage's one-line error (`train: error: …`), as `error_line` writes it.
+ERROR_LINE = re.compile(r"^[\w-]+: error: ")
 
 # Output that is not a terminal has no width: lines are as long as they are.
 UNBOUNDED_WIDTH = 100_000

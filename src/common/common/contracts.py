@@ -49,6 +49,13 @@ TRAINING_CLASSES = "training_classes.json"
 OPTIMIZATION = "optimization.json"
 # Test images register times the variants on, written by optimize beside them.
 TIMING_IMAGES = "timing_images.npy"
+# A tuning trial and the trainer it runs (cloudml-hypertune's variables): the tuner sets
+# the file the trainer reports `tune.metric` to, and the trial's number.
+TUNING_METRIC_FILE_ENV = "CLOUD_ML_HP_METRIC_FILE"
+TUNING_TRIAL_ID_ENV = "CLOUD_ML_TRIAL_ID"
+# Where cloudml-hypertune writes when TUNING_METRIC_FILE_ENV is unset; Vertex AI's trial
+# agent reads this file.
+TUNING_DEFAULT_METRIC_FILE = "/tmp/hypertune/output.metrics"
 
 
 class ContractError(ValueError):

@@ -236,11 +236,19 @@ def list_files(prefix: str | Path) -> Iterator[str]:
         yield from sorted(str(p) for p in root.rglob("*") if p.is_file())
 
 
-def upload_tree(local_dir: str | Path, dest: str | Path) -> None:
-    """Copy a local folder's files to a folder or `gs://` prefix."""
+def upload_tree(
+    local_dir: str | Path, dest: str | Path, skip: Callable[[str], bool] | None = None
+) -> None:
+    """Copy a local folder's files to a folder or `gs://` prefix.
+
+    `skip(relative_path)` (a posix path under `local_dir`, as `download_tree` passes it)
+    leaves files out.
+    """
     local_dir = Path(local_dir)
     for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(local_dir).as_posix()
+        if skip is not None and skip(rel):
+            continue
         if is_gcs(dest):
             with gcs_errors(str(dest)):
                 _blob(join(dest, rel)).upload_from_filename(str(path), **gcs_call_options())

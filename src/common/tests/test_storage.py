@@ -81,6 +81,30 @@ def test_gcs_round_trip_against_the_emulator(storage_emulator: str, tmp_path: Pa
     assert storage.tree_hash(tmp_path / "copy") == storage.tree_hash(local)
 
 
+@pytest.mark.parametrize("where", ["local", pytest.param("gcs", marks=pytest.mark.integration)])
+def test_upload_tree_leaves_out_what_skip_names(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    local = tmp_path / "tree"
+    for rel in ("keep.txt", "sub/keep.txt", "sub/drop.log", "cache/x.txt", "cache.txt"):
+        storage.write_text(local / rel, rel)
+    base = request.getfixturevalue("storage_emulator") if where == "gcs" else str(tmp_path)
+    dest = storage.join(base, "uploaded")
+    seen: list[str] = []
+
+    def skip(rel: str) -> bool:
+        seen.append(rel)
+        return rel.endswith(".log") or rel.startswith("cache/")
+
+    storage.upload_tree(local, dest, skip=skip)
+    prefix = dest.rstrip("/") + "/"
+    uploaded = [uri.removeprefix(prefix) for uri in storage.list_files(dest)]
+    assert uploaded == ["cache.txt", "keep.txt", "sub/keep.txt"]
+    # skip sees every file once, as a posix path relative to the folder.
+    assert sorted(seen) == ["cache.txt", "cache/x.txt", "keep.txt", "sub/drop.log", "sub/keep.txt"]
+    assert storage.read_text(storage.join(dest, "sub/keep.txt")) == "sub/keep.txt"
+
+
 def test_replace_dir_swaps_whole_folders(tmp_path: Path) -> None:
     target = tmp_path / "out"
     storage.write_text(target / "old.txt", "old")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from support import TinyPipeline, run_cli, write_params
 
+from common.contracts import TUNING_METRIC_FILE_ENV, TUNING_TRIAL_ID_ENV
 from common.params import TuneParams
-from trainer import tuning
 from trainer.tuning import in_tuning_trial, parse_overrides, report_metric
 
 # --- overrides on the command line --------------------------------------------------------
@@ -67,9 +67,9 @@ def test_a_bad_override_exits_2_in_one_line_before_tensorflow(case: str, tmp_pat
 # --- when the metric is reported ----------------------------------------------------------
 
 TRIALS = {
-    "local trial": ({tuning.METRIC_FILE_ENV: "/x/metrics", tuning.TRIAL_ID_ENV: "3"}, True),
-    "metric file only": ({tuning.METRIC_FILE_ENV: "/x/metrics"}, True),
-    "trial id only": ({tuning.TRIAL_ID_ENV: "7"}, True),
+    "local trial": ({TUNING_METRIC_FILE_ENV: "/x/metrics", TUNING_TRIAL_ID_ENV: "3"}, True),
+    "metric file only": ({TUNING_METRIC_FILE_ENV: "/x/metrics"}, True),
+    "trial id only": ({TUNING_TRIAL_ID_ENV: "7"}, True),
     "Vertex AI trial": (
         {
             "CLUSTER_SPEC": json.dumps(
@@ -84,7 +84,7 @@ TRIALS = {
     ),
     "broken CLUSTER_SPEC": ({"CLUSTER_SPEC": "{"}, False),
     "CLUSTER_SPEC not an object": ({"CLUSTER_SPEC": "[1]"}, False),
-    "empty variables": ({tuning.METRIC_FILE_ENV: "", tuning.TRIAL_ID_ENV: ""}, False),
+    "empty variables": ({TUNING_METRIC_FILE_ENV: "", TUNING_TRIAL_ID_ENV: ""}, False),
     "a local run": ({}, False),
 }
 
@@ -109,8 +109,8 @@ def test_a_trial_reports_the_metric_in_hypertunes_format(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     metric_file = tmp_path / "hp" / "output.metrics"
-    monkeypatch.setenv(tuning.METRIC_FILE_ENV, str(metric_file))
-    monkeypatch.setenv(tuning.TRIAL_ID_ENV, "5")
+    monkeypatch.setenv(TUNING_METRIC_FILE_ENV, str(metric_file))
+    monkeypatch.setenv(TUNING_TRIAL_ID_ENV, "5")
     final = {"val_accuracy": 0.875, "val_loss": 0.4}
     assert report_metric(TuneParams(metric="val_loss", goal="minimize"), final, 6) == 0.4
     [line] = metric_file.read_text().splitlines()
@@ -141,8 +141,8 @@ def test_a_trial_trains_with_its_overrides_and_reports_the_last_epoch(
         tmp_path,
         env={
             "MEGA_WANDB_MODE": "disabled",
-            tuning.METRIC_FILE_ENV: str(metric_file),
-            tuning.TRIAL_ID_ENV: "1",
+            TUNING_METRIC_FILE_ENV: str(metric_file),
+            TUNING_TRIAL_ID_ENV: "1",
         },
     )
     history = json.loads((tmp_path / "candidate/history.json").read_text())

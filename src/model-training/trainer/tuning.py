@@ -18,10 +18,8 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+from common.contracts import TUNING_METRIC_FILE_ENV, TUNING_TRIAL_ID_ENV
 from common.params import TuneParams
-
-METRIC_FILE_ENV = "CLOUD_ML_HP_METRIC_FILE"
-TRIAL_ID_ENV = "CLOUD_ML_TRIAL_ID"
 
 
 class OverrideError(ValueError):
@@ -55,7 +53,7 @@ def in_tuning_trial(environ: Mapping[str, str] | None = None) -> bool:
     local trial sets both; hypertune reads both), or Vertex AI's `CLUSTER_SPEC` names a
     trial (its `task.trial`)."""
     env = os.environ if environ is None else environ
-    if env.get(METRIC_FILE_ENV) or env.get(TRIAL_ID_ENV):
+    if env.get(TUNING_METRIC_FILE_ENV) or env.get(TUNING_TRIAL_ID_ENV):
         return True
     try:
         spec = json.loads(env.get("CLUSTER_SPEC") or "{}")

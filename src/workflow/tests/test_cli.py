@@ -45,6 +45,36 @@ def test_dvc_output_patterns() -> None:
     assert not SUMMARY.match("process: error: class(es) with fewer than min_per_class")
 
 
+# dvc's output → the reason shown after `mega: error:`, for every command that reads it.
+DVC_OUTPUTS = {
+    "one error": ("Collecting\nERROR: unexpected error - boom\n", "unexpected error - boom"),
+    "the last error wins": ("ERROR: first\nWARNING: w\nERROR: second\n", "second"),
+    "no error line": ("Traceback (most recent call last):\n  ...\n", None),
+    "an empty error": ("ERROR: \n", None),
+    "no output": ("", None),
+}
+
+
+@pytest.mark.parametrize(("output", "reason"), DVC_OUTPUTS.values(), ids=DVC_OUTPUTS)
+def test_dvc_errors_are_read_one_way(output: str, reason: str | None) -> None:
+    from workflow.cli import _pull_failure
+    from workflow.project import dvc_error
+
+    assert dvc_error(output, "the default") == (reason or "the default")
+    # Regression: `mega data checkout` repeated dvc's "ERROR:" inside its own error line.
+    assert _pull_failure(output) == (reason or "dvc pull failed")
+
+
+@pytest.mark.parametrize(
+    "line", ["train: error: epochs must be > 0", "data-collector: error: x", "mega: error: y"]
+)
+def test_a_stage_error_line_is_one_pattern(line: str) -> None:
+    from common.cli import ERROR_LINE
+
+    assert ERROR_LINE.match(line)
+    assert not ERROR_LINE.match(f"  {line}") and not ERROR_LINE.match("train: 3 epochs")
+
+
 def test_outside_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["status"], env={"COLUMNS": "300"})

@@ -11,6 +11,8 @@ import yaml
 from support import TinyPipeline, write_params
 from typer.testing import CliRunner, Result
 
+from common.cli import EXIT_INTERRUPTED
+from common.contracts import LINEAGE
 from common.params import ChoiceSpec, ParamsError, RangeSpec, TuneParams
 from workflow import tuning
 from workflow.cli import app
@@ -104,24 +106,25 @@ def test_a_vertex_trial_writes_where_hypertune_and_vertex_ai_agree() -> None:
 
 
 def test_a_trial_runs_the_trainer_as_vertex_ai_would() -> None:
-    args = trial_args(
-        "data/processed/digits",
-        "/tmp/c",
-        "params.yaml",
-        {"train.learning_rate": 0.0031, "train.batch_size": 64, "train.model": "small_cnn"},
+    """A local trial's command line is a Vertex AI trial's: the job's trainer arguments,
+    then `--out` (Vertex AI passes AIP_MODEL_DIR instead), then the trial's values
+    appended as Vertex AI appends them."""
+    from workflow.vertex import TrainingRun
+
+    run = TrainingRun(
+        display_name="tune",
+        data_uri="gs://b/data/processed/digits",
+        output_dir="gs://b/jobs/tune-1",
+        image="trainer:latest",
+        labels={},
     )
-    assert args == [
-        "train",
-        "--data",
-        "data/processed/digits",
-        "--out",
-        "/tmp/c",
-        "--params",
-        "params.yaml",
-        "--train.learning_rate=0.0031",
-        "--train.batch_size=64",
-        "--train.model=small_cnn",
-    ]
+    values = {"train.learning_rate": 0.0031, "train.batch_size": 64, "train.model": "small_cnn"}
+    # What a HyperparameterTuningJob's trial adds to the job's arguments for these values.
+    appended = ["--train.learning_rate=0.0031", "--train.batch_size=64", "--train.model=small_cnn"]
+
+    args = trial_args(run.data_uri, "/tmp/c", run.params_uri, values)
+
+    assert args == [*run.trainer_args(), "--out", "/tmp/c", *appended]
 
 
 def test_the_metric_is_the_last_reported(tmp_path: Path) -> None:
@@ -270,7 +273,7 @@ def test_a_rerun_replaces_the_results_and_a_failed_one_keeps_the_best(
 def test_ctrl_c_keeps_the_finished_trials(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     given = fake_trials(monkeypatch, [0.8, KeyboardInterrupt(), 0.9])
     result = tune_cli()
-    assert result.exit_code == 130
+    assert result.exit_code == EXIT_INTERRUPTED
     assert yaml.safe_load((project / "tuning/best.yaml").read_text()) == given[0]
     trials = json.loads((project / "tuning/trials.json").read_text())
     assert trials["interrupted"] is True and len(trials["trials"]) == 1
@@ -282,7 +285,7 @@ def test_ctrl_c_before_any_trial_finished_writes_no_best(
 ) -> None:
     fake_trials(monkeypatch, [KeyboardInterrupt()])
     result = tune_cli()
-    assert result.exit_code == 130
+    assert result.exit_code == EXIT_INTERRUPTED
     assert "interrupted before any trial finished" in result.output
     assert not (project / "tuning/best.yaml").exists()
     assert not (project / "tuning/trials.json").exists()
@@ -291,7 +294,7 @@ def test_ctrl_c_before_any_trial_finished_writes_no_best(
 def test_ctrl_c_after_failed_trials_only(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_trials(monkeypatch, ["train: error: broken", KeyboardInterrupt()])
     result = tune_cli()
-    assert result.exit_code == 130
+    assert result.exit_code == EXIT_INTERRUPTED
     assert "every trial failed; the last: train: error: broken" in result.output
     assert len(json.loads((project / "tuning/trials.json").read_text())["trials"]) == 1
 
@@ -345,6 +348,17 @@ def test_two_real_trials_and_the_better_ones_values_in_best_yaml(
     _project_on(tiny_pipeline, tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MEGA_WANDB_MODE", "disabled")
+    # A trial's candidate is removed once it ends: keep the train params it records.
+    trained: dict[str, dict[str, object]] = {}
+    remove = shutil.rmtree
+
+    def keep_trained_params(path: str | Path, *args: object, **kwargs: object) -> None:
+        lineage = Path(path) / LINEAGE
+        if Path(path).name.startswith("candidate-") and lineage.is_file():
+            trained[Path(path).name] = json.loads(lineage.read_text())["params"]["train"]
+        remove(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tuning.shutil, "rmtree", keep_trained_params)
     result = tune_cli()
     assert result.exit_code == 0, result.output
     trials = json.loads((tmp_path / "tuning/trials.json").read_text())["trials"]
@@ -356,7 +370,9 @@ def test_two_real_trials_and_the_better_ones_values_in_best_yaml(
         batch, rate = trial["params"]["train.batch_size"], trial["params"]["train.learning_rate"]
         assert f"reported val_accuracy {trial['value']:.4f}" in log
         assert f"global batch {batch}" in log, "the trial trained with its own batch size"
-        assert rate != 0.002, "not params.yaml's learning rate"
+        # The trainer trained with the trial's values, not params.yaml's.
+        assert trained[f"candidate-{trial['number']}"]["learning_rate"] == rate
+        assert trained[f"candidate-{trial['number']}"]["batch_size"] == batch
     assert not list(tmp_path.glob(".mega/runs/*")), "trials keep their backups in scratch"
 
 

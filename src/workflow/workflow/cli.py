@@ -25,7 +25,7 @@ from common.cli import (
 )
 from common.params import ParamsError
 from common.settings import get_settings
-from workflow.project import Project, ProjectError
+from workflow.project import Project, ProjectError, dvc_error
 from workflow.runner import ReproResult, log_tail, repro
 
 # Only for type checking: the Vertex AI client takes seconds to import.
@@ -588,8 +588,7 @@ def _pull_failure(output: str) -> str:
             "it is in neither this clone's DVC cache nor the remote "
             "(it was never pushed from the clone that made it)"
         )
-    errors_lines = [line for line in output.splitlines() if line.startswith("ERROR")]
-    return errors_lines[-1] if errors_lines else "dvc pull failed"
+    return dvc_error(output, "dvc pull failed")
 
 
 def _put_back_lock(project: Project, previous: bytes | None) -> str:
@@ -751,8 +750,7 @@ def exp_diff(
         revs = ["HEAD", revs[0]]
     result = project.dvc("exp", "diff", "--json", *revs)
     if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
-        reason = (lines or ["dvc exp diff failed"])[-1].removeprefix("ERROR: ")
+        reason = dvc_error(result.stderr, "dvc exp diff failed")
         hint = "; `mega exp show` lists the experiments" if "unknown" in reason else ""
         fail(f"{reason}{hint}", EXIT_USAGE)
     diff = json.loads(result.stdout or "{}")

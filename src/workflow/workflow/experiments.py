@@ -41,6 +41,7 @@ import yaml
 from common import storage
 from common.params import ParamsError, PipelineParams, load_params
 from common.settings import Settings
+from workflow.project import dvc_error
 from workflow.tuning import BEST_FILE, TUNING_DIR
 
 PARAMS_FILE = "params.yaml"
@@ -370,9 +371,7 @@ def load_experiments(
         check=False,
     )
     if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
-        reason = (lines or ["no output"])[-1].removeprefix("ERROR: ")
-        raise ExperimentError(f"dvc exp show failed: {reason}")
+        raise ExperimentError(f"dvc exp show failed: {dvc_error(result.stderr, 'no output')}")
     return read_show(json.loads(result.stdout or "[]"), metrics_file)
 
 

@@ -23,6 +23,15 @@ class ProjectError(RuntimeError):
     """The current folder is not a usable pipeline project."""
 
 
+def dvc_error(output: str, default: str) -> str:
+    """The reason in dvc's output: its last `ERROR: <reason>` line, without the prefix;
+    `default` when it printed none (killed, or a crash that left only a traceback)."""
+    lines = [line for line in output.splitlines() if line.startswith("ERROR")]
+    if not lines:
+        return default
+    return lines[-1].removeprefix("ERROR").removeprefix(":").strip() or default
+
+
 @dataclass(frozen=True)
 class ProductionModel:
     """The registry version behind the `production` alias."""

@@ -13,6 +13,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from common.cli import ERROR_LINE
+
 RUNNING = re.compile(r"^Running stage '(?P<stage>[\w-]+)'")
 # Unchanged, or restored from DVC's run cache (the same inputs ran before): not re-run.
 SKIPPED = re.compile(
@@ -23,8 +25,6 @@ STAGE_FAILED = re.compile(r"^ERROR: failed to reproduce '[\w-]+': .*, exited wit
 EPOCH = re.compile(r"^Epoch (?P<n>\d+)/(?P<total>\d+)")
 # The containers' one-line summaries, shown as they arrive.
 SUMMARY = re.compile(r"^(collect|process|train|evaluate|optimize|register): (?!error:)")
-# Their one-line errors (`train: error: …`, common.cli's convention), shown on failure.
-ERROR = re.compile(r"^[\w-]+: error: ")
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def repro(
                 progress.advance(task)
             elif (match := EPOCH.match(line)) and current:
                 progress.update(task, description=f"{current}: epoch {match['n']}/{match['total']}")
-            elif ERROR.match(line):
+            elif ERROR_LINE.match(line):  # a stage's one-line error, shown on failure
                 result.errors.append(line)
             elif match := STAGE_FAILED.match(line):
                 result.stage_status = int(match["status"])

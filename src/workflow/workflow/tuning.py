@@ -37,8 +37,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from common import storage
-from common.cli import EXIT_FAILURE, EXIT_USAGE, fail
-from common.contracts import STATS
+from common.cli import ERROR_LINE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, fail
+from common.contracts import (
+    STATS,
+    TUNING_DEFAULT_METRIC_FILE,
+    TUNING_METRIC_FILE_ENV,
+    TUNING_TRIAL_ID_ENV,
+)
 from common.params import (
     ChoiceSpec,
     ParamsError,
@@ -59,16 +64,8 @@ TUNING_DIR = "tuning"
 BEST_FILE = "best.yaml"
 TRIALS_FILE = "trials.json"
 LOGS_DIR = "logs"
-# What the trainer reads (cloudml-hypertune's variables; see trainer.tuning).
-METRIC_FILE_ENV = "CLOUD_ML_HP_METRIC_FILE"
-TRIAL_ID_ENV = "CLOUD_ML_TRIAL_ID"
-# Where cloudml-hypertune writes when CLOUD_ML_HP_METRIC_FILE is unset, and Vertex AI's
-# trial agent reads.
-VERTEX_METRIC_FILE = "/tmp/hypertune/output.metrics"
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 EPOCH = re.compile(r"^Epoch (?P<n>\d+)/(?P<total>\d+)")
-ERROR = re.compile(r"^[\w-]+: error: ")
 
 
 def format_value(value: object) -> str:
@@ -81,9 +78,11 @@ def format_value(value: object) -> str:
 
 def trial_args(data: str, out: str, params_file: str, values: Mapping[str, object]) -> list[str]:
     """The trainer's arguments for one trial (after `python -m trainer`): what a Vertex AI
-    trial runs, its parameters appended as `--<dotted key>=<value>`."""
+    trial runs (`workflow.vertex.TrainingRun.trainer_args`, its parameters appended as
+    `--<dotted key>=<value>`), with `--out` for the model, which Vertex AI gives in
+    AIP_MODEL_DIR instead. tests/test_tuning.py holds the two to the same shape."""
     overrides = [f"--{key}={format_value(value)}" for key, value in values.items()]
-    return ["train", "--data", data, "--out", out, "--params", params_file, *overrides]
+    return ["train", "--data", data, "--params", params_file, "--out", out, *overrides]
 
 
 # --- the study as Vertex AI takes it ------------------------------------------------------
@@ -160,7 +159,7 @@ def vertex_trial_env() -> dict[str, str]:
     """Environment for a HyperparameterTuningJob's trial spec: names hypertune's default
     metric file, so the trainer knows it is a trial (trainer.tuning.in_tuning_trial) even
     where Vertex AI sets neither CLOUD_ML_TRIAL_ID nor a trial in CLUSTER_SPEC."""
-    return {METRIC_FILE_ENV: VERTEX_METRIC_FILE}
+    return {TUNING_METRIC_FILE_ENV: TUNING_DEFAULT_METRIC_FILE}
 
 
 def vertex_best(job: Any, tune: TuneParams) -> tuple[str, dict[str, object], float] | None:
@@ -311,8 +310,8 @@ def run_trial(
     metric_file = setup.work / f"trial-{number}.metrics"
     env = {
         **os.environ,
-        METRIC_FILE_ENV: str(metric_file),
-        TRIAL_ID_ENV: str(number),
+        TUNING_METRIC_FILE_ENV: str(metric_file),
+        TUNING_TRIAL_ID_ENV: str(number),
         # Its own backup folder: a trial never resumes, or cleans up, another run's backup.
         "MEGA_TRAIN_RUN_DIR": str(setup.work / f"run-{number}"),
         "WANDB_RUN_GROUP": setup.group,
@@ -344,7 +343,7 @@ def run_trial(
             text = line.strip()
             if epoch := EPOCH.match(text):
                 progress.update(task, completed=int(epoch["n"]) - 1, total=int(epoch["total"]))
-            elif ERROR.match(text):
+            elif ERROR_LINE.match(text):
                 last_error = text
             if text:
                 last_line = text
