@@ -101,6 +101,19 @@ def _cancel(stub: VertexStub, name: str) -> dict[str, Any]:
     return {}
 
 
+def _read(stub: VertexStub, name: str) -> tuple[int, dict[str, Any]]:
+    """A GET of `name`: an empty listing of a collection, or the job in its next state."""
+    if name.rsplit("/", 1)[-1] in COLLECTIONS:
+        return 200, {}
+    if name not in stub.jobs:
+        return 404, google_error(404, f"{name} not found")
+    state = stub.next_state(name)
+    job = {**stub.jobs[name], "state": state}
+    if state == stub.states[-1]:
+        job.update(stub.final_fields)
+    return 200, job
+
+
 def _handler(stub: VertexStub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, body: Any) -> None:
@@ -141,22 +154,7 @@ def _handler(stub: VertexStub) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             request = self._record()
-            if stub.fail_with:
-                self._send(*stub.fail_with)
-                return
-            name = request.path.removeprefix("/v1/")
-            collection = name.rsplit("/", 1)[-1]
-            if collection in COLLECTIONS:  # a listing: none is shown
-                self._send(200, {})
-                return
-            if name not in stub.jobs:
-                self._send(404, google_error(404, f"{name} not found"))
-                return
-            state = stub.next_state(name)
-            job = {**stub.jobs[name], "state": state}
-            if state == stub.states[-1]:
-                job.update(stub.final_fields)
-            self._send(200, job)
+            self._send(*(stub.fail_with or _read(stub, request.path.removeprefix("/v1/"))))
 
         def log_message(self, *args: object) -> None:
             pass

@@ -22,6 +22,7 @@ from service_stubs import QUICK_BUDGET, assert_one_line_service_error, service_f
 from support import REPO, run_cli, write_params
 from vertex_stub import VertexStub, google_error, vertex_stub
 
+from common.cli import EXIT_INTERRUPTED
 from common.params import VertexParams
 
 __all__ = ["service_fault", "vertex_stub"]  # fixtures, imported for pytest
@@ -461,7 +462,7 @@ def test_ctrl_c_off_a_terminal_leaves_the_job_running(
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
-    assert process.returncode == 130, out + err
+    assert process.returncode == EXIT_INTERRUPTED, out + err
     assert "goes on running" in out
     assert not [r for r in vertex_stub.requests if r.path.endswith(":cancel")]
 
@@ -487,7 +488,7 @@ def test_ctrl_c_on_a_terminal_cancels_when_asked(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr("typer.confirm", lambda *a, **k: True)
     with pytest.raises(SystemExit) as exit_info:
         vertex_jobs.follow(handle, Console(file=open(os.devnull, "w")), 0, 60)  # noqa: SIM115
-    assert exit_info.value.code == 130
+    assert exit_info.value.code == EXIT_INTERRUPTED
     assert cancelled == [True]
 
 

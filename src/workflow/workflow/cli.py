@@ -377,6 +377,8 @@ def train(
         _local_only(dry_run, detach, data, image_tag)
         _run_stages(["train"], force=force)
         return
+    if force:
+        fail("--force re-runs local stages; a Vertex AI job always trains", EXIT_USAGE)
     from workflow import vertex_submit as vertex
 
     submitted = _on_vertex(_project(), vertex.CUSTOM_JOB, dry_run, detach, data, image_tag)
@@ -732,11 +734,16 @@ def exp_diff(
         str | None,
         typer.Argument(
             show_default="HEAD",
-            help="An experiment or git revision; alone, it is compared with HEAD.",
+            help="An experiment or git revision: with NEW, the one compared from; alone, the "
+            "one HEAD is compared with (HEAD → OLD).",
         ),
     ] = None,
     new: Annotated[
-        str | None, typer.Argument(show_default="the workspace", help="What OLD is compared with.")
+        str | None,
+        typer.Argument(
+            show_default="the workspace, when OLD is not given either",
+            help="The experiment or revision OLD is compared with (OLD → NEW).",
+        ),
     ] = None,
 ) -> None:
     """The params and metrics that differ between two experiments or revisions.

@@ -70,8 +70,9 @@ class CloudTarget:
             names = ", ".join(
                 f"MEGA_{name.upper()} ({REQUIRED_SETTINGS[name]})" for name in missing
             )
+            which = "them" if len(missing) > 1 else "it"
             raise CloudConfigError(
-                f"{names} not set; set it in .env or the environment (docs/cloud.md)"
+                f"{names} not set; set {which} in .env or the environment (docs/cloud.md)"
             )
         if settings.gcs_root and not storage.is_gcs(settings.gcs_root):
             raise CloudConfigError(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from common import storage
+from common.cli import EXIT_INTERRUPTED
 from common.services import (
     ServiceBudget,
     ServiceError,
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from google.cloud import aiplatform_v1
     from rich.console import Console
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 FINAL_STATES = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 CREDENTIALS_FIX = (
     "run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS "
@@ -169,14 +169,9 @@ def stage_data(local: Path, remote: str) -> int:
     """
     have = {uri.removeprefix(remote.rstrip("/") + "/") for uri in storage.list_files(remote)}
     missing = [
-        path
-        for path in sorted(local.rglob("*"))
-        if path.is_file() and path.relative_to(local).as_posix() not in have
+        p for p in local.rglob("*") if p.is_file() and p.relative_to(local).as_posix() not in have
     ]
-    for path in missing:
-        storage.write_bytes(
-            storage.join(remote, path.relative_to(local).as_posix()), path.read_bytes()
-        )
+    storage.upload_tree(local, remote, skip=lambda relative: relative in have)
     return len(missing)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from common import storage
 from common.params import PipelineParams
 from common.settings import Settings
-from workflow.images import image_tag
+from workflow.images import GPU_TAG_SUFFIX, image_tag
 from workflow.project import Project
 from workflow.vertex import (
     CloudConfigError,
@@ -178,6 +178,20 @@ def tuning_kind(trials: int | None = None) -> JobKind:
     )
 
 
+def job_notes(run: TrainingRun, target: CloudTarget) -> list[str]:
+    """What a user should know before the job runs: the image it needs, W&B off."""
+    gpu = " --gpu" if run.image.endswith(GPU_TAG_SUFFIX) else ""
+    notes = [f"the job runs the image {run.image}: `mega build --push{gpu}` pushes it"]
+    if "-dirty" in run.image:
+        notes.append(
+            "src/ or requirements/ has changes, so that tag needs `mega build --push"
+            f"{gpu} --allow-dirty`; or commit, push and submit again"
+        )
+    if not target.wandb_secret:
+        notes.append("W&B is off in the job: set MEGA_WANDB_SECRET to track it (docs/cloud.md)")
+    return notes
+
+
 def dry_run(
     project: Project,
     settings: Settings,
@@ -199,6 +213,8 @@ def dry_run(
     if data is None:
         local = project.processed_dir.relative_to(project.root)
         errors.print(f"dry run: {local} would be uploaded to {run.data_uri}", highlight=False)
+    for note in job_notes(run, target):
+        errors.print(f"dry run: {note}", highlight=False)
     errors.print(
         f"dry run: nothing was sent; POST {target.parent}/{kind.collection} creates it",
         highlight=False,
@@ -240,11 +256,8 @@ def submit(
     run = plan_training(project, target, kind.stage, data=data, tag=tag)
     body = kind.build(run, project.params, target, settings)  # checks the accelerator
     client = job_client(settings)
-    if "-dirty" in run.image:
-        console.print(
-            f"[yellow]note[/yellow]: src/ or requirements/ has changes: the job runs {run.image}, "
-            "which `mega build --push` must have pushed from this tree"
-        )
+    for note in job_notes(run, target):
+        console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
 
     def call(verb: str, **fields: Any) -> Any:
         # A create is never retried: a request that timed out may have made the job.
