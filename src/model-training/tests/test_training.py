@@ -248,6 +248,35 @@ def test_mirrored_on_two_logical_cpus(tiny_pipeline: TinyPipeline, tmp_path: Pat
 
 
 @pytest.mark.slow
+def test_validation_scores_each_image_once(tiny_pipeline: TinyPipeline, tmp_path: Path) -> None:
+    """Keras runs whole executions of steps_per_execution steps: on an endless validation
+    set it would round 4 steps up to 6 and count a third of the images twice."""
+    train = {"epochs": 2, "batch_size": 16, "steps_per_execution": 3, "learning_rate": 1e-4}
+    write_params(tmp_path, {"train": train})
+    run_cli(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "train",
+            "--data",
+            str(tiny_pipeline.processed),
+            "--out",
+            "candidate",
+        ],
+        tmp_path,
+        {"MEGA_WANDB_MODE": "disabled"},
+    )
+    stats = Stats.read(tiny_pipeline.processed / STATS)
+    examples = stats.totals["val"]
+    assert examples % 16 and -(-examples // 16) % 3, "the case needs a partial execution"
+    history = json.loads((tmp_path / "candidate/history.json").read_text())
+    for accuracy in history["val_accuracy"]:
+        correct = accuracy * examples
+        assert abs(correct - round(correct)) < 1e-3, f"{accuracy} is no k/{examples}"
+
+
+@pytest.mark.slow
 def test_multiworker_two_processes_on_loopback(tiny_pipeline: TinyPipeline, tmp_path: Path) -> None:
     write_params(tmp_path, {"train": {"epochs": 2, "batch_size": 16}})
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}

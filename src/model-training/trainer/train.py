@@ -148,6 +148,21 @@ def tracking(
         tracker.finish()
 
 
+def validation(inputs: Inputs, setup: Setup) -> tuple[tf.data.Dataset | None, int | None]:
+    """The validation data for `fit` and its steps (None: until the data ends).
+
+    Keras runs whole executions of `steps_per_execution` steps, so on an endless dataset
+    it rounds the validation steps up and scores some images twice. With one replica
+    (the only case where steps_per_execution exceeds 1) the split is given once, finite;
+    several replicas keep the endless dataset with an exact step count.
+    """
+    if inputs.val is None:
+        return None, None
+    if setup.replicas == 1:
+        return inputs.val, None
+    return inputs.val.repeat(), steps_per_epoch(inputs.totals["val"], setup.global_batch)
+
+
 def fit(
     models: Models,
     inputs: Inputs,
@@ -170,7 +185,7 @@ def fit(
         for pinned in (models.fitted, models.serving):
             pinned._distribute_strategy = None
     train_steps = steps_per_epoch(inputs.totals["train"], setup.global_batch)
-    val = inputs.val
+    val, val_steps = validation(inputs, setup)
     started = time.monotonic()
     with setup.distribution.scope():
         # Endless datasets with a fixed number of steps keep one iterator for the
@@ -180,12 +195,8 @@ def fit(
         models.fitted.fit(
             inputs.train.repeat(),
             steps_per_epoch=train_steps,
-            validation_data=val.repeat() if val is not None else None,
-            validation_steps=(
-                steps_per_epoch(inputs.totals["val"], setup.global_batch)
-                if val is not None
-                else None
-            ),
+            validation_data=val,
+            validation_steps=val_steps,
             epochs=epochs,
             callbacks=[history, backup, *callbacks],
             shuffle=False,  # the dataset shuffles itself
