@@ -270,7 +270,9 @@ def _experiment_summary(project: Project, name: str, baseline: str) -> None:
         or "none (params.yaml as it is)",
     )
     metrics_file = project.metrics_path.relative_to(project.root).as_posix()
-    table.add_row("test metrics", f"{_test_metrics(this.metrics) or 'none'} ({metrics_file})")
+    table.add_row(
+        "test metrics", f"{_test_metrics(this.metrics) or 'none'} (the experiment's {metrics_file})"
+    )
     if this.params.get("train.tracking") == "wandb":
         where = Path(project.settings.wandb_dir)
         table.add_row("W&B", f"runs named {name}, group {name} ({where})")
