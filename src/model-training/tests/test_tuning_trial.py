@@ -27,13 +27,27 @@ def test_overrides_are_parsed_in_order_the_last_one_winning() -> None:
     }
 
 
+def test_a_value_may_follow_its_key_as_vertex_ai_passes_it() -> None:
+    args = ["--train.learning_rate", "0.0031", "--train.batch_size=64", "--train.epochs", "-1"]
+    assert parse_overrides(args) == {
+        "train.learning_rate": "0.0031",
+        "train.batch_size": "64",
+        "train.epochs": "-1",
+    }
+
+
 TRAINER = [sys.executable, "-X", "importtime", "-m", "trainer", "train"]
 BAD_ARGS = {
     "unknown key": (["--train.epochz=3"], "train.epochz: no such parameter in params.yaml"),
     "bad value": (["--train.epochs=two"], "train.epochs=two: train.epochs: Input should be"),
     "out of range": (["--train.batch_size=0"], "train.batch_size=0: train.batch_size: Input"),
     "not a choice": (["--train.model=resnet"], "train.model=resnet: train.model: Input"),
-    "no value": (["--train.epochs", "3"], "--train.epochs: give the value after '='"),
+    "no value": (["--train.epochs"], "--train.epochs: give a value"),
+    "no value before the next": (
+        ["--train.epochs", "--train.batch_size=8"],
+        "--train.epochs: give a value",
+    ),
+    "bad value, given apart": (["--train.epochs", "two"], "train.epochs=two: train.epochs"),
     "a mistyped option": (["--dat", "x"], "no such option: --dat"),
     "a section": (["--train=3"], "no such option: --train"),
     "a short option": (["-e", "3"], "no such option: -e"),

@@ -27,15 +27,18 @@ class OverrideError(ValueError):
 
 
 def parse_overrides(args: Sequence[str]) -> dict[str, str]:
-    """`["--train.epochs=2", ...]` (the extra arguments of `trainer train`) as
-    `{"train.epochs": "2"}`, in order; a key given twice keeps its last value.
+    """`["--train.epochs=2", "--train.batch_size", "64", ...]` (the extra arguments of
+    `trainer train`) as `{"train.epochs": "2", "train.batch_size": "64"}`, in order; a key
+    given twice keeps its last value. Both `--key=value` and `--key value` are taken:
+    Vertex AI's documentation shows its trials called the second way.
 
     Raises OverrideError naming the argument: an option the command does not know, or an
-    override without `=<value>`.
+    override without a value.
     """
     overrides: dict[str, str] = {}
-    for arg in args:
-        name, equals, value = arg.partition("=")
+    rest = list(args)
+    while rest:
+        name, equals, value = rest.pop(0).partition("=")
         key = name.removeprefix("--")
         if not name.startswith("--") or "." not in key:
             raise OverrideError(
@@ -43,7 +46,9 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
                 "looks like --train.epochs=5"
             )
         if not equals:
-            raise OverrideError(f"{name}: give the value after '=', as in {name}=<value>")
+            if not rest or rest[0].startswith("--"):
+                raise OverrideError(f"{name}: give a value, as in {name}=<value>")
+            value = rest.pop(0)
         overrides[key] = value
     return overrides
 
