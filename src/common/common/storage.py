@@ -238,17 +238,19 @@ def list_files(prefix: str | Path) -> Iterator[str]:
 
 def upload_tree(
     local_dir: str | Path, dest: str | Path, skip: Callable[[str], bool] | None = None
-) -> None:
-    """Copy a local folder's files to a folder or `gs://` prefix.
+) -> int:
+    """Copy a local folder's files to a folder or `gs://` prefix; returns how many.
 
     `skip(relative_path)` (a posix path under `local_dir`, as `download_tree` passes it)
     leaves files out.
     """
     local_dir = Path(local_dir)
+    copied = 0
     for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(local_dir).as_posix()
         if skip is not None and skip(rel):
             continue
+        copied += 1
         if is_gcs(dest):
             with gcs_errors(str(dest)):
                 _blob(join(dest, rel)).upload_from_filename(str(path), **gcs_call_options())
@@ -256,6 +258,7 @@ def upload_tree(
             target = Path(dest, rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+    return copied
 
 
 def download_tree(

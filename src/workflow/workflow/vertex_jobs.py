@@ -168,11 +168,7 @@ def stage_data(local: Path, remote: str) -> int:
     bytes: a re-run, or one after an interrupted upload, sends only what is missing.
     """
     have = {uri.removeprefix(remote.rstrip("/") + "/") for uri in storage.list_files(remote)}
-    missing = [
-        p for p in local.rglob("*") if p.is_file() and p.relative_to(local).as_posix() not in have
-    ]
-    storage.upload_tree(local, remote, skip=lambda relative: relative in have)
-    return len(missing)
+    return storage.upload_tree(local, remote, skip=lambda relative: relative in have)
 
 
 def console_link(target: CloudTarget, job_id: str) -> str:

@@ -81,6 +81,7 @@ def data_version(data: str | None, local_version: str | None) -> str:
 
 def plan_training(
     project: Project,
+    params: PipelineParams,
     target: CloudTarget,
     stage: str,
     *,
@@ -94,7 +95,6 @@ def plan_training(
         CloudConfigError: `data` is not a gs:// URI, or (outside a dry run) there is no
             local processed data to stage.
     """
-    params = project.params
     if data is not None and not storage.is_gcs(data):
         raise CloudConfigError(f"--data {data}: give the processed data's gs:// URI")
     stats = project.data_stats()
@@ -203,8 +203,9 @@ def dry_run(
 ) -> None:
     """Print the body of the job that would be created (stdout: JSON only; notes: stderr)."""
     target = CloudTarget.from_settings(settings, dry_run=True)
-    run = plan_training(project, target, kind.stage, data=data, tag=tag, dry_run=True)
-    print(as_json(kind.build(run, project.params, target, settings)))
+    params = project.params
+    run = plan_training(project, params, target, kind.stage, data=data, tag=tag, dry_run=True)
+    print(as_json(kind.build(run, params, target, settings)))
     if target.missing:
         errors.print(
             f"dry run: {', '.join(target.missing)} unset, shown as <MEGA_…> (docs/cloud.md)",
@@ -253,8 +254,9 @@ def submit(
         ServiceError: Vertex AI or Cloud Storage refused or did not answer.
     """
     target = CloudTarget.from_settings(settings)
-    run = plan_training(project, target, kind.stage, data=data, tag=tag)
-    body = kind.build(run, project.params, target, settings)  # checks the accelerator
+    params = project.params  # read once for the plan, the body and the follow limit
+    run = plan_training(project, params, target, kind.stage, data=data, tag=tag)
+    body = kind.build(run, params, target, settings)  # checks the accelerator
     client = job_client(settings)
     for note in job_notes(run, target):
         console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
@@ -290,7 +292,6 @@ def submit(
     if detach:
         console.print("detached: follow it with the console link above")
         return Submitted(run=run, name=created.name, final=None)
-    params = project.params
     # Half as long again as the job's own limit: time queued for machines does not count.
     limit = 1.5 * 3600 * params.vertex.timeout_hours * kind.rounds(params)
     final = follow(handle, console, settings.vertex_poll_seconds, limit)
