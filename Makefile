@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.setup-done
 SETUP_INPUTS := requirements/lock.txt requirements/lock.in requirements/dev.in \
+	requirements/overrides.txt \
 	$(wildcard src/*/pyproject.toml)
 # The repository's own packages, listed once (the images exclude them the same way).
 LOCAL_PACKAGES := $(shell grep -v '^\#' requirements/local-packages.txt)
@@ -29,7 +30,8 @@ $(STAMP): $(SETUP_INPUTS)
 	@echo "setup: installing uv $(UV_VERSION) into $(VENV)"
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	@echo "setup: installing the locked dependencies (minutes the first time, seconds once cached)"
-	@$(BIN)/uv pip install --python $(BIN)/python --quiet -c requirements/lock.txt -r requirements/lock.in
+	@$(BIN)/uv pip install --python $(BIN)/python --quiet -c requirements/lock.txt \
+		--override requirements/overrides.txt -r requirements/lock.in
 	@touch $@
 	@echo "setup: done (.venv)"
 
@@ -76,7 +78,8 @@ bench: setup
 ## or dev.in
 lock: uv-for-lock
 	$(BIN)/uv pip compile requirements/lock.in --python-version 3.11 --quiet \
-		--no-emit-index-url --no-emit-find-links --custom-compile-command "make lock" \
+		--override requirements/overrides.txt --no-emit-index-url --no-emit-find-links \
+		--custom-compile-command "make lock" \
 		$(foreach p,$(LOCAL_PACKAGES),--no-emit-package $(p)) -o requirements/lock.txt
 	@$(MAKE) --no-print-directory lock-gpu
 
@@ -89,8 +92,8 @@ GPU_INPUTS := src/common/pyproject.toml src/model-training/pyproject.toml requir
 ## lock-gpu: re-compile only requirements/lock-gpu.txt (make lock runs it too)
 lock-gpu: uv-for-lock
 	$(BIN)/uv pip compile $(GPU_INPUTS) --constraint requirements/lock.txt \
-		--excludes requirements/local-packages.txt --python-version 3.11 \
-		--python-platform x86_64-manylinux_2_28 --quiet --no-emit-index-url \
+		--excludes requirements/local-packages.txt --override requirements/overrides.txt \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet --no-emit-index-url \
 		--no-emit-find-links --custom-compile-command "make lock" -o $(GPU_LOCK)
 
 uv-for-lock:

@@ -157,6 +157,10 @@ def test_make_lock_writes_the_gpu_lock_from_the_gpu_image_inputs(tmp_path: Path)
     exactly the files the Dockerfile's GPU branch installs, constrained by the CPU lock."""
     outputs = [option(args, "-o") for args in compile_commands("lock")]
     assert outputs == [["requirements/lock.txt"], ["requirements/lock-gpu.txt"]], outputs
+    # The overrides (overrides.txt) bind both locks, `make setup` and the images alike.
+    assert [option(args, "--override") for args in compile_commands("lock")] == [
+        ["requirements/overrides.txt"]
+    ] * 2
     [args] = compile_commands("lock-gpu")
     assert option(args, "--constraint") == ["requirements/lock.txt"]
     assert option(args, "--python-version") == ["3.11"]
@@ -244,6 +248,8 @@ def test_cpu_is_the_default_and_installs_from_the_cpu_lock(tmp_path: Path) -> No
             "requirements/lock.txt",
             "--excludes",
             "requirements/local-packages.txt",
+            "--override",
+            "requirements/overrides.txt",
             "-r",
             "src/common/pyproject.toml",
             "-r",
@@ -319,3 +325,13 @@ def test_the_allowed_accelerators_pass_the_check(
 ) -> None:
     result = run_line(check_line(), {"ACCELERATOR": accelerator, "PACKAGE": package}, tmp_path)
     assert result.returncode == 0 and not result.stderr, result.stderr
+
+
+def test_make_setup_installs_with_the_overrides_the_locks_were_compiled_with() -> None:
+    """Without them uv would refuse the lock kfp's own bounds conflict with."""
+    plan = subprocess.run(
+        ["make", "-n", "-B", "setup"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.replace("\\\n", " ")
+    [install] = [shlex.split(line) for line in plan.splitlines() if "uv pip install" in line]
+    assert option(install, "--override") == ["requirements/overrides.txt"]
+    assert option(install, "-c") == ["requirements/lock.txt"]

@@ -207,6 +207,20 @@ def evaluate(
             help="Folder for the confusion-matrix and misclassified PNGs and the training curves.",
         ),
     ] = None,
+    accuracy_file: Annotated[
+        str | None,
+        typer.Option(
+            show_default="none",
+            help="Also write the test accuracy here, as a bare number (the kfp pipeline's gate "
+            "reads it as an output parameter).",
+        ),
+    ] = None,
+    macro_f1_file: Annotated[
+        str | None,
+        typer.Option(
+            show_default="none", help="Also write the test macro F1 here, as a bare number."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate MODEL on DATA's test split; writes METRICS (DVC metrics), DETAILS and PLOTS."""
     with failures_as(EXIT_USAGE, InputError):  # checked before any work
@@ -217,6 +231,10 @@ def evaluate(
     check_output("--details", details, file=True)
     if plots:
         check_output("--plots", plots)
+    gate_files = {"--accuracy-file": accuracy_file, "--macro-f1-file": macro_f1_file}
+    for flag, path in gate_files.items():
+        if path:
+            check_output(flag, path, file=True)
     quiet_tensorflow_import()
     from trainer.evaluate import evaluate as run_evaluation
 
@@ -234,6 +252,10 @@ def evaluate(
     result.metrics.write(metrics)
     result.details.write(details)
     test = result.metrics.test
+    # After metrics.json: the gate never reads a number that file does not hold.
+    for path, value in ((accuracy_file, test.accuracy), (macro_f1_file, test.macro_f1)):
+        if path:
+            storage.write_text(path, repr(value))
     typer.echo(
         f"evaluate: test accuracy {test.accuracy:.4f} (tflite {test.tflite_accuracy:.4f}), "
         f"macro F1 {test.macro_f1:.4f} on {test.examples} examples; metrics in {metrics}, "

@@ -132,6 +132,30 @@ def _summary(project: Project) -> None:
     console.print(table)
 
 
+class Where(StrEnum):
+    local = "local"
+    vertex = "vertex"
+
+
+DryRunOption = Annotated[
+    bool, typer.Option(help="Vertex: print the job body as JSON and send nothing.")
+]
+DetachOption = Annotated[
+    bool, typer.Option(help="Vertex: return once the job is created, do not follow it.")
+]
+DataOption = Annotated[
+    str | None,
+    typer.Option(
+        show_default="the local processed data, uploaded under MEGA_GCS_ROOT",
+        help="Vertex: the processed data's gs:// URI.",
+    ),
+]
+ImageTagOption = Annotated[
+    str | None,
+    typer.Option(show_default="the git sha, as `mega build` tags", help="Vertex: the image tag."),
+]
+
+
 @app.command()
 def run(
     force: Annotated[
@@ -168,16 +192,56 @@ def run(
             "(tuning/best.yaml); -S values win over them."
         ),
     ] = False,
+    on: Annotated[
+        Where,
+        typer.Option(help="local: DVC here; vertex: the kfp pipeline on Vertex AI Pipelines."),
+    ] = Where.local,
+    dry_run: DryRunOption = False,
+    detach: DetachOption = False,
+    image_tag: ImageTagOption = None,
 ) -> None:
     """Run the whole pipeline locally with DVC; stages whose inputs are unchanged are skipped.
 
     With -S, --tuned or --name it runs a DVC experiment instead (`dvc exp run --temp`):
     every stage but register, in a temporary copy; compare with `mega exp show`.
+
+    With --on vertex the same stages run in their containers as a pipeline on Vertex AI
+    Pipelines, gated on the evaluation (docs/cloud.md); --force turns its cache off.
     """
+    if on is Where.vertex:
+        if set_param or tuned or name is not None:
+            fail(
+                "-S, --name and --tuned run DVC experiments, which run here: drop --on vertex "
+                "(or edit params.yaml, then mega run --on vertex)",
+                EXIT_USAGE,
+            )
+        _run_on_vertex(_project(), dry_run, detach, image_tag, caching=not force)
+        return
+    _local_only(dry_run, detach, None, image_tag)
     if set_param or tuned or name is not None:
         _run_experiment(set_param or [], name, tuned, force)
     else:
         _run_stages([], force=force)
+
+
+def _run_on_vertex(
+    project: Project, dry_run: bool, detach: bool, image_tag: str | None, caching: bool
+) -> None:
+    """`mega run --on vertex`: print, or submit and follow, the PipelineJob."""
+    from workflow import pipeline_submit as pipelines
+    from workflow.stages import StageDefinitionError
+    from workflow.vertex import CloudConfigError
+
+    settings = get_settings()
+    with failures_as(EXIT_USAGE, CloudConfigError, StageDefinitionError):
+        if dry_run:
+            pipelines.dry_run(project, settings, errors, image_tag, caching=caching)
+            return
+        submitted = pipelines.submit(
+            project, settings, console, image_tag, detach=detach, caching=caching
+        )
+    if not submitted.succeeded:
+        raise typer.Exit(EXIT_FAILURE)
 
 
 def _experiment_overrides(project: Project, given: list[str], tuned: bool) -> list[str]:
@@ -300,30 +364,6 @@ def _stage_command(stage: str, doc: str) -> None:
 
 _stage_command("collect", "Collect the raw data set (stage 1).")
 _stage_command("process", "Process raw data into TFRecord shards (stage 2, after its inputs).")
-
-
-class Where(StrEnum):
-    local = "local"
-    vertex = "vertex"
-
-
-DryRunOption = Annotated[
-    bool, typer.Option(help="Vertex: print the job body as JSON and send nothing.")
-]
-DetachOption = Annotated[
-    bool, typer.Option(help="Vertex: return once the job is created, do not follow it.")
-]
-DataOption = Annotated[
-    str | None,
-    typer.Option(
-        show_default="the local processed data, uploaded under MEGA_GCS_ROOT",
-        help="Vertex: the processed data's gs:// URI.",
-    ),
-]
-ImageTagOption = Annotated[
-    str | None,
-    typer.Option(show_default="the git sha, as `mega build` tags", help="Vertex: the image tag."),
-]
 
 
 def _local_only(dry_run: bool, detach: bool, data: str | None, image_tag: str | None) -> None:
@@ -682,6 +722,41 @@ def serve(
     console.print(f"serving on http://{bind_host}:{bind_port}")
     sys.stdout.flush()
     os.execv(sys.executable, command)
+
+
+pipeline_app = App(
+    prog="mega", no_args_is_help=True, help="The kfp pipeline for Vertex AI Pipelines."
+)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(
+    out: Annotated[Path, typer.Option(help="Where to write the pipeline YAML (kfp's IR).")] = Path(
+        ".mega/pipeline.yaml"
+    ),
+    image_tag: ImageTagOption = None,
+) -> None:
+    """Compile the pipeline `mega run --on vertex` runs: dvc.yaml's stages in their
+    images, gated on the evaluation. Unset settings are shown as <MEGA_…>."""
+    from workflow import pipeline_submit as pipelines
+    from workflow.stages import StageDefinitionError
+    from workflow.vertex import CloudConfigError, CloudTarget
+
+    project = _project()
+    settings = get_settings()
+    with failures_as(EXIT_USAGE, CloudConfigError, StageDefinitionError):
+        target = CloudTarget.from_settings(settings, dry_run=True)
+        tag = image_tag or pipelines.source_tag(project)
+        plan = pipelines.plan_pipeline(project, settings, target, tag)
+        written = pipelines.compile_pipeline(plan, out)
+    if target.missing:
+        errors.print(
+            f"note: {', '.join(target.missing)} unset, shown as <MEGA_…>: set them to compile "
+            "a pipeline that runs (docs/cloud.md)",
+            highlight=False,
+        )
+    console.print(f"compiled: {written} (images at tag {tag}; `mega run --on vertex` runs it)")
 
 
 exp_app = App(

@@ -122,20 +122,27 @@ def compose_services(root: Path) -> dict[str, dict[str, object]]:
     return services
 
 
+def service_container(service: str, spec: dict[str, object]) -> str:
+    """The container a compose service runs: `model-training` for
+    `mega-pipeline/model-training:${MEGA_IMAGE_TAG:-dev}`; exits 2 for another name."""
+    name = TAG_VARIABLE.sub("", str(spec.get("image", ""))).rstrip(":")
+    repository, _, container = name.rpartition("/")
+    if repository != LOCAL_REPOSITORY:
+        fail(
+            f"{COMPOSE_FILE}: service {service} runs {name or 'no image'}; name it "
+            f"{LOCAL_REPOSITORY}/<container>:${{MEGA_IMAGE_TAG:-dev}} like the others",
+            EXIT_USAGE,
+        )
+    return container
+
+
 def compose_images(root: Path) -> list[Image]:
     """Every image docker-compose.yml builds, in its order (each once)."""
     images = []
     for service, spec in compose_services(root).items():
         if "build" not in spec:
             continue
-        name = TAG_VARIABLE.sub("", str(spec["image"])).rstrip(":")
-        repository, _, container = name.rpartition("/")
-        if repository != LOCAL_REPOSITORY:
-            fail(
-                f"{COMPOSE_FILE}: service {service} builds {name}; name it "
-                f"{LOCAL_REPOSITORY}/<container>:${{MEGA_IMAGE_TAG:-dev}} like the others",
-                EXIT_USAGE,
-            )
+        container = service_container(service, spec)
         profiles = spec.get("profiles") or []
         local_only = isinstance(profiles, list) and profiles == [LOCAL_ONLY_PROFILE]
         images.append(Image(service, container, local_only))

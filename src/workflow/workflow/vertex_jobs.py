@@ -31,7 +31,11 @@ if TYPE_CHECKING:
     from google.cloud import aiplatform_v1
     from rich.console import Console
 
-FINAL_STATES = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
+FINAL_STATES = {
+    f"{kind}_STATE_{end}"
+    for kind in ("JOB", "PIPELINE")
+    for end in ("SUCCEEDED", "FAILED", "CANCELLED")
+}
 CREDENTIALS_FIX = (
     "run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS "
     "to a service account key file outside the repository)"
@@ -194,6 +198,9 @@ class JobHandle:
     get: Callable[[], Any]
     cancel: Callable[[], None]
     progress: Callable[[Any], str]  # a few words on a job's progress (trials done…)
+    # Lines to print for a read: what changed inside the job since the last read (a
+    # pipeline run's steps).
+    events: Callable[[Any], list[str]] = lambda job: []
 
     @property
     def id(self) -> str:
@@ -231,6 +238,8 @@ def follow(handle: JobHandle, console: Console, poll_seconds: float, limit_secon
                 if state != last:
                     console.print(f"{_elapsed(elapsed):>12}  {state}  {extra}")
                     last = state
+                for line in handle.events(job):
+                    console.print(f"{_elapsed(elapsed):>12}    {line}", highlight=False)
                 if state in FINAL_STATES or elapsed >= limit_seconds:
                     return job
                 status.update(f"{handle.kind} {handle.id}: {state} {extra} ({_elapsed(elapsed)})")
