@@ -5,7 +5,8 @@ google-cloud-aiplatform's clients talk plain HTTP to it with
 `mega`). Bodies arrive as the API takes them: enums as integers, int64 as strings,
 default values left out.
 
-It lists no jobs, creates custom and hyperparameter tuning jobs, answers each later GET
+It lists no jobs, creates custom and hyperparameter tuning jobs and pipeline runs
+(PipelineJobs: set `states` to PIPELINE_STATE_… names), answers each later GET
 of a job with the next of `states` (the last one repeating), and cancels. `fail_with`
 makes every request answer one Google-shaped error instead, `fail_create_with` only
 the creations.
@@ -23,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from support import start_server
 
-COLLECTIONS = {"customJobs", "hyperparameterTuningJobs"}
+COLLECTIONS = {"customJobs", "hyperparameterTuningJobs", "pipelineJobs"}
 
 
 @dataclass
@@ -88,16 +89,19 @@ def google_error(status: int, message: str, reason: str | None = None) -> dict[s
 def _create(stub: VertexStub, collection_path: str, body: dict[str, Any]) -> dict[str, Any]:
     """Record a new job under `collection_path` (…/customJobs); the job as created."""
     assert collection_path.rsplit("/", 1)[-1] in COLLECTIONS, collection_path
+    collection = collection_path.rsplit("/", 1)[-1]
     name = f"{collection_path}/{1000 + len(stub.jobs)}"
-    job = {**body, "name": name, "state": "JOB_STATE_QUEUED"}
+    queued = "PIPELINE_STATE_QUEUED" if collection == "pipelineJobs" else "JOB_STATE_QUEUED"
+    job = {**body, "name": name, "state": queued}
     stub.jobs[name] = job
     return job
 
 
 def _cancel(stub: VertexStub, name: str) -> dict[str, Any]:
     """Cancel job `name`: every later read of it says CANCELLED."""
-    stub.jobs[name]["state"] = "JOB_STATE_CANCELLED"
-    stub.states = ["JOB_STATE_CANCELLED"]
+    kind = "PIPELINE" if "/pipelineJobs/" in name else "JOB"
+    stub.jobs[name]["state"] = f"{kind}_STATE_CANCELLED"
+    stub.states = [f"{kind}_STATE_CANCELLED"]
     return {}
 
 

@@ -87,8 +87,8 @@ def machine_resources(vertex: VertexParams) -> tuple[str, str]:
 def stage_args(
     stage: Stage, artifacts: Mapping[str, str], extra: list[str] | None = None
 ) -> list[str]:
-    """The stage's arguments (after `python -m <module>`) with each path replaced by the
-    artifact placeholder `artifacts` gives for its option, then `extra`.
+    """The stage's arguments (after `python -m <module>`) with the value of each option
+    `artifacts` names replaced by its artifact placeholder, then `extra`.
 
     Raises:
         StageDefinitionError: an option's value is one of the stage's paths but has no
@@ -98,14 +98,14 @@ def stage_args(
     words = stage.args
     for index, word in enumerate(words):
         option = words[index - 1] if index else ""
-        if option.startswith("--") and stage.is_path(word):
-            if option not in artifacts:
-                raise StageDefinitionError(
-                    f"dvc.yaml stage {stage.name}: {option} {word} is a path the pipeline does "
-                    "not carry; give it an artifact in workflow/pipeline.py"
-                )
+        if option in artifacts and not word.startswith("--"):
             used.add(option)
             word = artifacts[option]
+        elif option.startswith("--") and stage.is_path(word):
+            raise StageDefinitionError(
+                f"dvc.yaml stage {stage.name}: {option} {word} is a path the pipeline does "
+                "not carry; give it an artifact in workflow/pipeline.py"
+            )
         args.append(word)
     if unused := sorted(set(artifacts) - used):
         raise StageDefinitionError(

@@ -1,0 +1,110 @@
+"""The compiled kfp pipeline, run here by kfp's local orchestrator on the tiny digits.
+
+Each step runs its container's CLI as a process (tests/kfp_local.py), with the command,
+artifacts, output parameters and `dsl.If` gate of the pipeline Vertex AI Pipelines gets;
+the register step uploads to the loopback Vertex AI stub. What differs from Vertex AI:
+no images, and local folders where Vertex AI gives gs:// URIs (the CLIs take both).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from kfp_local import local_kfp
+from support import REPO, write_params
+from vertex_stub import VertexStub, vertex_stub
+
+from common.settings import Settings
+from workflow.pipeline import PipelinePlan, build_pipeline
+from workflow.pipeline_submit import plan_pipeline, stage_params
+from workflow.project import Project
+from workflow.vertex import CloudTarget
+
+__all__ = ["vertex_stub"]  # a fixture, imported for pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SETTINGS = {
+    "gcp_project": "my-project",
+    "gcp_region": "europe-west4",
+    "gcs_root": "gs://test-bucket/mega",
+    "image_repository": "images.test/my-project/mega",
+}
+
+
+def local_plan(root: Path, settings: Settings) -> PipelinePlan:
+    """The pipeline `mega run --on vertex` would submit, its GCS folders made local."""
+    project = Project(root=root, settings=settings)
+    plan = plan_pipeline(project, settings, CloudTarget.from_settings(settings), "test")
+    plan = replace(
+        plan, params_root=str(root / "staged-params"), models_root=str(root / "registry")
+    )
+    stage_params(project, plan)
+    return plan
+
+
+def make_project(root: Path, **params: dict) -> Path:
+    for name in ("dvc.yaml", "docker-compose.yml"):
+        shutil.copy(REPO / name, root / name)
+    write_params(root, {"train": {"epochs": 3}, **params})
+    return root
+
+
+def run(plan: PipelinePlan, root: Path, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """Run the pipeline to its end: None when it succeeded, else kfp's failure message."""
+    monkeypatch.chdir(root)
+    with local_kfp(monkeypatch, root / "runs"):
+        try:
+            build_pipeline(plan)()
+        except RuntimeError as exc:
+            return str(exc)
+    return None
+
+
+def ran(root: Path, step: str) -> bool:
+    """Whether `step` ran (kfp.local gives every step that runs its own folder)."""
+    return any(path.name == step for path in (root / "runs").glob("*/*"))
+
+
+def test_every_step_runs_and_register_publishes_to_both_registries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vertex_stub: VertexStub
+) -> None:
+    root = make_project(tmp_path)
+    monkeypatch.setenv("MEGA_VERTEX_ENDPOINT", vertex_stub.url)
+    failure = run(local_plan(root, Settings(**SETTINGS)), root, monkeypatch)
+    assert failure is None, failure
+    assert all(ran(root, step) for step in ("collect", "process", "train", "evaluate"))
+    assert ran(root, "optimize")
+    aliases = json.loads((root / "registry/digits-cnn/aliases.json").read_text())
+    assert aliases["production"] == aliases["candidate"]
+    uploads = [r for r in vertex_stub.requests if r.path.endswith("/models:upload")]
+    assert len(uploads) == 1
+
+
+def test_a_candidate_below_the_floor_is_neither_optimized_nor_registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_project(tmp_path, registry={"min_accuracy": 1.0})
+    failure = run(local_plan(root, Settings(**SETTINGS)), root, monkeypatch)
+    assert failure is None, failure  # a closed gate is not a failure
+    assert ran(root, "evaluate")
+    assert not ran(root, "optimize")
+    assert not (root / "registry").exists()
+
+
+def test_a_failing_step_stops_the_pipeline_before_register(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """optimize fails (its params file is broken): register never runs."""
+    root = make_project(tmp_path)
+    plan = local_plan(root, Settings(**SETTINGS))
+    broken = Path(plan.params_root) / f"optimize-{plan.digests['optimize']}.yaml"
+    broken.write_text("optimize: {max_accuracy_drop: not-a-number}\n")
+    failure = run(plan, root, monkeypatch)
+    assert failure is not None and "optimize" in failure
+    assert ran(root, "evaluate")
+    assert not (root / "registry").exists()
