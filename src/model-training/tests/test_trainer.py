@@ -117,6 +117,22 @@ def test_evaluate_writes_the_same_bytes_as_before(tmp_path: Path) -> None:
     assert (tmp_path / "evaluation.json").read_text() == EVALUATION_BYTES
 
 
+def test_evaluate_hands_the_gate_its_numbers_as_metrics_json_holds_them(
+    tiny_pipeline: TinyPipeline, tmp_path: Path
+) -> None:
+    """The kfp pipeline's gate reads --accuracy-file and --macro-f1-file (output
+    parameters): bare numbers, the same as metrics.json's, in folders made for them."""
+    root = tiny_pipeline.root
+    gate = tmp_path / "outputs"
+    args = ["--model", "models/candidate", "--data", "data/processed/digits"]
+    files = ["--metrics", str(tmp_path / "m.json"), "--details", str(tmp_path / "d.json")]
+    numbers = ["--accuracy-file", str(gate / "a/data"), "--macro-f1-file", str(gate / "f/data")]
+    run_cli([sys.executable, "-m", "trainer", "evaluate", *args, *files, *numbers], root, {})
+    test = json.loads((tmp_path / "m.json").read_text())["test"]
+    assert float((gate / "a/data").read_text()) == test["accuracy"]
+    assert float((gate / "f/data").read_text()) == test["macro_f1"]
+
+
 def test_candidate_holds_every_export(tiny_pipeline: TinyPipeline) -> None:
     candidate = tiny_pipeline.candidate
     for name in ("model.keras", "model.tflite", "labels.json", "preprocess.json", "lineage.json"):
