@@ -319,7 +319,7 @@ def test_submit_stages_params_sends_the_job_and_follows_each_step(
     positions = [out.index(f"{stage}: SUCCEEDED") for stage in STAGES]
     assert positions == sorted(positions)
     assert "mega-pipeline: " not in out  # the run's own DAG task is not a step
-    assert "/pipelines/locations/europe-west4/runs/1000?project=my-project" in out
+    assert "/vertex-ai/locations/europe-west4/pipelines/runs/1000?project=my-project" in out
     assert "gate:" not in out
     for request in vertex_stub.requests:
         assert SECRET not in request.raw + request.path + request.query + str(request.headers)

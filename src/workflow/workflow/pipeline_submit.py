@@ -146,8 +146,8 @@ def compiled_spec(plan: PipelinePlan) -> dict[str, Any]:
 def console_link(target: CloudTarget, job_id: str) -> str:
     """The pipeline run's page in the Google Cloud console (its graph, step by step)."""
     return (
-        f"https://console.cloud.google.com/vertex-ai/pipelines/locations/{target.region}"
-        f"/runs/{job_id}?project={target.project}"
+        f"https://console.cloud.google.com/vertex-ai/locations/{target.region}"
+        f"/pipelines/runs/{job_id}?project={target.project}"
     )
 
 
@@ -290,6 +290,7 @@ def submit(
         cancel=lambda: call("cancel", name=created.name),
         progress=lambda job: "",
         events=step_progress(),
+        cancel_hint="its page's Stop button (the console link above)",
     )
     console.print(f"Vertex AI pipeline run {created.name}")
     console.print(f"  console: {console_link(target, handle.id)}")

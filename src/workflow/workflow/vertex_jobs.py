@@ -201,6 +201,11 @@ class JobHandle:
     # Lines to print for a read: what changed inside the job since the last read (a
     # pipeline run's steps).
     events: Callable[[Any], list[str]] = lambda job: []
+    # How a user cancels it later, by hand.
+    cancel_hint: str = (
+        "the console link above or `gcloud ai custom-jobs cancel` / "
+        "`gcloud ai hp-tuning-jobs cancel`"
+    )
 
     @property
     def id(self) -> str:
@@ -273,7 +278,6 @@ def _interrupted(handle: JobHandle, console: Console) -> Any:
         console.print(f"cancellation of {handle.id} requested; Vertex AI stops it shortly")
     else:
         console.print(
-            f"\n{handle.kind} {handle.id} goes on running; cancel it with the console link "
-            "above or `gcloud ai custom-jobs cancel` / `gcloud ai hp-tuning-jobs cancel`"
+            f"\n{handle.kind} {handle.id} goes on running; cancel it with {handle.cancel_hint}"
         )
     raise SystemExit(EXIT_INTERRUPTED)
