@@ -357,7 +357,7 @@ def test_a_service_built_under_another_name_is_refused(project: Path, engine_log
     compose.write_text(compose.read_text().replace("mega-pipeline/frontend", "acme/frontend"))
     result = mega_build(project, engine_log)
     assert result.returncode == 2
-    assert "service frontend builds acme/frontend" in result.stderr
+    assert "service frontend runs acme/frontend" in result.stderr
 
 
 @pytest.mark.parametrize("prepared", [False, True])
