@@ -321,6 +321,8 @@ def test_submit_stages_params_sends_the_job_and_follows_each_step(
     assert "mega-pipeline: " not in out  # the run's own DAG task is not a step
     assert "/vertex-ai/locations/europe-west4/pipelines/runs/1000?project=my-project" in out
     assert "gate:" not in out
+    assert out.index("register: SUCCEEDED") < out.index("PIPELINE_STATE_SUCCEEDED")
+    assert "registered: gs://test-bucket/mega/models/digits-cnn/ and the Vertex AI" in out
     for request in vertex_stub.requests:
         assert SECRET not in request.raw + request.path + request.query + str(request.headers)
     assert SECRET not in result.stdout + result.stderr

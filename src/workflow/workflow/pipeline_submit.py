@@ -18,6 +18,7 @@ from urllib.parse import quote
 import yaml
 
 from common import storage
+from common.params import RegistryParams
 from common.settings import Settings
 from workflow.images import compose_services, remote_image, service_container
 from workflow.pipeline import PIPELINE_NAME, STAGES, PipelinePlan, compile_pipeline
@@ -303,15 +304,28 @@ def submit(
     final = follow(handle, console, settings.vertex_poll_seconds, limit)
     submitted = SubmittedPipeline(name=created.name, final=final)
     _say_end(submitted, handle, limit)
-    if submitted.succeeded and step_states(final).get("register") != "SUCCEEDED":
-        floors = project.params.registry
+    if submitted.succeeded:
+        _say_registered(step_states(final), project.params.registry, plan.models_root, console)
+    return submitted
+
+
+def _say_registered(
+    states: dict[str, str], registry: RegistryParams, models_root: str, console: Console
+) -> None:
+    """Where a succeeded run left the model, or that the gate kept it out."""
+    if states.get("register") == "SUCCEEDED":
         console.print(
-            f"gate: the candidate is below registry.min_accuracy ({floors.min_accuracy}) or "
-            f"min_macro_f1 ({floors.min_macro_f1}): not optimized, not registered (its "
-            "evaluation is in the console)",
+            f"registered: {models_root}/{registry.model_name}/ and the Vertex AI Model "
+            f"Registry's model {registry.model_name} (its aliases say whether it is production)",
             highlight=False,
         )
-    return submitted
+        return
+    console.print(
+        f"gate: the candidate is below registry.min_accuracy ({registry.min_accuracy}) or "
+        f"min_macro_f1 ({registry.min_macro_f1}): not optimized, not registered (its "
+        "evaluation is in the console)",
+        highlight=False,
+    )
 
 
 def step_states(job: Any) -> dict[str, str]:

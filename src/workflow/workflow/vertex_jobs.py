@@ -240,11 +240,12 @@ def follow(handle: JobHandle, console: Console, poll_seconds: float, limit_secon
                 state = state_name(job)
                 extra = handle.progress(job)
                 elapsed = time.monotonic() - started
+                # What changed inside first: a run's last steps end before the run does.
+                for line in handle.events(job):
+                    console.print(f"{_elapsed(elapsed):>12}    {line}", highlight=False)
                 if state != last:
                     console.print(f"{_elapsed(elapsed):>12}  {state}  {extra}")
                     last = state
-                for line in handle.events(job):
-                    console.print(f"{_elapsed(elapsed):>12}    {line}", highlight=False)
                 if state in FINAL_STATES or elapsed >= limit_seconds:
                     return job
                 status.update(f"{handle.kind} {handle.id}: {state} {extra} ({_elapsed(elapsed)})")
