@@ -280,9 +280,9 @@ def test_a_refusal_is_one_line_and_the_version_stays_published(
     assert storage.exists(f"{registry}/digits-cnn/1/version.json")
 
 
-@pytest.mark.parametrize("service_fault", ["refused"], indirect=True)
-def test_an_unreachable_vertex_is_one_line(
-    project: Path, storage_emulator: str, service_fault: str
+@pytest.mark.parametrize("service_fault", ["refused", "hang", "401"], indirect=True)
+def test_an_unreachable_or_refusing_vertex_is_one_line(
+    project: Path, storage_emulator: str, service_fault: str, request: pytest.FixtureRequest
 ) -> None:
     registry = f"{storage_emulator}/models"
     metrics = write_metrics(project / "metrics.json", 0.95)
@@ -292,7 +292,71 @@ def test_an_unreachable_vertex_is_one_line(
         MEGA_VERTEX_ENDPOINT=service_fault,
     )
     line = assert_one_line_service_error(result, "register", f"Vertex AI ({service_fault})")
-    assert "unreachable (connection refused)" in line and "MEGA_VERTEX_ENDPOINT" in line
+    assert "version 1 is published, re-run register" in line
+    assert storage.exists(f"{registry}/digits-cnn/1/version.json")
+    expected = {
+        "refused": "unreachable (connection refused); check the network or MEGA_VERTEX_ENDPOINT",
+        "hang": "unreachable (no answer in time)",
+        "401": "the credentials were refused",
+    }
+    assert expected[request.node.callspec.params["service_fault"]] in line, line
+
+
+# wandb's run file: a 7-byte header, then LevelDB log records (checksum, length, type)
+# in 32 KiB blocks, each a protobuf `Record`; FULL (1) or FIRST..LAST (2, 3, 4) pieces.
+WANDB_BLOCK = 32 * 1024
+
+
+def wandb_records(path: Path) -> list[Any]:
+    """The Records of an offline run's `.wandb` file."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", "not a wandb run file"
+    found, pos, chunk = [], 7, b""
+    while pos + 7 <= len(data):
+        left = WANDB_BLOCK - pos % WANDB_BLOCK
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            found.append(record)
+            chunk = b""
+    return found
+
+
+def logged_models(runs: Path) -> list[tuple[str, list[str], set[str]]]:
+    """(name, aliases, files) of every `model` artifact the offline runs under `runs` logged."""
+    models = []
+    for run_file in sorted(runs.rglob("*.wandb")):
+        for record in wandb_records(run_file):
+            if record.WhichOneof("record_type") == "artifact" and record.artifact.type == "model":
+                files = {entry.path for entry in record.artifact.manifest.contents}
+                models.append((record.artifact.name, list(record.artifact.aliases), files))
+    return models
+
+
+def test_the_wandb_model_artifact_gets_the_registry_aliases(tmp_path: Path) -> None:
+    """With tracking on, each registered version is the W&B `model` artifact of the
+    registry's model name, aliased with the gate's alias and the version."""
+    params = {"registry": {"model_name": "digits-cnn"}, "train": {"tracking": "wandb"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    wandb_env = {"MEGA_WANDB_MODE": "offline", "MEGA_WANDB_DIR": "runs"}
+    for model, accuracy in ((b"first", 0.95), (b"second", 0.951)):
+        make_candidate(tmp_path / "candidate", model)
+        metrics = write_metrics(tmp_path / "metrics.json", accuracy)
+        args = ["--model", "candidate", "--metrics", metrics, "--registry", "models"]
+        result = register(tmp_path, *args, **wandb_env)
+        assert result.returncode == 0, result.stderr
+    (first, second) = logged_models(tmp_path / "runs")
+    assert first[0] == second[0] == "digits-cnn"
+    assert {"production", "1"} <= set(first[1]) and {"candidate", "2"} <= set(second[1])
+    assert {"model.tflite", "version.json", "lineage.json", "metrics.json"} <= first[2]
 
 
 def test_label_values_are_what_vertex_takes() -> None:
