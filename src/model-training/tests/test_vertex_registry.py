@@ -112,7 +112,10 @@ def aliases_on_vertex(stub: VertexStub) -> dict[str, list[str]]:
 
 
 def test_gs_inputs_are_downloaded_and_published(project: Path, storage_emulator: str) -> None:
-    """The pipeline passes gs:// URIs for the candidate, metrics and optimize folder."""
+    """The pipeline passes gs:// URIs for the candidate, metrics and registry; with
+    tracking on, the gs:// version reaches W&B as the model artifact."""
+    params = {"registry": {"model_name": "digits-cnn"}, "train": {"tracking": "wandb"}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     storage.upload_tree(project / "candidate", f"{storage_emulator}/run/candidate")
     storage.write_bytes(
         f"{storage_emulator}/run/metrics.json",
@@ -126,9 +129,13 @@ def test_gs_inputs_are_downloaded_and_published(project: Path, storage_emulator:
         f"{storage_emulator}/run/metrics.json",
         "--registry",
         f"{storage_emulator}/models",
+        MEGA_WANDB_MODE="offline",
+        MEGA_WANDB_DIR="runs",
     )
     assert result.returncode == 0, result.stderr
     assert "digits-cnn version 1 promoted to production" in result.stdout
+    ((_, aliases, files),) = logged_models(project / "runs")
+    assert {"production", "1"} <= set(aliases) and "model.tflite" in files
     version = f"{storage_emulator}/models/digits-cnn/1"
     assert storage.read_bytes(f"{version}/model.tflite") == b"stand-in model"
     assert json.loads(storage.read_bytes(f"{version}/lineage.json"))["data_hash"] == "ab12" * 16
