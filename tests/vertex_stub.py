@@ -156,12 +156,12 @@ def _upload(stub: VertexStub, parent: str, body: dict[str, Any]) -> tuple[int, d
 
 
 def _model_version(stub: VertexStub, name: str) -> dict[str, Any] | None:
-    """`models/m@2` (a version), or `models/m` (its `default` version); None if absent."""
-    model, _, version_id = name.partition("@")
+    """`models/m@2` (a version), `models/m@production` (the version holding the alias),
+    or `models/m` (its `default` version); None if absent."""
+    model, _, wanted = name.partition("@")
+    wanted = wanted or "default"
     for version in stub.models.get(model, []):
-        if version["versionId"] == version_id or (
-            not version_id and "default" in version["versionAliases"]
-        ):
+        if wanted in (version["versionId"], *version["versionAliases"]):
             return version
     return None
 

@@ -197,7 +197,7 @@ def test_first_upload_creates_the_model_with_honest_metadata(
 
 
 def test_aliases_follow_the_gate_and_a_rerun_uploads_nothing(
-    project: Path, storage_emulator: str, vertex_stub: VertexStub
+    project: Path, storage_emulator: str, vertex_stub: VertexStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registry = f"{storage_emulator}/models"
 
@@ -229,11 +229,31 @@ def test_aliases_follow_the_gate_and_a_rerun_uploads_nothing(
     local = json.loads(storage.read_bytes(f"{registry}/digits-cnn/aliases.json"))
     assert local == {"production": "3", "candidate": "2"}
 
+    assert sdk_versions(vertex_stub, monkeypatch, "production", "candidate") == ["3", "2"]
+
     vertex_stub.requests.clear()
     again = run(b"third", 0.99)
     assert f"version 3 already is {MODEL} version 3 (production)" in again.stdout
     assert not uploads(vertex_stub) and not merges(vertex_stub)
     assert len(vertex_stub.models[MODEL]) == 3
+
+
+def sdk_versions(stub: VertexStub, monkeypatch: pytest.MonkeyPatch, *aliases: str) -> list[str]:
+    """The version IDs `aliases` name, as a user of the Vertex AI SDK reads them (the
+    SDK's process-wide settings are restored after the test)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import aiplatform
+    from google.cloud.aiplatform import initializer
+
+    monkeypatch.setattr(initializer, "global_config", initializer._Config())
+    initializer.global_config.init(  # aiplatform.init is bound to the original
+        project="proj",
+        location="europe-west4",
+        api_endpoint=stub.url,
+        api_transport="rest",
+        credentials=AnonymousCredentials(),
+    )
+    return [str(aiplatform.Model(f"{MODEL}@{alias}").version_id) for alias in aliases]
 
 
 def test_a_rerun_repairs_aliases_moved_by_hand(
