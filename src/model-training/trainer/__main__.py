@@ -366,7 +366,9 @@ def register(
     ):
         local_model = local_candidate(model, f"{tmp}/model", (LINEAGE,))
         local_optimized = local_folder(optimized, f"{tmp}/optimized") if optimized else None
-        downloaded = {f"{tmp}/model": model, f"{tmp}/optimized": optimized or ""}
+        downloaded = {f"{tmp}/model": model}
+        if optimized:
+            downloaded[f"{tmp}/optimized"] = optimized
         with named_as(downloaded):
             record = run_register(
                 local_model,
