@@ -54,7 +54,7 @@ class VertexStub:
     # Extra fields the final GET of a job carries (an error, the trials of a tuning job).
     final_fields: dict[str, Any] = field(default_factory=dict)
     fail_with: tuple[int, dict[str, Any]] | None = None
-    # Only the POSTs that create a job answer this error (the rest work).
+    # Only the POSTs that create a job or upload a model answer this error (the rest work).
     fail_create_with: tuple[int, dict[str, Any]] | None = None
     reads: dict[str, int] = field(default_factory=dict)
     # The Model Registry: model name → its versions (Model bodies), oldest first.
@@ -186,7 +186,7 @@ def _merge_aliases(stub: VertexStub, name: str, aliases: list[str]) -> tuple[int
 
 def _models_post(stub: VertexStub, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     if path.endswith("/models:upload"):
-        return _upload(stub, path.removesuffix("/models:upload"), body)
+        return stub.fail_create_with or _upload(stub, path.removesuffix("/models:upload"), body)
     if path.endswith(":mergeVersionAliases"):
         return _merge_aliases(
             stub, path.removesuffix(":mergeVersionAliases"), body["versionAliases"]

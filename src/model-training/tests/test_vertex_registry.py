@@ -292,17 +292,42 @@ def test_vertex_needs_a_project_and_a_gs_registry(
     assert not (project / "models").exists()
 
 
+@pytest.mark.parametrize(
+    ("status", "reason", "expected"),
+    [
+        (403, None, "permission denied in project proj"),
+        (
+            403,
+            "SERVICE_DISABLED",
+            "gcloud services enable aiplatform.googleapis.com --project proj",
+        ),
+        (400, None, "the Model Registry refused the request: POST"),
+    ],
+    ids=["permission", "api disabled", "bad request"],
+)
 def test_a_refusal_is_one_line_and_the_version_stays_published(
-    project: Path, storage_emulator: str, vertex_stub: VertexStub
+    project: Path,
+    storage_emulator: str,
+    vertex_stub: VertexStub,
+    status: int,
+    reason: str | None,
+    expected: str,
 ) -> None:
-    vertex_stub.fail_with = (403, google_error(403, "Permission 'aiplatform.models.upload' denied"))
+    error = (status, google_error(status, "stub refuses", reason))
+    if status == 400:  # the upload itself: a bad image name, say
+        vertex_stub.fail_create_with = error
+    else:
+        vertex_stub.fail_with = error
     registry = f"{storage_emulator}/models"
     metrics = write_metrics(project / "metrics.json", 0.95)
-    result = register(
-        project, *on_vertex(project, "candidate", metrics, registry), stub=vertex_stub
-    )
+    args = on_vertex(project, "candidate", metrics, registry)
+    result = register(project, *args, stub=vertex_stub)
     line = assert_one_line_service_error(result, "register", f"Vertex AI ({vertex_stub.url})")
-    assert "permission denied in project proj" in line and "roles/aiplatform.user" in line
+    assert expected in line, line
+    if reason is None and status == 403:
+        assert "roles/aiplatform.user" in line
+    if status == 400:
+        assert "models:upload" in line and "check --vertex-serving-image" in line
     assert "version 1 is published, re-run register" in line
     assert storage.exists(f"{registry}/digits-cnn/1/version.json")
 

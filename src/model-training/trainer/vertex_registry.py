@@ -192,7 +192,7 @@ def publish_to_vertex(
     with vertex_errors(
         settings,
         denied_fix=_DENIED_FIX,
-        refused="the model upload was refused",
+        refused="the Model Registry refused the request",
         refused_fix="check --vertex-serving-image and registry.model_name",
     ):
         versions = _versions(client, model, settings)
