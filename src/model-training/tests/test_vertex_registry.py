@@ -154,6 +154,24 @@ def test_an_empty_gs_folder_is_named_by_its_uri(
     assert f"{storage_emulator}/nothing/here" in line and "/tmp" not in line, line
 
 
+@pytest.mark.parametrize("broken", ["empty", "no labels"])
+def test_evaluate_and_optimize_name_a_broken_gs_candidate_by_its_uri(
+    tmp_path: Path, storage_emulator: str, broken: str
+) -> None:
+    """The same download helper serves evaluate and optimize (`local_candidate`)."""
+    from trainer.__main__ import CANDIDATE_MODEL_FILES, local_candidate
+    from trainer.inputs import InputError
+
+    uri = f"{storage_emulator}/run/candidate"
+    if broken == "no labels":
+        folder = make_candidate(tmp_path / "c")
+        (folder / "labels.json").unlink()
+        storage.upload_tree(folder, uri)
+    with pytest.raises(InputError) as caught:
+        local_candidate(uri, str(tmp_path / "download"), CANDIDATE_MODEL_FILES)
+    assert uri in str(caught.value) and str(tmp_path) not in str(caught.value)
+
+
 def test_first_upload_creates_the_model_with_honest_metadata(
     project: Path, storage_emulator: str, vertex_stub: VertexStub
 ) -> None:
