@@ -10,6 +10,11 @@ It lists no jobs, creates custom and hyperparameter tuning jobs and pipeline run
 of a job with the next of `states` (the last one repeating), and cancels. `fail_with`
 makes every request answer one Google-shaped error instead, `fail_create_with` only
 the creations.
+
+The Model Registry (`models`): uploads (a first one with `modelId` creates the model,
+later ones name it as `parentModel`; the operation is done at once), GETs of a model or
+of one version (`models/m@2`), listing versions, and merging version aliases, where
+an alias another version holds is refused, as a version's aliases are unique.
 """
 
 from __future__ import annotations
@@ -50,9 +55,11 @@ class VertexStub:
     # Extra fields the final GET of a job carries (an error, the trials of a tuning job).
     final_fields: dict[str, Any] = field(default_factory=dict)
     fail_with: tuple[int, dict[str, Any]] | None = None
-    # Only the POSTs that create a job answer this error (the rest work).
+    # Only the POSTs that create a job or upload a model answer this error (the rest work).
     fail_create_with: tuple[int, dict[str, Any]] | None = None
     reads: dict[str, int] = field(default_factory=dict)
+    # The Model Registry: model name → its versions (Model bodies), oldest first.
+    models: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def created(self, collection: str) -> list[Request]:
         """The POSTs that created a job in `collection`."""
@@ -118,6 +125,89 @@ def _read(stub: VertexStub, name: str) -> tuple[int, dict[str, Any]]:
     return 200, job
 
 
+MODEL_TYPE = "type.googleapis.com/google.cloud.aiplatform.v1.UploadModelResponse"
+
+
+def _upload(stub: VertexStub, parent: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """models:upload: a new model (`modelId`) or a new version of `parentModel`."""
+    if "parentModel" in body:
+        name = body["parentModel"]
+        if name not in stub.models:
+            return 404, google_error(404, f"{name} not found")
+    else:
+        name = f"{parent}/models/{body['modelId']}"
+        if name in stub.models:
+            return 409, google_error(409, f"{name} already exists")
+        stub.models[name] = []
+    versions = stub.models[name]
+    version_id = str(len(versions) + 1)
+    versions.append(
+        {
+            **body["model"],
+            "name": name,
+            "versionId": version_id,
+            "versionAliases": [] if versions else ["default"],
+            # The SDK's Model reads it on every GET.
+            "supportedDeploymentResourcesTypes": ["DEDICATED_RESOURCES"],
+        }
+    )
+    operation = {
+        "name": f"{parent}/operations/{len(stub.requests)}",
+        "done": True,
+        "response": {"@type": MODEL_TYPE, "model": name, "modelVersionId": version_id},
+    }
+    return 200, operation
+
+
+def _model_version(stub: VertexStub, name: str) -> dict[str, Any] | None:
+    """`models/m@2` (a version), `models/m@production` (the version holding the alias),
+    or `models/m` (its `default` version); None if absent."""
+    model, _, wanted = name.partition("@")
+    wanted = wanted or "default"
+    for version in stub.models.get(model, []):
+        if wanted in (version["versionId"], *version["versionAliases"]):
+            return version
+    return None
+
+
+def _merge_aliases(stub: VertexStub, name: str, aliases: list[str]) -> tuple[int, dict[str, Any]]:
+    """`-alias` removes an alias from the version; an alias another version holds is refused."""
+    version = _model_version(stub, name)
+    if version is None:
+        return 404, google_error(404, f"{name} not found")
+    siblings = stub.models[name.partition("@")[0]]
+    for alias in aliases:
+        if alias.startswith("-"):
+            if alias[1:] in version["versionAliases"]:
+                version["versionAliases"].remove(alias[1:])
+            continue
+        if any(alias in other["versionAliases"] for other in siblings if other is not version):
+            return 400, google_error(400, f"alias {alias} is used by another version")
+        if alias not in version["versionAliases"]:
+            version["versionAliases"].append(alias)
+    return 200, version
+
+
+def _models_post(stub: VertexStub, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    if path.endswith("/models:upload"):
+        return stub.fail_create_with or _upload(stub, path.removesuffix("/models:upload"), body)
+    if path.endswith(":mergeVersionAliases"):
+        return _merge_aliases(
+            stub, path.removesuffix(":mergeVersionAliases"), body["versionAliases"]
+        )
+    return 404, google_error(404, f"no route {path}")
+
+
+def _models_get(stub: VertexStub, path: str) -> tuple[int, dict[str, Any]]:
+    if path.endswith(":listVersions"):
+        model = path.removesuffix(":listVersions")
+        if model not in stub.models:
+            return 404, google_error(404, f"{model} not found")
+        return 200, {"models": stub.models[model]}
+    version = _model_version(stub, path)
+    return (200, version) if version else (404, google_error(404, f"{path} not found"))
+
+
 def _handler(stub: VertexStub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, body: Any) -> None:
@@ -149,7 +239,9 @@ def _handler(stub: VertexStub) -> type[BaseHTTPRequestHandler]:
                 self._send(*stub.fail_with)
                 return
             path = request.path.removeprefix("/v1/")
-            if path.endswith(":cancel"):
+            if "/models" in path:
+                self._send(*_models_post(stub, path, request.body))
+            elif path.endswith(":cancel"):
                 self._send(200, _cancel(stub, path.removesuffix(":cancel")))
             elif stub.fail_create_with:
                 self._send(*stub.fail_create_with)
@@ -158,7 +250,13 @@ def _handler(stub: VertexStub) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             request = self._record()
-            self._send(*(stub.fail_with or _read(stub, request.path.removeprefix("/v1/"))))
+            path = request.path.removeprefix("/v1/")
+            if stub.fail_with:
+                self._send(*stub.fail_with)
+            elif "/models" in path:
+                self._send(*_models_get(stub, path))
+            else:
+                self._send(*_read(stub, path))
 
         def log_message(self, *args: object) -> None:
             pass

@@ -9,8 +9,10 @@ it as one line and exits with `EXIT_UNAVAILABLE` (`common.cli.App`).
 
 from __future__ import annotations
 
+import contextlib
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +98,101 @@ def endpoint_credentials(endpoint: str | None) -> Any:
 
         return AnonymousCredentials()
     return None
+
+
+GOOGLE_CREDENTIALS_FIX = (
+    "run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS "
+    "to a service account key file outside the repository)"
+)
+
+
+def vertex_service(settings: Settings) -> str:
+    """`Vertex AI (<region>)`, or the endpoint when MEGA_VERTEX_ENDPOINT is set: the
+    service a Vertex AI `ServiceError` names."""
+    return f"Vertex AI ({settings.vertex_endpoint or settings.gcp_region})"
+
+
+def vertex_credentials(settings: Settings) -> Any:
+    """Application Default Credentials for Vertex AI; AnonymousCredentials for a
+    plain-http MEGA_VERTEX_ENDPOINT (a local stub).
+
+    Raises:
+        ServiceError: no credentials are set up on this machine.
+    """
+    from google.auth import default
+    from google.auth.exceptions import DefaultCredentialsError
+
+    anonymous = endpoint_credentials(settings.vertex_endpoint)
+    if anonymous is not None:
+        return anonymous
+    try:
+        found, _ = default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    except DefaultCredentialsError as exc:
+        raise ServiceError(
+            vertex_service(settings),
+            "no Google credentials found",
+            GOOGLE_CREDENTIALS_FIX,
+            denied=True,
+        ) from exc
+    return found
+
+
+@contextlib.contextmanager
+def vertex_errors(
+    settings: Settings, *, denied_fix: str, refused: str, refused_fix: str
+) -> Iterator[None]:
+    """Vertex AI's refusals and silences as one-line `ServiceError`s.
+
+    `denied_fix` follows a permission refusal (the roles the call needs); `refused`
+    ("the job was refused") and `refused_fix` describe a request Vertex AI found invalid.
+    """
+    import requests
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    service = vertex_service(settings)
+    project = settings.gcp_project
+    try:
+        yield
+    except (api.PermissionDenied, api.Forbidden) as exc:
+        if getattr(exc, "reason", None) == "SERVICE_DISABLED" or "has not been used" in str(
+            exc.message
+        ):
+            raise ServiceError(
+                service,
+                f"the Vertex AI API is not enabled in project {project}",
+                f"enable it: gcloud services enable aiplatform.googleapis.com --project {project}",
+                denied=True,
+            ) from exc
+        raise ServiceError(
+            service,
+            f"permission denied in project {project} ({exc.message})",
+            denied_fix,
+            denied=True,
+        ) from exc
+    except (api.Unauthenticated, api.Unauthorized, auth.GoogleAuthError) as exc:
+        raise ServiceError(
+            service, f"the credentials were refused ({exc})", GOOGLE_CREDENTIALS_FIX, denied=True
+        ) from exc
+    except api.NotFound as exc:
+        raise ServiceError(
+            service,
+            f"not found: {exc.message}",
+            "check MEGA_GCP_PROJECT and MEGA_GCP_REGION (a region where Vertex AI runs)",
+        ) from exc
+    except (api.InvalidArgument, api.BadRequest) as exc:
+        raise ServiceError(service, f"{refused}: {exc.message}", refused_fix) from exc
+    except (api.RetryError, api.ServerError, requests.RequestException, OSError) as exc:
+        raise ServiceError(
+            service,
+            f"unreachable ({unreachable_reason(exc)})",
+            "check the network or MEGA_VERTEX_ENDPOINT; MEGA_SERVICE_RETRY_SECONDS sets "
+            "how long to keep trying",
+        ) from exc
+    except api.GoogleAPICallError as exc:
+        raise ServiceError(
+            service, f"request refused ({exc.code} {exc.message})", GOOGLE_CREDENTIALS_FIX
+        ) from exc
 
 
 def check_answers(service: str, url: str, budget: ServiceBudget, fix: str) -> None:

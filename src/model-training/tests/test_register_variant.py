@@ -287,7 +287,7 @@ def test_a_wandb_failure_after_publishing_is_a_warning(built: Path, tmp_path: Pa
     (tmp_path / "afile").write_text("not a folder")
     result = register_cli(tmp_path, params, MEGA_WANDB_MODE="offline", MEGA_WANDB_DIR="afile")
     assert result.returncode == 0, result.stderr
-    assert "register: warning: the optimization table did not reach W&B" in result.stderr
+    assert "register: warning: the model artifact did not reach W&B" in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout.startswith("register: m version 1 serving the int8 variant promoted")
 

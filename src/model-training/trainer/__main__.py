@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -32,7 +34,9 @@ from trainer.inputs import (
 from trainer.quiet import quiet_tensorflow_import
 
 if TYPE_CHECKING:  # trainer.train imports TensorFlow: only once a command needs it
+    from common.contracts import RegisterResult
     from common.params import PipelineParams
+    from common.registry import ModelRegistry
     from trainer.train import TrainSummary
 
 app = App(group="trainer", help=__doc__, no_args_is_help=True)
@@ -184,14 +188,37 @@ def train_report(summary: TrainSummary, out: str) -> list[str]:
     return lines
 
 
+@contextlib.contextmanager
+def named_as(folders: dict[str, str]) -> Iterator[None]:
+    """Within: an `InputError` names the user's URIs, not the temporary folders
+    (`folders`: local folder → URI) they were downloaded to, which the user never saw."""
+    try:
+        yield
+    except InputError as exc:
+        message = str(exc)
+        for local, uri in folders.items():
+            message = message.replace(local, uri.rstrip("/"))
+        if message == str(exc):
+            raise
+        raise InputError(message) from exc
+
+
+def local_folder(uri: str, tmp: str, check: Callable[[str], object] | None = None) -> Path:
+    """URI as a local folder: a gs:// folder is downloaded into `tmp` and then checked
+    with `check(tmp)` (its `InputError` names URI); a local one is used in place."""
+    if not storage.is_gcs(uri):
+        return Path(uri)
+    storage.download_tree(uri, tmp)
+    if check is not None:
+        with named_as({tmp: uri}):
+            check(tmp)
+    return Path(tmp)
+
+
 def local_candidate(model: str, tmp: str, files: tuple[str, ...]) -> Path:
     """MODEL as a local folder: a gs:// candidate is downloaded into `tmp` and then checked
     for `files` (InputError when one is missing); a local one is used in place."""
-    if not storage.is_gcs(model):
-        return Path(model)
-    storage.download_tree(model, tmp)
-    check_candidate(tmp, files)
-    return Path(tmp)
+    return local_folder(model, tmp, lambda folder: check_candidate(folder, files))
 
 
 @app.command()
@@ -305,8 +332,8 @@ def optimize(
 
 @app.command()
 def register(
-    model: Annotated[str, typer.Option(help="Candidate model folder.")],
-    metrics: Annotated[str, typer.Option(help="metrics.json from evaluate.")],
+    model: Annotated[str, typer.Option(help="Candidate model folder or gs:// URI.")],
+    metrics: Annotated[str, typer.Option(help="metrics.json from evaluate (path or gs:// URI).")],
     registry: Annotated[
         str | None,
         typer.Option(
@@ -317,56 +344,116 @@ def register(
         str | None,
         typer.Option(
             show_default="none: serve the candidate's float32 model",
-            help="The optimize stage's folder: time its variants here and serve the fastest "
-            "eligible one.",
+            help="The optimize stage's folder or gs:// URI: time its variants here and serve "
+            "the fastest eligible one.",
         ),
     ] = None,
     params: ParamsOption = "params.yaml",
+    vertex_serving_image: Annotated[
+        str | None,
+        typer.Option(
+            show_default="none: the folder registry only",
+            help="Also upload the version to the Vertex AI Model Registry (MEGA_GCP_PROJECT, "
+            "MEGA_GCP_REGION; a gs:// --registry), served by this API service image "
+            "(REPO/api-service:TAG); its production/candidate aliases follow aliases.json.",
+        ),
+    ] = None,
 ) -> None:
     """Publish MODEL to the registry; alias it production if it passes the gate."""
     pipeline = read_params(params)
+    record_root = registry or get_settings().models_root
     with failures_as(EXIT_USAGE, InputError):  # checked before any work
-        check_candidate(model, (LINEAGE,))
-    check_output("--registry", registry or get_settings().models_root)
-    from common.contracts import ContractError
+        if not storage.is_gcs(model):  # a gs:// candidate is checked once downloaded
+            check_candidate(model, (LINEAGE,))
+    check_output("--registry", record_root)
+    if vertex_serving_image is not None:
+        from trainer.vertex_registry import VertexSetupError, check_setup
+
+        with failures_as(EXIT_USAGE, VertexSetupError):
+            check_setup(
+                get_settings(), record_root, pipeline.registry.model_name, vertex_serving_image
+            )
     from common.registry import ModelRegistry, RegistryError
-    from common.services import ServiceError
     from trainer.register import register as run_register
-    from trainer.register import track_selection
     from trainer.tracking import check_server
 
-    # The timed optimization table goes to W&B: the server answers before any work.
-    tracking = pipeline.train.tracking == "wandb" and optimized is not None
+    # The model artifact (and the timed table) go to W&B: the server answers before any work.
+    tracking = pipeline.train.tracking == "wandb"
     check_server(tracking, get_settings())  # ServiceError: one line
 
-    record_root = registry or get_settings().models_root
     with (
         failures_as(EXIT_FAILURE, FileNotFoundError, KeyError, ValueError, RegistryError),
-        failures_as(EXIT_USAGE, InputError),  # a bad metrics file
+        failures_as(EXIT_USAGE, InputError),  # a bad metrics file or input folder
+        tempfile.TemporaryDirectory(prefix="register-") as tmp,
     ):
-        record = run_register(
-            Path(model),
-            metrics,
-            record_root,
-            pipeline.registry,
-            Path(optimized) if optimized is not None else None,
-            pipeline.optimize,
-        )
+        local_model = local_candidate(model, f"{tmp}/model", (LINEAGE,))
+        local_optimized = local_folder(optimized, f"{tmp}/optimized") if optimized else None
+        downloaded = {f"{tmp}/model": model}
+        if optimized:
+            downloaded[f"{tmp}/optimized"] = optimized
+        with named_as(downloaded):
+            record = run_register(
+                local_model,
+                metrics,
+                record_root,
+                pipeline.registry,
+                local_optimized,
+                pipeline.optimize,
+            )
     verdict = "promoted to production" if record.promoted else "kept as candidate"
     published = ModelRegistry(record_root, pipeline.registry.model_name)
-    try:
-        track_selection(published, record, tracking, get_settings())
-    except (ServiceError, OSError, RegistryError, ContractError) as exc:  # published anyway
-        typer.echo(
-            f"register: warning: the optimization table did not reach W&B ({exc}); the "
-            "version is published",
-            err=True,
-        )
     variant = published.version_info(record.version).get("variant")
     served = f" serving the {variant} variant" if variant else ""
     typer.echo(
         f"register: {record.model} version {record.version}{served} {verdict} "
         f"({record.reason}); in {record.uri}"
+    )
+    report_to_wandb(published, record, tracking)
+    if vertex_serving_image is not None:
+        register_on_vertex(published, record, vertex_serving_image)
+
+
+def report_to_wandb(published: ModelRegistry, record: RegisterResult, tracking: bool) -> None:
+    """The version as the W&B model artifact; a failure is a warning: it is published."""
+    from common.contracts import ContractError
+    from common.registry import RegistryError
+    from common.services import ServiceError
+    from trainer.register import track_register
+
+    try:
+        track_register(published, record, tracking, get_settings())
+    except (ServiceError, OSError, RegistryError, ContractError) as exc:
+        typer.echo(
+            f"register: warning: the model artifact did not reach W&B ({exc}); the "
+            "version is published",
+            err=True,
+        )
+
+
+def register_on_vertex(published: ModelRegistry, record: RegisterResult, image: str) -> None:
+    """Upload the version to the Vertex AI Model Registry and say what it holds.
+
+    A failure is the command's (one line, exit 69): the pipeline asked for the cloud
+    registry; the folder registry's version stays published and a re-run completes it.
+    """
+    from common.services import ServiceError
+    from trainer.vertex_registry import publish_to_vertex
+
+    try:
+        vertex = publish_to_vertex(published, record, image, get_settings())
+    except ServiceError as exc:
+        raise ServiceError(
+            exc.service,
+            exc.problem,
+            f"{exc.fix}; the folder registry's version {record.version} is published, "
+            "re-run register to upload it",
+            denied=exc.denied,
+        ) from exc
+    done = "uploaded as" if vertex.uploaded else "already is"
+    aliases = ", ".join(vertex.aliases) or "no production/candidate alias"
+    typer.echo(
+        f"register: Vertex AI: version {record.version} {done} {vertex.name} version "
+        f"{vertex.version_id} ({aliases})"
     )
 
 

@@ -277,22 +277,33 @@ def register(
     )
 
 
-def track_selection(
+def track_register(
     registry: ModelRegistry, record: RegisterResult, enabled: bool, settings: Settings
 ) -> None:
-    """With tracking on, a W&B run of job type `register` gets the version's timed
-    optimization table and the variant it serves (nothing for a version without one)."""
+    """With tracking on, a W&B run of job type `register` logs the version's files as the
+    W&B `model` artifact `record.model` with the aliases [the gate's alias, the version]
+    (W&B moves an alias off the artifact's other versions, as aliases.json does), and
+    the version's timed optimization table and served variant when it has them.
+
+    A gs:// version is downloaded to a temporary folder first (W&B uploads local files).
+    """
     report = registry.read_document(record.version, OPTIMIZATION, Optimization)
-    if report is None:
-        return
     tracker = Tracker(enabled=enabled, settings=settings)
+    if not tracker.enabled:
+        return
     tracker.start(config={"model": record.model, "version": record.version}, job_type="register")
     try:
-        titles, rows = table(report)
-        tracker.log_table("optimization", titles, rows)
-        tracker.summary(
-            {"selected": report.selected, "selection_reason": report.reason, "alias": record.alias}
-        )
+        with tempfile.TemporaryDirectory(prefix="register-wandb-") as tmp:
+            folder = Path(record.uri)
+            if storage.is_gcs(record.uri):
+                storage.download_tree(record.uri, tmp)
+                folder = Path(tmp)
+            tracker.log_model(folder, record.model, aliases=[record.alias, record.version])
+        tracker.summary({"version": record.version, "alias": record.alias})
+        if report is not None:
+            titles, rows = table(report)
+            tracker.log_table("optimization", titles, rows)
+            tracker.summary({"selected": report.selected, "selection_reason": report.reason})
     finally:
         tracker.finish()
 

@@ -1,0 +1,306 @@
+"""The Vertex AI Model Registry copy of the folder registry (`register --vertex-serving-image`).
+
+One Vertex AI model per `registry.model_name`, with that name as its model ID
+(`projects/P/locations/R/models/digits-cnn`); each folder-registry version published
+from the cloud pipeline becomes one of its versions, pointing at the version's folder
+(`artifact_uri`) and the API service's image. The folder registry stays the source of
+truth: its `aliases.json` decides which Vertex AI version holds `production` and
+`candidate`, and a version is recognised again by its `content-hash` label, so a re-run
+uploads nothing twice and only fixes the aliases.
+
+Every call is bounded by the settings' service budget and every failure is one line
+(`ServiceError`) naming Vertex AI; the client speaks REST, so the tests' loopback stub
+checks the path production takes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from common import storage
+from common.contracts import LINEAGE, METRICS, Lineage, Metrics, RegisterResult
+from common.registry import ModelRegistry
+from common.services import (
+    ServiceBudget,
+    ServiceError,
+    google_call_options,
+    vertex_credentials,
+    vertex_errors,
+    vertex_service,
+)
+from common.settings import Settings
+from trainer.register import CANDIDATE, PRODUCTION
+
+if TYPE_CHECKING:
+    from google.cloud import aiplatform_v1
+
+# The aliases the folder registry's gate sets; Vertex AI's own (`default`) and any a
+# user added are left alone.
+MANAGED_ALIASES = (PRODUCTION, CANDIDATE)
+# The API service's container (src/Dockerfile's api-service target, api_service.routes).
+SERVING_PORT = 8000
+PREDICT_ROUTE = "/v1/predict"
+HEALTH_ROUTE = "/readyz"
+# How long an upload may take before register gives up waiting (seconds). Vertex AI
+# usually finishes in well under a minute; the upload may still complete after this.
+UPLOAD_WAIT_SECONDS = 600.0
+# A Vertex AI model ID: [a-z0-9_-], not starting with a digit or `-`, at most 63.
+_MODEL_ID = re.compile(r"[a-z_][a-z0-9_-]{0,62}")
+_LABEL_VALUE_BAD = re.compile(r"[^a-z0-9_-]")
+_DENIED_FIX = (
+    "grant the account register runs as roles/aiplatform.user in the project "
+    "(docs/cloud.md, Vertex AI Model Registry)"
+)
+
+
+class VertexSetupError(ValueError):
+    """`--vertex-serving-image` cannot work with these settings (a usage error)."""
+
+
+@dataclass(frozen=True)
+class VertexVersion:
+    """One version of the Vertex AI model register made or found.
+
+    `name` is `projects/P/locations/R/models/M`, `version_id` Vertex AI's number ("3"),
+    `uploaded` False when it already existed, `aliases` the managed ones it holds now.
+    """
+
+    name: str
+    version_id: str
+    uploaded: bool
+    aliases: tuple[str, ...]
+
+
+def check_setup(settings: Settings, registry_root: str, model_name: str, image: str) -> None:
+    """Before any work: what uploading to Vertex AI needs.
+
+    Raises:
+        VertexSetupError: MEGA_GCP_PROJECT unset, a registry Vertex AI cannot read (not
+            gs://), a model name that is not a valid model ID, or an empty image.
+    """
+    if not image.strip():
+        raise VertexSetupError("--vertex-serving-image is empty; pass REPO/api-service:TAG")
+    if not settings.gcp_project:
+        raise VertexSetupError(
+            "--vertex-serving-image needs MEGA_GCP_PROJECT (and MEGA_GCP_REGION) to name the "
+            "Vertex AI project; set them, or leave the option out to keep the folder registry only"
+        )
+    if not storage.is_gcs(registry_root):
+        raise VertexSetupError(
+            f"--registry {registry_root}: Vertex AI reads model versions from Cloud Storage; "
+            "pass a gs:// registry with --vertex-serving-image"
+        )
+    if not _MODEL_ID.fullmatch(model_name):
+        raise VertexSetupError(
+            f"registry.model_name {model_name!r} is not a Vertex AI model ID (a letter first, "
+            "then at most 62 of a-z, 0-9, - and _); rename it in params.yaml"
+        )
+
+
+def label_value(value: object) -> str:
+    """`value` as a Vertex AI label value: lowercase letters, digits, `_` and `-` only,
+    at most 63 characters (`0.9813` → `0-9813`)."""
+    return _LABEL_VALUE_BAD.sub("-", str(value).lower())[:63]
+
+
+def version_labels(
+    version: str, info: dict[str, Any], lineage: Lineage, metrics: Metrics
+) -> dict[str, str]:
+    """The labels of the Vertex AI version of folder-registry `version`.
+
+    `info` is its version.json (`content_hash`, the identity a re-run finds it by);
+    metrics as 4-decimal fractions; facts the lineage lacks are left out.
+    """
+    labels = {
+        "mega-version": version,
+        "content-hash": str(info["content_hash"])[:40],
+        "test-accuracy": f"{metrics.test.accuracy:.4f}",
+        "macro-f1": f"{metrics.test.macro_f1:.4f}",
+    }
+    if lineage.data_hash:
+        labels["data-version"] = lineage.data_hash[:12]
+    if lineage.git_sha:
+        labels["git-sha"] = lineage.git_sha[:40]
+    return {key: label_value(value) for key, value in labels.items()}
+
+
+def upload_body(
+    name: str, version: str, uri: str, registry_root: str, image: str, labels: dict[str, str]
+) -> aiplatform_v1.Model:
+    """The Model an upload sends: the version's folder and the API service's container,
+    told (by its settings) to serve exactly this folder-registry version."""
+    from google.cloud.aiplatform_v1 import EnvVar, Model, ModelContainerSpec, Port
+
+    env = {
+        "MEGA_MODELS_ROOT": registry_root,
+        "MEGA_MODEL_NAME": name,
+        "MEGA_MODEL_ALIAS": version,  # a version number resolves to itself
+        "MEGA_SERVE_PORT": str(SERVING_PORT),
+    }
+    return Model(
+        display_name=name,
+        description=f"{name} version {version} of the Mega Pipeline folder registry ({uri})",
+        version_description=f"folder-registry version {version}",
+        artifact_uri=uri.rstrip("/") + "/",
+        container_spec=ModelContainerSpec(
+            image_uri=image,
+            env=[EnvVar(name=key, value=value) for key, value in env.items()],
+            ports=[Port(container_port=SERVING_PORT)],
+            predict_route=PREDICT_ROUTE,
+            health_route=HEALTH_ROUTE,
+        ),
+        labels=labels,
+    )
+
+
+def model_client(settings: Settings) -> aiplatform_v1.ModelServiceClient:
+    """A ModelServiceClient for the region (or MEGA_VERTEX_ENDPOINT), over REST."""
+    from google.cloud import aiplatform_v1
+
+    endpoint = settings.vertex_endpoint or f"{settings.gcp_region}-aiplatform.googleapis.com"
+    return aiplatform_v1.ModelServiceClient(
+        client_options={"api_endpoint": endpoint},
+        transport="rest",
+        credentials=vertex_credentials(settings),
+    )
+
+
+def publish_to_vertex(
+    registry: ModelRegistry, record: RegisterResult, image: str, settings: Settings
+) -> VertexVersion:
+    """Upload folder-registry version `record.version` as a version of the Vertex AI
+    model `registry.name` (the first upload creates the model), unless a version with
+    its content hash is there already; then make the managed aliases agree with the
+    folder registry's aliases.json.
+
+    Raises:
+        ServiceError: Vertex AI cannot be reached, refuses the credentials or the
+            request, or the upload does not finish within UPLOAD_WAIT_SECONDS.
+    """
+    info = registry.version_info(record.version)
+    lineage = Lineage.read(storage.join(record.uri, LINEAGE))
+    metrics = Metrics.read(storage.join(record.uri, METRICS))
+    labels = version_labels(record.version, info, lineage, metrics)
+    model = (
+        f"projects/{settings.gcp_project}/locations/{settings.gcp_region}/models/{registry.name}"
+    )
+    hashes = _local_hashes(registry)
+    client = model_client(settings)
+    with vertex_errors(
+        settings,
+        denied_fix=_DENIED_FIX,
+        refused="the Model Registry refused the request",
+        refused_fix="check --vertex-serving-image and registry.model_name",
+    ):
+        versions = _versions(client, model, settings)
+        found = [v for v in versions if v.labels.get("content-hash") == labels["content-hash"]]
+        uploaded = not found
+        if found:
+            version_id = found[0].version_id
+        else:
+            body = upload_body(
+                registry.name, record.version, record.uri, registry.root, image, labels
+            )
+            version_id = _upload(client, model, body, exists=bool(versions), settings=settings)
+            versions = _versions(client, model, settings)
+        aliases = _sync_aliases(client, model, versions, hashes, settings)
+    return VertexVersion(model, version_id, uploaded, aliases.get(version_id, ()))
+
+
+def _local_hashes(registry: ModelRegistry) -> dict[str, str]:
+    """The managed aliases of aliases.json → the `content-hash` label of their version."""
+    wanted = {}
+    for alias, version in registry.aliases().items():
+        if alias in MANAGED_ALIASES:
+            wanted[alias] = label_value(str(registry.version_info(version)["content_hash"])[:40])
+    return wanted
+
+
+def _versions(
+    client: aiplatform_v1.ModelServiceClient, model: str, settings: Settings
+) -> list[aiplatform_v1.Model]:
+    """Every version of `model`; none when the model does not exist yet."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        return list(client.list_model_versions(name=model, **_options(settings)))
+    except NotFound:
+        return []
+
+
+def _upload(
+    client: aiplatform_v1.ModelServiceClient,
+    model: str,
+    body: aiplatform_v1.Model,
+    *,
+    exists: bool,
+    settings: Settings,
+) -> str:
+    """Upload `body` as the model's first version (model ID) or a new one (parent model);
+    the new version's ID once the operation is done. Sent once: a retry could upload twice."""
+    from google.cloud.aiplatform_v1 import UploadModelRequest
+
+    parent, _, model_id = model.rpartition("/models/")
+    request = UploadModelRequest(parent=parent, model=body)
+    if exists:
+        request.parent_model = model
+    else:
+        request.model_id = model_id
+    operation = client.upload_model(request=request, **_options(settings, retry=False))
+    try:
+        response = operation.result(timeout=UPLOAD_WAIT_SECONDS)
+    except concurrent.futures.TimeoutError as exc:
+        raise ServiceError(
+            vertex_service(settings),
+            f"the upload of {model} did not finish within {UPLOAD_WAIT_SECONDS:g} s",
+            "it may still finish: a re-run of register finds it by its label rather than "
+            "uploading it again",
+        ) from exc
+    return str(response.model_version_id)
+
+
+def _sync_aliases(
+    client: aiplatform_v1.ModelServiceClient,
+    model: str,
+    versions: list[aiplatform_v1.Model],
+    wanted: dict[str, str],
+    settings: Settings,
+) -> dict[str, tuple[str, ...]]:
+    """Move each managed alias to the version whose content-hash label aliases.json
+    names (off every other version: the removal `-alias` first, so that no two versions
+    ever claim it); returns version ID → the managed aliases it holds afterwards."""
+    holders = {alias: set[str]() for alias in MANAGED_ALIASES}
+    by_hash: dict[str, str] = {}
+    for version in versions:
+        if "content-hash" in version.labels:  # versions uploaded by hand have none
+            by_hash.setdefault(version.labels["content-hash"], version.version_id)
+        for alias in version.version_aliases:
+            if alias in holders:
+                holders[alias].add(version.version_id)
+    targets = {
+        alias: by_hash.get(wanted[alias]) if alias in wanted else None for alias in MANAGED_ALIASES
+    }
+    removals: dict[str, list[str]] = {}
+    additions: dict[str, list[str]] = {}
+    for alias, target in targets.items():
+        for holder in sorted(holders[alias] - {target}):
+            removals.setdefault(holder, []).append(f"-{alias}")
+        if target is not None and target not in holders[alias]:
+            additions.setdefault(target, []).append(alias)
+    for changes in (removals, additions):
+        for version_id, aliases in changes.items():
+            client.merge_version_aliases(
+                name=f"{model}@{version_id}", version_aliases=aliases, **_options(settings)
+            )
+    held: dict[str, list[str]] = {}
+    for alias, target in targets.items():
+        if target is not None:
+            held.setdefault(target, []).append(alias)
+    return {version_id: tuple(aliases) for version_id, aliases in held.items()}
+
+
+def _options(settings: Settings, *, retry: bool = True) -> dict[str, Any]:
+    return google_call_options(ServiceBudget.from_settings(settings), retry=retry)
