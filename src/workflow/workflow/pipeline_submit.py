@@ -19,6 +19,7 @@ import yaml
 
 from common import storage
 from common.params import RegistryParams
+from common.services import vertex_credentials
 from common.settings import Settings
 from workflow.images import compose_services, remote_image, service_container
 from workflow.pipeline import PIPELINE_NAME, STAGES, PipelinePlan, compile_pipeline
@@ -36,7 +37,6 @@ from workflow.vertex_jobs import (
     JobHandle,
     call_options,
     check_bucket,
-    credentials,
     follow,
     state_name,
     vertex_errors,
@@ -187,7 +187,7 @@ def pipeline_client(settings: Settings) -> aiplatform_v1.PipelineServiceClient:
     return aiplatform_v1.PipelineServiceClient(
         client_options={"api_endpoint": endpoint},
         transport="rest",
-        credentials=credentials(settings),
+        credentials=vertex_credentials(settings),
     )
 
 
@@ -266,7 +266,7 @@ def submit(
 
     def call(verb: str, **fields: Any) -> Any:
         # A create is never retried: a request that timed out may have started the run.
-        with vertex_errors(settings, target):
+        with vertex_errors(settings):
             method = getattr(client, f"{verb}_pipeline_job")
             return method(**fields, **call_options(settings, retry=verb != "create"))
 
@@ -276,7 +276,7 @@ def submit(
         highlight=False,
     )
     # One cheap request first: a disabled API or a missing permission is said in seconds.
-    with vertex_errors(settings, target):
+    with vertex_errors(settings):
         client.list_pipeline_jobs(
             request={"parent": target.parent, "page_size": 1}, **call_options(settings)
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,9 +21,10 @@ from common.cli import EXIT_INTERRUPTED
 from common.services import (
     ServiceBudget,
     ServiceError,
-    endpoint_credentials,
     google_call_options,
+    vertex_credentials,
 )
+from common.services import vertex_errors as common_vertex_errors
 from common.settings import Settings
 from workflow.vertex import CloudTarget
 
@@ -36,37 +37,6 @@ FINAL_STATES = {
     for kind in ("JOB", "PIPELINE")
     for end in ("SUCCEEDED", "FAILED", "CANCELLED")
 }
-CREDENTIALS_FIX = (
-    "run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS "
-    "to a service account key file outside the repository)"
-)
-
-
-def service_name(settings: Settings) -> str:
-    """`Vertex AI (<region>)`, or the endpoint when one is set."""
-    where = settings.vertex_endpoint or settings.gcp_region
-    return f"Vertex AI ({where})"
-
-
-def credentials(settings: Settings) -> Any:
-    """Application Default Credentials; none for a plain-http endpoint (a local stub).
-
-    Raises:
-        ServiceError: no credentials are set up on this machine.
-    """
-    from google.auth import default
-    from google.auth.exceptions import DefaultCredentialsError
-
-    anonymous = endpoint_credentials(settings.vertex_endpoint)
-    if anonymous is not None:
-        return anonymous
-    try:
-        found, _ = default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-    except DefaultCredentialsError as exc:
-        raise ServiceError(
-            service_name(settings), "no Google credentials found", CREDENTIALS_FIX, denied=True
-        ) from exc
-    return found
 
 
 def job_client(settings: Settings) -> aiplatform_v1.JobServiceClient:
@@ -77,7 +47,7 @@ def job_client(settings: Settings) -> aiplatform_v1.JobServiceClient:
     return aiplatform_v1.JobServiceClient(
         client_options={"api_endpoint": endpoint},
         transport="rest",
-        credentials=credentials(settings),
+        credentials=vertex_credentials(settings),
     )
 
 
@@ -86,65 +56,16 @@ def call_options(settings: Settings, *, retry: bool = True) -> dict[str, Any]:
     return google_call_options(ServiceBudget.from_settings(settings), retry=retry)
 
 
-def _reason(exc: Any) -> str:
-    """The ErrorInfo reason Google's APIs attach to an error (e.g. SERVICE_DISABLED)."""
-    reason = getattr(exc, "reason", None)
-    return str(reason) if reason else ""
-
-
-@contextlib.contextmanager
-def vertex_errors(settings: Settings, target: CloudTarget) -> Iterator[None]:
-    """Turn Vertex AI's refusals and silences into one-line `ServiceError`s."""
-    import requests
-    from google.api_core import exceptions as api
-    from google.auth import exceptions as auth
-
-    service = service_name(settings)
-    project = target.project
-    try:
-        yield
-    except (api.PermissionDenied, api.Forbidden) as exc:
-        if _reason(exc) == "SERVICE_DISABLED" or "has not been used" in str(exc.message):
-            raise ServiceError(
-                service,
-                f"the Vertex AI API is not enabled in project {project}",
-                f"enable it: gcloud services enable aiplatform.googleapis.com --project {project}",
-                denied=True,
-            ) from exc
-        raise ServiceError(
-            service,
-            f"permission denied in project {project} ({exc.message})",
-            "grant your account roles/aiplatform.user (and roles/iam.serviceAccountUser on "
-            "MEGA_VERTEX_SERVICE_ACCOUNT); docs/cloud.md lists the roles",
-            denied=True,
-        ) from exc
-    except (api.Unauthenticated, api.Unauthorized, auth.GoogleAuthError) as exc:
-        raise ServiceError(
-            service, f"the credentials were refused ({exc})", CREDENTIALS_FIX, denied=True
-        ) from exc
-    except api.NotFound as exc:
-        raise ServiceError(
-            service,
-            f"not found: {exc.message}",
-            "check MEGA_GCP_PROJECT and MEGA_GCP_REGION (a region where Vertex AI runs)",
-        ) from exc
-    except (api.InvalidArgument, api.BadRequest) as exc:
-        raise ServiceError(
-            service,
-            f"the job was refused: {exc.message}",
-            "check the vertex: section of params.yaml (machine type, accelerator, workers)",
-        ) from exc
-    except (api.RetryError, api.ServerError, requests.RequestException, OSError) as exc:
-        raise ServiceError(
-            service,
-            f"unreachable ({type(exc).__name__}: {exc})",
-            "check the network or MEGA_VERTEX_ENDPOINT; MEGA_SERVICE_RETRY_SECONDS sets "
-            "how long to keep trying",
-        ) from exc
-    except api.GoogleAPICallError as exc:
-        raise ServiceError(
-            service, f"request refused ({exc.code} {exc.message})", CREDENTIALS_FIX
-        ) from exc
+def vertex_errors(settings: Settings) -> contextlib.AbstractContextManager[None]:
+    """Turn Vertex AI's refusals and silences, for a job `mega` submits, into one-line
+    `ServiceError`s (`common.services.vertex_errors`, with the fixes a job needs)."""
+    return common_vertex_errors(
+        settings,
+        denied_fix="grant your account roles/aiplatform.user (and roles/iam.serviceAccountUser "
+        "on MEGA_VERTEX_SERVICE_ACCOUNT); docs/cloud.md lists the roles",
+        refused="the job was refused",
+        refused_fix="check the vertex: section of params.yaml (machine type, accelerator, workers)",
+    )
 
 
 def check_bucket(gcs_root: str, region: str) -> None:

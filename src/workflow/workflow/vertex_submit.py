@@ -263,13 +263,13 @@ def submit(
 
     def call(verb: str, **fields: Any) -> Any:
         # A create is never retried: a request that timed out may have made the job.
-        with vertex_errors(settings, target):
+        with vertex_errors(settings):
             method = getattr(client, f"{verb}_{kind.resource}")
             return method(**fields, **call_options(settings, retry=verb != "create"))
 
     # One cheap request first: a disabled API or a missing permission is said in seconds,
     # before the data is uploaded.
-    with vertex_errors(settings, target):
+    with vertex_errors(settings):
         client.list_custom_jobs(
             request={"parent": target.parent, "page_size": 1}, **call_options(settings)
         )
