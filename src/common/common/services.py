@@ -10,11 +10,12 @@ it as one line and exits with `EXIT_UNAVAILABLE` (`common.cli.App`).
 from __future__ import annotations
 
 import contextlib
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from common.settings import Settings
@@ -104,6 +105,32 @@ GOOGLE_CREDENTIALS_FIX = (
     "run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS "
     "to a service account key file outside the repository)"
 )
+
+
+# Google Cloud label values: lowercase letters, digits, `_` and `-`, at most 63 characters.
+_LABEL_VALUE_BAD = re.compile(r"[^a-z0-9_-]")
+Client = TypeVar("Client")
+
+
+def label_value(value: object) -> str:
+    """`value` as a Google Cloud label value (`0.9813` → `0-9813`, `Feature/X` →
+    `feature-x`), cut to 63 characters."""
+    return _LABEL_VALUE_BAD.sub("-", str(value).lower())[:63]
+
+
+def vertex_client(client_class: type[Client], settings: Settings) -> Client:
+    """A Vertex AI API client (`aiplatform_v1.JobServiceClient`, `PipelineServiceClient`,
+    `ModelServiceClient`) for MEGA_GCP_REGION, or MEGA_VERTEX_ENDPOINT, over REST.
+
+    Raises:
+        ServiceError: no credentials are set up on this machine.
+    """
+    endpoint = settings.vertex_endpoint or f"{settings.gcp_region}-aiplatform.googleapis.com"
+    return client_class(  # type: ignore[call-arg]
+        client_options={"api_endpoint": endpoint},
+        transport="rest",
+        credentials=vertex_credentials(settings),
+    )
 
 
 def vertex_service(settings: Settings) -> str:

@@ -430,7 +430,7 @@ def test_the_wandb_model_artifact_gets_the_registry_aliases(tmp_path: Path) -> N
 
 
 def test_label_values_are_what_vertex_takes() -> None:
-    from trainer.vertex_registry import label_value
+    from common.services import label_value
 
     assert label_value("0.9813") == "0-9813"
     assert label_value("Feature/X y") == "feature-x-y"

@@ -27,7 +27,8 @@ from common.services import (
     ServiceBudget,
     ServiceError,
     google_call_options,
-    vertex_credentials,
+    label_value,
+    vertex_client,
     vertex_errors,
     vertex_service,
 )
@@ -49,7 +50,6 @@ HEALTH_ROUTE = "/readyz"
 UPLOAD_WAIT_SECONDS = 600.0
 # A Vertex AI model ID: [a-z0-9_-], not starting with a digit or `-`, at most 63.
 _MODEL_ID = re.compile(r"[a-z_][a-z0-9_-]{0,62}")
-_LABEL_VALUE_BAD = re.compile(r"[^a-z0-9_-]")
 _DENIED_FIX = (
     "grant the account register runs as roles/aiplatform.user in the project "
     "(docs/cloud.md, Vertex AI Model Registry)"
@@ -98,12 +98,6 @@ def check_setup(settings: Settings, registry_root: str, model_name: str, image: 
             f"registry.model_name {model_name!r} is not a Vertex AI model ID (a letter first, "
             "then at most 62 of a-z, 0-9, - and _); rename it in params.yaml"
         )
-
-
-def label_value(value: object) -> str:
-    """`value` as a Vertex AI label value: lowercase letters, digits, `_` and `-` only,
-    at most 63 characters (`0.9813` → `0-9813`)."""
-    return _LABEL_VALUE_BAD.sub("-", str(value).lower())[:63]
 
 
 def version_labels(
@@ -160,12 +154,7 @@ def model_client(settings: Settings) -> aiplatform_v1.ModelServiceClient:
     """A ModelServiceClient for the region (or MEGA_VERTEX_ENDPOINT), over REST."""
     from google.cloud import aiplatform_v1
 
-    endpoint = settings.vertex_endpoint or f"{settings.gcp_region}-aiplatform.googleapis.com"
-    return aiplatform_v1.ModelServiceClient(
-        client_options={"api_endpoint": endpoint},
-        transport="rest",
-        credentials=vertex_credentials(settings),
-    )
+    return vertex_client(aiplatform_v1.ModelServiceClient, settings)
 
 
 def publish_to_vertex(

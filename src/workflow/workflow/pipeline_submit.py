@@ -19,7 +19,7 @@ import yaml
 
 from common import storage
 from common.params import RegistryParams
-from common.services import vertex_credentials
+from common.services import label_value, vertex_client
 from common.settings import Settings
 from workflow.images import compose_services, remote_image, service_container
 from workflow.pipeline import PIPELINE_NAME, STAGES, PipelinePlan, compile_pipeline
@@ -30,7 +30,6 @@ from workflow.vertex import (
     as_json,
     job_env,
     job_name,
-    label,
     training_image,
 )
 from workflow.vertex_jobs import (
@@ -110,9 +109,9 @@ def pipeline_labels(project: Project, tag: str) -> dict[str, str]:
     params = project.params
     return {
         "mega-stage": "pipeline",
-        "dataset": label(params.dataset),
-        "git-sha": label(tag),
-        "data-version": label(data_version(None, stats.data_hash[:12] if stats else None)),
+        "dataset": label_value(params.dataset),
+        "git-sha": label_value(tag),
+        "data-version": label_value(data_version(None, stats.data_hash[:12] if stats else None)),
     }
 
 
@@ -183,12 +182,7 @@ def pipeline_client(settings: Settings) -> aiplatform_v1.PipelineServiceClient:
     """A PipelineServiceClient for the region (or MEGA_VERTEX_ENDPOINT), over REST."""
     from google.cloud import aiplatform_v1
 
-    endpoint = settings.vertex_endpoint or f"{settings.gcp_region}-aiplatform.googleapis.com"
-    return aiplatform_v1.PipelineServiceClient(
-        client_options={"api_endpoint": endpoint},
-        transport="rest",
-        credentials=vertex_credentials(settings),
-    )
+    return vertex_client(aiplatform_v1.PipelineServiceClient, settings)
 
 
 def dry_run(

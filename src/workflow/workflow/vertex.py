@@ -14,7 +14,6 @@ reads it at start (MEGA_WANDB_SECRET names the secret, it is not the key).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -33,8 +32,6 @@ REQUIRED_SETTINGS = {
     "gcs_root": "the gs:// folder for the job's data and outputs",
     "image_repository": "the Artifact Registry repository of the images",
 }
-# Label values: lowercase letters, digits, `_` and `-`, at most 63 characters.
-_LABEL_CHARACTERS = re.compile(r"[^a-z0-9_-]")
 
 
 class CloudConfigError(ValueError):
@@ -103,11 +100,6 @@ def job_name(kind: str, params: PipelineParams, now: datetime | None = None) -> 
     """A display name unique to the second: `mega-<kind>-<dataset>-<YYYYMMDD-HHMMSS>`."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
     return f"mega-{kind}-{params.dataset.lower()}-{stamp}"
-
-
-def label(value: str) -> str:
-    """`value` as a valid label value (lowercase, `[a-z0-9_-]`, at most 63 characters)."""
-    return _LABEL_CHARACTERS.sub("-", value.lower())[:63]
 
 
 def training_image(target: CloudTarget, vertex: VertexParams, tag: str) -> str:

@@ -22,7 +22,7 @@ from common.services import (
     ServiceBudget,
     ServiceError,
     google_call_options,
-    vertex_credentials,
+    vertex_client,
 )
 from common.services import vertex_errors as common_vertex_errors
 from common.settings import Settings
@@ -43,12 +43,7 @@ def job_client(settings: Settings) -> aiplatform_v1.JobServiceClient:
     """A JobServiceClient for the region (or MEGA_VERTEX_ENDPOINT), over REST."""
     from google.cloud import aiplatform_v1
 
-    endpoint = settings.vertex_endpoint or f"{settings.gcp_region}-aiplatform.googleapis.com"
-    return aiplatform_v1.JobServiceClient(
-        client_options={"api_endpoint": endpoint},
-        transport="rest",
-        credentials=vertex_credentials(settings),
-    )
+    return vertex_client(aiplatform_v1.JobServiceClient, settings)
 
 
 def call_options(settings: Settings, *, retry: bool = True) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from common import storage
 from common.params import PipelineParams
+from common.services import label_value
 from common.settings import Settings
 from workflow.images import GPU_TAG_SUFFIX, image_tag
 from workflow.project import Project
@@ -28,7 +29,6 @@ from workflow.vertex import (
     as_json,
     custom_job,
     job_name,
-    label,
     training_image,
     tuning_job,
 )
@@ -113,9 +113,9 @@ def plan_training(
         image=training_image(target, params.vertex, tag),
         labels={
             "mega-stage": stage,
-            "dataset": label(params.dataset),
-            "git-sha": label(tag),
-            "data-version": label(data_version(data, version if stats else None)),
+            "dataset": label_value(params.dataset),
+            "git-sha": label_value(tag),
+            "data-version": label_value(data_version(data, version if stats else None)),
         },
     )
 
