@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 from common import storage
 from common.contracts import SPLITS, Stats
@@ -76,9 +75,10 @@ def data_card(stats: Stats, chart_name: str) -> str:
     )
 
 
-def write_data_card(stats: Stats, report_dir: str) -> Path:
-    """Write `data_card.md` and `data_card.png` into `report_dir`; returns the card's path."""
-    card = Path(report_dir) / DATA_CARD
+def write_data_card(stats: Stats, report_dir: str) -> str:
+    """Write `data_card.md` and `data_card.png` into `report_dir` (a folder or gs://
+    URI); returns the card's path or URI."""
+    card = storage.join(report_dir, DATA_CARD)
     storage.write_bytes(storage.join(report_dir, DATA_CARD_CHART), bar_chart_png(stats))
     storage.write_text(card, data_card(stats, DATA_CARD_CHART))
     return card

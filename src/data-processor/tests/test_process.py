@@ -144,10 +144,29 @@ def _processed(tmp_path: Path, name: str) -> Path:
 def test_data_card(raw: Path, tmp_path: Path) -> None:
     stats = process(str(raw), str(tmp_path / "out"), process_params(), "digits", workers=1)
     card = write_data_card(stats, str(tmp_path / "reports"))
-    text = card.read_text()
+    assert card == str(tmp_path / "reports/data_card.md")
+    text = Path(card).read_text()
     assert stats.data_hash in text
     assert "| 0 |" in text
     png = (tmp_path / "reports/data_card.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     again = write_data_card(stats, str(tmp_path / "reports2"))
-    assert (again.parent / "data_card.png").read_bytes() == png
+    assert (Path(again).parent / "data_card.png").read_bytes() == png
+
+
+def test_data_card_on_gcs(
+    raw: Path, tmp_path: Path, storage_emulator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gs:// report folder (the Vertex AI pipeline's) gets both files; the card was
+    written to a local `gs:/…` folder instead (a `Path` had eaten a slash)."""
+    from common import storage
+
+    monkeypatch.chdir(tmp_path)
+    stats = process(str(raw), str(tmp_path / "out"), process_params(), "digits", workers=1)
+    card = write_data_card(stats, f"{storage_emulator}/run/data_card")
+    assert card == f"{storage_emulator}/run/data_card/data_card.md"
+    assert stats.data_hash in storage.read_text(card)
+    assert storage.read_bytes(f"{storage_emulator}/run/data_card/data_card.png").startswith(
+        b"\x89PNG"
+    )
+    assert not (tmp_path / "gs:").exists()
