@@ -27,6 +27,7 @@ from vertex_stub import VertexStub, google_error, vertex_stub
 __all__ = ["run_mega", "vertex_stub"]  # fixtures, imported for pytest
 
 STAGES = ["collect", "process", "train", "evaluate", "optimize", "register"]
+PARAMS = "gs://test-bucket/mega/pipeline/params"
 SUCCEEDED = ["PIPELINE_STATE_PENDING", "PIPELINE_STATE_RUNNING", "PIPELINE_STATE_SUCCEEDED"]
 
 
@@ -105,19 +106,18 @@ def test_the_gate_is_accuracy_then_macro_f1_at_params_yaml_floors(
     root = make_project(tmp_path, registry={"min_accuracy": 0.93, "min_macro_f1": 0.91})
     spec = compile_yaml(run_mega, root)
     outer, inner = gate(spec)
+    # The floors are compiled in: register reads the same params.yaml, so a run-time
+    # parameter could only make the two disagree.
     assert outer["triggerPolicy"]["condition"] == (
-        "inputs.parameter_values['pipelinechannel--evaluate-accuracy'] >= "
-        "inputs.parameter_values['pipelinechannel--min_accuracy']"
+        "inputs.parameter_values['pipelinechannel--evaluate-accuracy'] >= 0.93"
     )
     assert inner["triggerPolicy"]["condition"] == (
-        "inputs.parameter_values['pipelinechannel--evaluate-macro_f1'] >= "
-        "inputs.parameter_values['pipelinechannel--min_macro_f1']"
+        "inputs.parameter_values['pipelinechannel--evaluate-macro_f1'] >= 0.91"
     )
     assert outer["taskInfo"]["name"] == "accuracy-floor"
     assert inner["taskInfo"]["name"] == "macro-f1-floor"
     parameters = spec["root"]["inputDefinitions"]["parameters"]
-    assert parameters["min_accuracy"]["defaultValue"] == 0.93
-    assert parameters["min_macro_f1"]["defaultValue"] == 0.91
+    assert sorted(parameters) == ["models_root", "params_root"]
     assert parameters["models_root"]["defaultValue"] == "gs://test-bucket/mega/models"
     assert parameters["params_root"]["defaultValue"] == "gs://test-bucket/mega/pipeline/params"
     # evaluate hands the gate its two numbers as output parameters.
@@ -193,8 +193,25 @@ def test_gpus_and_machine_of_params_yaml_go_to_the_training_step(
     assert train["resources"]["accelerator"]["resourceType"] == "NVIDIA_TESLA_T4"
     assert train["resources"]["accelerator"]["resourceCount"] == "2"
     assert train["resources"]["resourceCpuLimit"] == "8"
-    assert train["resources"]["resourceMemoryLimit"] == "52G"
+    assert train["resources"]["resourceMemoryLimit"] == "52000M"
     assert "resources" not in executor(spec, "evaluate")
+
+
+@pytest.mark.parametrize(
+    ("machine", "cpus", "memory"),
+    [
+        ("n1-standard-2", "2", "7500M"),
+        ("n1-highcpu-4", "4", "3600M"),
+        ("e2-standard-32", "32", "128000M"),
+    ],
+)
+def test_machine_types_become_whole_limits(
+    run_mega: Mega, tmp_path: Path, machine: str, cpus: str, memory: str
+) -> None:
+    """kfp takes whole numbers only: 7.5 GB is 7500M (it refused `7.5G` with a traceback)."""
+    spec = compile_yaml(run_mega, make_project(tmp_path, vertex={"machine_type": machine}))
+    resources = executor(spec, "train")["resources"]
+    assert (resources["resourceCpuLimit"], resources["resourceMemoryLimit"]) == (cpus, memory)
 
 
 @pytest.mark.parametrize(
@@ -202,16 +219,50 @@ def test_gpus_and_machine_of_params_yaml_go_to_the_training_step(
     [
         ({"workers": 2}, "vertex.workers is 2"),
         ({"machine_type": "a2-highgpu-1g"}, "vertex.machine_type 'a2-highgpu-1g'"),
+        ({"machine_type": "n1-standard-3"}, "no machine has 3 vCPUs"),
+        ({"machine_type": "e2-standard-0"}, "no machine has 0 vCPUs"),
+        ({"accelerator_count": 1, "accelerator_type": "TESLA_T4"}, "NVIDIA_TESLA_T4"),
     ],
 )
 def test_what_a_pipeline_step_cannot_be_is_a_usage_error(
     run_mega: Mega, tmp_path: Path, vertex: dict, message: str
 ) -> None:
     root = make_project(tmp_path, vertex=vertex)
-    result = run_mega(["pipeline", "compile", "--image-tag", "t"], root, SETTINGS)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert "mega train --on vertex" in result.stderr
+    for args in (["pipeline", "compile"], ["run", "--on", "vertex", "--dry-run"]):
+        result = run_mega([*args, "--image-tag", "t"], root, SETTINGS)
+        assert result.returncode == 2, result.stdout + result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert message in line and line.startswith("mega: error: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--image-tag", "bad tag"], SETTINGS, "--image-tag 'bad tag' is not an image tag"),
+        (
+            ["--image-tag", "t"],
+            {**SETTINGS, "MEGA_IMAGE_REPOSITORY": "r"},
+            "MEGA_IMAGE_REPOSITORY=r is not a repository URI",
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    "command", [["run", "--on", "vertex"], ["train", "--on", "vertex", "--data", "gs://b/data"]]
+)
+def test_a_bad_image_tag_or_repository_is_refused_before_any_request(
+    run_mega: Mega,
+    tmp_path: Path,
+    command: list[str],
+    args: list[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    """Both cloud commands, dry or not: `mega build --push` refuses them too."""
+    root = make_project(tmp_path)
+    for dry in ([], ["--dry-run"]):
+        result = run_mega([*command, *dry, *args], root, env)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert message in result.stderr
 
 
 def test_a_path_of_dvc_yaml_the_pipeline_does_not_carry_is_named(
@@ -248,6 +299,13 @@ def test_dry_run_prints_the_pipeline_job(run_mega: Mega, tmp_path: Path) -> None
     assert job["serviceAccount"] == SETTINGS["MEGA_VERTEX_SERVICE_ACCOUNT"]
     assert job["pipelineSpec"]["pipelineInfo"]["name"] == "mega-pipeline"
     assert "nothing was sent" in result.stderr
+    assert "W&B is off" not in result.stderr  # SETTINGS name a secret for the key
+    no_secret = {k: v for k, v in SETTINGS.items() if k != "MEGA_WANDB_SECRET"}
+    result = run_mega(
+        ["run", "--on", "vertex", "--dry-run", "--image-tag", "a-dirty"], root, no_secret
+    )
+    assert "W&B is off in the cloud: set MEGA_WANDB_SECRET" in result.stderr
+    assert "--allow-dirty" in result.stderr
 
 
 def test_force_turns_the_cache_off(run_mega: Mega, tmp_path: Path) -> None:
@@ -263,7 +321,7 @@ def test_force_turns_the_cache_off(run_mega: Mega, tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["run", "--on", "vertex", "-S", "train.epochs=2"], "run DVC experiments, which run here"),
-        (["run", "--dry-run"], "need --on vertex"),
+        (["run", "--dry-run"], "mega: error: --dry-run needs --on vertex"),
     ],
 )
 def test_run_options_of_one_place_only_are_refused(
@@ -299,17 +357,22 @@ def test_submit_stages_params_sends_the_job_and_follows_each_step(
     assert job["displayName"].startswith("mega-pipeline-digits-")
     assert job["runtimeConfig"] == {"gcsOutputDirectory": "gs://test-bucket/mega/pipeline-root"}
     assert job["serviceAccount"] == "trainer@my-project.iam.gserviceaccount.com"
-    assert job["labels"] == {
+    labels = job["labels"]
+    digests = labels.pop("data-params").split("-")
+    assert labels == {
         "mega-stage": "pipeline",
         "dataset": "digits",
-        "git-sha": "abc123",
-        "data-version": "unknown",
+        "git-sha": "unknown",  # not a git checkout: the image tag was given
+        "image-tag": "abc123",
     }
+    # The params that make the data: collect's and process's digests, as their files.
+    staged = {uri.rsplit("/", 1)[-1] for uri in storage.list_files(f"{PARAMS}")}
+    assert {f"collect-{digests[0]}.yaml", f"process-{digests[1]}.yaml"} <= staged
     spec = job["pipelineSpec"]
     assert spec["pipelineInfo"]["name"] == "mega-pipeline"
     assert executor(spec, "train")["image"] == f"{REPOSITORY}/model-training:abc123"
     # params.yaml staged once per stage digest, byte for byte.
-    staged = list(storage.list_files("gs://test-bucket/mega/pipeline/params"))
+    staged = list(storage.list_files(PARAMS))
     assert len(staged) == 5
     for uri in staged:
         assert storage.read_bytes(uri) == (root / "params.yaml").read_bytes()

@@ -135,7 +135,9 @@ def test_vertex_only_options_need_on_vertex(run_mega: Mega, tmp_path: Path) -> N
     root = make_project(tmp_path, None)
     result = run_mega(["train", "--dry-run"], root, {})
     assert result.returncode == 2
-    assert "need --on vertex" in result.stderr
+    assert "mega: error: --dry-run needs --on vertex" in result.stderr
+    both = run_mega(["train", "--detach", "--data", "gs://b/d"], root, {})
+    assert "--detach and --data need --on vertex" in both.stderr
 
 
 def test_pools_for_workers() -> None:
@@ -187,12 +189,16 @@ def test_submit_sends_the_job_stages_the_inputs_and_follows_it(
             {"name": "MEGA_WANDB_PROJECT", "value": "mega-pipeline"},
             {"name": "MEGA_WANDB_SECRET", "value": "wandb-api-key"},
         ]
-    assert job["labels"] == {
-        "mega-stage": "train",
-        "dataset": "digits",
-        "git-sha": "abc123",
-        "data-version": data_hash["data_hash"][:12],
-    }
+    assert (
+        job["labels"]
+        == {
+            "mega-stage": "train",
+            "dataset": "digits",
+            "git-sha": "unknown",  # not a git checkout: the image tag was given
+            "image-tag": "abc123",
+            "data-version": data_hash["data_hash"][:12],
+        }
+    )
     # Followed to the end, with the links.
     assert "JOB_STATE_RUNNING" in result.stdout and "JOB_STATE_SUCCEEDED" in result.stdout
     assert f"trained: the candidate is in {output}/model/" in result.stdout

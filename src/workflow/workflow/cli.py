@@ -367,8 +367,20 @@ _stage_command("process", "Process raw data into TFRecord shards (stage 2, after
 
 
 def _local_only(dry_run: bool, detach: bool, data: str | None, image_tag: str | None) -> None:
-    if dry_run or detach or data or image_tag:
-        fail("--dry-run, --detach, --data and --image-tag need --on vertex", EXIT_USAGE)
+    """Exit 2 naming each Vertex AI option given to a local run."""
+    given = [
+        name
+        for name, value in (
+            ("--dry-run", dry_run),
+            ("--detach", detach),
+            ("--data", data),
+            ("--image-tag", image_tag),
+        )
+        if value
+    ]
+    if given:
+        verb = "needs" if len(given) == 1 else "need"
+        fail(f"{' and '.join(given)} {verb} --on vertex", EXIT_USAGE)
 
 
 def _on_vertex(
@@ -747,7 +759,7 @@ def pipeline_compile(
     settings = get_settings()
     with failures_as(EXIT_USAGE, CloudConfigError, StageDefinitionError):
         target = CloudTarget.from_settings(settings, dry_run=True)
-        tag = image_tag or pipelines.source_tag(project)
+        tag = pipelines.source_tag(project, image_tag)
         plan = pipelines.plan_pipeline(project, settings, target, tag)
         written = pipelines.compile_pipeline(plan, out)
     if target.missing:
@@ -756,7 +768,10 @@ def pipeline_compile(
             "a pipeline that runs (docs/cloud.md)",
             highlight=False,
         )
-    console.print(f"compiled: {written} (images at tag {tag}; `mega run --on vertex` runs it)")
+    console.print(
+        f"compiled: {written} (images at tag {tag}); `mega run --on vertex` compiles the "
+        "same pipeline, stages params.yaml and submits it"
+    )
 
 
 exp_app = App(

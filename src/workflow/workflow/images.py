@@ -46,6 +46,8 @@ TAG_VARIABLE = re.compile(r"\$\{MEGA_IMAGE_TAG(:-[^}]*)?\}")
 PODMAN_COMPOSE = Path(sys.executable).parent / "podman-compose"  # a dev dependency
 # An Artifact Registry registryUri: host/project/repository, lowercase, no scheme or tag.
 REPOSITORY_URI = re.compile(r"[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)+/?")
+# A tag as image registries take it.
+IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 REPOSITORY_HINT = (
     "set it to the repository's registryUri, which "
     "`gcloud artifacts repositories describe REPO --location REGION --format "
@@ -64,6 +66,14 @@ def _git(root: Path, *args: str) -> str:
 def head_commit(root: Path) -> str:
     """The checked-out commit of the repository at `root`, in full."""
     return _git(root, "rev-parse", "HEAD")
+
+
+def commit_label(root: Path) -> str:
+    """The checked-out commit's first 12 characters; `unknown` outside a git checkout."""
+    try:
+        return head_commit(root)[:12]
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
 
 
 # What the images are built from (src/Dockerfile and src/frontend/Dockerfile copy only
@@ -85,16 +95,32 @@ def remote_image(repository: str, container: str, tag: str) -> str:
     return f"{repository.rstrip('/')}/{container}:{tag}"
 
 
+def repository_problem(repository: str) -> str | None:
+    """What is wrong with a MEGA_IMAGE_REPOSITORY value, or None when it is a registryUri."""
+    if REPOSITORY_URI.fullmatch(repository):
+        return None
+    return (
+        f"MEGA_IMAGE_REPOSITORY={repository} is not a repository URI "
+        f"(host/project/repository, lowercase, no scheme or tag): {REPOSITORY_HINT}"
+    )
+
+
+def tag_problem(tag: str) -> str | None:
+    """What is wrong with an image tag (`--image-tag`), or None when an image can have it."""
+    if IMAGE_TAG.fullmatch(tag):
+        return None
+    return (
+        f"--image-tag {tag!r} is not an image tag (letters, digits, `_`, `.` and `-`, at most "
+        "128, not starting with `.` or `-`); pass the tag `mega build` printed"
+    )
+
+
 def check_repository(repository: str | None) -> str:
     """MEGA_IMAGE_REPOSITORY as given; exits 2 with how to get it when unset or malformed."""
     if not repository:
         fail(f"MEGA_IMAGE_REPOSITORY is not set: {REPOSITORY_HINT}", EXIT_USAGE)
-    if not REPOSITORY_URI.fullmatch(repository):
-        fail(
-            f"MEGA_IMAGE_REPOSITORY={repository} is not a repository URI "
-            f"(host/project/repository, lowercase, no scheme or tag): {REPOSITORY_HINT}",
-            EXIT_USAGE,
-        )
+    if problem := repository_problem(repository):
+        fail(problem, EXIT_USAGE)
     return repository
 
 

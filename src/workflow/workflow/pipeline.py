@@ -10,7 +10,8 @@ else: `--params` (params.yaml staged on GCS), evaluate's two numbers for the gat
 register's registry root and Vertex AI Model Registry image.
 
 The gate is two `dsl.If`s on evaluate's outputs: test accuracy ≥ registry.min_accuracy
-and test macro F1 ≥ registry.min_macro_f1 (the class-balance floor). A candidate below
+and test macro F1 ≥ registry.min_macro_f1 (the class-balance floor), both values
+compiled in from params.yaml. A candidate below
 either is neither optimized nor registered; register's own gate then decides
 `production` or `candidate` against the production model, as locally.
 
@@ -46,6 +47,8 @@ MEMORY_PER_CPU = {
     "e2-highmem": 8.0,
     "e2-highcpu": 1.0,
 }
+# The vCPU counts Compute Engine's predefined machine types come in.
+MACHINE_CPUS = (1, 2, 4, 8, 16, 32, 48, 64, 80, 96, 128)
 _MACHINE = re.compile(r"(?P<family>[a-z0-9]+-[a-z]+)-(?P<cpus>\d+)")
 # The API's routes and port, given to the Vertex AI Model Registry with its image.
 SERVING_IMAGE_FLAG = "--vertex-serving-image"
@@ -68,7 +71,7 @@ class PipelinePlan:
 
 
 def machine_resources(vertex: VertexParams) -> tuple[str, str]:
-    """`vertex.machine_type` as a step's CPU and memory limits, e.g. ("4", "15G").
+    """`vertex.machine_type` as a step's CPU and memory limits, e.g. ("4", "15000M").
 
     Raises:
         StageDefinitionError: a machine type of another family (its limits are unknown).
@@ -81,7 +84,13 @@ def machine_resources(vertex: VertexParams) -> tuple[str, str]:
             "of those (e.g. n1-standard-4), or `mega train --on vertex` for another"
         )
     cpus = int(match["cpus"])
-    return str(cpus), f"{cpus * MEMORY_PER_CPU[match['family']]:g}G"
+    if cpus not in MACHINE_CPUS:
+        raise StageDefinitionError(
+            f"params.yaml vertex.machine_type {vertex.machine_type!r}: no machine has {cpus} "
+            f"vCPUs; use one with {', '.join(map(str, MACHINE_CPUS))} (e.g. n1-standard-4)"
+        )
+    # In whole megabytes: kfp takes integers only (n1-standard-2 has 7.5 GB).
+    return str(cpus), f"{round(cpus * MEMORY_PER_CPU[match['family']] * 1000)}M"
 
 
 def stage_args(
@@ -281,10 +290,7 @@ def build_pipeline(plan: PipelinePlan) -> Callable[..., Any]:
         "gate → optimize → register, the stages of dvc.yaml in their containers",
     )
     def mega_pipeline(
-        params_root: str = plan.params_root,
-        models_root: str = plan.models_root,
-        min_accuracy: float = plan.registry.min_accuracy,
-        min_macro_f1: float = plan.registry.min_macro_f1,
+        params_root: str = plan.params_root, models_root: str = plan.models_root
     ) -> None:
         def step(stage: str, **inputs: Any) -> Any:
             return _configure(steps[stage](params_root=params_root, **inputs), plan, stage)
@@ -296,8 +302,10 @@ def build_pipeline(plan: PipelinePlan) -> Callable[..., Any]:
         _train_on_vertex_machines(train, plan.vertex)
         candidate = train.outputs["candidate"]
         evaluate = step("evaluate", candidate=candidate, processed=processed)
-        accurate = evaluate.outputs["accuracy"] >= min_accuracy
-        balanced = evaluate.outputs["macro_f1"] >= min_macro_f1
+        # The floors of params.yaml, written into the pipeline: not run-time parameters,
+        # so the gate and register (which reads the same params.yaml) never disagree.
+        accurate = evaluate.outputs["accuracy"] >= plan.registry.min_accuracy
+        balanced = evaluate.outputs["macro_f1"] >= plan.registry.min_macro_f1
         with dsl.If(accurate, name="accuracy-floor"), dsl.If(balanced, name="macro-f1-floor"):
             optimize = step("optimize", candidate=candidate, processed=processed)
             register = steps["register"](
@@ -322,6 +330,7 @@ def compile_pipeline(plan: PipelinePlan, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".yaml", delete=False) as tmp:
         staged = Path(tmp.name)
+    staged.chmod(0o644)  # as any file written here: a temporary file is the owner's only
     try:
         compiler.Compiler().compile(build_pipeline(plan), str(staged))
         staged.replace(out)

@@ -21,12 +21,19 @@ from common import storage
 from common.params import RegistryParams
 from common.services import label_value, vertex_client
 from common.settings import Settings
-from workflow.images import compose_services, remote_image, service_container
+from workflow.images import (
+    GPU_TAG_SUFFIX,
+    commit_label,
+    compose_services,
+    remote_image,
+    service_container,
+)
 from workflow.pipeline import PIPELINE_NAME, STAGES, PipelinePlan, compile_pipeline
 from workflow.project import Project
 from workflow.stages import params_digest, read_stages
 from workflow.vertex import (
     CloudTarget,
+    accelerator,
     as_json,
     job_env,
     job_name,
@@ -40,7 +47,7 @@ from workflow.vertex_jobs import (
     state_name,
     vertex_errors,
 )
-from workflow.vertex_submit import data_version, source_tag
+from workflow.vertex_submit import cloud_notes, source_tag
 
 if TYPE_CHECKING:
     from google.cloud import aiplatform_v1
@@ -86,6 +93,8 @@ def plan_pipeline(
         StageDefinitionError: dvc.yaml defines a stage the pipeline cannot run.
     """
     params = project.params
+    if params.vertex.accelerator_count:
+        accelerator(params.vertex)  # an unknown name: CloudConfigError, with the valid ones
     raw = yaml.safe_load((project.root / "params.yaml").read_text())
     stages = read_stages(project.root, params.dataset)
     env = {**job_env(target, settings), "MEGA_GCP_REGION": target.region}
@@ -103,16 +112,23 @@ def plan_pipeline(
     )
 
 
-def pipeline_labels(project: Project, tag: str) -> dict[str, str]:
-    """The PipelineJob's labels: the commit and the local data's version."""
-    stats = project.data_stats()
-    params = project.params
+def pipeline_labels(project: Project, plan: PipelinePlan, tag: str) -> dict[str, str]:
+    """The PipelineJob's labels: the commit, the image tag, and `data-params`, the digests
+    of collect's and process's params (the run makes its own data, so its version is
+    known only once process ran: the registered model's `data-version` label has it)."""
     return {
         "mega-stage": "pipeline",
-        "dataset": label_value(params.dataset),
-        "git-sha": label_value(tag),
-        "data-version": label_value(data_version(None, stats.data_hash[:12] if stats else None)),
+        "dataset": label_value(project.params.dataset),
+        "git-sha": commit_label(project.root),
+        "image-tag": label_value(tag),
+        "data-params": f"{plan.digests['collect']}-{plan.digests['process']}",
     }
+
+
+def pipeline_notes(plan: PipelinePlan, target: CloudTarget, tag: str) -> list[str]:
+    """What a user should know before the run: the images it needs, W&B off."""
+    gpu = plan.images["train"].endswith(GPU_TAG_SUFFIX)
+    return cloud_notes(target, f"the steps run the images at tag {tag}", tag, gpu)
 
 
 def pipeline_job(
@@ -190,10 +206,14 @@ def dry_run(
 ) -> None:
     """Print the PipelineJob that would be created (stdout: JSON only; notes: stderr)."""
     target = CloudTarget.from_settings(settings, dry_run=True)
-    tag = tag or source_tag(project)
+    tag = source_tag(project, tag)
     plan = plan_pipeline(project, settings, target, tag, caching)
     name = job_name("pipeline", project.params)
-    print(as_json(pipeline_job(compiled_spec(plan), target, name, pipeline_labels(project, tag))))
+    print(
+        as_json(
+            pipeline_job(compiled_spec(plan), target, name, pipeline_labels(project, plan, tag))
+        )
+    )
 
     def say(text: str) -> None:
         errors.print(f"dry run: {text}", highlight=False)
@@ -201,7 +221,8 @@ def dry_run(
     if target.missing:
         say(f"{', '.join(target.missing)} unset, shown as <MEGA_…> (docs/cloud.md)")
     say(f"params.yaml would be staged under {plan.params_root}/ (one file per stage)")
-    say(f"the steps run the images at tag {tag}: `mega build --push` pushes them")
+    for note in pipeline_notes(plan, target, tag):
+        say(note)
     say(f"nothing was sent; POST {target.parent}/pipelineJobs creates it")
 
 
@@ -252,10 +273,10 @@ def submit(
         ServiceError: Vertex AI or Cloud Storage refused or did not answer.
     """
     target = CloudTarget.from_settings(settings)
-    tag = tag or source_tag(project)
+    tag = source_tag(project, tag)
     plan = plan_pipeline(project, settings, target, tag, caching)
     name = job_name("pipeline", project.params)
-    body = pipeline_job(compiled_spec(plan), target, name, pipeline_labels(project, tag))
+    body = pipeline_job(compiled_spec(plan), target, name, pipeline_labels(project, plan, tag))
     client = pipeline_client(settings)
 
     def call(verb: str, **fields: Any) -> Any:
@@ -264,11 +285,8 @@ def submit(
             method = getattr(client, f"{verb}_pipeline_job")
             return method(**fields, **call_options(settings, retry=verb != "create"))
 
-    console.print(
-        f"[yellow]note[/yellow]: the steps run the images at tag {tag}: `mega build --push` "
-        "pushes them",
-        highlight=False,
-    )
+    for note in pipeline_notes(plan, target, tag):
+        console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
     # One cheap request first: a disabled API or a missing permission is said in seconds.
     with vertex_errors(settings):
         client.list_pipeline_jobs(

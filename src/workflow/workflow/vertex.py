@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from common import storage
 from common.params import PipelineParams, VertexParams
 from common.settings import Settings
-from workflow.images import GPU_TAG_SUFFIX, TRAINING_IMAGE, remote_image
+from workflow.images import GPU_TAG_SUFFIX, TRAINING_IMAGE, remote_image, repository_problem
 
 if TYPE_CHECKING:
     from google.cloud import aiplatform_v1
@@ -76,6 +76,8 @@ class CloudTarget:
                 f"MEGA_GCS_ROOT={settings.gcs_root} is not a gs:// URI; "
                 "set it to gs://<bucket>[/<prefix>] (docs/cloud.md)"
             )
+        if settings.image_repository and (problem := repository_problem(settings.image_repository)):
+            raise CloudConfigError(problem)
 
         def value(name: str) -> str:
             return getattr(settings, name) or f"<MEGA_{name.upper()}>"

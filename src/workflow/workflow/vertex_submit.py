@@ -20,7 +20,7 @@ from common import storage
 from common.params import PipelineParams
 from common.services import label_value
 from common.settings import Settings
-from workflow.images import GPU_TAG_SUFFIX, image_tag
+from workflow.images import GPU_TAG_SUFFIX, commit_label, image_tag, tag_problem
 from workflow.project import Project
 from workflow.vertex import (
     CloudConfigError,
@@ -57,12 +57,18 @@ def data_prefix(target: CloudTarget, dataset: str, version: str) -> str:
     return f"{target.gcs_root}/data/processed/{dataset}/{version}"
 
 
-def source_tag(project: Project) -> str:
-    """The image tag of the checked-out code, as `mega build` tags its images.
+def source_tag(project: Project, given: str | None = None) -> str:
+    """The image tag to run: `given` (`--image-tag`), else the checked-out code's, as
+    `mega build` tags its images.
 
     Raises:
-        CloudConfigError: the project is not a git checkout (no commit names the code).
+        CloudConfigError: `given` is not an image tag, or none is given and the project
+            is not a git checkout (no commit names the code).
     """
+    if given is not None:
+        if problem := tag_problem(given):
+            raise CloudConfigError(problem)
+        return given
     try:
         return image_tag(project.root)
     except (subprocess.CalledProcessError, FileNotFoundError) as exc:
@@ -105,7 +111,7 @@ def plan_training(
         )
     version = stats.data_hash[:12] if stats else UNKNOWN_DATA_VERSION
     name = job_name(stage, params)
-    tag = tag or source_tag(project)
+    tag = source_tag(project, tag)
     return TrainingRun(
         display_name=name,
         data_uri=data or data_prefix(target, params.dataset, version),
@@ -114,7 +120,8 @@ def plan_training(
         labels={
             "mega-stage": stage,
             "dataset": label_value(params.dataset),
-            "git-sha": label_value(tag),
+            "git-sha": commit_label(project.root),
+            "image-tag": label_value(tag),
             "data-version": label_value(data_version(data, version if stats else None)),
         },
     )
@@ -178,18 +185,26 @@ def tuning_kind(trials: int | None = None) -> JobKind:
     )
 
 
-def job_notes(run: TrainingRun, target: CloudTarget) -> list[str]:
-    """What a user should know before the job runs: the image it needs, W&B off."""
-    gpu = " --gpu" if run.image.endswith(GPU_TAG_SUFFIX) else ""
-    notes = [f"the job runs the image {run.image}: `mega build --push{gpu}` pushes it"]
-    if "-dirty" in run.image:
+def cloud_notes(target: CloudTarget, runs: str, tag: str, gpu: bool) -> list[str]:
+    """What a user should know before a job or pipeline run starts: `runs` (what runs
+    which images), how to push them at `tag`, and that W&B is off without a secret."""
+    flag = " --gpu" if gpu else ""
+    notes = [f"{runs}: `mega build --push{flag}` pushes them"]
+    if tag.endswith("-dirty"):
         notes.append(
             "src/ or requirements/ has changes, so that tag needs `mega build --push"
-            f"{gpu} --allow-dirty`; or commit, push and submit again"
+            f"{flag} --allow-dirty`; or commit, push and submit again"
         )
     if not target.wandb_secret:
-        notes.append("W&B is off in the job: set MEGA_WANDB_SECRET to track it (docs/cloud.md)")
+        notes.append("W&B is off in the cloud: set MEGA_WANDB_SECRET to track it (docs/cloud.md)")
     return notes
+
+
+def job_notes(run: TrainingRun, target: CloudTarget) -> list[str]:
+    """`cloud_notes` of a training job."""
+    gpu = run.image.endswith(GPU_TAG_SUFFIX)
+    tag = run.image.rsplit(":", 1)[-1].removesuffix(GPU_TAG_SUFFIX)
+    return cloud_notes(target, f"the job runs the image {run.image}", tag, gpu)
 
 
 def dry_run(
