@@ -12,6 +12,9 @@ in its image. Three adaptations make that so, each doing what Vertex AI Pipeline
 3. a `dsl.If` on a named output of a step (`evaluate`'s `accuracy`) resolves it
    (kfp.local reads only outputs named `Output` there).
 
+`compiled_steps` reads a compiled pipeline's steps and their wiring, for tests that
+run or check each step's command themselves.
+
 Only for tests: nothing here is used by `mega`.
 """
 
@@ -69,3 +72,30 @@ def local_kfp(monkeypatch: pytest.MonkeyPatch, pipeline_root: Path) -> Iterator[
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     yield
+
+
+def compiled_steps(spec: dict[str, Any]) -> dict[str, tuple[list[str], dict[str, tuple[str, str]]]]:
+    """Each step (task) of the pipeline: its command, and where each input artifact comes
+    from, (producer step, output name), followed through the gate's sub-DAGs."""
+    components = spec["components"]
+    executors = spec["deploymentSpec"]["executors"]
+    steps = {}
+
+    def walk(dag: dict[str, Any], scope: dict[str, tuple[str, str]]) -> None:
+        for name, task in dag["tasks"].items():
+            sources = {}
+            for key, given in task.get("inputs", {}).get("artifacts", {}).items():
+                if "taskOutputArtifact" in given:
+                    output = given["taskOutputArtifact"]
+                    sources[key] = (output["producerTask"], output["outputArtifactKey"])
+                else:
+                    sources[key] = scope[given["componentInputArtifact"]]
+            component = components[task["componentRef"]["name"]]
+            if "dag" in component:  # a condition: its tasks see these sources
+                walk(component["dag"], sources)
+            else:
+                container = executors[component["executorLabel"]]["container"]
+                steps[name] = ([*container["command"], *container["args"]], sources)
+
+    walk(spec["root"]["dag"], {})
+    return steps

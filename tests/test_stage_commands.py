@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from dockerfiles import dockerfile_stages, stage_instruction
+from kfp_local import compiled_steps
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = ("dvc.yaml", "docker-compose.yml", "params.yaml")
@@ -105,40 +106,13 @@ def compiled_pipeline(root: Path) -> dict[str, Any]:
     return compiled_spec(plan_pipeline(Project(root, settings), settings, target, "test"))
 
 
-def _steps(spec: dict[str, Any]) -> dict[str, tuple[list[str], dict[str, tuple[str, str]]]]:
-    """Each step (task) of the pipeline: its command, and where each input artifact comes
-    from, (producer step, output name), followed through the gate's sub-DAGs."""
-    components = spec["components"]
-    executors = spec["deploymentSpec"]["executors"]
-    steps = {}
-
-    def walk(dag: dict[str, Any], scope: dict[str, tuple[str, str]]) -> None:
-        for name, task in dag["tasks"].items():
-            sources = {}
-            for key, given in task.get("inputs", {}).get("artifacts", {}).items():
-                if "taskOutputArtifact" in given:
-                    output = given["taskOutputArtifact"]
-                    sources[key] = (output["producerTask"], output["outputArtifactKey"])
-                else:
-                    sources[key] = scope[given["componentInputArtifact"]]
-            component = components[task["componentRef"]["name"]]
-            if "dag" in component:  # a condition: its tasks see these sources
-                walk(component["dag"], sources)
-            else:
-                container = executors[component["executorLabel"]]["container"]
-                steps[name] = ([*container["command"], *container["args"]], sources)
-
-    walk(spec["root"]["dag"], {})
-    return steps
-
-
 def kfp_commands(spec: dict[str, Any], dvc: dict[str, list[str]]) -> dict[str, list[str]]:
     """Each step's command with artifacts as dvc.yaml's paths and the cloud's options out.
 
     An output artifact is the path dvc.yaml gives the same option of the producing
     stage; an input is its producer's output. Unresolvable ones stay as placeholders.
     """
-    steps = _steps(spec)
+    steps = compiled_steps(spec)
     paths: dict[tuple[str, str], str] = {}
     for step, (command, _) in steps.items():
         dvc_options = dict(normalize(dvc.get(step, []))[1])

@@ -107,6 +107,8 @@ GOOGLE_CREDENTIALS_FIX = (
 )
 
 
+# A Vertex AI model ID: a lowercase letter or `_` first, then at most 62 of a-z, 0-9, - and _.
+VERTEX_MODEL_ID = re.compile(r"[a-z_][a-z0-9_-]{0,62}")
 # Google Cloud label values: lowercase letters, digits, `_` and `-`, at most 63 characters.
 _LABEL_VALUE_BAD = re.compile(r"[^a-z0-9_-]")
 Client = TypeVar("Client")
@@ -208,6 +210,19 @@ def vertex_errors(
             "check MEGA_GCP_PROJECT and MEGA_GCP_REGION (a region where Vertex AI runs)",
         ) from exc
     except (api.InvalidArgument, api.BadRequest) as exc:
+        raise ServiceError(service, f"{refused}: {exc.message}", refused_fix) from exc
+    except api.AlreadyExists as exc:
+        raise ServiceError(
+            service, f"already exists: {exc.message}", "wait a second and submit again"
+        ) from exc
+    except api.ResourceExhausted as exc:
+        raise ServiceError(
+            service,
+            f"quota exhausted in project {project} ({exc.message})",
+            "ask for more in the console (IAM & Admin → Quotas, by the machine or GPU "
+            "named), or ask for fewer or smaller machines",
+        ) from exc
+    except api.FailedPrecondition as exc:
         raise ServiceError(service, f"{refused}: {exc.message}", refused_fix) from exc
     except (api.RetryError, api.ServerError, requests.RequestException, OSError) as exc:
         raise ServiceError(

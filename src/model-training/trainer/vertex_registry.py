@@ -16,7 +16,6 @@ checks the path production takes.
 from __future__ import annotations
 
 import concurrent.futures
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from common import storage
 from common.contracts import LINEAGE, METRICS, Lineage, Metrics, RegisterResult
 from common.registry import ModelRegistry
 from common.services import (
+    VERTEX_MODEL_ID,
     ServiceBudget,
     ServiceError,
     google_call_options,
@@ -48,8 +48,6 @@ HEALTH_ROUTE = "/readyz"
 # How long an upload may take before register gives up waiting (seconds). Vertex AI
 # usually finishes in well under a minute; the upload may still complete after this.
 UPLOAD_WAIT_SECONDS = 600.0
-# A Vertex AI model ID: [a-z0-9_-], not starting with a digit or `-`, at most 63.
-_MODEL_ID = re.compile(r"[a-z_][a-z0-9_-]{0,62}")
 _DENIED_FIX = (
     "grant the account register runs as roles/aiplatform.user in the project "
     "(docs/cloud.md, Vertex AI Model Registry)"
@@ -93,7 +91,7 @@ def check_setup(settings: Settings, registry_root: str, model_name: str, image: 
             f"--registry {registry_root}: Vertex AI reads model versions from Cloud Storage; "
             "pass a gs:// registry with --vertex-serving-image"
         )
-    if not _MODEL_ID.fullmatch(model_name):
+    if not VERTEX_MODEL_ID.fullmatch(model_name):
         raise VertexSetupError(
             f"registry.model_name {model_name!r} is not a Vertex AI model ID (a letter first, "
             "then at most 62 of a-z, 0-9, - and _); rename it in params.yaml"

@@ -151,8 +151,10 @@ def test_images_environment_and_caching(run_mega: Mega, tmp_path: Path) -> None:
         **spec["root"]["dag"]["tasks"],
         **spec["components"]["comp-condition-2"]["dag"]["tasks"],
     }
-    for stage in STAGES:
+    for stage in STAGES[:-1]:
         assert tasks[stage]["cachingOptions"] == {"enableCache": True}, stage
+    # register publishes: never a cached result (a registry deleted since is filled again).
+    assert tasks["register"]["cachingOptions"] == {}
     assert SECRET not in json.dumps(spec)
 
 
@@ -308,13 +310,49 @@ def test_dry_run_prints_the_pipeline_job(run_mega: Mega, tmp_path: Path) -> None
     assert "--allow-dirty" in result.stderr
 
 
-def test_force_turns_the_cache_off(run_mega: Mega, tmp_path: Path) -> None:
+def all_tasks(spec: dict) -> dict:
+    """Every step's task, in the root DAG or behind the gate (not the gate's own)."""
+    tasks = {
+        **spec["root"]["dag"]["tasks"],
+        **spec["components"]["comp-condition-2"]["dag"]["tasks"],
+    }
+    return {name: task for name, task in tasks.items() if name in STAGES}
+
+
+@pytest.mark.parametrize(
+    ("args", "note"),
+    [
+        (["--force", "--image-tag", "t"], None),
+        (["--image-tag", "abc-dirty"], "the cache is off: a -dirty tag"),
+    ],
+)
+def test_force_or_a_dirty_tag_turns_the_cache_off(
+    run_mega: Mega, tmp_path: Path, args: list[str], note: str | None
+) -> None:
+    """A -dirty tag names whatever was pushed last under it: a cached step could hold
+    another version of the code's results."""
     root = make_project(tmp_path)
-    args = ["run", "--on", "vertex", "--dry-run", "--force", "--image-tag", "t"]
-    result = run_mega(args, root, SETTINGS)
+    result = run_mega(["run", "--on", "vertex", "--dry-run", *args], root, SETTINGS)
     assert result.returncode == 0, result.stderr
-    tasks = json.loads(result.stdout)["pipelineSpec"]["root"]["dag"]["tasks"]
-    assert tasks["train"]["cachingOptions"] == {}  # enableCache false is left out
+    tasks = all_tasks(json.loads(result.stdout)["pipelineSpec"])
+    assert sorted(tasks) == sorted(STAGES)
+    for stage, task in tasks.items():
+        assert task["cachingOptions"] == {}, stage  # enableCache false is left out
+    if note:
+        assert note in result.stderr
+
+
+def test_the_job_id_and_model_id_are_what_vertex_ai_takes(run_mega: Mega, tmp_path: Path) -> None:
+    """A dataset with `_` gives a valid PipelineJob ID; a model name Vertex AI would refuse
+    at the end of the run (register) is refused before it starts."""
+    root = make_project(tmp_path, dataset="my_data")
+    result = run_mega(["run", "--on", "vertex", "--dry-run", "--image-tag", "t"], root, SETTINGS)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["displayName"].startswith("mega-pipeline-my-data-")
+    write_params(root, {"dataset": "my_data", "registry": {"model_name": "9digits"}})
+    result = run_mega(["pipeline", "compile", "--image-tag", "t"], root, SETTINGS)
+    assert result.returncode == 2
+    assert "registry.model_name '9digits' is not a Vertex AI model ID" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -409,12 +447,26 @@ def test_a_closed_gate_is_said(
 ) -> None:
     root = make_project(tmp_path)
     vertex_stub.states = SUCCEEDED
-    steps = {**dict.fromkeys(STAGES[:4], "SUCCEEDED"), "optimize": "SKIPPED", "register": "SKIPPED"}
-    vertex_stub.final_fields = succeeded_steps(steps)
+    closed = {"optimize": "NOT_TRIGGERED", "register": "NOT_TRIGGERED"}
+    vertex_stub.final_fields = succeeded_steps({**dict.fromkeys(STAGES[:4], "SUCCEEDED"), **closed})
     result = run_mega(["run", "--on", "vertex", "--image-tag", "t"], root, on_stub(vertex_stub))
     assert result.returncode == 0, result.stderr
     assert "gate: the candidate is below registry.min_accuracy" in result.stdout
-    assert "register: SKIPPED" in result.stdout
+    assert "register: NOT_TRIGGERED (behind the gate, which stayed closed)" in result.stdout
+
+
+def test_cached_steps_are_said_to_be_cached_not_gated(
+    run_mega: Mega, tmp_path: Path, vertex_stub: VertexStub, storage_emulator: str
+) -> None:
+    """Vertex AI calls a step served from its cache SKIPPED: not a closed gate."""
+    root = make_project(tmp_path)
+    vertex_stub.states = SUCCEEDED
+    cached = {**dict.fromkeys(STAGES[:5], "SKIPPED"), "register": "SUCCEEDED"}
+    vertex_stub.final_fields = succeeded_steps(cached)
+    result = run_mega(["run", "--on", "vertex", "--image-tag", "t"], root, on_stub(vertex_stub))
+    assert result.returncode == 0, result.stderr
+    assert "train: SKIPPED (cached: the outputs of an earlier run" in result.stdout
+    assert "gate:" not in result.stdout and "registered: " in result.stdout
 
 
 def test_a_failed_run_is_one_line_and_exit_1(

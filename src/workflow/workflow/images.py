@@ -36,6 +36,8 @@ TRAINING_IMAGE = "model-training"
 # The training image built with ACCELERATOR=gpu (TensorFlow's CUDA wheels) is tagged
 # `<tag>-gpu` (src/model-training/README.md).
 GPU_TAG_SUFFIX = "-gpu"
+# The tag of a tree whose build inputs have changes: it names no commit's code.
+DIRTY_SUFFIX = "-dirty"
 
 COMPOSE_FILE = "docker-compose.yml"
 PROFILES = ["--profile", "pipeline", "--profile", "cloud-sim"]
@@ -87,7 +89,7 @@ def image_tag(root: Path) -> str:
     (BUILD_INPUTS) has changes, untracked files included."""
     sha = head_commit(root)[:12]
     changed = _git(root, "status", "--porcelain", "--", *BUILD_INPUTS)
-    return f"{sha}-dirty" if changed else sha
+    return f"{sha}{DIRTY_SUFFIX}" if changed else sha
 
 
 def remote_image(repository: str, container: str, tag: str) -> str:

@@ -17,8 +17,10 @@ either is neither optimized nor registered; register's own gate then decides
 
 Caching: a step's cache key (Vertex AI's) is its command, image and inputs. Each
 step reads params.yaml staged as `<params_root>/<stage>-<digest>.yaml`, the digest
-covering only the params dvc.yaml declares for the stage, so a step re-runs exactly
-when DVC would re-run the stage: its code (the image), its params or its inputs changed.
+covering only the params dvc.yaml declares for the stage, so with the same images a
+step re-runs when DVC would re-run the stage: its params or its inputs changed. A new
+commit is a new image tag, so every step runs; register is never cached (publishing is
+not a result to reuse).
 """
 
 # No `from __future__ import annotations`: kfp reads the components' annotations as types.
@@ -261,8 +263,11 @@ def _train_on_vertex_machines(task: Any, vertex: VertexParams) -> None:
             "on one machine; set vertex.workers: 1 for `mega run --on vertex` (its GPUs still "
             "apply), or train on several machines with `mega train --on vertex`"
         )
-    cpus, memory = machine_resources(vertex)
-    task.set_cpu_limit(cpus).set_memory_limit(memory)
+    family = _MACHINE.fullmatch(vertex.machine_type)
+    if not vertex.accelerator_count or (family and family["family"] in MEMORY_PER_CPU):
+        cpus, memory = machine_resources(vertex)
+        task.set_cpu_limit(cpus).set_memory_limit(memory)
+    # else a GPU machine family (a2, g2, …): Vertex AI picks one that takes the GPUs.
     if vertex.accelerator_count:
         task.set_accelerator_type(vertex.accelerator_type)
         task.set_accelerator_limit(vertex.accelerator_count)
@@ -316,6 +321,9 @@ def build_pipeline(plan: PipelinePlan) -> Callable[..., Any]:
                 optimized=optimize.outputs["optimized"],
             )
             _configure(register, plan, "register")
+            # Publishing is not a result to reuse: a registry deleted since must be
+            # filled again (register itself uploads nothing twice).
+            register.set_caching_options(False)
 
     return mega_pipeline
 

@@ -8,6 +8,7 @@ service account, caching, labels) and follow it step by step to its end.
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ import yaml
 
 from common import storage
 from common.params import RegistryParams
-from common.services import label_value, vertex_client
+from common.services import VERTEX_MODEL_ID, label_value, vertex_client
 from common.settings import Settings
 from workflow.images import (
+    DIRTY_SUFFIX,
     GPU_TAG_SUFFIX,
     commit_label,
     compose_services,
@@ -32,6 +34,7 @@ from workflow.pipeline import PIPELINE_NAME, STAGES, PipelinePlan, compile_pipel
 from workflow.project import Project
 from workflow.stages import params_digest, read_stages
 from workflow.vertex import (
+    CloudConfigError,
     CloudTarget,
     accelerator,
     as_json,
@@ -53,7 +56,16 @@ if TYPE_CHECKING:
     from google.cloud import aiplatform_v1
     from rich.console import Console
 
+PIPELINE_REFUSED_FIX = (
+    "read the pipeline (`mega pipeline compile`) and params.yaml's vertex: section "
+    "(machine type, accelerator)"
+)
 API_IMAGE = "api-service"  # the container the Vertex AI Model Registry records as the server
+# What a step's state means, where Vertex AI's name says little.
+STATE_NOTES = {
+    "SKIPPED": " (cached: the outputs of an earlier run with the same inputs)",
+    "NOT_TRIGGERED": " (behind the gate, which stayed closed)",
+}
 PIPELINE_STATES = {
     "PIPELINE_STATE_SUCCEEDED",
     "PIPELINE_STATE_FAILED",
@@ -95,6 +107,12 @@ def plan_pipeline(
     params = project.params
     if params.vertex.accelerator_count:
         accelerator(params.vertex)  # an unknown name: CloudConfigError, with the valid ones
+    if not VERTEX_MODEL_ID.fullmatch(params.registry.model_name):
+        # Said now, not by register at the end of a paid run.
+        raise CloudConfigError(
+            f"params.yaml registry.model_name {params.registry.model_name!r} is not a Vertex AI "
+            "model ID (a letter first, then at most 62 of a-z, 0-9, - and _): rename it"
+        )
     raw = yaml.safe_load((project.root / "params.yaml").read_text())
     stages = read_stages(project.root, params.dataset)
     env = {**job_env(target, settings), "MEGA_GCP_REGION": target.region}
@@ -108,7 +126,8 @@ def plan_pipeline(
         serving_image=remote_image(target.image_repository, API_IMAGE, tag),
         params_root=params_root(target),
         models_root=f"{target.gcs_root}/models",
-        caching=caching,
+        # A `-dirty` tag names whatever was pushed last under it: never reuse its results.
+        caching=caching and not tag.endswith(DIRTY_SUFFIX),
     )
 
 
@@ -125,10 +144,19 @@ def pipeline_labels(project: Project, plan: PipelinePlan, tag: str) -> dict[str,
     }
 
 
+def pipeline_job_id(name: str) -> str:
+    """`name` as a PipelineJob ID (`[a-z][-a-z0-9]*`, at most 128): a dataset named
+    `my_data` would be refused."""
+    return re.sub(r"[^-a-z0-9]+", "-", name.lower())[:128]
+
+
 def pipeline_notes(plan: PipelinePlan, target: CloudTarget, tag: str) -> list[str]:
     """What a user should know before the run: the images it needs, W&B off."""
     gpu = plan.images["train"].endswith(GPU_TAG_SUFFIX)
-    return cloud_notes(target, f"the steps run the images at tag {tag}", tag, gpu)
+    notes = cloud_notes(target, f"the steps run the images at tag {tag}", tag, gpu)
+    if tag.endswith(DIRTY_SUFFIX):
+        notes.append("the cache is off: a -dirty tag may name other code at every push")
+    return notes
 
 
 def pipeline_job(
@@ -170,7 +198,8 @@ def console_link(target: CloudTarget, job_id: str) -> str:
 def logs_link(target: CloudTarget, job_id: str) -> str:
     """The run's logs in Cloud Logging (every step's)."""
     query = quote(
-        f'resource.type="aiplatform.googleapis.com/PipelineJob" labels.pipeline_job_id="{job_id}"',
+        f'resource.type="aiplatform.googleapis.com/PipelineJob" '
+        f'resource.labels.pipeline_job_id="{job_id}"',
         safe="",
     )
     return f"https://console.cloud.google.com/logs/query;query={query}?project={target.project}"
@@ -188,7 +217,7 @@ def step_progress() -> Any:
         for stage in sorted(states, key=STAGES.index):
             if seen.get(stage) != states[stage]:
                 seen[stage] = states[stage]
-                lines.append(f"{stage}: {states[stage]}")
+                lines.append(f"{stage}: {states[stage]}{STATE_NOTES.get(states[stage], '')}")
         return lines
 
     return changes
@@ -208,7 +237,7 @@ def dry_run(
     target = CloudTarget.from_settings(settings, dry_run=True)
     tag = source_tag(project, tag)
     plan = plan_pipeline(project, settings, target, tag, caching)
-    name = job_name("pipeline", project.params)
+    name = pipeline_job_id(job_name("pipeline", project.params))
     print(
         as_json(
             pipeline_job(compiled_spec(plan), target, name, pipeline_labels(project, plan, tag))
@@ -240,10 +269,10 @@ class SubmittedPipeline:
 
 def stage_params(project: Project, plan: PipelinePlan) -> int:
     """Upload params.yaml as `<params_root>/<stage>-<digest>.yaml` for each stage that
-    reads params and has none there yet; returns how many were uploaded.
+    reads params, unless that file already holds it; returns how many were uploaded.
 
-    A file is written once: the name changes when the stage's params change, so a run
-    in flight never sees its params change.
+    The name changes when the stage's declared params change, so a run in flight never
+    sees those change; the rest of the file (what lineage records) is this submission's.
     """
     data = (project.root / "params.yaml").read_bytes()
     sent = 0
@@ -251,7 +280,7 @@ def stage_params(project: Project, plan: PipelinePlan) -> int:
         if not plan.stages[stage].params:
             continue
         uri = f"{plan.params_root}/{stage}-{plan.digests[stage]}.yaml"
-        if not storage.exists(uri):
+        if not storage.exists(uri) or storage.read_bytes(uri) != data:
             storage.write_bytes(uri, data)
             sent += 1
     return sent
@@ -275,20 +304,20 @@ def submit(
     target = CloudTarget.from_settings(settings)
     tag = source_tag(project, tag)
     plan = plan_pipeline(project, settings, target, tag, caching)
-    name = job_name("pipeline", project.params)
+    name = pipeline_job_id(job_name("pipeline", project.params))
     body = pipeline_job(compiled_spec(plan), target, name, pipeline_labels(project, plan, tag))
     client = pipeline_client(settings)
 
     def call(verb: str, **fields: Any) -> Any:
         # A create is never retried: a request that timed out may have started the run.
-        with vertex_errors(settings):
+        with vertex_errors(settings, PIPELINE_REFUSED_FIX):
             method = getattr(client, f"{verb}_pipeline_job")
             return method(**fields, **call_options(settings, retry=verb != "create"))
 
     for note in pipeline_notes(plan, target, tag):
         console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
     # One cheap request first: a disabled API or a missing permission is said in seconds.
-    with vertex_errors(settings):
+    with vertex_errors(settings, PIPELINE_REFUSED_FIX):
         client.list_pipeline_jobs(
             request={"parent": target.parent, "page_size": 1}, **call_options(settings)
         )
@@ -325,7 +354,7 @@ def _say_registered(
     states: dict[str, str], registry: RegistryParams, models_root: str, console: Console
 ) -> None:
     """Where a succeeded run left the model, or that the gate kept it out."""
-    if states.get("register") == "SUCCEEDED":
+    if states.get("register") in ("SUCCEEDED", "SKIPPED"):
         console.print(
             f"registered: {models_root}/{registry.model_name}/ and the Vertex AI Model "
             f"Registry's model {registry.model_name} (its aliases say whether it is production)",

@@ -5,7 +5,8 @@ docker-compose.yml runs the same command in the stage's image (a test keeps them
 and the kfp pipeline (`workflow.pipeline`) is generated from it, each local path of the
 command replaced by the GCS URI of the kfp artifact that holds it. The `params:` a stage
 declares are what its command reads of params.yaml: DVC re-runs the stage when one
-changes, and the pipeline keys its Vertex AI cache on them the same way.
+changes, and the pipeline keys its Vertex AI cache on them the same way (with the
+same images).
 """
 
 from __future__ import annotations

@@ -51,15 +51,21 @@ def call_options(settings: Settings, *, retry: bool = True) -> dict[str, Any]:
     return google_call_options(ServiceBudget.from_settings(settings), retry=retry)
 
 
-def vertex_errors(settings: Settings) -> contextlib.AbstractContextManager[None]:
-    """Turn Vertex AI's refusals and silences, for a job `mega` submits, into one-line
-    `ServiceError`s (`common.services.vertex_errors`, with the fixes a job needs)."""
+JOB_REFUSED_FIX = "check the vertex: section of params.yaml (machine type, accelerator, workers)"
+
+
+def vertex_errors(
+    settings: Settings, refused_fix: str = JOB_REFUSED_FIX
+) -> contextlib.AbstractContextManager[None]:
+    """Turn Vertex AI's refusals and silences, for a job or run `mega` submits, into
+    one-line `ServiceError`s (`common.services.vertex_errors`); `refused_fix` follows a
+    request Vertex AI found invalid."""
     return common_vertex_errors(
         settings,
         denied_fix="grant your account roles/aiplatform.user (and roles/iam.serviceAccountUser "
         "on MEGA_VERTEX_SERVICE_ACCOUNT); docs/cloud.md lists the roles",
-        refused="the job was refused",
-        refused_fix="check the vertex: section of params.yaml (machine type, accelerator, workers)",
+        refused="refused",
+        refused_fix=refused_fix,
     )
 
 
