@@ -171,7 +171,9 @@ def _model_version(stub: VertexStub, name: str) -> dict[str, Any] | None:
 
 
 def _merge_aliases(stub: VertexStub, name: str, aliases: list[str]) -> tuple[int, dict[str, Any]]:
-    """`-alias` removes an alias from the version; an alias another version holds is refused."""
+    """`-alias` removes an alias from the version; an alias another version holds moves
+    here (Vertex AI: "applying an alias used by another version removes it from that
+    version")."""
     version = _model_version(stub, name)
     if version is None:
         return 404, google_error(404, f"{name} not found")
@@ -181,8 +183,9 @@ def _merge_aliases(stub: VertexStub, name: str, aliases: list[str]) -> tuple[int
             if alias[1:] in version["versionAliases"]:
                 version["versionAliases"].remove(alias[1:])
             continue
-        if any(alias in other["versionAliases"] for other in siblings if other is not version):
-            return 400, google_error(400, f"alias {alias} is used by another version")
+        for other in siblings:
+            if other is not version and alias in other["versionAliases"]:
+                other["versionAliases"].remove(alias)
         if alias not in version["versionAliases"]:
             version["versionAliases"].append(alias)
     return 200, version

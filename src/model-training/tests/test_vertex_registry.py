@@ -236,13 +236,13 @@ def test_aliases_follow_the_gate_and_a_rerun_uploads_nothing(
 
     vertex_stub.requests.clear()
     run(b"third", 0.99)  # promoted: production moves from 1 to 3, candidate stays on 2
-    # Off the old version first: a version's aliases are unique, the stub refuses a
-    # second holder as Vertex AI does.
-    assert merges(vertex_stub) == [("1", ["-production"]), ("3", ["production"])]
+    # One request moves each alias (Vertex AI takes it off its holder), so @production
+    # never names nothing; `default`, what the model's bare name serves, goes with it.
+    assert merges(vertex_stub) == [("3", ["production", "default"])]
     assert aliases_on_vertex(vertex_stub) == {
-        "1": ["default"],
+        "1": [],
         "2": ["candidate"],
-        "3": ["production"],
+        "3": ["default", "production"],
     }
     local = json.loads(storage.read_bytes(f"{registry}/digits-cnn/aliases.json"))
     assert local == {"production": "3", "candidate": "2"}

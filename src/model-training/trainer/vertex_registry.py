@@ -38,9 +38,10 @@ from trainer.register import CANDIDATE, PRODUCTION
 if TYPE_CHECKING:
     from google.cloud import aiplatform_v1
 
-# The aliases the folder registry's gate sets; Vertex AI's own (`default`) and any a
-# user added are left alone.
+# The aliases the folder registry's gate sets; any a user added are left alone.
 MANAGED_ALIASES = (PRODUCTION, CANDIDATE)
+# Vertex AI's alias of the version a request without one gets; it follows production.
+DEFAULT_ALIAS = "default"
 # The API service's container (src/Dockerfile's api-service target, api_service.routes).
 SERVING_PORT = 8000
 PREDICT_ROUTE = "/v1/predict"
@@ -249,17 +250,12 @@ def _upload(
     return str(response.model_version_id)
 
 
-def _sync_aliases(
-    client: aiplatform_v1.ModelServiceClient,
-    model: str,
+def _holders(
     versions: list[aiplatform_v1.Model],
-    wanted: dict[str, str],
-    settings: Settings,
-) -> dict[str, tuple[str, ...]]:
-    """Move each managed alias to the version whose content-hash label aliases.json
-    names (off every other version: the removal `-alias` first, so that no two versions
-    ever claim it); returns version ID → the managed aliases it holds afterwards."""
-    holders = {alias: set[str]() for alias in MANAGED_ALIASES}
+) -> tuple[dict[str, set[str]], dict[str, str]]:
+    """({alias: the version IDs holding it}, {content-hash label: version ID}), for the
+    managed aliases and `default`."""
+    holders = {alias: set[str]() for alias in (*MANAGED_ALIASES, DEFAULT_ALIAS)}
     by_hash: dict[str, str] = {}
     for version in versions:
         if "content-hash" in version.labels:  # versions uploaded by hand have none
@@ -267,21 +263,43 @@ def _sync_aliases(
         for alias in version.version_aliases:
             if alias in holders:
                 holders[alias].add(version.version_id)
+    return holders, by_hash
+
+
+def _sync_aliases(
+    client: aiplatform_v1.ModelServiceClient,
+    model: str,
+    versions: list[aiplatform_v1.Model],
+    wanted: dict[str, str],
+    settings: Settings,
+) -> dict[str, tuple[str, ...]]:
+    """Put each managed alias on the version whose content-hash label aliases.json names,
+    and `default` with `production`; returns version ID → the managed aliases it holds.
+
+    One merge on the target moves an alias: Vertex AI takes it off the version that held
+    it in the same request, so `@production` always names a version. An alias
+    aliases.json no longer has is removed (`-alias`) from its holders.
+    """
+    holders, by_hash = _holders(versions)
     targets = {
         alias: by_hash.get(wanted[alias]) if alias in wanted else None for alias in MANAGED_ALIASES
     }
-    removals: dict[str, list[str]] = {}
-    additions: dict[str, list[str]] = {}
+    changes: dict[str, list[str]] = {}
     for alias, target in targets.items():
-        for holder in sorted(holders[alias] - {target}):
-            removals.setdefault(holder, []).append(f"-{alias}")
-        if target is not None and target not in holders[alias]:
-            additions.setdefault(target, []).append(alias)
-    for changes in (removals, additions):
-        for version_id, aliases in changes.items():
-            client.merge_version_aliases(
-                name=f"{model}@{version_id}", version_aliases=aliases, **_options(settings)
-            )
+        if target is None:
+            for holder in sorted(holders[alias]):
+                changes.setdefault(holder, []).append(f"-{alias}")
+        elif target not in holders[alias]:
+            changes.setdefault(target, []).append(alias)
+    # What names the model alone (a deployment, `gcloud ai models describe`) serves
+    # production; Vertex AI keeps `default` on some version at all times.
+    production = targets[PRODUCTION]
+    if production is not None and production not in holders[DEFAULT_ALIAS]:
+        changes.setdefault(production, []).append(DEFAULT_ALIAS)
+    for version_id, aliases in changes.items():
+        client.merge_version_aliases(
+            name=f"{model}@{version_id}", version_aliases=aliases, **_options(settings)
+        )
     held: dict[str, list[str]] = {}
     for alias, target in targets.items():
         if target is not None:
