@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# An artifact's URI placeholder in a compiled step's command: (inputs|outputs, name).
+ARTIFACT = re.compile(r"\{\{\$\.(inputs|outputs)\.artifacts\['([^']+)'\]\.uri\}\}")
 
 
 def _declared_outputs(executor_input: Any, component_spec: Any) -> dict[str, Any]:

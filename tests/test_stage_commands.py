@@ -24,14 +24,13 @@ from typing import Any
 import pytest
 import yaml
 from dockerfiles import dockerfile_stages, stage_instruction
-from kfp_local import compiled_steps
+from kfp_local import ARTIFACT, compiled_steps
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = ("dvc.yaml", "docker-compose.yml", "params.yaml")
 # What the pipeline adds to a stage's command in the cloud, and nothing else may differ.
 CLOUD_ONLY = {"--params", "--accuracy-file", "--macro-f1-file", "--registry"}
 CLOUD_ONLY_REGISTER = {"--vertex-serving-image"}
-ARTIFACT = re.compile(r"\{\{\$\.(inputs|outputs)\.artifacts\['([^']+)'\]\.uri\}\}")
 
 Options = frozenset[tuple[str, str | None]]
 

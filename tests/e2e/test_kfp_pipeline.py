@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from kfp_local import compiled_steps, local_kfp
+from kfp_local import ARTIFACT, compiled_steps, local_kfp
 from support import REPO, write_params
 from vertex_stub import VertexStub, vertex_stub
 
@@ -30,7 +30,6 @@ from workflow.vertex import CloudTarget
 
 __all__ = ["vertex_stub"]  # a fixture, imported for pytest
 
-ARTIFACT = re.compile(r"\{\{\$\.(inputs|outputs)\.artifacts\['([^']+)'\]\.uri\}\}")
 OUTPUT_PARAMETER = re.compile(r"\{\{\$\.outputs\.parameters\['([^']+)'\]\.output_file\}\}")
 PARAMETER = "{{{{$.inputs.parameters['{}']}}}}"
 
