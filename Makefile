@@ -11,7 +11,7 @@ SETUP_INPUTS := requirements/lock.txt requirements/lock.in requirements/dev.in \
 # The repository's own packages, listed once (the images exclude them the same way).
 LOCAL_PACKAGES := $(shell grep -v '^\#' requirements/local-packages.txt)
 
-.PHONY: setup run lock-run serve test lint format bench images lock lock-gpu uv-for-lock clean
+.PHONY: setup run lock-run serve test lint format bench bench-peers images lock lock-gpu uv-for-lock clean
 
 # DVC's default remote: a folder outside the repository, shared by every clone on
 # this machine, recorded in .dvc/config.local (not in git). Override: make setup DVC_REMOTE=…
@@ -71,8 +71,15 @@ images: setup
 	$(BIN)/mega build
 
 ## bench: every benchmark script (each prints name: ratio against its baseline)
+## (peers.py aside: it installs the peers and runs for about 20 min; see bench-peers)
 bench: setup
-	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in $(filter-out benchmarks/peers.py,$(wildcard benchmarks/*.py)); do \
+		echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+## bench-peers: ours vs img2dataset, Keras' loader, FastAPI/LitServe/BentoML and Dask, side by
+## side (each peer in a cached venv of its own; a registered model first: make run)
+bench-peers: setup
+	$(BIN)/python benchmarks/peers.py
 
 ## lock: re-compile requirements/lock.txt, then the GPU lock, after changing a pyproject.toml
 ## or dev.in

@@ -1,0 +1,126 @@
+"""Cached virtual environments for the peers, kept apart from the project's own.
+
+Each peer (img2dataset, LitServe, …) gets a venv of its own, built with the project's
+uv from `peers/<peer>.txt`, a pinned requirements file compiled from `peers/<peer>.in`
+(`python benchmarks/peers.py --lock PEER`). Nothing is installed into the project's
+environment, so a peer's pins can never hide or cause a break there, and two peers with
+conflicting pins do not meet. The venv's folder name carries a digest of the pinned
+file and of the Python version, so an edited pin builds a new venv and an unchanged
+one is reused: only the first run pays for the install (uv's cache makes a rebuild
+quick). Set `MEGA_PEER_ENVS` to keep them elsewhere than `~/.cache/mega-pipeline`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+PEER_SIDE = Path(__file__).resolve().parent / "peer_side"
+COMPLETE = ".complete"  # written last: a venv without it was cut short and is rebuilt
+INSTALL_TIMEOUT = 1800  # seconds; a first install of a large peer downloads hundreds of MB
+
+
+class PeerUnavailableError(Exception):
+    """A peer's environment cannot be built; the message says why in one line."""
+
+
+def env_root() -> Path:
+    """Where the peers' venvs live (`MEGA_PEER_ENVS`, else the user's cache)."""
+    default = Path.home() / ".cache" / "mega-pipeline" / "bench-peers"
+    return Path(os.environ.get("MEGA_PEER_ENVS", default))
+
+
+def uv() -> str:
+    """The project's uv (`make setup` puts it beside this Python), else one on PATH."""
+    beside = Path(sys.executable).parent / "uv"
+    found = str(beside) if beside.exists() else shutil.which("uv")
+    if found is None:
+        raise PeerUnavailableError("uv not found: run `make setup` first")
+    return found
+
+
+def pinned(peer: str) -> Path:
+    """The peer's pinned requirements, or PeerUnavailableError naming the command to make them."""
+    path = PEERS_DIR / f"{peer}.txt"
+    if not path.exists():
+        raise PeerUnavailableError(
+            f"no {path.name}: run `python benchmarks/peers.py --lock {peer}`"
+        )
+    return path
+
+
+def env_dir(peer: str) -> Path:
+    """The venv folder for `peer`'s current pins and this Python's version."""
+    digest = hashlib.sha256(pinned(peer).read_bytes())
+    digest.update(sys.version.split()[0].encode())
+    return env_root() / f"{peer}-{digest.hexdigest()[:12]}"
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    # Two benchmark runs may ask for the same venv at once: one builds, the other waits.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def peer_python(peer: str) -> Path:
+    """The Python of `peer`'s venv, built first if needed.
+
+    Raises PeerUnavailableError (with uv's last error line) when the venv cannot be built,
+    so the caller reports the peer as unavailable instead of measuring anything else.
+    """
+    target = env_dir(peer)
+    python = target / "bin" / "python"
+    with _exclusive(target.with_suffix(".lock")):
+        if (target / COMPLETE).exists():
+            return python
+        shutil.rmtree(target, ignore_errors=True)
+        print(f"peers: building the {peer} environment in {target} (once)", file=sys.stderr)
+        try:
+            _run([uv(), "venv", "--quiet", "--python", sys.executable, str(target)])
+            _run([uv(), "pip", "install", "--quiet", "--python", str(python),
+                  "-r", str(pinned(peer))])  # fmt: skip
+        except PeerUnavailableError:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        (target / COMPLETE).touch()
+    return python
+
+
+def _run(command: list[str], cwd: Path | None = None) -> None:
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, check=False, cwd=cwd
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise PeerUnavailableError(
+            f"`{' '.join(command[:3])}` took over {INSTALL_TIMEOUT} s"
+        ) from exc
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise PeerUnavailableError(lines[-1].strip() if lines else f"exit code {done.returncode}")
+
+
+def lock(peer: str) -> Path:
+    """Compile `peers/<peer>.in` into the pinned `peers/<peer>.txt` (no index addresses)."""
+    source = PEERS_DIR / f"{peer}.in"
+    if not source.exists():
+        known = ", ".join(sorted(p.stem for p in PEERS_DIR.glob("*.in"))) or "none"
+        raise PeerUnavailableError(f"no {source.name} (peers with sources: {known})")
+    target = source.with_suffix(".txt")
+    # Relative names, run in the folder: the file's comments then name no local paths.
+    _run([uv(), "pip", "compile", source.name, "--python-version", "3.11", "--quiet",
+          "--no-emit-index-url", "--no-emit-find-links",
+          "--custom-compile-command", f"python benchmarks/peers.py --lock {peer}",
+          "-o", target.name], cwd=PEERS_DIR)  # fmt: skip
+    return target
