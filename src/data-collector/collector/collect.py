@@ -1,11 +1,15 @@
 """Write a source's images into the raw store with a manifest and a report.
 
-The engine pulls items from a source into a bounded queue served by
-`concurrency` workers. Each worker loads an item (download, object read, file
-read), validates it with Pillow off the event loop, and writes it to
-`images/<label>/<sha256>.<ext>` through a temporary name and a rename. The
-manifest and the report are written once at the end; a journal written as
-items land lets a re-run skip whatever is already collected.
+The engine pulls items from a source into a bounded queue served by workers,
+`concurrency` of them loading at a time. Each worker loads an item (download, object
+read, file read), validates it with Pillow, and writes it to
+`images/<label>/<sha256>.<ext>` through a temporary name and a rename. A small item
+is validated and written on the event loop (cheaper than two hops to a thread and
+back); a larger one in a worker thread, where Pillow's decoder runs beside the loop.
+Local files are written without an fsync each and made durable in batches before
+their journal lines are written (`journal.GroupCommit`). The manifest and the report
+are written once at the end; the journal lets a re-run skip whatever is already
+collected.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any, Protocol
 
 from collector.base import Item, ItemRejectedError
 from collector.fetch import Fetcher, FetchOptions, too_big
-from collector.journal import Journal
+from collector.journal import GroupCommit, Journal
 from collector.sources import Context, PairsSource, Source
 from common import storage
 from common.contracts import (
@@ -35,6 +39,10 @@ from common.contracts import (
 )
 from common.images import MAX_PIXELS, ImageDecodeError, decode_image, sha256_hex, sniff_format
 from common.params import CollectParams
+
+# Items up to this size are validated and written on the event loop: a 1 KB PNG takes
+# about 0.1 ms, less than handing it to a thread and back; a 32 KiB JPEG about 1 ms.
+INLINE_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,21 @@ def _inspect(data: bytes, max_bytes: int, max_pixels: int) -> tuple[str, str, in
     return sha256_hex(data), sniff_format(data).extension, image.width, image.height
 
 
+def _intact(target: str, data: bytes) -> bool:
+    """Whether the file already at `target` holds `data`.
+
+    A local file that the journal does not vouch for may be one a power cut caught
+    before it was synced (empty or partial under its final name): it is compared, and
+    rewritten when it differs. An object in Cloud Storage is whole or absent.
+    """
+    if storage.is_gcs(target):
+        return True
+    try:
+        return Path(target).read_bytes() == data
+    except OSError:
+        return False
+
+
 def prune_stale(result: CollectResult) -> int:
     """Delete images that the run's manifest no longer lists; returns how many.
 
@@ -170,15 +193,38 @@ class _Run:
             )
             self._keep(index, item, row, entry["target"], data=None)
             return
-        try:
-            data = await item.load()
-            fetch = self.options.fetch
-            digest, ext, width, height = await asyncio.to_thread(
-                _inspect, data, fetch.max_bytes, self.options.max_pixels
-            )
-        except ItemRejectedError as exc:
-            self._fail(index, item, exc.reason)
-            return
+        async with self._slots:  # `concurrency` items loading, validating, writing
+            try:
+                data = await item.load()
+                inline = len(data) <= INLINE_BYTES and not storage.is_gcs(self.out)
+                facts = await self._inspect(data, inline)
+            except ItemRejectedError as exc:
+                self._fail(index, item, exc.reason)
+                return
+            row, target = self._row(item, facts)
+            if self._keep(index, item, row, target, data):
+                # Not synced here: GroupCommit syncs a batch before journaling it.
+                if inline:
+                    storage.write_bytes(target, data, durable=False)
+                else:
+                    await asyncio.to_thread(storage.write_bytes, target, data, durable=False)
+                self.result.written += 1
+                self._done("written")
+        entry = {"key": item.key, "target": target, **row.model_dump(exclude={"source"})}
+        await self._commits.commit(None if storage.is_gcs(target) else target, entry)
+        if (text := ctx.journal.due_upload()) is not None:
+            # A gs:// journal is rewritten whole: never on the event loop.
+            await asyncio.to_thread(storage.write_text, ctx.journal.uri, text)
+
+    async def _inspect(self, data: bytes, inline: bool) -> tuple[str, str, int, int]:
+        limits = (self.options.fetch.max_bytes, self.options.max_pixels)
+        if inline:
+            return _inspect(data, *limits)
+        return await asyncio.to_thread(_inspect, data, *limits)
+
+    def _row(self, item: Item, facts: tuple[str, str, int, int]) -> tuple[ManifestItem, str]:
+        """The manifest row of a validated item and the file it goes to."""
+        digest, ext, width, height = facts
         rel = raw_image_path(item.label, digest, ext)
         row = ManifestItem(
             path=rel,
@@ -188,7 +234,7 @@ class _Run:
             width=width,
             height=height,
         )
-        await self._keep_new(ctx, index, item, row, storage.join(self.out, rel), data)
+        return row, storage.join(self.out, rel)
 
     def _keep(
         self, index: int, item: Item, row: ManifestItem, target: str, data: bytes | None
@@ -204,31 +250,20 @@ class _Run:
             self._done("duplicate")
             return False
         self.kept[ident] = (index, row)
-        if data is None or target in self._existing:
+        if data is None or (target in self._existing and _intact(target, data)):
             self.result.already_present += 1
             self._done("present")
             return False
         self._existing.add(target)  # claimed now, so a concurrent duplicate is not rewritten
         return True
 
-    async def _keep_new(
-        self, ctx: Context, index: int, item: Item, row: ManifestItem, target: str, data: bytes
-    ) -> None:
-        if self._keep(index, item, row, target, data):
-            await asyncio.to_thread(storage.write_bytes, target, data)
-            self.result.written += 1
-            self._done("written")
-        if self.source.remember:
-            ctx.journal.record(item.key, target=target, **row.model_dump(exclude={"source"}))
-            if (text := ctx.journal.due_upload()) is not None:
-                # A gs:// journal is rewritten whole: never on the event loop.
-                await asyncio.to_thread(storage.write_text, ctx.journal.uri, text)
-
     async def run(self, progress: ProgressSink | None) -> CollectResult:
         self.progress = progress
         self._existing = await asyncio.to_thread(_existing_files, self.out)
         journal = Journal(self.out, enabled=self.source.remember)
+        self._commits = GroupCommit(journal)
         fetch = self.options.fetch
+        self._slots = asyncio.Semaphore(fetch.concurrency)
         async with Fetcher(fetch) as fetcher:
             ctx = Context(
                 out=self.out,
@@ -244,6 +279,7 @@ class _Run:
                     self.source.finish(ctx, [self.outcomes[i] for i in sorted(self.outcomes)])
             finally:
                 self.result.requests = fetcher.requests
+                await self._commits.close()
                 await asyncio.to_thread(journal.close)
         self.result.items = [row for _, row in self.kept.values()]
         self.result.failed = [rejected for _, rejected in sorted(self.failures, key=_first)]
@@ -252,7 +288,9 @@ class _Run:
 
     async def _pump(self, ctx: Context) -> bool:
         """Feed items to the workers; True if the source was read to its end."""
-        workers = self.options.fetch.concurrency
+        # Twice `concurrency`: a worker waiting for its item's group commit holds no slot,
+        # so the others keep `concurrency` items loading meanwhile.
+        workers = 2 * self.options.fetch.concurrency
         queue: asyncio.Queue[tuple[int, Item] | None] = asyncio.Queue(maxsize=2 * workers)
 
         async def work() -> None:

@@ -98,7 +98,7 @@ class open_archive:  # noqa: N801 - used like open()
     def _attempt(self, client: httpx.Client) -> httpx.Response:
         response = client.send(client.build_request("GET", self.uri), stream=True)
         try:
-            check_status(response)
+            check_status(response.status_code, response.reason_phrase, response.headers)
         except Exception:
             response.close()
             raise
