@@ -251,3 +251,66 @@ def test_delete_tree_on_gcs(storage_emulator: str) -> None:
     storage.delete_tree(base)  # already gone: not an error
     assert list(storage.list_files(base)) == []
     assert list(storage.list_files(base + "-kept")) == [f"{base}-kept/z.txt"]
+
+
+def test_a_write_syncs_unless_told_not_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    storage.write_bytes(tmp_path / "a" / "durable.bin", b"1")
+    assert len(synced) == 1
+    storage.write_bytes(tmp_path / "a" / "later.bin", b"2", durable=False)
+    assert len(synced) == 1
+    assert (tmp_path / "a" / "later.bin").read_bytes() == b"2"
+    mode = stat.S_IMODE((tmp_path / "a" / "later.bin").stat().st_mode)
+    assert mode & stat.S_IRGRP, f"group cannot read: {oct(mode)}"
+    assert sorted(os.listdir(tmp_path / "a")) == ["durable.bin", "later.bin"]
+
+
+def test_a_leftover_temporary_name_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A container restarted gets the same process id: a killed write's temporary may
+    # already hold the name the next write would pick.
+    import itertools
+
+    monkeypatch.setattr(storage, "_partial_names", itertools.count())
+    leftover = tmp_path / f".a.png.{os.getpid()}-0.tmp"
+    leftover.write_bytes(b"torn")
+    storage.write_bytes(tmp_path / "a.png", b"whole", durable=False)
+    assert (tmp_path / "a.png").read_bytes() == b"whole"
+    assert leftover.read_bytes() == b"torn"
+
+
+def test_sync_files_covers_files_and_their_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = [tmp_path / "x" / "a.png", tmp_path / "y" / "b.png"]
+    for path in files:
+        storage.write_bytes(path, b"data", durable=False)
+    # Without syncfs (not Linux): every file and every folder holding one.
+    synced: list[str] = []
+    monkeypatch.setattr(storage, "_libc", lambda: None)
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
+    storage.sync_files([str(p) for p in files] + [str(tmp_path / "gone.png")])
+    folders = [tmp_path / "x", tmp_path / "y", tmp_path]  # the last: gone.png's
+    assert sorted(synced) == sorted(str(p) for p in [*files, *folders])
+    storage.sync_files([])  # nothing to do
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="Linux syncfs")
+def test_sync_files_on_linux_is_one_syncfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert storage._libc() is not None, "this Linux's C library has syncfs"
+    calls: list[int] = []
+
+    class Libc:
+        def syncfs(self, fd: int) -> int:
+            calls.append(fd)
+            return 0
+
+    monkeypatch.setattr(storage, "_libc", lambda: Libc())
+    monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("fsync despite syncfs"))
+    paths = [str(tmp_path / f"{i}.png") for i in range(50)]
+    for path in paths:
+        storage.write_bytes(path, b"x", durable=False)
+    storage.sync_files(paths)
+    assert len(calls) == 1

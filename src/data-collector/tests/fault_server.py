@@ -40,6 +40,7 @@ class Route:
     fail_status: int = 500
     retry_after: str | None = None
     delay: float = 0.0
+    headers: dict[str, str] | None = None  # extra headers of the good answer (Location, …)
 
 
 class _Server(ThreadingHTTPServer):
@@ -56,6 +57,8 @@ class FaultServer:
         self.routes: dict[str, Route] = {}
         self.hits: Counter[str] = Counter()
         self.hit_times: defaultdict[str, list[float]] = defaultdict(list)
+        self.user_agents: Counter[str] = Counter()  # User-Agent of every request
+        self.chunked = False  # send bodies chunked, without a Content-Length
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
@@ -96,6 +99,7 @@ class FaultServer:
                 with server._lock:
                     server.hits[path] += 1
                     server.hit_times[path].append(time.monotonic())
+                    server.user_agents[self.headers.get("User-Agent", "")] += 1
                     count = server.hits[path]
                 if path == "/hits":  # lets a test in another process read the counts
                     with server._lock:
@@ -110,7 +114,7 @@ class FaultServer:
                     extra = {"Retry-After": route.retry_after} if route.retry_after else {}
                     self._send(route.fail_status, b"try later", "text/plain", extra)
                 else:
-                    self._send(route.status, route.body, route.content_type)
+                    self._send(route.status, route.body, route.content_type, route.headers)
 
             def _send(
                 self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None
@@ -118,11 +122,14 @@ class FaultServer:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(body)))
+                    if server.chunked:
+                        self.send_header("Transfer-Encoding", "chunked")
+                    else:
+                        self.send_header("Content-Length", str(len(body)))
                     for key, value in (extra or {}).items():
                         self.send_header(key, value)
                     self.end_headers()
-                    self.wfile.write(body)
+                    self.wfile.write(_chunks(body) if server.chunked else body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test): nothing to do
 
@@ -130,6 +137,12 @@ class FaultServer:
                 pass
 
         return Handler
+
+
+def _chunks(body: bytes, size: int = 1024) -> bytes:
+    """`body` in HTTP/1.1 chunked encoding, `size` bytes a chunk."""
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from tenacity import RetryCallState, Retrying
 from collector.collect import CollectOptions, collect_source
 from collector.fetch import (
     MAX_RETRY_AFTER,
+    USER_AGENT,
     FetchOptions,
     TransientHTTPError,
     parse_retry_after,
@@ -113,6 +114,39 @@ def test_every_fault_ends_in_the_right_outcome(http_server: FaultServer, tmp_pat
         assert hashlib.sha256(data).hexdigest() == item.sha256
     report = json.loads((tmp_path / "raw/collect_report.json").read_text())
     assert {f["item"] for f in report["failed"]} == set(reasons)
+
+
+def test_redirects_are_followed_and_every_request_names_the_collector(
+    http_server: FaultServer, tmp_path: Path
+) -> None:
+    target = http_server.add("/moved/here.png", Route(body=png(7)))
+    moved = http_server.add("/old.png", Route(status=302, headers={"Location": "/moved/here.png"}))
+    loop = http_server.add("/loop.png", Route(status=302, headers={"Location": "/loop.png"}))
+    rows = [(moved, "a"), (loop, "a")]
+    source = ManifestSource(name="manifest", uri=write_manifest(tmp_path / "m.jsonl", rows))
+    result = collect_source(source, str(tmp_path / "raw"), CollectOptions(fetch=FAST))
+    [item] = result.items
+    assert item.source == moved and item.sha256 == hashlib.sha256(png(7)).hexdigest()
+    assert http_server.hits["/moved/here.png"] == 1, target
+    [failed] = result.failed
+    assert failed.item == loop and failed.reason.startswith("request failed:"), failed.reason
+    assert "\n" not in failed.reason
+    assert set(http_server.user_agents) == {USER_AGENT}
+
+
+def test_a_body_without_length_stops_at_the_byte_limit(
+    http_server: FaultServer, tmp_path: Path
+) -> None:
+    # A chunked answer declares no length: the limit is enforced while reading.
+    http_server.chunked = True
+    big = http_server.add("/big.png", Route(body=big_noise_png()))
+    small = http_server.add("/small.png", Route(body=png(5)))
+    rows = [(big, "a"), (small, "a")]
+    source = ManifestSource(name="manifest", uri=write_manifest(tmp_path / "m.jsonl", rows))
+    result = collect_source(source, str(tmp_path / "raw"), CollectOptions(fetch=FAST))
+    [failed] = result.failed
+    assert failed.item == big and failed.reason.startswith("over the byte limit"), failed.reason
+    assert [item.source for item in result.items] == [small]
 
 
 def run_collector(cwd: Path, collect: dict[str, object]) -> subprocess.CompletedProcess[str]:
