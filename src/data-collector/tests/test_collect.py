@@ -209,3 +209,12 @@ def test_group_commit_journals_nothing_when_the_sync_fails(
 
     asyncio.run(main())
     assert journal.entries == {}
+
+
+def test_a_result_prints_its_counts_not_its_rows(tmp_path: Path) -> None:
+    # asyncio formats the finished main task, result included, as a run ends: a repr
+    # of every manifest row cost about a second for 10,000 images.
+    result = collect(iter_digits(limit=40), out=str(tmp_path), source="digits")
+    text = repr(result)
+    assert "items=40" in text and "written=40" in text
+    assert len(text) < 300

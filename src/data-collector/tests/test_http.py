@@ -288,3 +288,30 @@ def test_retry_wait_follows_retry_after_up_to_a_cap_else_backs_off() -> None:
     assert retry_wait(0.01, state_after(TransientHTTPError(503, "", 3600.0))) == MAX_RETRY_AFTER
     assert 0 <= retry_wait(0.01, state_after(TransientHTTPError(503, "", None))) <= 0.02
     assert 0 <= retry_wait(0.01, state_after(httpx.ConnectError("refused"))) <= 0.02
+
+
+def test_a_duplicate_is_journaled_only_once_its_twins_file_is_in_place(
+    http_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collector import collect as engine
+    from common import storage
+
+    body = png(11, size=200)  # noise: over INLINE_BYTES, so written in a thread
+    assert len(body) > engine.INLINE_BYTES
+    rows = [(http_server.add(f"/twin{i}.png", Route(body=body)), "a") for i in range(2)]
+    write = storage.write_bytes
+
+    def slow_write(uri: str, data: bytes, durable: bool = True) -> None:
+        time.sleep(0.3)
+        write(uri, data, durable)
+
+    def sync(files: list[str]) -> None:
+        missing = [f for f in files if not Path(f).exists()]
+        assert not missing, f"asked to sync (and journal) files not yet written: {missing}"
+
+    monkeypatch.setattr(storage, "write_bytes", slow_write)
+    monkeypatch.setattr(storage, "sync_files", sync)
+    source = ManifestSource(name="manifest", uri=write_manifest(tmp_path / "m.jsonl", rows))
+    options = CollectOptions(fetch=FetchOptions(concurrency=4, max_bytes=1 << 20))
+    result = collect_source(source, str(tmp_path / "raw"), options)
+    assert (result.written, result.duplicates, result.failed) == (1, 1, [])
