@@ -10,8 +10,9 @@ for good in one line.
 
 The per-item fetcher uses aiohttp: its per-request path costs a fraction of httpx's
 (whose pool bookkeeping dominated the event loop at a few hundred requests a
-second). The archive stream, a single synchronous download, keeps httpx; both
-follow the same status and retry rules here.
+second). The archive stream, a single synchronous download, keeps httpx and maps its
+errors to the kinds here (`TransportFailure`, `RequestFailure`, `RequestTimeoutError`),
+so both follow the same status and retry rules and word failures alike.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
-import httpx
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -76,18 +76,31 @@ class RequestTimeoutError(Exception):
     """No complete response within the per-request deadline."""
 
 
+class TransportFailure(Exception):  # noqa: N818 - named like aiohttp's and httpx's kinds
+    """A connection refused or reset, or a body cut short: worth asking again.
+
+    The archive stream (httpx) raises it for httpx's transport errors, so this module
+    and the fetcher's import path need no httpx.
+    """
+
+
+class RequestFailure(Exception):  # noqa: N818
+    """A request that cannot succeed as made: too many redirects, an invalid URL."""
+
+
 # What a request can fail with for good once the retries are spent.
 HTTP_FAILURES = (
     TransientHTTPError,
     ClientHTTPError,
     RequestTimeoutError,
-    httpx.HTTPError,
+    TransportFailure,
+    RequestFailure,
     aiohttp.ClientError,
 )
 # Failures of the connection or the transfer, worth a retry: refused or reset
-# connections, a body cut short (aiohttp's payload error; httpx's transport errors).
+# connections, a body cut short (aiohttp's payload error).
 TRANSPORT_ERRORS = (
-    httpx.TransportError,
+    TransportFailure,
     aiohttp.ClientConnectionError,
     aiohttp.ClientPayloadError,
 )
@@ -148,7 +161,7 @@ def failure_reason(exc: BaseException, options: FetchOptions) -> str:
     tries = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
     if isinstance(exc, TransientHTTPError):
         return f"{exc} ({tries})"
-    if isinstance(exc, (RequestTimeoutError, httpx.TimeoutException, TimeoutError)):
+    if isinstance(exc, RequestTimeoutError | TimeoutError):
         return f"timed out: no complete answer within {options.timeout:g} s ({tries})"
     if isinstance(exc, TRANSPORT_ERRORS):
         return f"connection error: {one_line(exc)} ({tries})"

@@ -56,6 +56,18 @@ def test_collector_needs_no_scikit_learn() -> None:
     assert result.stdout.strip() == "1797"
 
 
+def test_collecting_imports_httpx_only_for_an_archive_url() -> None:
+    # Start-up time: httpx (and the CLI tools it pulls in) only for the archive stream.
+    code = (
+        "import sys\n"
+        "import collector.collect, collector.sources\n"
+        "print(sorted(m for m in ('httpx', 'rich', 'typer') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_rerun_writes_nothing_and_gives_identical_files(tmp_path: Path) -> None:
     collect(iter_digits(limit=20), out=str(tmp_path), source="digits")
     manifest = (tmp_path / "manifest.jsonl").read_bytes()

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import httpx
-
 from collector.archive_names import entry_parts, is_directory_name, tar_kind, zip_kind, zip_name
 from collector.base import Item, SourceError, classify_path, rejected
 from collector.fetch import FetchOptions, too_big
@@ -20,7 +18,12 @@ from collector.sources.core import Context, Source, const, is_url, path_of
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 # What reading an archive to its end can fail with: a damaged file or a broken download.
-_READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, httpx.HTTPError)
+_READ_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    OSError,
+)  # OSError: a broken download
 
 
 @dataclass

@@ -11,21 +11,27 @@ import io
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import httpx
 from tenacity import Retrying
 
 from collector.base import SourceError
 from collector.fetch import (
     HTTP_FAILURES,
     FetchOptions,
+    RequestFailure,
+    RequestTimeoutError,
+    TransportFailure,
     check_status,
     client_defaults,
     failure_reason,
+    one_line,
     retry_policy,
 )
 from collector.sources.core import is_url
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class _ChunkReader(io.RawIOBase):
@@ -70,15 +76,17 @@ class open_archive:  # noqa: N801 - used like open()
     def _handle(self, stack: ExitStack) -> IO[bytes]:
         if not is_url(self.uri):
             return stack.enter_context(open(self.uri, "rb"))
+        import httpx  # here, not at the top: only an archive URL needs it (start-up time)
+
         client = stack.enter_context(
             httpx.Client(timeout=httpx.Timeout(self.options.timeout), **client_defaults())
         )
         response = self._open(client)
         stack.callback(response.close)
         if not self.spool:
-            return io.BufferedReader(_ChunkReader(response.iter_bytes(1 << 16)), 1 << 20)
+            return io.BufferedReader(_ChunkReader(_body(response, 1 << 16)), 1 << 20)
         spooled = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - the stack closes it
-        for chunk in response.iter_bytes(1 << 20):
+        for chunk in _body(response, 1 << 20):
             spooled.write(chunk)
         spooled.seek(0)
         return spooled
@@ -96,7 +104,16 @@ class open_archive:  # noqa: N801 - used like open()
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     def _attempt(self, client: httpx.Client) -> httpx.Response:
-        response = client.send(client.build_request("GET", self.uri), stream=True)
+        import httpx
+
+        try:
+            response = client.send(client.build_request("GET", self.uri), stream=True)
+        except httpx.TimeoutException as exc:
+            raise RequestTimeoutError(self.uri) from exc
+        except httpx.TransportError as exc:
+            raise TransportFailure(one_line(exc)) from exc
+        except httpx.HTTPError as exc:
+            raise RequestFailure(one_line(exc)) from exc
         try:
             check_status(response.status_code, response.reason_phrase, response.headers)
         except Exception:
@@ -106,3 +123,13 @@ class open_archive:  # noqa: N801 - used like open()
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
+
+
+def _body(response: httpx.Response, size: int) -> Iterator[bytes]:
+    """The response body in chunks; a broken download raises OSError (a read error)."""
+    import httpx
+
+    try:
+        yield from response.iter_bytes(size)
+    except httpx.HTTPError as exc:
+        raise OSError(one_line(exc)) from exc
