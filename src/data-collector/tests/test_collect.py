@@ -230,3 +230,27 @@ def test_a_result_prints_its_counts_not_its_rows(tmp_path: Path) -> None:
     text = repr(result)
     assert "items=40" in text and "written=40" in text
     assert len(text) < 300
+
+
+def test_a_run_collects_cycles_less_often_and_restores_the_settings(tmp_path: Path) -> None:
+    import gc
+
+    from collector import collect as engine
+
+    seen: list[tuple[int, int, int]] = []
+
+    class Progress:
+        def set_total(self, total: int | None) -> None:
+            pass
+
+        def advance(self, outcome: str) -> None:
+            seen.append(gc.get_threshold())
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    engine.collect_source(
+        engine.PairsSource(name="digits", pairs=iter_digits(limit=3)),
+        str(tmp_path),
+        progress=Progress(),
+    )
+    assert {threshold[0] for threshold in seen} == {engine.GC_YOUNG}
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (before, frozen)
