@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -43,8 +44,11 @@ from common.contracts import Preprocess
 from common.images import sha256_hex
 from common.params import load_params
 from common.tfrecord import make_example, parse_examples
-from trainer.data import build_pipeline, steps_per_epoch
+from trainer.data import build_pipeline, in_memory, load_split, steps_per_epoch
 from trainer.model import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchdata, beside us
+from benchdata import jpeg_bytes, photo_like
 
 JPEG_IMAGES = 4000
 JPEG_SIZE = 160
@@ -74,15 +78,6 @@ def line(name: str, ours: float, baseline: float, unit: str = "images/s") -> str
 # --- input_pipeline ----------------------------------------------------------------------
 
 
-def photo_like(rng: np.random.Generator, index: int) -> np.ndarray:
-    """A smooth, textured RGB image: compresses like a photo, unlike pure noise."""
-    yy, xx = np.mgrid[0:JPEG_SIZE, 0:JPEG_SIZE].astype(np.float32)
-    base = np.sin(xx / (5 + index % 17)) * 60 + np.cos(yy / (7 + index % 11)) * 60 + 128
-    image = np.stack([base, base[::-1], base[:, ::-1]], axis=-1)
-    image += rng.normal(0, 12, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
 def write_jpeg_set(folder: Path) -> tuple[list[Path], list[int], list[str]]:
     """JPEG files, and TFRecord shards holding the same JPEG bytes."""
     rng = np.random.default_rng(0)
@@ -92,9 +87,7 @@ def write_jpeg_set(folder: Path) -> tuple[list[Path], list[int], list[str]]:
         for k in range(JPEG_SHARDS)
     ]
     for index in range(JPEG_IMAGES):
-        buffer = io.BytesIO()
-        Image.fromarray(photo_like(rng, index)).save(buffer, format="JPEG", quality=90)
-        data = buffer.getvalue()
+        data = jpeg_bytes(photo_like(rng, index, JPEG_SIZE))
         path = folder / f"{index:05d}.jpg"
         path.write_bytes(data)
         files.append(path)
@@ -237,14 +230,8 @@ def training(folder: Path) -> tuple[str, str]:
         return train_rate(dataset, examples, strategy, spec, defaults.train.steps_per_execution)
 
     def pipeline() -> tf.data.Dataset:
-        return build_pipeline(
-            shards,
-            lambda batch: parse_examples(batch, spec.channels, spec.image_size),
-            batch_size=BATCH,
-            shuffle=True,
-            count=count,
-            cache=True,  # 1,797 small images: well under the default cache_mb
-        )
+        # 1,797 small images: well under the default cache_mb, so held in memory.
+        return in_memory(load_split(shards, spec), BATCH, shuffle=True)
 
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (BATCH, *spec.shape)).astype(np.uint8))

@@ -110,7 +110,12 @@ class TrainParams(_Section):
     cache_mb: float = Field(
         default=1024, ge=0, description="Cache a decoded split in memory if it fits; 0: never."
     )
-    shuffle_buffer: int = Field(default=10_000, ge=1, description="Examples in the shuffle buffer.")
+    shuffle_buffer: int = Field(
+        default=10_000,
+        ge=1,
+        description="Examples in the shuffle buffer of a streamed split (a cached one is "
+        "fully reshuffled every epoch).",
+    )
     augment: AugmentParams = AugmentParams()
 
 

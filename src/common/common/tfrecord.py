@@ -1,10 +1,12 @@
-"""The TFRecord schema of processed data: a TensorFlow-free writer and the TF parse function.
+"""The TFRecord schema of processed data: a TensorFlow-free writer and reader, and the TF parse.
 
 Writing needs no TensorFlow: an example is three features, serialized here in
 protobuf's wire format exactly as `tf.train.Example.SerializeToString(
 deterministic=True)` would (a test checks byte equality), and records are framed
 with masked CRC-32C as TFRecord files require. So the processor runs without
-TensorFlow; only `parse_examples`, used by the trainer, imports it.
+TensorFlow; only `parse_examples`, used by the trainer, imports it. `read_records`
+unframes a whole file's bytes in a few milliseconds, where a `tf.data` pass costs
+tens of milliseconds to set up before it reads anything.
 """
 
 from __future__ import annotations
@@ -67,6 +69,37 @@ def make_example(png: bytes, sha256: str, label_index: int) -> bytes:
 def _masked_crc(data: bytes) -> int:
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class TFRecordError(ValueError):
+    """A TFRecord file is truncated or fails its checksums."""
+
+
+def read_records(data: bytes, gzip_compressed: bool = False) -> list[bytes]:
+    """The records framed in `data`, a whole TFRecord file's bytes (checksums verified).
+
+    Raises:
+        TFRecordError: a record is truncated or its length or data CRC does not match.
+    """
+    if gzip_compressed:
+        data = gzip.decompress(data)
+    records: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        if offset + 12 > len(data):
+            raise TFRecordError(f"truncated record header at byte {offset}")
+        header = data[offset : offset + 8]
+        (length,) = struct.unpack("<Q", header)
+        (length_crc,) = struct.unpack_from("<I", data, offset + 8)
+        start, end = offset + 12, offset + 12 + length
+        if length_crc != _masked_crc(header) or end + 4 > len(data):
+            raise TFRecordError(f"corrupt or truncated record at byte {offset}")
+        record = data[start:end]
+        if struct.unpack_from("<I", data, end)[0] != _masked_crc(record):
+            raise TFRecordError(f"data checksum mismatch in the record at byte {offset}")
+        records.append(record)
+        offset = end + 4
+    return records
 
 
 class TFRecordWriter:

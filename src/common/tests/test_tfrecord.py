@@ -50,3 +50,38 @@ def test_gzip_records_read_back_in_tensorflow(tmp_path: Path) -> None:
     assert labels.numpy().tolist() == [4, 6]
     with pytest.raises(tf.errors.InvalidArgumentError):
         parse_examples(batch, channels=1, image_size=3)  # not the size the split promises
+
+
+@pytest.mark.parametrize("gzip_compressed", [False, True])
+def test_reader_reads_what_tensorflow_writes(tmp_path: Path, gzip_compressed: bool) -> None:
+    from common.tfrecord import read_records
+
+    records = [make_example(b"q" * n, "e" * 64, n) for n in (0, 1, 300, 70_000)]
+    options = tf.io.TFRecordOptions(compression_type="GZIP" if gzip_compressed else "")
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord"), options) as writer:
+        for record in records:
+            writer.write(record)
+    data = (tmp_path / "tf.tfrecord").read_bytes()
+    assert read_records(data, gzip_compressed) == records
+    assert read_records(b"") == []
+
+
+def test_reader_refuses_truncated_and_corrupt_files(tmp_path: Path) -> None:
+    from common.tfrecord import TFRecordError, read_records
+
+    with TFRecordWriter(tmp_path / "x.tfrecord") as writer:
+        writer.write(make_example(b"png", "a" * 64, 1))
+        writer.write(make_example(b"png", "b" * 64, 2))
+    data = (tmp_path / "x.tfrecord").read_bytes()
+    with pytest.raises(TFRecordError, match="truncated"):
+        read_records(data[:-3])  # the last record's data CRC is cut
+    with pytest.raises(TFRecordError, match="truncated record header"):
+        read_records(data + b"\x01\x02")
+    flipped = bytearray(data)
+    flipped[20] ^= 0xFF  # inside the first record's data
+    with pytest.raises(TFRecordError, match="data checksum mismatch in the record at byte 0"):
+        read_records(bytes(flipped))
+    flipped = bytearray(data)
+    flipped[0] ^= 0x01  # the first length: its CRC no longer matches
+    with pytest.raises(TFRecordError, match="corrupt or truncated record at byte 0"):
+        read_records(bytes(flipped))

@@ -191,6 +191,77 @@ def test_repeated_pipeline_keeps_epochs_whole(tiny_pipeline: TinyPipeline) -> No
         assert sorted(epochs[0]) == sorted(epochs[1]) and epochs[0] != epochs[1]
 
 
+def test_cached_split_is_a_new_permutation_every_epoch(tiny_pipeline: TinyPipeline) -> None:
+    """Held in memory, each epoch is the whole split (every record once, by its sha256),
+    in a new order; the orders are fixed by the seed."""
+    from trainer.data import make_dataset, steps_per_epoch
+
+    count = Stats.read(tiny_pipeline.processed / STATS).totals["train"]
+    split = sorted(
+        bytes(v)
+        for *_, ids in make_dataset(
+            str(tiny_pipeline.processed), "train", spec=GRAY16, batch_size=64, with_ids=True
+        )
+        for v in ids.numpy()
+    )
+    assert len(split) == len(set(split)) == count
+
+    def epochs(seed: int) -> list[list[bytes]]:
+        dataset = make_dataset(
+            str(tiny_pipeline.processed),
+            "train",
+            spec=GRAY16,
+            batch_size=32,
+            shuffle=True,
+            seed=seed,
+            count=count,
+            cache_mb=1,
+            with_ids=True,
+        )
+        batches = iter(dataset.repeat())
+        steps = steps_per_epoch(count, 32)
+        return [
+            [bytes(v) for _ in range(steps) for v in next(batches)[2].numpy()] for _ in range(3)
+        ]
+
+    first = epochs(5)
+    assert all(sorted(epoch) == split for epoch in first)
+    assert first[0] != first[1] != first[2] != first[0]
+    assert epochs(5) == first and epochs(6) != first
+
+
+def test_in_memory_batches_gather_whole_epochs() -> None:
+    from trainer.data import in_memory
+
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1) * 10
+    labels = np.arange(10, dtype=np.int64)
+    ordered = [b[1].numpy().tolist() for b in in_memory((images, labels), 4)]
+    assert ordered == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    batches = iter(in_memory((images, labels), 4, shuffle=True, seed=1).repeat())
+    orders = []
+    for _ in range(2):
+        epoch = [next(batches) for _ in range(3)]
+        for pixels, indices in epoch:  # images and labels stay paired
+            assert pixels.numpy().ravel().tolist() == [10 * i for i in indices.numpy()]
+        orders.append([int(i) for _, indices in epoch for i in indices])
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(10))
+    assert orders[0] != orders[1]
+
+
+def test_cached_split_checks_its_size_and_image_shape(tiny_pipeline: TinyPipeline) -> None:
+    import tensorflow as tf
+
+    from trainer.data import make_dataset
+
+    count = Stats.read(tiny_pipeline.processed / STATS).totals["train"]
+    data = str(tiny_pipeline.processed)
+    with pytest.raises(ValueError, match=f"hold {count} examples, not {count + 1}"):
+        make_dataset(data, "train", spec=GRAY16, batch_size=8, count=count + 1, cache_mb=1)
+    wrong = Preprocess(image_size=8, color_mode="grayscale")
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        make_dataset(data, "train", spec=wrong, batch_size=8, count=count, cache_mb=1)
+
+
 # --- strategies --------------------------------------------------------------------------
 
 
