@@ -227,9 +227,11 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 120) -> No
 def rss_bytes(pid: int) -> int:
     """Resident memory of `pid` and its children (ours runs inference in a child)."""
     total = 0
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    for child in children.read_text().split() if children.exists() else []:
-        total += rss_bytes(int(child))
+    # Every thread's children: ours starts its inference process from a worker thread,
+    # and /proc/PID/task/PID/children lists only the main thread's.
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            total += rss_bytes(int(child))
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return total + int(line.split()[1]) * 1024
