@@ -35,7 +35,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
 from versus.common import alternate, ratio_line, unavailable_line  # noqa: E402
-from versus.env import PeerUnavailable, peer_python  # noqa: E402
+from versus.env import PeerUnavailableError, peer_python  # noqa: E402
 from versus.scripts import load_benchmark  # noqa: E402
 
 IMAGES = 5_000
@@ -86,7 +86,7 @@ def compare(rounds: int = 3) -> list[str]:
     """Ours and the Dask bag alternately on the same raw store, `rounds` times each."""
     try:
         python = peer_python("dask")
-    except PeerUnavailable as exc:
+    except PeerUnavailableError as exc:
         return [unavailable_line(LINE, str(exc))]
     with tempfile.TemporaryDirectory(prefix="versus-process-") as tmp:
         scratch = Path(tmp)

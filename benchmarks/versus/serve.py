@@ -38,7 +38,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
 from versus.common import alternate, ratio_line, unavailable_line  # noqa: E402
-from versus.env import PeerUnavailable, peer_python  # noqa: E402
+from versus.env import PeerUnavailableError, peer_python  # noqa: E402
 from versus.scripts import load_benchmark  # noqa: E402
 
 PEER_SIDE = HERE / "peer_side"
@@ -87,7 +87,7 @@ def peer_commands(model_dir: Path) -> tuple[dict[str, list[str]], dict[str, str]
     for peer in PEERS:
         try:
             python = peer_python(peer.env)
-        except PeerUnavailable as exc:
+        except PeerUnavailableError as exc:
             missing[peer.name] = str(exc)
             continue
         script = str(PEER_SIDE / peer.script)
