@@ -42,7 +42,7 @@ from versus.env import PeerUnavailableError, peer_python  # noqa: E402
 from versus.scripts import load_benchmark  # noqa: E402
 
 PEER_SIDE = HERE / "peer_side"
-SECONDS = float(os.environ.get("MEGA_VERSUS_SERVE_SECONDS", "10"))
+SECONDS = 10.0
 UNIT = "req/s"
 # Our micro-batching defaults (api_service.settings), given to the batching peers.
 MAX_BATCH = 32
