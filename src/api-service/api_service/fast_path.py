@@ -3,7 +3,7 @@
 The prediction itself (form parsing, checks, the batcher, the JSON body) is a small
 part of what a request costs on the event loop: FastAPI's routing, its exception
 and exit-stack layers, dependency solving and request/response wrappers cost more
-(about a third of the server process's CPU per request under load). This layer,
+(about a quarter of the server process's CPU per request under load). This layer,
 innermost of the app's middleware, answers the hot route with the same handler
 (`routes.predict_response`) and the same error bodies, so the access log, the HTTP
 metrics, CORS and the upload guard around it see no difference. The route stays
