@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -226,9 +227,11 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 120) -> No
 def rss_bytes(pid: int) -> int:
     """Resident memory of `pid` and its children (ours runs inference in a child)."""
     total = 0
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    for child in children.read_text().split() if children.exists() else []:
-        total += rss_bytes(int(child))
+    # Every thread's children: ours starts its inference process from a worker thread,
+    # and /proc/PID/task/PID/children lists only the main thread's.
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            total += rss_bytes(int(child))
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return total + int(line.split()[1]) * 1024
@@ -236,6 +239,7 @@ def rss_bytes(pid: int) -> int:
 
 
 def client_process(port: int, path: str, image: Path | None, seconds: float) -> subprocess.Popen:
+    """Start the load generator (this file with --client) against `port`; JSON on stdout."""
     args = [sys.executable, __file__, "--client", "--port", str(port), "--path", path]
     args += ["--seconds", str(seconds), "--clients", str(CLIENTS)]
     if image is not None:
@@ -243,8 +247,8 @@ def client_process(port: int, path: str, image: Path | None, seconds: float) -> 
     return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
 
 
-def result_of(process: subprocess.Popen) -> dict:
-    out, _ = process.communicate(timeout=SECONDS + 120)
+def result_of(process: subprocess.Popen, seconds: float = SECONDS) -> dict:
+    out, _ = process.communicate(timeout=seconds + 120)
     if process.returncode != 0:
         raise RuntimeError(f"load generator failed ({process.returncode})")
     result: dict = json.loads(out.strip().splitlines()[-1])
@@ -252,25 +256,55 @@ def result_of(process: subprocess.Popen) -> dict:
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """SIGTERM the server's process group, as a supervisor would; SIGKILL it after 20 s.
+
+    The group, not the process: a server that forks workers (uvicorn --workers,
+    LitServe, BentoML) may leave them running when only its first process ends.
+    """
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):
+        time.sleep(0.5)  # the workers' own shutdown, after their parent's
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
-def bench_server(name: str, command: list[str], env: dict[str, str], image: Path) -> dict:
+def bench_server(
+    name: str,
+    command: list[str],
+    env: dict[str, str],
+    image: Path,
+    *,
+    seconds: float = SECONDS,
+    probe_health: bool | None = None,
+    log: Path | None = None,
+) -> dict:
+    """Start `command --port PORT`, wait for /readyz, load /v1/predict with CLIENTS
+    clients for `seconds`, stop the server (SIGTERM). Returns the load generator's
+    figures (`rate` in req/s, `p50_ms`, `p99_ms`, `ok`, `failed`) plus `cold_start_s`,
+    `rss_growth` and, when probed (by default for "ours"), `healthz`. The server's
+    output goes to `log` (default: discarded). Raises RuntimeError or TimeoutError
+    when the server exits or never becomes ready."""
     port = free_port()
     started = time.monotonic()
-    process = subprocess.Popen(
-        [*command, "--port", str(port)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    output = log.open("ab") if log is not None else subprocess.DEVNULL
+    try:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            env=env,
+            cwd=REPO,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,  # its own process group: `stop` ends all of it
+        )
+    finally:
+        if log is not None:
+            output.close()  # type: ignore[union-attr]
+    probe_health = name == "ours" if probe_health is None else probe_health
     try:
         wait_ready(port, process)
         cold_start = time.monotonic() - started  # from before the process was started
@@ -285,11 +319,11 @@ def bench_server(name: str, command: list[str], env: dict[str, str], image: Path
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        load = client_process(port, "/v1/predict", image, SECONDS)
-        probe = client_process(port, "/healthz", None, SECONDS - 2) if name == "ours" else None
-        result = result_of(load)
+        load = client_process(port, "/v1/predict", image, seconds)
+        probe = client_process(port, "/healthz", None, seconds - 2) if probe_health else None
+        result = result_of(load, seconds)
         if probe is not None:
-            result["healthz"] = result_of(probe)
+            result["healthz"] = result_of(probe, seconds)
         done.set()
         sampler.join()
         # Memory of the whole process tree: ours runs its model in a child process.
@@ -319,6 +353,29 @@ def find_model(registry: ModelRegistry, alias: str) -> tuple[Path, Path]:
     return model_dir, path
 
 
+def registered_model() -> tuple[Path, Path, dict[str, str]]:
+    """The served version's folder, a digit image, and the servers' environment.
+
+    Raises RegistryError when no version holds the serving alias (run `make run`).
+    """
+    settings = get_settings()
+    models_root = REPO / settings.models_root  # an absolute root stays as it is
+    registry = ModelRegistry(models_root, settings.model_name)
+    model_dir, image = find_model(registry, settings.model_alias)
+    env = {**os.environ, "MEGA_MODELS_ROOT": str(models_root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return model_dir, image, env
+
+
+def ours_command() -> list[str]:
+    """Our service as `make serve` runs it, less the page (bench_server adds --port)."""
+    return [sys.executable, "-m", "api_service", "--host", "127.0.0.1"]
+
+
+def baseline_command(kind: str, model_dir: Path) -> list[str]:
+    """The naive Keras service or the upload-only ceiling (`kind`), from this file."""
+    return [sys.executable, __file__, "--serve", kind, "--model-dir", str(model_dir)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
@@ -337,26 +394,17 @@ def main() -> None:
         serve_baseline(args.serve, args.port, Path(args.model_dir))
         return
 
-    settings = get_settings()
-    models_root = REPO / settings.models_root  # an absolute root stays as it is
-    registry = ModelRegistry(models_root, settings.model_name)
     try:
-        model_dir, image = find_model(registry, settings.model_alias)
+        model_dir, image, env = registered_model()
     except RegistryError as exc:
         sys.exit(f"{exc} (run `make run` first)")
-    env = {**os.environ, "MEGA_MODELS_ROOT": str(models_root), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    py = sys.executable
     print(
         f"serving {model_dir} · image {image.name} · {CLIENTS} clients × {SECONDS:.0f} s",
         file=sys.stderr,
     )
-    ours = bench_server("ours", [py, "-m", "api_service", "--host", "127.0.0.1"], env, image)
-    naive = bench_server(
-        "naive", [py, __file__, "--serve", "naive", "--model-dir", str(model_dir)], env, image
-    )
-    ceiling = bench_server(
-        "ceiling", [py, __file__, "--serve", "ceiling", "--model-dir", str(model_dir)], env, image
-    )
+    ours = bench_server("ours", ours_command(), env, image)
+    naive = bench_server("naive", baseline_command("naive", model_dir), env, image)
+    ceiling = bench_server("ceiling", baseline_command("ceiling", model_dir), env, image)
     naive["rate"] = max(naive["rate"], 1e-9)  # a dead baseline must not hide the other lines
     ceiling["rate"] = max(ceiling["rate"], 1e-9)
     print(

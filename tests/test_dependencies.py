@@ -25,7 +25,6 @@ CONTAINERS = sorted(path.parent for path in (REPO / "src").glob("*/pyproject.tom
 
 # Declared but never imported, each for a reason the import graph cannot show.
 NOT_IMPORTED = {
-    ("api-service", "python-multipart"): "FastAPI parses the multipart uploads with it",
     ("workflow", "dvc-gs"): "DVC loads it as a plugin for gs:// remotes",
     ("model-training", "tensorboard"): "tf.summary (Keras's TensorBoard callback) runs on it",
 }

@@ -16,6 +16,7 @@ from fastapi_offline import FastAPIOffline
 
 from api_service.access_log import AccessLogMiddleware
 from api_service.errors import add_error_handlers
+from api_service.fast_path import PredictFastPath
 from api_service.limits import MULTIPART_OVERHEAD
 from api_service.manager import ModelManager
 from api_service.monitoring import Metrics
@@ -74,8 +75,10 @@ def _add_middleware(
     app: FastAPI, settings: ServingSettings, manager: ModelManager, metrics: Metrics
 ) -> None:
     """The last added runs first: access log and HTTP metrics (outermost) → CORS →
-    upload guard → routes, so the log and the metrics see the guard's 413/415."""
+    upload guard → the predict fast path → routes, so the log and the metrics see the
+    guard's 413/415 and the fast path's answers like the routes'."""
     upload_paths = frozenset({PREDICT_PATH, BATCH_PATH})
+    app.add_middleware(PredictFastPath)
     # The body limit follows the served model (api_service.limits): one file's limit
     # and its multipart framing, so a batch carries at most one file's worth of bytes.
     app.add_middleware(

@@ -67,10 +67,15 @@ class ApiError(HTTPException):
         return cls(exc.status, ErrorCode(exc.code), exc.message if message is None else message)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
+def http_error_response(exc: StarletteHTTPException) -> Response:
+    """The answer to an HTTP error: its status, and its `ApiError` code or Starlette's."""
     code = getattr(exc, "code", None) or _STARLETTE_CODES.get(exc.status_code, ErrorCode.HTTP_ERROR)
     return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return http_error_response(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> Response:

@@ -7,7 +7,7 @@ settings come from `app.state` (set by `create_app`) through the dependencies be
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 import orjson
@@ -22,6 +22,7 @@ from api_service.inputs import InputError, check_part_type, check_size, sniff
 from api_service.manager import Active, ModelManager
 from api_service.model import ServedModel
 from api_service.monitoring import Metrics
+from api_service.multipart import single_file_part
 from api_service.schemas import (
     ERRORS,
     BatchPrediction,
@@ -93,9 +94,16 @@ def _prediction(model: ServedModel, probabilities: np.ndarray) -> dict[str, Any]
     }
 
 
-async def _checked(
-    uploads: Sequence[UploadFile], manager: ModelManager
-) -> list[bytes | InputError]:
+class Upload(Protocol):
+    """What the checks read of an uploaded file: Starlette's `UploadFile` or a `FilePart`."""
+
+    @property
+    def content_type(self) -> str | None: ...
+
+    async def read(self) -> bytes: ...
+
+
+async def _checked(uploads: Sequence[Upload], manager: ModelManager) -> list[bytes | InputError]:
     """Each upload's bytes, or the refusal of its declared type, size or signature."""
     checked: list[bytes | InputError] = []
     limits = manager.limits
@@ -112,7 +120,7 @@ async def _checked(
 
 
 async def classify(
-    uploads: Sequence[UploadFile], manager: ModelManager, metrics: Metrics
+    uploads: Sequence[Upload], manager: ModelManager, metrics: Metrics
 ) -> tuple[ServedModel, list[dict[str, Any] | InputError]]:
     """Check every upload, then predict the acceptable ones together in one submission.
 
@@ -189,13 +197,31 @@ async def model_info(manager: Manager) -> ModelInfo:
     response_model=Prediction,
     openapi_extra=multipart_body("file", "An image file (PNG, JPEG, …)."),
 )
-async def predict(request: Request, manager: Manager, metrics: MetricsDep) -> Response:
+async def predict(request: Request) -> Response:
     """Classify one uploaded image."""
-    async with request.form() as form:
-        file = file_parts(form, "file")[0]
-        _, (result,) = await classify([file], manager, metrics)
+    # The app normally answers this route in `PredictFastPath`, before routing; the
+    # route documents it and answers it where the fast path does not apply.
+    return await predict_response(request)
+
+
+async def predict_response(request: Request) -> Response:
+    """The answer to POST /v1/predict: a `Prediction`, or an `ApiError` raised."""
+    manager: ModelManager = request.app.state.manager
+    metrics: Metrics = request.app.state.metrics
+    # The usual one-file body is read directly (api_service.multipart); any other
+    # form goes through Starlette's parser, which reads the same buffered body.
+    content_type = request.headers.get("content-type", "")
+    part = single_file_part(content_type, await request.body(), "file")
+    if part is not None:
+        filename: str | None = part.filename
+        _, (result,) = await classify([part], manager, metrics)
+    else:
+        async with request.form() as form:
+            file = file_parts(form, "file")[0]
+            filename = file.filename
+            _, (result,) = await classify([file], manager, metrics)
     if isinstance(result, InputError):
-        raise ApiError.from_input(result, f"{file.filename or 'upload'}: {result}")
+        raise ApiError.from_input(result, f"{filename or 'upload'}: {result}")
     # Serialized directly: re-validating our own numbers costs more than the model.
     return Response(orjson.dumps(result), media_type="application/json")
 

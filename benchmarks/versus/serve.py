@@ -1,0 +1,191 @@
+"""Serving against the tools a team would pick instead of ours.
+
+Every server classifies the same upload with the same registered `.tflite` (the
+version the serving alias names, as benchmarks/serve.py finds it) and is driven by
+benchmarks/serve.py's load generator: 32 concurrent keep-alive clients posting a
+multipart file to /v1/predict, a warm-up, then `SECONDS` measured. Each round runs
+every server in turn (`alternate`); lines give the median over rounds.
+
+- ours: `python -m api_service`, every check, metric and access log on;
+- ceiling: benchmarks/serve.py's upload endpoint that returns a constant;
+- fastapi-def-1w / -2w: a plain FastAPI app, sync `def` endpoint, Pillow + LiteRT
+  per request, under uvicorn with 1 and 2 worker processes;
+- litserve: LitServe with its batching (max_batch_size 32, batch_timeout 2 ms: our
+  max_batch and max_wait_ms);
+- bentoml: BentoML with adaptive batching (max_batch_size 32, max_latency_ms 1000,
+  the guide's value), a front service calling a batchable classifier service.
+
+The peers run in their own environments (`env.peer_python`); their programs are in
+`peer_side/` and import nothing from the project. A peer that cannot install or
+start prints `name: unavailable (reason)`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+# Run as a script, this folder heads the import path, and its common.py would hide the
+# project's `common` package: import the shared modules as `versus.*` instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
+
+from versus.common import alternate, ratio_line, unavailable_line  # noqa: E402
+from versus.env import PeerUnavailableError, peer_python  # noqa: E402
+from versus.scripts import load_benchmark  # noqa: E402
+
+PEER_SIDE = HERE / "peer_side"
+SECONDS = 10.0
+UNIT = "req/s"
+# Our micro-batching defaults (api_service.settings), given to the batching peers.
+MAX_BATCH = 32
+MAX_WAIT_MS = 2.0
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A peer server: its printed name, its line, its environment and its program."""
+
+    name: str
+    line: str
+    env: str
+    script: str
+    args: tuple[str, ...] = ()
+
+
+PEERS = (
+    Peer("fastapi-def-1w", "serve_vs_fastapi_def_1w", "fastapi-litert", "fastapi_litert.py",
+         ("--workers", "1")),
+    Peer("fastapi-def-2w", "serve_vs_fastapi_def_2w", "fastapi-litert", "fastapi_litert.py",
+         ("--workers", "2")),
+    Peer("litserve", "serve_vs_litserve", "litserve", "litserve_app.py",
+         ("--max-batch", str(MAX_BATCH), "--timeout-ms", str(MAX_WAIT_MS))),
+    Peer("bentoml", "serve_vs_bentoml", "bentoml", "bentoml_service.py",
+         ("--max-batch", str(MAX_BATCH), "--max-latency-ms", "1000")),
+)  # fmt: skip
+
+
+@dataclass
+class Runs:
+    """Each server's results per round, and why a server could not run."""
+
+    results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def peer_commands(model_dir: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Each available peer's command (bench_server adds --port), and why others are not."""
+    commands: dict[str, list[str]] = {}
+    missing: dict[str, str] = {}
+    for peer in PEERS:
+        try:
+            python = peer_python(peer.env)
+        except PeerUnavailableError as exc:
+            missing[peer.name] = str(exc)
+            continue
+        script = str(PEER_SIDE / peer.script)
+        commands[peer.name] = [str(python), script, "--model-dir", str(model_dir), *peer.args]
+    return commands, missing
+
+
+def side(
+    name: str, command: list[str], env: dict[str, str], image: Path, runs: Runs, logs: Path
+) -> Callable[[], float]:
+    """A round of one server: its rate in req/s (0 once it failed; the reason is kept)."""
+    bench = load_benchmark("serve")
+    runs.results[name] = []
+
+    def run() -> float:
+        if name in runs.failures:
+            return 0.0
+        log = logs / f"{name}.log"
+        try:
+            result = bench.bench_server(
+                name, command, env, image, seconds=SECONDS, probe_health=False, log=log
+            )
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+            runs.failures[name] = "; ".join([str(exc), *tail])
+            return 0.0
+        runs.results[name].append(result)
+        return float(result["rate"])
+
+    return run
+
+
+def _median_p99(runs: Runs, name: str) -> float:
+    return statistics.median(result["p99_ms"] for result in runs.results[name])
+
+
+def summary(rates: dict[str, list[float]], runs: Runs, missing: dict[str, str]) -> list[str]:
+    """The printed lines: ours against each peer, the best peer, p99, and the ceiling."""
+    lines = []
+    ours = rates["ours"]
+    ran = [p.name for p in PEERS if p.name in rates and p.name not in runs.failures]
+    for peer in PEERS:
+        reason = missing.get(peer.name) or runs.failures.get(peer.name)
+        if reason:
+            lines.append(unavailable_line(peer.line, reason))
+        else:
+            lines.append(ratio_line(peer.line, ours, rates[peer.name], peer.name, UNIT))
+    if ran:
+        best = max(ran, key=lambda name: statistics.median(rates[name]))
+        per_round = [max(rates[name][i] for name in ran) for i in range(len(ours))]
+        lines.append(ratio_line("serve_vs_best_peer", ours, per_round, f"best peer {best}", UNIT))
+        lines.append(
+            f"serve_p99_ms: ours {_median_p99(runs, 'ours'):.1f} vs best peer {best} "
+            f"{_median_p99(runs, best):.1f} (medians over rounds, 32 clients)"
+        )
+    ceiling = rates["ceiling"]
+    ratio = statistics.median(o / c for o, c in zip(ours, ceiling, strict=True) if c)
+    lines.append(
+        f"serve_vs_ceiling: {ratio:.2f} (ours {statistics.median(ours):,.0f} {UNIT} vs "
+        f"ceiling {statistics.median(ceiling):,.0f} {UNIT})"
+    )
+    return lines
+
+
+def compare(rounds: int = 3) -> list[str]:
+    """Run ours, the ceiling and every peer alternately for `rounds` rounds; the lines.
+
+    Raises RegistryError without a registered model (`make run` first), and
+    RuntimeError when ours or the ceiling fails to serve.
+    """
+    bench = load_benchmark("serve")
+    model_dir, image, env = bench.registered_model()
+    # The peers' interpreters are their own: nothing of ours on their import path.
+    peer_env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    commands, missing = peer_commands(model_dir)
+    runs = Runs()
+    print(
+        f"serving {model_dir} · image {image.name} · {bench.CLIENTS} clients × {SECONDS:.0f} s"
+        f" · {rounds} rounds",
+        file=sys.stderr,
+    )
+    with tempfile.TemporaryDirectory(prefix="versus-serve-") as tmp:
+        logs = Path(tmp)
+        sides = {
+            "ours": side("ours", bench.ours_command(), env, image, runs, logs),
+            "ceiling": side(
+                "ceiling", bench.baseline_command("ceiling", model_dir), env, image, runs, logs
+            ),
+        }
+        for name, command in commands.items():
+            sides[name] = side(name, command, peer_env, image, runs, logs)
+        rates = alternate(sides, rounds)
+    for ours_side in ("ours", "ceiling"):
+        if ours_side in runs.failures:
+            raise RuntimeError(f"{ours_side} failed: {runs.failures[ours_side]}")
+    return summary(rates, runs, missing)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    print("\n".join(compare(int(sys.argv[1]) if len(sys.argv) > 1 else 3)))
