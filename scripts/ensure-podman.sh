@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # podman for the containers test tier and `make images` on a machine with no Docker
-# engine. As root with apt-get, it installs what is missing (Debian's podman and runc);
+# engine. As root with apt-get, it installs what is missing (Debian's podman and runc, and
+# iptables, which podman's network backend netavark runs for every build step's network);
 # on a machine with hybrid cgroups and no /etc/containers/containers.conf, as root, it
 # installs scripts/podman/containers.conf there (crun fails on such machines); then it
 # makes sure the Dockerfiles' base images are there: present, pulled, or stand-ins made
@@ -15,6 +16,9 @@ root=false
 missing=()
 command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
+# netavark needs it but does not depend on it: without it a RUN step fails with
+# "netavark: No such file or directory".
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 if ((${#missing[@]})); then
     if ! $root || ! command -v apt-get >/dev/null 2>&1; then
         say "missing ${missing[*]}: install podman (on Debian: sudo apt-get install podman runc)," \
