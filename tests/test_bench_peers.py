@@ -45,7 +45,7 @@ def peer_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     peers = tmp_path / "peers"
     peers.mkdir()
     monkeypatch.setattr(env, "PEERS_DIR", peers)
-    monkeypatch.setenv("MEGA_PEER_ENVS", str(tmp_path / "envs"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return peers
 
 

@@ -7,7 +7,7 @@ environment, so a peer's pins can never hide or cause a break there, and two pee
 conflicting pins do not meet. The venv's folder name carries a digest of the pinned
 file and of the Python version, so an edited pin builds a new venv and an unchanged
 one is reused: only the first run pays for the install (uv's cache makes a rebuild
-quick). Set `MEGA_PEER_ENVS` to keep them elsewhere than `~/.cache/mega-pipeline`.
+quick). They live under `$XDG_CACHE_HOME/mega-pipeline/bench-peers` (`~/.cache` when unset).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ class PeerUnavailableError(Exception):
 
 
 def env_root() -> Path:
-    """Where the peers' venvs live (`MEGA_PEER_ENVS`, else the user's cache)."""
-    default = Path.home() / ".cache" / "mega-pipeline" / "bench-peers"
-    return Path(os.environ.get("MEGA_PEER_ENVS", default))
+    """Where the peers' venvs live: the user's cache folder (XDG), beside DVC's default remote."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "mega-pipeline" / "bench-peers"
 
 
 def uv() -> str:
