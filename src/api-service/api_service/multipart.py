@@ -22,6 +22,10 @@ from python_multipart.multipart import parse_options_header
 # Header names as clients write them; anything else goes to the full parser.
 _HEADER_NAME = re.compile(rb"^[A-Za-z0-9-]+$")
 _CRLF = b"\r\n"
+# python-multipart's limits per part, as Starlette applies them (its defaults, which
+# tests/test_multipart.py checks): a part beyond them gets the full parser's 400.
+MAX_HEADER_COUNT = 8
+MAX_HEADER_SIZE = 4096 + 128  # bytes in one header line, without its CRLF
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,13 @@ def _part_body(content_type: str, body: bytes) -> bytes | None:
 def _headers(block: bytes) -> dict[bytes, bytes] | None:
     """Lower-cased header names and their values; None for a line it does not take."""
     headers: dict[bytes, bytes] = {}
-    for line in block.split(_CRLF):
+    lines = block.split(_CRLF)
+    if len(lines) > MAX_HEADER_COUNT:
+        return None
+    for line in lines:
+        # A bare CR or LF, or a line over the limit: the full parser refuses the body.
+        if len(line) > MAX_HEADER_SIZE or b"\r" in line or b"\n" in line:
+            return None
         name, colon, value = line.partition(b":")
         value = value.lstrip(b" ")
         if not colon or not _HEADER_NAME.match(name) or value != value.rstrip():

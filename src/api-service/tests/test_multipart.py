@@ -8,7 +8,7 @@ import pytest
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartParser
 
-from api_service.multipart import FilePart, single_file_part
+from api_service.multipart import MAX_HEADER_COUNT, MAX_HEADER_SIZE, FilePart, single_file_part
 
 BOUNDARY = "b0undary"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -89,7 +89,39 @@ NAMED = 'form-data; name="file"; filename="d.png"'
         (CONTENT_TYPE, body(b"Content-Type: image/png\r\n\r\n" + DATA)),  # no disposition
         (CONTENT_TYPE, body(b"no blank line")),
         (CONTENT_TYPE, b""),
+        # Bodies Starlette's parser refuses (400): never accepted by the one-file reader.
+        (CONTENT_TYPE, body(part('form-data; name="file"; filename="a\rb.png"'))),
+        (CONTENT_TYPE, body(part('form-data; name="file"; filename="a\nb.png"'))),
+        (CONTENT_TYPE, body(part(NAMED, DATA, *(f"X-{i}: y" for i in range(8))))),
+        (CONTENT_TYPE, body(part(f'form-data; name="file"; filename="{"a" * 5000}.png"'))),
     ],
 )
 def test_anything_else_is_left_to_the_full_parser(content_type: str, raw: bytes) -> None:
     assert single_file_part(content_type, raw, "file") is None
+
+
+def test_the_header_limits_are_python_multiparts() -> None:
+    from python_multipart import multipart
+
+    assert (MAX_HEADER_COUNT, MAX_HEADER_SIZE) == (
+        multipart.DEFAULT_MAX_HEADER_COUNT,
+        multipart.DEFAULT_MAX_HEADER_SIZE,
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        body(part('form-data; name="file"; filename="a\rb.png"')),
+        body(part(NAMED, DATA, *(f"X-{i}: y" for i in range(8)))),
+        body(part(f'form-data; name="file"; filename="{"a" * 5000}.png"')),
+    ],
+    ids=["bare-cr", "nine-headers", "long-line"],
+)
+def test_what_the_reader_declines_here_starlette_refuses(raw: bytes) -> None:
+    # The reader must never be looser than the parser it stands in for.
+    from python_multipart.exceptions import MultipartParseError
+    from starlette.formparsers import MultiPartException
+
+    with pytest.raises((MultiPartException, MultipartParseError)):
+        starlette_file(CONTENT_TYPE, raw)
