@@ -256,11 +256,15 @@ class Fetcher:
 
 
 async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The body, or ItemRejectedError as soon as it is known to exceed `limit` bytes."""
+    """The body, or ItemRejectedError as soon as it is known to exceed `limit` bytes.
+
+    The limit applies to the bytes kept, after aiohttp undoes any Content-Encoding: a
+    gzip body declares its compressed length, which says nothing of what it expands to.
+    """
     declared = response.content_length
     if declared is not None and declared > limit:
         raise too_big(declared, limit)
-    if declared is not None:
+    if declared is not None and response.headers.get("Content-Encoding", "identity") == "identity":
         return await response.read()  # aiohttp stops at the declared length
     chunks: list[bytes] = []
     size = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import hashlib
 import io
 import json
@@ -19,10 +21,12 @@ from PIL import Image
 from support import write_params
 from tenacity import RetryCallState, Retrying
 
+from collector.base import ItemRejectedError
 from collector.collect import CollectOptions, collect_source
 from collector.fetch import (
     MAX_RETRY_AFTER,
     USER_AGENT,
+    Fetcher,
     FetchOptions,
     TransientHTTPError,
     parse_retry_after,
@@ -147,6 +151,20 @@ def test_a_body_without_length_stops_at_the_byte_limit(
     [failed] = result.failed
     assert failed.item == big and failed.reason.startswith("over the byte limit"), failed.reason
     assert [item.source for item in result.items] == [small]
+
+
+def test_a_compressed_body_is_held_to_the_limit_as_it_expands(http_server: FaultServer) -> None:
+    # 100 KB of zeros gzip to about 130 bytes: the declared length is far under the
+    # limit, the body it expands to far over it. Reading must stop, not fill memory.
+    bomb = gzip.compress(bytes(100_000))
+    url = http_server.add("/bomb.png", Route(body=bomb, headers={"Content-Encoding": "gzip"}))
+
+    async def fetch() -> bytes:
+        async with Fetcher(FAST) as fetcher:
+            return await fetcher.get(url)
+
+    with pytest.raises(ItemRejectedError, match="over the byte limit"):
+        asyncio.run(fetch())
 
 
 def run_collector(cwd: Path, collect: dict[str, object]) -> subprocess.CompletedProcess[str]:
