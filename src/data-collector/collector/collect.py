@@ -180,7 +180,7 @@ class _Run:
         self.failures: list[tuple[int, Rejected]] = []
         self.outcomes: dict[int, tuple[str, str, str | None]] = {}
         self.progress: ProgressSink | None = None
-        self._writing: dict[str, asyncio.Future[None]] = {}  # targets written in threads now
+        self._writing: dict[str, asyncio.Future[bool]] = {}  # targets written in threads now
 
     def _done(self, outcome: str) -> None:
         if self.progress is not None:
@@ -216,15 +216,22 @@ class _Run:
             row, target = self._row(item, facts)
             if self._keep(index, item, row, target, data):
                 await self._write(target, data, inline)
-            elif (writing := self._writing.get(target)) is not None:
-                # A duplicate of an item still being written in a thread: journal it only
-                # once that file is in place, so the sync below covers it.
-                await asyncio.shield(writing)
+            elif not await self._twin_written(target):
+                return  # nothing to journal: its twin's write failed, which stops the run
         entry = {"key": item.key, "target": target, **row.model_dump(exclude={"source"})}
         await self._commits.commit(None if storage.is_gcs(target) else target, entry)
         if (text := ctx.journal.due_upload()) is not None:
             # A gs:// journal is rewritten whole: never on the event loop.
             await asyncio.to_thread(storage.write_text, ctx.journal.uri, text)
+
+    async def _twin_written(self, target: str) -> bool:
+        """For a duplicate: False if its twin's write (in a thread now) fails, else True.
+
+        The duplicate is journaled only once that file is in place, so the batch sync
+        before its journal line covers the file.
+        """
+        writing = self._writing.get(target)
+        return True if writing is None else await asyncio.shield(writing)
 
     async def _write(self, target: str, data: bytes, inline: bool) -> None:
         # Not synced here: GroupCommit syncs a batch before journaling it.
@@ -232,11 +239,13 @@ class _Run:
             storage.write_bytes(target, data, durable=False)
         else:
             done = self._writing[target] = asyncio.get_running_loop().create_future()
+            written = False
             try:
                 await asyncio.to_thread(storage.write_bytes, target, data, durable=False)
+                written = True
             finally:
                 del self._writing[target]
-                done.set_result(None)  # a failed write stops the run anyway
+                done.set_result(written)  # waiting duplicates journal only a written file
         self.result.written += 1
         self._done("written")
 

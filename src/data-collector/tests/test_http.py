@@ -333,3 +333,30 @@ def test_a_duplicate_is_journaled_only_once_its_twins_file_is_in_place(
     options = CollectOptions(fetch=FetchOptions(concurrency=4, max_bytes=1 << 20))
     result = collect_source(source, str(tmp_path / "raw"), options)
     assert (result.written, result.duplicates, result.failed) == (1, 1, [])
+
+
+def test_a_duplicate_of_a_failed_write_is_never_journaled(
+    http_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collector import collect as engine
+    from collector.journal import JOURNAL
+    from common import storage
+
+    body = png(12, size=200)  # over INLINE_BYTES: written in a thread
+    assert len(body) > engine.INLINE_BYTES
+    rows = [(http_server.add(f"/twin{i}.png", Route(body=body)), "a") for i in range(2)]
+
+    def failing_write(uri: str, data: bytes, durable: bool = True) -> None:
+        time.sleep(0.3)  # long enough for the twin to wait on this write
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage, "write_bytes", failing_write)
+    # A sync that does not look for the file: only the engine's own order protects it.
+    monkeypatch.setattr(storage, "sync_files", lambda files: None)
+    source = ManifestSource(name="manifest", uri=write_manifest(tmp_path / "m.jsonl", rows))
+    options = CollectOptions(fetch=FetchOptions(concurrency=4, max_bytes=1 << 20))
+    with pytest.raises(OSError, match="No space left"):
+        collect_source(source, str(tmp_path / "raw"), options)
+    journal = tmp_path / "raw" / JOURNAL
+    recorded = journal.read_text() if journal.exists() else ""
+    assert "twin" not in recorded, f"journaled an item whose file was never written: {recorded}"
