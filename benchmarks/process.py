@@ -84,7 +84,7 @@ def naive_baseline(raw: Path, out: Path) -> int:
                 .resize((32, 32), Image.Resampling.BILINEAR)
             )
             buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
+            image.save(buffer, format="PNG", compress_level=PARAMS.png_compress_level)
             writer.write(make_example(buffer.getvalue(), item.sha256, labels.index(item.label)))
     return len(items)
 

@@ -294,11 +294,15 @@ def to_model_pixels(image: Image.Image, spec: Preprocess) -> np.ndarray:
     return pixels
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    """Lossless PNG bytes of a uint8 `[H, W, C]` array (C = 1 or 3)."""
+def encode_png(pixels: np.ndarray, compress_level: int = 6) -> bytes:
+    """Lossless PNG bytes of a uint8 `[H, W, C]` array (C = 1 or 3).
+
+    `compress_level` is zlib's, 0 (stored: larger, several times faster to decode) to
+    9; 6 is Pillow's default.
+    """
     array = pixels[:, :, 0] if pixels.shape[-1] == 1 else pixels
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 

@@ -76,6 +76,13 @@ class ProcessParams(_Section):
         default=100.0, gt=0, description="Close a shard past this many MB (before compression)."
     )
     compression: Literal["none", "gzip"] = "none"
+    png_compress_level: int = Field(
+        default=0,
+        ge=0,
+        le=9,
+        description="zlib level of the stored PNGs: 0 stores the pixels uncompressed "
+        "(fastest to decode), 9 makes the smallest shards.",
+    )
 
 
 class AugmentParams(_Section):

@@ -208,7 +208,12 @@ def write_shards(planned: Plan, staging: Path, params: ProcessParams, workers: i
     counts: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
     rejected: list[Rejected] = []
     near = NearDuplicateIndex(params.near_duplicate_distance) if params.near_duplicates else None
-    work = partial(transform, spec=planned.spec, with_phash=params.near_duplicates)
+    work = partial(
+        transform,
+        spec=planned.spec,
+        with_phash=params.near_duplicates,
+        png_compress_level=params.png_compress_level,
+    )
     for outcome in _outcomes(planned.jobs, work, workers):
         kept = _screen(outcome, near)
         if isinstance(kept, Rejected):

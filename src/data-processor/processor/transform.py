@@ -50,13 +50,19 @@ def dhash(image: Image.Image) -> int:
 
 
 def transform(
-    job: Job, spec: Preprocess, with_phash: bool, max_pixels: int | None = None
+    job: Job,
+    spec: Preprocess,
+    with_phash: bool,
+    max_pixels: int | None = None,
+    *,
+    png_compress_level: int,
 ) -> Outcome:
     """Process one item; every failure becomes a reason, never an exception.
 
     The size limits are the spec's unless `max_pixels` overrides. Decoding, the size
     checks and the conversion are `common.images.prepare_image`,
-    the very path the API serves through.
+    the very path the API serves through. The result is a PNG of zlib level
+    `png_compress_level` (0–9).
     """
     try:
         data = storage.read_bytes(job.uri)
@@ -70,4 +76,5 @@ def transform(
         return Outcome(job, reason=str(exc))
     except (OSError, ValueError) as exc:  # a conversion Pillow could not do
         return Outcome(job, reason=f"cannot convert the image: {exc}")
-    return Outcome(job, png=encode_png(pixels), phash=dhash(image) if with_phash else None)
+    png = encode_png(pixels, png_compress_level)
+    return Outcome(job, png=png, phash=dhash(image) if with_phash else None)

@@ -86,6 +86,40 @@ def test_gzip_shards_read_back(raw: Path, tmp_path: Path) -> None:
     assert sum(len(v) for v in shas_by_split(tmp_path, "GZIP").values()) == RAW_ITEMS
 
 
+def idat_zlib_header(png: bytes) -> bytes:
+    """The first two bytes of a PNG's first IDAT chunk: the zlib header, which names the level."""
+    start = png.index(b"IDAT") + 4
+    return png[start : start + 2]
+
+
+def encoded_images(folder: Path) -> dict[str, bytes]:
+    """Every example's `image/encoded` under `folder`, by its `image/sha256`."""
+    images = {}
+    for record in tf.data.TFRecordDataset([str(p) for p in sorted(folder.glob("*.tfrecord"))]):
+        feature = tf.train.Example.FromString(record.numpy()).features.feature
+        images[feature["image/sha256"].bytes_list.value[0].decode()] = feature[
+            "image/encoded"
+        ].bytes_list.value[0]
+    return images
+
+
+def test_png_compress_level_sets_the_stored_pngs_and_keeps_the_pixels(
+    raw: Path, tmp_path: Path
+) -> None:
+    by_level = {}
+    for level in (0, 9):
+        out = tmp_path / str(level)
+        process(str(raw), str(out), process_params(png_compress_level=level), "digits", workers=1)
+        by_level[level] = encoded_images(out)
+    assert by_level[0].keys() == by_level[9].keys() and len(by_level[0]) == RAW_ITEMS
+    # zlib's header: 0x78 0x01 for levels 0–1 (level 0 stores), 0x78 0xDA for 7–9.
+    assert {idat_zlib_header(png) for png in by_level[0].values()} == {b"\x78\x01"}
+    assert {idat_zlib_header(png) for png in by_level[9].values()} == {b"\x78\xda"}
+    for sha, png in by_level[0].items():
+        stored, packed = tf.io.decode_png(png), tf.io.decode_png(by_level[9][sha])
+        assert tf.reduce_all(stored == packed), sha
+
+
 def test_output_is_identical_across_processes(raw: Path, tmp_path: Path) -> None:
     # Regression: protobuf map order made shard bytes vary with the hash seed.
     (tmp_path / "params.yaml").write_text(
