@@ -33,11 +33,66 @@ def test_sides_alternate_within_every_round() -> None:
 def test_the_ratio_is_the_median_of_per_round_ratios() -> None:
     # Round ratios 2.0, 1.0, 4.0: the median is 2.0, not the ratio of medians (3/1.5).
     line = common.ratio_line("x", [2.0, 3.0, 4.0], [1.0, 3.0, 1.0], "peer")
-    assert line == "x: 2.00x (ours 3 images/s vs peer 1 images/s)"
+    assert line.startswith("x: 2.00x (ours 2 images/s vs peer 1 images/s;")
     with pytest.raises(ValueError, match="one figure per round"):
         common.median_ratio([1.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="at least 1"):
         common.alternate({"ours": lambda: 1.0}, rounds=0)
+
+
+def test_a_line_gives_the_two_figures_of_the_round_with_the_median_ratio() -> None:
+    # Each side's own median (1,900 and 2,500) would give 0.76, not the median ratio
+    # (round 1: 1,900 / 2,000 = 0.95): the figures shown must give the ratio shown.
+    ours, ceiling = [1_900.0, 2_400.0, 1_000.0], [2_000.0, 2_500.0, 4_000.0]
+    line = common.ratio_line("serve_vs_ceiling", ours, ceiling, "ceiling", "req/s", share=True)
+    assert line.startswith(
+        "serve_vs_ceiling: 0.95 (ours 1,900 req/s vs ceiling 2,000 req/s; "
+        "median of 3 rounds (round 1))"
+    )
+    median = common.median_round(ours, ceiling)
+    assert median.ratio == median.ours / median.peer
+    # An even count: the lower middle round, a real one, not a mean of two.
+    assert common.median_round([1.0, 4.0, 3.0, 2.0], [1.0] * 4).index == 3
+    assert common.median_round([5.0], [2.0]).note() == "1 round"
+    assert common.median_round([1.0, 2.0], [1.0, 1.0]).note() == "lower median of 2 rounds (round 1)"
+
+
+def test_alternate_announces_each_round_before_running_it() -> None:
+    events: list[str] = []
+
+    def run() -> float:
+        events.append("run")
+        return 1.0
+
+    common.alternate({"ours": run}, rounds=2, on_round=lambda n: events.append(f"round {n}"))
+    assert events == ["round 1", "run", "round 2", "run"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "note"),
+    [
+        ("collect_steady_10000", 1.25, " · target ≥ 1.2x: met"),
+        ("collect_steady_10000", 1.00, " · target ≥ 1.2x: NOT met"),
+        ("collect_steady_10000", 1.199, " · target ≥ 1.2x: met"),  # printed as 1.20x
+        ("collect_vs_latency_bound", 0.49, " · target ≥ 0.5: NOT met"),
+        ("serve_vs_ceiling", 0.97, " · target ≥ 0.7: met"),
+        ("serve_vs_best_peer", 1.46, " · target ≥ 2x: NOT met"),
+        ("input_photos128_steady", 1.0, " · target ≥ 1x: met"),
+        ("input_photos128_steady_vs_replay", 0.3, ""),  # no target
+        ("process_vs_dask", 1.7, ""),
+    ],
+)
+def test_lines_with_a_target_say_whether_it_was_met(name: str, value: float, note: str) -> None:
+    assert common.target_note(name, value) == note
+
+
+def test_the_start_up_target_is_a_ceiling_on_our_time() -> None:
+    assert common.target_note("collect_startup_s", 1.8, digits=1) == (
+        " · target ours ≤ 1.5 s: NOT met"
+    )
+    assert common.target_note("collect_startup_s", 1.5, digits=1).endswith(": met")
+    line = common.ratio_line("collect_steady_10000", [1_314.0], [1_303.0], "img2dataset")
+    assert line.endswith("; 1 round) · target ≥ 1.2x: NOT met")
 
 
 @pytest.fixture
