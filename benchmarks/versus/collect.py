@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -39,7 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from versus.common import alternate, ratio_line, unavailable_line
+from versus.common import alternate, ratio_line, target_note, unavailable_line
 from versus.env import PEER_SIDE, PeerUnavailableError, peer_python
 
 HERE = Path(__file__).resolve().parent
@@ -132,6 +133,7 @@ def sides(
     """Each side's run over `count` URLs (returning its steady rate) and their records.
 
     Every run writes into a fresh folder under `work`; `runs` collects the full results.
+    Each run prints a progress line to stderr when it ends.
     """
     urls = [f"{base}/img/{i}.png" for i in range(count)]
     manifest, url_list = work / "manifest.jsonl", work / "urls.txt"
@@ -141,23 +143,71 @@ def sides(
     url_list.write_text("\n".join(urls) + "\n")
     runs: dict[str, list[Run]] = {"ours": [], "img2dataset": []}
 
+    def record(name: str, command: list[str], env: dict[str, str]) -> float:
+        run = watch(command, work / f"{name}-{len(runs[name])}", count, env)
+        runs[name].append(run)
+        print(
+            f"    {name}: {run.steady:,.0f} images/s steady, first image after {run.startup:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        return run.steady
+
     def ours() -> float:
         out = work / f"ours-{len(runs['ours'])}"
         # -P: not its own folder first on sys.path, where versus/common.py would shadow
         # the project's `common` package.
         command = [sys.executable, "-P", str(HERE / "collect_ours.py"), str(manifest), str(out)]
-        runs["ours"].append(watch(command, out, count, {}))
-        return runs["ours"][-1].steady
+        return record("ours", command, {})
 
     def img2dataset() -> float:
         out = work / f"img2dataset-{len(runs['img2dataset'])}"
         processes, threads = PEER_SPLIT
         command = [str(peer), str(PEER_SIDE / "img2dataset_collect.py"), str(url_list), str(out)]
         command += ["--processes", str(processes), "--threads", str(threads)]
-        runs["img2dataset"].append(watch(command, out, count, PEER_ENV))
-        return runs["img2dataset"][-1].steady
+        return record("img2dataset", command, PEER_ENV)
 
     return {"ours": ours, "img2dataset": img2dataset}, runs
+
+
+@contextlib.contextmanager
+def scratch_folder(count: int) -> Iterator[Path]:
+    """A temporary folder for the runs over `count` URLs, removed after them with a
+    progress line (stderr) saying how many files went and how long it took.
+
+    Removal is untimed but not free: every run leaves `count` images (img2dataset a
+    `.json` beside each too), and on a disk mounted with `discard` each deleted file
+    is a discard request to the device, so a slow device makes this take minutes.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="versus-collect-"))
+    try:
+        yield folder
+    finally:
+        files = sum(len(names) for _, _, names in os.walk(folder))
+        print(f"  removing the {count:,}-URL runs' {files:,} files", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"  removed in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+
+
+def announce(count: int, rounds: int) -> Callable[[int], None]:
+    """A progress line (stderr) at the start of each round over `count` URLs."""
+
+    def on_round(number: int) -> None:
+        print(f"  {count:,} URLs, round {number} of {rounds}", file=sys.stderr, flush=True)
+
+    return on_round
+
+
+def startup_line(startups: dict[str, list[float]]) -> str:
+    """`collect_startup_s`: each side's median seconds to its first image, ours' target."""
+    ours = statistics.median(startups["ours"])
+    return (
+        f"collect_startup_s: ours {ours:.1f} vs img2dataset "
+        f"{statistics.median(startups['img2dataset']):.1f} (process start to first image "
+        f"stored, median of {len(startups['ours'])} runs each)"
+        f"{target_note('collect_startup_s', ours, digits=1)}"
+    )
 
 
 def compare(rounds: int) -> list[str]:
@@ -170,23 +220,16 @@ def compare(rounds: int) -> list[str]:
     startups: dict[str, list[float]] = {"ours": [], "img2dataset": []}
     with image_server(max(SIZES)) as base:
         for count in SIZES:
-            with tempfile.TemporaryDirectory(prefix="versus-collect-") as tmp:
-                runners, runs = sides(peer, base, count, Path(tmp))
-                rates = alternate(runners, rounds)
+            with scratch_folder(count) as work:
+                runners, runs = sides(peer, base, count, work)
+                rates = alternate(runners, rounds, announce(count, rounds))
             name = f"collect_steady_{count}"
             lines.append(ratio_line(name, rates["ours"], rates["img2dataset"], "img2dataset"))
             for side, side_runs in runs.items():
                 startups[side] += [run.startup for run in side_runs]
             if count == max(SIZES):
-                ours = statistics.median(rates["ours"])
-                bound = CONCURRENCY / LATENCY
-                lines.append(
-                    f"collect_vs_latency_bound: {ours / bound:.2f} "
-                    f"(ours {ours:,.0f}/s, bound {bound:,.0f}/s)"
-                )
-    lines.append(
-        f"collect_startup_s: ours {statistics.median(startups['ours']):.1f} vs img2dataset "
-        f"{statistics.median(startups['img2dataset']):.1f} (process start to first image "
-        f"stored, median of {len(startups['ours'])} runs)"
-    )
+                bound = [CONCURRENCY / LATENCY] * rounds
+                name = "collect_vs_latency_bound"
+                lines.append(ratio_line(name, rates["ours"], bound, "bound", share=True))
+    lines.append(startup_line(startups))
     return lines
