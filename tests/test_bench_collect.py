@@ -29,3 +29,22 @@ def test_steady_rate_leaves_out_start_up_and_tail() -> None:
     samples = [(0.0, 0), (1.0, 0), *((1.0 + t / 10, 10 * t) for t in range(1, 11)), (9.0, 100)]
     assert collect.steady_rate(samples, 100) == pytest.approx(100.0)
     assert collect.reached(samples, 1)[0] == pytest.approx(1.1)
+
+
+def test_start_up_line_gives_both_medians_and_our_target() -> None:
+    line = collect.startup_line({"ours": [1.2, 1.4, 3.0], "img2dataset": [13.0, 14.0, 12.0]})
+    assert line == (
+        "collect_startup_s: ours 1.4 vs img2dataset 13.0 (process start to first image "
+        "stored, median of 3 runs each) · target ours ≤ 1.5 s: met"
+    )
+
+
+def test_the_runs_folder_is_removed_with_a_line_saying_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with collect.scratch_folder(10_000) as folder:
+        (folder / "ours-0" / "3").mkdir(parents=True)
+        (folder / "ours-0" / "3" / "ab.png").write_bytes(b"x")
+        (folder / "urls.txt").write_text("u\n")
+    assert not folder.exists()
+    assert "removing the 10,000-URL runs' 2 files" in capsys.readouterr().err
