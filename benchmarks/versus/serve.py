@@ -4,7 +4,8 @@ Every server classifies the same upload with the same registered `.tflite` (the
 version the serving alias names, as benchmarks/serve.py finds it) and is driven by
 benchmarks/serve.py's load generator: 32 concurrent keep-alive clients posting a
 multipart file to /v1/predict, a warm-up, then `SECONDS` measured. Each round runs
-every server in turn (`alternate`); lines give the median over rounds.
+every server in turn (`alternate`); each line gives the round whose ratio is the
+median, with that round's two rates.
 
 - ours: `python -m api_service`, every check, metric and access log on;
 - ceiling: benchmarks/serve.py's upload endpoint that returns a constant;
@@ -17,13 +18,19 @@ every server in turn (`alternate`); lines give the median over rounds.
 
 The peers run in their own environments (`env.peer_python`); their programs are in
 `peer_side/` and import nothing from the project. A peer that cannot install or
-start prints `name: unavailable (reason)`.
+start prints `name: unavailable (reason)`. BentoML's home (`BENTOML_HOME`, default
+`~/bentoml`, where it keeps its Prometheus files) is a folder of the run's temporary
+folder, removed with it.
+
+While it runs, each server's figures of each round go to stderr: req/s counts the
+answers with status 200 only; p50 and p99 are over every answer, failed ones too;
+"failed" counts other statuses and broken connections (BentoML answers 503 to
+requests its dispatcher cannot serve within `max_latency_ms`).
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
 from collections.abc import Callable
@@ -37,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
-from versus.common import alternate, ratio_line, unavailable_line  # noqa: E402
+from versus.common import alternate, median_round, ratio_line, unavailable_line  # noqa: E402
 from versus.env import PeerUnavailableError, peer_python  # noqa: E402
 from versus.scripts import load_benchmark  # noqa: E402
 
@@ -47,6 +54,14 @@ UNIT = "req/s"
 # Our micro-batching defaults (api_service.settings), given to the batching peers.
 MAX_BATCH = 32
 MAX_WAIT_MS = 2.0
+# Said once before the servers' per-round lines (stderr), which do not explain themselves.
+READING = (
+    "  per round, each server in turn: req/s counts 200 answers only; p50/p99 are over every\n"
+    "  answer, failed ones too; failed = other statuses and broken connections (bentoml's\n"
+    "  are 503s: requests its dispatcher cannot serve within max_latency_ms 1000).\n"
+    "  ceiling = serve.py's upload endpoint answering a constant, no inference: the most\n"
+    "  this machine's HTTP and upload parsing allow a server here."
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class Peer:
     env: str
     script: str
     args: tuple[str, ...] = ()
+    home_var: str | None = None  # its variable for a folder it writes beside its runs
 
 
 PEERS = (
@@ -68,7 +84,7 @@ PEERS = (
     Peer("litserve", "serve_vs_litserve", "litserve", "litserve_app.py",
          ("--max-batch", str(MAX_BATCH), "--timeout-ms", str(MAX_WAIT_MS))),
     Peer("bentoml", "serve_vs_bentoml", "bentoml", "bentoml_service.py",
-         ("--max-batch", str(MAX_BATCH), "--max-latency-ms", "1000")),
+         ("--max-batch", str(MAX_BATCH), "--max-latency-ms", "1000"), "BENTOML_HOME"),
 )  # fmt: skip
 
 
@@ -120,8 +136,23 @@ def side(
     return run
 
 
-def _median_p99(runs: Runs, name: str) -> float:
-    return statistics.median(result["p99_ms"] for result in runs.results[name])
+def best_peer_lines(rates: dict[str, list[float]], runs: Runs, ran: list[str]) -> list[str]:
+    """`serve_vs_best_peer` and `serve_p99_ms`, both from the same round.
+
+    A round's best peer is the fastest peer of that round; the round shown is the one
+    whose ratio ours / best is the median, and p99 is ours' and that peer's there.
+    """
+    ours = rates["ours"]
+    best = [max(ran, key=lambda name: rates[name][i]) for i in range(len(ours))]
+    per_round = [rates[name][i] for i, name in enumerate(best)]
+    median = median_round(ours, per_round)
+    peer = best[median.index]
+    p99 = {name: runs.results[name][median.index]["p99_ms"] for name in ("ours", peer)}
+    return [
+        ratio_line("serve_vs_best_peer", ours, per_round, f"best peer {peer}", UNIT),
+        f"serve_p99_ms: ours {p99['ours']:.1f} vs best peer {peer} {p99[peer]:.1f} "
+        f"({load_benchmark('serve').CLIENTS} clients; the round of serve_vs_best_peer)",
+    ]
 
 
 def summary(rates: dict[str, list[float]], runs: Runs, missing: dict[str, str]) -> list[str]:
@@ -136,20 +167,27 @@ def summary(rates: dict[str, list[float]], runs: Runs, missing: dict[str, str]) 
         else:
             lines.append(ratio_line(peer.line, ours, rates[peer.name], peer.name, UNIT))
     if ran:
-        best = max(ran, key=lambda name: statistics.median(rates[name]))
-        per_round = [max(rates[name][i] for name in ran) for i in range(len(ours))]
-        lines.append(ratio_line("serve_vs_best_peer", ours, per_round, f"best peer {best}", UNIT))
-        lines.append(
-            f"serve_p99_ms: ours {_median_p99(runs, 'ours'):.1f} vs best peer {best} "
-            f"{_median_p99(runs, best):.1f} (medians over rounds, 32 clients)"
-        )
-    ceiling = rates["ceiling"]
-    ratio = statistics.median(o / c for o, c in zip(ours, ceiling, strict=True) if c)
+        lines += best_peer_lines(rates, runs, ran)
     lines.append(
-        f"serve_vs_ceiling: {ratio:.2f} (ours {statistics.median(ours):,.0f} {UNIT} vs "
-        f"ceiling {statistics.median(ceiling):,.0f} {UNIT})"
+        ratio_line("serve_vs_ceiling", ours, rates["ceiling"], "ceiling", UNIT, share=True)
     )
     return lines
+
+
+def peer_env(peer: Peer, env: dict[str, str], scratch: Path) -> dict[str, str]:
+    """`env` for `peer`, its home folder (if it writes one) under `scratch`."""
+    if peer.home_var is None:
+        return env
+    return {**env, peer.home_var: str(scratch / f"{peer.name}-home")}
+
+
+def announce(rounds: int) -> Callable[[int], None]:
+    """A progress line (stderr) at the start of each round; the servers' lines follow it."""
+
+    def on_round(number: int) -> None:
+        print(f"  round {number} of {rounds}", file=sys.stderr, flush=True)
+
+    return on_round
 
 
 def compare(rounds: int = 3) -> list[str]:
@@ -161,12 +199,12 @@ def compare(rounds: int = 3) -> list[str]:
     bench = load_benchmark("serve")
     model_dir, image, env = bench.registered_model()
     # The peers' interpreters are their own: nothing of ours on their import path.
-    peer_env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    base_env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     commands, missing = peer_commands(model_dir)
     runs = Runs()
     print(
         f"serving {model_dir} · image {image.name} · {bench.CLIENTS} clients × {SECONDS:.0f} s"
-        f" · {rounds} rounds",
+        f" · {rounds} rounds\n{READING}",
         file=sys.stderr,
     )
     with tempfile.TemporaryDirectory(prefix="versus-serve-") as tmp:
@@ -177,9 +215,11 @@ def compare(rounds: int = 3) -> list[str]:
                 "ceiling", bench.baseline_command("ceiling", model_dir), env, image, runs, logs
             ),
         }
-        for name, command in commands.items():
-            sides[name] = side(name, command, peer_env, image, runs, logs)
-        rates = alternate(sides, rounds)
+        for peer in PEERS:
+            if peer.name in commands:
+                penv = peer_env(peer, base_env, logs)
+                sides[peer.name] = side(peer.name, commands[peer.name], penv, image, runs, logs)
+        rates = alternate(sides, rounds, announce(rounds))
     for ours_side in ("ours", "ceiling"):
         if ours_side in runs.failures:
             raise RuntimeError(f"{ours_side} failed: {runs.failures[ours_side]}")
