@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import REPO
@@ -54,7 +56,9 @@ def test_a_line_gives_the_two_figures_of_the_round_with_the_median_ratio() -> No
     # An even count: the lower middle round, a real one, not a mean of two.
     assert common.median_round([1.0, 4.0, 3.0, 2.0], [1.0] * 4).index == 3
     assert common.median_round([5.0], [2.0]).note() == "1 round"
-    assert common.median_round([1.0, 2.0], [1.0, 1.0]).note() == "lower median of 2 rounds (round 1)"
+    assert (
+        common.median_round([1.0, 2.0], [1.0, 1.0]).note() == "lower median of 2 rounds (round 1)"
+    )
 
 
 def test_alternate_announces_each_round_before_running_it() -> None:
@@ -141,3 +145,91 @@ def test_peers_cli_refuses_an_unknown_area() -> None:
     )
     assert done.returncode == 2
     assert "unknown area gpu; choose from collect, inputs, serve, process" in done.stderr
+
+
+def test_serve_lines_take_the_best_peer_and_p99_from_the_median_round() -> None:
+    from versus import serve
+
+    # The fastest peer changes between rounds; ours / best: 2.0, 1.5, 3.0 → round 1.
+    rates = {
+        "ours": [2_000.0, 3_000.0, 3_000.0],
+        "ceiling": [2_500.0, 3_000.0, 6_000.0],
+        "fastapi-def-2w": [1_000.0, 1_000.0, 1_000.0],
+        "litserve": [500.0, 2_000.0, 500.0],
+    }
+    runs = serve.Runs(
+        results={
+            name: [{"p99_ms": 10.0 * (i + 1) + len(name)} for i in range(3)]
+            for name in ("ours", "fastapi-def-2w", "litserve")
+        },
+        failures={"bentoml": "503s"},
+    )
+    lines = serve.summary(rates, runs, {"fastapi-def-1w": "no venv"})
+    by_name = {line.split(":")[0]: line for line in lines}
+    assert by_name["serve_vs_best_peer"].startswith(
+        "serve_vs_best_peer: 2.00x (ours 2,000 req/s vs best peer fastapi-def-2w 1,000 req/s; "
+        "median of 3 rounds (round 1))"
+    )
+    assert by_name["serve_p99_ms"].startswith(
+        "serve_p99_ms: ours 14.0 vs best peer fastapi-def-2w 24.0"
+    )
+    # Ratios 0.80, 1.00, 0.50: round 1's, with round 1's rates (not 3,000 vs 3,000).
+    assert (
+        "serve_vs_ceiling: 0.80 (ours 2,000 req/s vs ceiling 2,500 req/s;"
+        in by_name["serve_vs_ceiling"]
+    )
+    assert by_name["serve_vs_bentoml"] == "serve_vs_bentoml: unavailable (503s)"
+
+
+def test_bentoml_keeps_its_home_in_the_runs_scratch_folder(tmp_path: Path) -> None:
+    from versus import serve
+
+    peers = {peer.name: peer for peer in serve.PEERS}
+    env = serve.peer_env(peers["bentoml"], {"PATH": "/bin"}, tmp_path)
+    assert env == {"PATH": "/bin", "BENTOML_HOME": str(tmp_path / "bentoml-home")}
+    assert serve.peer_env(peers["litserve"], {"PATH": "/bin"}, tmp_path) == {"PATH": "/bin"}
+
+
+def _peers_cli() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_peers_cli", REPO / "benchmarks/peers.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_another_python_is_told_in_one_line_which_to_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: outside the venv, peers.py died minutes in on `import psutil`.
+    peers = _peers_cli()
+    monkeypatch.setattr(peers, "PROJECT_MODULES", ("json", "no_such_module_here"))
+    with pytest.raises(SystemExit) as exited:
+        peers.main(["--only", "process"])
+    message = str(exited.value.code)
+    assert "no module 'no_such_module_here'" in message
+    assert "`.venv/bin/python benchmarks/peers.py` or `make bench-peers`" in message
+    assert "\n" not in message
+
+
+def test_help_names_the_areas_the_defaults_and_the_peers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        _peers_cli().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "from collect, inputs, serve, process (default: collect,inputs,serve,process)" in text
+    assert "(default: 3)" in text
+    assert "bentoml, dask, fastapi-litert, img2dataset, litserve" in text
+    assert "make run" in text
+
+
+def test_a_run_starts_with_the_legend_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    peers = _peers_cli()
+    area = type("Area", (), {"compare": staticmethod(lambda rounds: [f"x: {rounds}"])})
+    monkeypatch.setattr(peers.importlib, "import_module", lambda name: area)
+    peers.main(["--only", "process,serve", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith(common.LEGEND + "\n== process\nx: 1\n")
+    assert out.count("How to read") == 1
+    assert "above 1 ours is faster" in common.LEGEND
