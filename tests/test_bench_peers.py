@@ -233,3 +233,24 @@ def test_a_run_starts_with_the_legend_once(
     assert out.startswith(common.LEGEND + "\n== process\nx: 1\n")
     assert out.count("How to read") == 1
     assert "above 1 ours is faster" in common.LEGEND
+
+
+def test_inputs_import_tensorflow_quietly_after_the_processor_forked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Regression: absl, oneDNN and cuInit lines filled the output of the inputs area.
+    from versus import inputs
+
+    from trainer import quiet
+
+    calls: list[str] = []
+    photos = inputs.Workload("photos128", Path("p"), Path("r"), "rgb", 128)
+    monkeypatch.setattr(inputs, "make_photos", lambda folder: calls.append("photos") or photos)
+    monkeypatch.setattr(quiet, "quiet_tensorflow_import", lambda: calls.append("quiet"))
+    monkeypatch.setattr(inputs, "warm_up", lambda work: calls.append(f"warm {work.name}"))
+    monkeypatch.setattr(
+        inputs, "compare_workload", lambda work, rounds: calls.append(work.name) or []
+    )
+    inputs.compare(1)
+    assert calls[:2] == ["photos", "quiet"]
+    assert calls[-1] == "photos128"

@@ -22,11 +22,14 @@ into PNG TFRecord shards for ours, read as JPEG files from the class folders by 
 (images per second of that time); "steady": the mean rate of epochs 2..N. Each
 round builds every dataset afresh; one untimed warm-up of each side first takes the
 process's one-off costs (thread pools, the first traced function) off both.
+
+TensorFlow is imported through the trainer's `quiet_tensorflow_import`, as the `mega`
+CLI does: its native start-up lines (absl, oneDNN, the CUDA probe) are filtered out
+of stderr for the rest of the process, and any other line passes.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -160,7 +163,7 @@ def compare_workload(work: Workload, rounds: int) -> list[str]:
 
         return run
 
-    alternate({name: side(name) for name in runs}, rounds)
+    alternate({name: side(name) for name in runs}, rounds, announce(work.name, rounds))
     prefix = f"input_{work.name}"
     mine, same, replay = rates["ours"], rates["keras_reshuffling"], rates["keras"]
     return [
@@ -169,6 +172,15 @@ def compare_workload(work: Workload, rounds: int) -> list[str]:
         ratio_line(f"{prefix}_first_epoch_vs_replay", mine.first, replay.first, REPLAY),
         ratio_line(f"{prefix}_steady_vs_replay", mine.steady, replay.steady, REPLAY),
     ]
+
+
+def announce(workload: str, rounds: int) -> Callable[[int], None]:
+    """A progress line (stderr) at the start of each round of `workload`."""
+
+    def on_round(number: int) -> None:
+        print(f"  {workload}, round {number} of {rounds}", file=sys.stderr, flush=True)
+
+    return on_round
 
 
 def make_photos(folder: Path) -> Workload:
@@ -193,13 +205,15 @@ def warm_up(work: Workload) -> None:
 
 def compare(rounds: int) -> list[str]:
     """Lines for the digits and the 128×128 photos, first epoch and steady."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from trainer.quiet import quiet_tensorflow_import
+
     digits = Workload(
         "digits", REPO / "data/processed/digits", REPO / "data/raw/digits/images", "grayscale", 16
     )
     lines = []
     with tempfile.TemporaryDirectory(prefix="bench-inputs-") as tmp:
         photos = make_photos(Path(tmp))  # before TensorFlow: the processor then forks
+        quiet_tensorflow_import()
         if (digits.processed / "stats.json").exists() and digits.raw_images.is_dir():
             warm_up(digits)
             lines += compare_workload(digits, rounds)
