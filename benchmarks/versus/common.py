@@ -18,17 +18,18 @@ from dataclasses import dataclass
 ROUNDS = 3
 
 LEGEND = """\
-How to read the result lines:
+How to read the results (on stdout; progress lines go to stderr):
   NAME: 1.30x (ours A vs PEER B; median of 3 rounds (round 2))
-      ours ÷ peer, both rates per second: above 1 ours is faster, below 1 the peer
-      is. Each round runs every side once, in turn; the ratio is the median of the
-      rounds' ratios and A, B are the rates of the round that gave it.
-  *_vs_latency_bound, *_vs_ceiling: ours as a share of an upper bound (1 = the bound;
-      higher is better, and reaching the bound is the most any server could do).
+      the ratio ours ÷ peer of two rates: above 1 ours is faster, below 1 the peer
+      is. Every round runs each side once, in turn; the ratio is the median of the
+      rounds' ratios, and A and B are the rates of the round that gave it.
+  *_vs_latency_bound, *_vs_ceiling: ours as a share of a reference rate (the latency
+      bound: 32 requests in flight / 20 ms each; the ceiling: an upload endpoint that
+      answers a constant, no inference): up to about 1, higher is better.
   *_startup_s, *_p99_ms: times in seconds and milliseconds: lower is better.
-  "· target ≥ 1.2x: met" / "NOT met": the goal docs/performance.md sets for that line.
-  Indented lines and lines on stderr are progress; `unavailable` names why a peer
-  could not be installed or run."""
+  … · target ≥ 1.2x: met / NOT met: whether the line reaches its target from
+      docs/performance.md (lines without a target have none).
+  NAME: unavailable (reason): the peer could not be installed or run."""
 
 
 def alternate(
