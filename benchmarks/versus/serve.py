@@ -59,8 +59,8 @@ READING = (
     "  per round, each server in turn: req/s counts 200 answers only; p50/p99 are over every\n"
     "  answer, failed ones too; failed = other statuses and broken connections (bentoml's\n"
     "  are 503s: requests its dispatcher cannot serve within max_latency_ms 1000).\n"
-    "  ceiling = serve.py's upload endpoint answering a constant, no inference: the most\n"
-    "  this machine's HTTP and upload parsing allow a server here."
+    "  ceiling = serve.py's upload endpoint answering a constant, no inference: FastAPI's\n"
+    "  routing and upload parsing alone, the reference rate of serve_vs_ceiling."
 )
 
 
@@ -204,7 +204,7 @@ def compare(rounds: int = 3) -> list[str]:
     runs = Runs()
     print(
         f"serving {model_dir} · image {image.name} · {bench.CLIENTS} clients × {SECONDS:.0f} s"
-        f" · {rounds} rounds\n{READING}",
+        f" · {rounds} round{'s' if rounds > 1 else ''}\n{READING}",
         file=sys.stderr,
     )
     with tempfile.TemporaryDirectory(prefix="versus-serve-") as tmp:
