@@ -176,9 +176,9 @@ def scratch_folder(count: int) -> Iterator[Path]:
     progress line (stderr) saying how many files went and how long it took.
 
     Removal is untimed but not free: every run leaves `count` images (img2dataset a
-    `.json` beside each too), and on a disk mounted with `discard` (as the reference
-    machine's ext4 is) each deleted file is a discard request that the removal waits
-    for: 20,000 files, 20,126 discards, 0.7 s of a 1.1 s `rmtree` there. A device that
+    `.json` beside each too), and on a disk mounted with `discard` each deleted file is
+    a discard request that the removal waits for: on a 2-core VM with ext4 so mounted,
+    20,000 files took 20,126 discards, 0.7 s of a 1.1 s `rmtree`. A device that
     takes 2 ms per discard turns three rounds at 10,000 URLs (90,000 files) into minutes.
     """
     folder = Path(tempfile.mkdtemp(prefix="versus-collect-"))
