@@ -80,8 +80,8 @@ def test_alternate_announces_each_round_before_running_it() -> None:
         ("collect_steady_10000", 1.199, " · target ≥ 1.2x: met"),  # printed as 1.20x
         ("collect_vs_latency_bound", 0.49, " · target ≥ 0.5: NOT met"),
         ("serve_vs_ceiling", 0.97, " · target ≥ 0.7: met"),
-        ("serve_vs_best_peer", 1.46, " · target ≥ 2x: NOT met"),
-        ("input_photos128_steady", 1.0, " · target ≥ 1x: met"),
+        ("serve_vs_best_peer", 1.46, " · target ≥ 2.0x: NOT met"),
+        ("input_photos128_steady", 1.0, " · target ≥ 1.0x: met"),
         ("input_photos128_steady_vs_replay", 0.3, ""),  # no target
         ("process_vs_dask", 1.7, ""),
     ],

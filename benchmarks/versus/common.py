@@ -107,7 +107,7 @@ class Target:
     subject: str = ""  # what is compared when the line has two figures: "ours "
 
     def __str__(self) -> str:
-        return f"{self.subject}{'≥' if self.at_least else '≤'} {self.bound:g}{self.suffix}"
+        return f"{self.subject}{'≥' if self.at_least else '≤'} {self.bound:.1f}{self.suffix}"
 
     def met(self, value: float) -> bool:
         """Whether `value` (as printed, already rounded) meets the goal."""
