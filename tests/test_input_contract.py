@@ -197,7 +197,7 @@ def training_outcome(data: bytes, spec: Preprocess, tmp_path: Path) -> np.ndarra
     uri = storage.join(out, item.path)
     assert storage.read_bytes(uri) == data  # the raw store keeps the file as it came
     job = Job(uri, item.path, item.label, sha256_hex(data))
-    outcome = transform(job, spec, with_phash=True, max_pixels=MAX_PIXELS)
+    outcome = transform(job, spec, with_phash=True, max_pixels=MAX_PIXELS, png_compress_level=0)
     if outcome.reason is not None:
         return outcome.reason
     assert outcome.png is not None
@@ -328,6 +328,6 @@ def test_a_file_over_the_recorded_limits_is_refused_alike(
     stored = tmp_path / "k.png"
     stored.write_bytes(data)
     job = Job(str(stored), "k.png", "k", sha256_hex(data))
-    assert transform(job, tight, with_phash=False).reason == reason
-    assert transform(job, roomy, with_phash=False).reason is None
+    assert transform(job, tight, with_phash=False, png_compress_level=0).reason == reason
+    assert transform(job, roomy, with_phash=False, png_compress_level=0).reason is None
     assert isinstance(_served(data, roomy), np.ndarray)
