@@ -12,11 +12,17 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from common.contracts import Preprocess
+
+if TYPE_CHECKING:
+    # NumPy is imported where pixels become arrays, not here: checking an 8-bit image
+    # (all the collector does) needs none, and importing it costs a short-lived
+    # process such as the collector a third of a second.
+    import numpy as np
 
 # Pillow's own decompression-bomb guard, made an error instead of a warning. The
 # defaults of collect.max_pixels and collect.max_bytes (a test checks); the processor
@@ -228,6 +234,8 @@ def _value_scale(image: Image.Image) -> float | None:
     """
     if image.mode not in _DEEP_INTEGER and image.mode != "F":
         return None
+    import numpy as np  # only for deep images (see the TYPE_CHECKING import)
+
     array = np.asarray(image)  # native dtype: no float64 copy of a large image
     if array.size == 0:
         return 1.0
@@ -253,6 +261,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     scale = _value_scale(image)
     if scale is None:
         return image
+    import numpy as np
+
     array = np.asarray(image, dtype=np.float32) * np.float32(scale)
     return Image.fromarray(np.rint(array).clip(0, 255).astype(np.uint8))
 
@@ -273,6 +283,8 @@ def to_model_pixels(image: Image.Image, spec: Preprocess) -> np.ndarray:
     transparency is composited on black. Raises ImageDecodeError for a float or
     integer image whose values cannot be converted.
     """
+    import numpy as np
+
     image = _to_8bit(ImageOps.exif_transpose(image))
     if image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
         # Composite transparency on black, the digits' background.
@@ -338,6 +350,8 @@ def quantize(values: np.ndarray, scale: float, zero_point: int, dtype: np.dtype)
     For this project's models (0–255 pixels in, rescaled inside the network) a uint8
     input usually has scale 1 and zero point 0: the raw pixels pass unchanged.
     """
+    import numpy as np
+
     info = np.iinfo(dtype)
     # A scale of 0 means the converter recorded none: the values pass as they are.
     quantized = np.round(values / (scale or 1.0)) + zero_point
