@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from collector.base import Item, ItemRejectedError
 from collector.fetch import Fetcher, FetchOptions, too_big
@@ -39,7 +39,11 @@ from common.contracts import (
     write_manifest,
 )
 from common.images import MAX_PIXELS, ImageDecodeError, decode_image, sha256_hex, sniff_format
-from common.params import CollectParams
+
+if TYPE_CHECKING:
+    # Only the CLI reads params.yaml; pydantic's settings models and YAML need not load
+    # for a caller that passes CollectOptions.
+    from common.params import CollectParams
 
 # Items up to this size are validated and written on the event loop: a 1 KB PNG takes
 # about 0.1 ms, less than handing it to a thread and back; a 32 KiB JPEG about 1 ms.

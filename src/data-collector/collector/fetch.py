@@ -23,19 +23,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from collector.base import ItemRejectedError
 from common.images import byte_limit_reason, human_bytes
+
+if TYPE_CHECKING:
+    # tenacity is imported once a request has failed (in the functions below): most
+    # runs never retry, and a collection's start-up need not wait for it.
+    from tenacity import RetryCallState
 
 USER_AGENT = "mega-pipeline-collector/0.1"
 # Never sleep longer than this for one Retry-After, whatever the server asks.
@@ -139,6 +137,8 @@ def is_transient(exc: BaseException) -> bool:
 
 def retry_wait(backoff: float, state: RetryCallState) -> float:
     """Seconds before the next attempt: the server's Retry-After (capped), else jittered backoff."""
+    from tenacity import wait_random_exponential
+
     exc = state.outcome.exception() if state.outcome else None
     if isinstance(exc, TransientHTTPError) and exc.retry_after is not None:
         return min(exc.retry_after, MAX_RETRY_AFTER)
@@ -147,6 +147,8 @@ def retry_wait(backoff: float, state: RetryCallState) -> float:
 
 def retry_policy(options: FetchOptions) -> dict[str, Any]:
     """Keyword arguments for tenacity's `Retrying` or `AsyncRetrying`: one policy for both."""
+    from tenacity import retry_if_exception, stop_after_attempt
+
     return {
         "stop": stop_after_attempt(options.retries + 1),
         "wait": lambda state: retry_wait(options.backoff, state),
@@ -232,6 +234,8 @@ class Fetcher:
         # Tenacity only after a failure: its bookkeeping (~80 µs an item) costs more than a
         # loopback request. Its first attempt re-raises the failure above, so waits, stops
         # and the retry predicate are exactly what they would have been.
+        from tenacity import AsyncRetrying
+
         try:
             async for attempt in AsyncRetrying(**retry_policy(self.options)):
                 with attempt:

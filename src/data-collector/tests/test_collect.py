@@ -68,6 +68,35 @@ def test_collecting_imports_httpx_only_for_an_archive_url() -> None:
     assert result.stdout.strip() == "[]"
 
 
+# Loaded only by what needs them, not by a collection of 8-bit images up to its end:
+# NumPy (the digits source, images deeper than 8 bits), params.yaml's models and YAML
+# (the CLI), tenacity (a failed request). Together they were about half the collector's
+# start-up (docs/performance.md, "Collection vs img2dataset").
+LATE_MODULES = ("numpy", "yaml", "common.params", "tenacity")
+
+
+def test_a_collection_of_8_bit_images_loads_no_numpy_params_or_retry_library(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "import io, sys\n"
+        "import collector.collect, collector.sources\n"
+        "from PIL import Image\n"
+        "def png(mode, color):\n"
+        "    buffer = io.BytesIO()\n"
+        "    Image.new(mode, (300, 200), color).save(buffer, format='PNG')\n"
+        "    return buffer.getvalue()\n"
+        "items = [('a', png('L', 7)), ('b', png('RGB', (1, 2, 3))), ('c', png('P', 3))]\n"
+        "result = collector.collect.collect(items, sys.argv[1], 'test')\n"
+        "assert result.written == 3, result\n"
+        f"print(sorted(m for m in {LATE_MODULES!r} if m in sys.modules))"
+    )
+    command = [sys.executable, "-c", code, str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_rerun_writes_nothing_and_gives_identical_files(tmp_path: Path) -> None:
     collect(iter_digits(limit=20), out=str(tmp_path), source="digits")
     manifest = (tmp_path / "manifest.jsonl").read_bytes()

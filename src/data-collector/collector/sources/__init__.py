@@ -8,6 +8,8 @@ source as a whole (missing folder, unreadable manifest) raise SourceError.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collector.base import SourceError
 from collector.sources.archive import ARCHIVE_SUFFIXES, ArchiveSource
 from collector.sources.core import Context, Source, is_url
@@ -17,7 +19,9 @@ from collector.sources.gcs import GcsSource
 from collector.sources.manifest import ManifestSource
 from collector.sources.pairs import PairsSource
 from common import storage
-from common.params import CollectParams
+
+if TYPE_CHECKING:
+    from common.params import CollectParams  # as in collector.collect: for the CLI only
 
 __all__ = [
     "ARCHIVE_SUFFIXES",

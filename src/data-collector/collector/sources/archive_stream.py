@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import IO, TYPE_CHECKING, Any
 
-from tenacity import Retrying
-
 from collector.base import SourceError
 from collector.fetch import (
     HTTP_FAILURES,
@@ -92,6 +90,8 @@ class open_archive:  # noqa: N801 - used like open()
         return spooled
 
     def _open(self, client: httpx.Client) -> httpx.Response:
+        from tenacity import Retrying  # as httpx: only an archive URL needs it
+
         try:
             for attempt in Retrying(**retry_policy(self.options)):
                 with attempt:

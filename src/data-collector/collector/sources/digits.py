@@ -11,11 +11,15 @@ from __future__ import annotations
 import gzip
 from collections.abc import Iterator
 from importlib import resources
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from collector.sources.pairs import PairsSource
 from common.images import encode_png
+
+if TYPE_CHECKING:
+    # Imported when the digits are read: every collection imports this module (through
+    # `collector.sources`), and only this source needs NumPy.
+    import numpy as np
 
 DIGITS_FILE = "data/digits.csv.gz"
 DIGITS_COUNT = 1797
@@ -26,6 +30,8 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 
     Each CSV row is 64 pixel values, row by row, then the label.
     """
+    import numpy as np
+
     data = resources.files("collector.sources").joinpath(DIGITS_FILE)
     with data.open("rb") as raw, gzip.open(raw, "rt", encoding="ascii") as text:
         rows = np.loadtxt(text, delimiter=",")
@@ -34,6 +40,8 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def iter_digits(limit: int | None = None) -> Iterator[tuple[str, bytes]]:
     """Yield `(label, png_bytes)` for each bundled digit, in the data set's order."""
+    import numpy as np
+
     images, labels = load_digits()
     # Values run 0..16; stretch to 0..255 so the PNGs look like ordinary images.
     pixels = np.clip(np.rint(images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
