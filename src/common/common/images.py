@@ -8,9 +8,11 @@ See docs/data.md ("What images are accepted").
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -180,39 +182,72 @@ def decode_image(
     short side: several times faster when the model input is much smaller than the
     photo; `info["source_size"]` keeps the size before that.
 
+    The same as `load_image(open_image(data, max_pixels), draft_size)`.
     Raises ImageDecodeError (or its subclasses ImageTooLargeError,
     UnsupportedImageError) with a one-line reason.
     """
+    return load_image(open_image(data, max_pixels), draft_size)
+
+
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The image with only its header read: format, size and mode known, nothing decoded.
+
+    The first half of `decode_image`, for a caller that chooses where to decode by the
+    declared size (the collector decodes small images on its event loop). Raises
+    ImageDecodeError, or ImageTooLargeError when the header declares more than
+    `max_pixels` pixels.
+    """
     fmt = sniff_format(data)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=(fmt.name,))
-            if image.width * image.height > max_pixels:
-                raise ImageTooLargeError(
-                    f"image is {image.width}x{image.height}, over the {max_pixels:,}-pixel limit"
-                )
-            # Kept for size checks: a JPEG draft below shrinks `image.size`.
-            image.info["source_size"] = image.size
-            if draft_size is not None and fmt is _JPEG:
-                short = min(image.size)
-                scale = max(1, short // draft_size)
-                image.draft(image.mode, (image.width // scale, image.height // scale))
-            image.load()
-    except ImageDecodeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"image over the pixel limit: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(f"not a readable {fmt.name} image") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"not a readable image: {exc}") from exc
+    with _pillow_errors(fmt.name):
+        image = Image.open(io.BytesIO(data), formats=(fmt.name,))
+    if image.width * image.height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {image.width}x{image.height}, over the {max_pixels:,}-pixel limit"
+        )
+    # Kept for size checks: a JPEG draft shrinks `image.size`.
+    image.info["source_size"] = image.size
+    return image
+
+
+def load_image(image: Image.Image, draft_size: int | None = None) -> Image.Image:
+    """Decode an image from `open_image` and check its pixels (the second half of
+    `decode_image`, which says what `draft_size` does); returns the same image, loaded.
+
+    Raises ImageDecodeError (UnsupportedImageError for a pixel mode the pipeline does
+    not take).
+    """
+    with _pillow_errors(image.format or "image"):
+        # Pillow names a JPEG with an MP index (as phones write) MPO.
+        if draft_size is not None and image.format in ("JPEG", "MPO"):
+            short = min(image.size)
+            scale = max(1, short // draft_size)
+            image.draft(image.mode, (image.width // scale, image.height // scale))
+        image.load()
     if image.mode not in ACCEPTED_MODES:
         raise UnsupportedImageError(
             f"pixel mode {image.mode} is not supported; save the image as 8-bit RGB or grayscale"
         )
     _value_scale(image)  # refuses value ranges that cannot be converted
     return image
+
+
+@contextlib.contextmanager
+def _pillow_errors(format_name: str) -> Iterator[None]:
+    """Pillow's failures to read an image as ImageDecodeError with a one-line reason.
+
+    Pillow's decompression-bomb warning is an error here, on opening and on loading
+    alike (a TIFF's tiles are checked only when it loads).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image over the pixel limit: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"not a readable {format_name} image") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"not a readable image: {exc}") from exc
 
 
 def check_min_size(image: Image.Image, min_size: int) -> None:

@@ -7,10 +7,13 @@ from PIL import Image
 from common.contracts import Preprocess
 from common.images import (
     ImageDecodeError,
+    ImageTooLargeError,
     UnsupportedImageError,
     decode_image,
     encode_png,
     load_for_model,
+    load_image,
+    open_image,
     to_model_pixels,
 )
 
@@ -51,6 +54,22 @@ def test_pixel_limit() -> None:
     data = encoded(Image.new("L", (300, 300)))
     with pytest.raises(ImageDecodeError, match="pixel limit"):
         decode_image(data, max_pixels=10_000)
+
+
+def test_opening_reads_the_header_and_loading_decodes() -> None:
+    data = encoded(Image.new("L", (300, 200)))
+    image = open_image(data)
+    assert (image.size, image.mode) == ((300, 200), "L")
+    assert image.tile, "nothing decoded yet"
+    assert load_image(image) is image and not image.tile
+    with pytest.raises(ImageTooLargeError, match="300x200, over the 10,000-pixel limit"):
+        open_image(data, max_pixels=10_000)
+    # A cut JPEG has a whole header: it fails when its pixels are decoded.
+    noise = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    jpeg = encoded(Image.fromarray(noise), "JPEG")
+    cut = open_image(jpeg[: len(jpeg) // 2])
+    with pytest.raises(ImageDecodeError, match="not a readable image"):
+        load_image(cut)
 
 
 @pytest.mark.parametrize(
