@@ -1,15 +1,19 @@
 import asyncio
 import hashlib
+import io
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageFile
 from support import run_cli, write_params
 
-from collector.collect import CollectOptions, collect
+from collector.collect import INLINE_BYTES, INLINE_PIXELS, CollectOptions, collect, collect_source
 from collector.fetch import FetchOptions
+from collector.sources import PairsSource
 from collector.sources.digits import iter_digits
 from common import storage
 from common.contracts import read_manifest
@@ -95,6 +99,54 @@ def test_a_collection_of_8_bit_images_loads_no_numpy_params_or_retry_library(
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """A one-colour PNG: a few hundred bytes however many pixels it declares."""
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 7).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "on_the_loop"),
+    [(32, 32, True), (256, 256, True), (257, 256, False), (4000, 4000, False)],
+)
+def test_a_small_file_is_decoded_on_the_event_loop_only_if_it_declares_few_pixels(
+    width: int, height: int, on_the_loop: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The 4000x4000 PNG is 24 KB and decodes to 16 MB: tens of ms that would stall every
+    # download on the loop. Pillow's decoding runs in ImageFile.load, whichever format.
+    data = flat_png(width, height)
+    assert len(data) <= INLINE_BYTES
+    assert (width * height <= INLINE_PIXELS) is on_the_loop
+    decoded_in: list[threading.Thread] = []
+    load = ImageFile.ImageFile.load
+
+    def spy(image: ImageFile.ImageFile) -> object:
+        decoded_in.append(threading.current_thread())
+        return load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    result = collect([("a", data)], out=str(tmp_path), source="test")
+    assert (result.written, result.failed) == (1, [])
+    assert (result.items[0].width, result.items[0].height) == (width, height)
+    loop_thread = threading.current_thread()  # collect() runs its event loop here
+    assert decoded_in and all((thread is loop_thread) is on_the_loop for thread in decoded_in)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_by_its_header_on_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(image: ImageFile.ImageFile) -> None:
+        raise AssertionError("decoded an image whose header is over the limit")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", never)
+    options = CollectOptions(max_pixels=10_000)
+    source = PairsSource(name="test", pairs=[("a", flat_png(101, 100))])
+    result = collect_source(source, str(tmp_path), options)
+    assert result.written == 0
+    assert [f.reason for f in result.failed] == ["image is 101x100, over the 10,000-pixel limit"]
 
 
 def test_rerun_writes_nothing_and_gives_identical_files(tmp_path: Path) -> None:
