@@ -1,8 +1,9 @@
 """The input contract: which image files every stage accepts, and how they become pixels.
 
-The collector, the processor and the API all decode through `decode_image` and
-convert through `to_model_pixels`, so a file that training would accept is served
-the same way, and a file it refuses is refused by serving with the same reason.
+The collector (through its two halves, `open_image` then `load_image`), the processor
+and the API all decode through `decode_image` and convert through `to_model_pixels`,
+so a file that training would accept is served the same way, and a file it refuses is
+refused by serving with the same reason.
 See docs/data.md ("What images are accepted").
 """
 
@@ -259,6 +260,14 @@ def check_min_size(image: Image.Image, min_size: int) -> None:
         )
 
 
+def is_deep(image: Image.Image) -> bool:
+    """Whether `image` (opened; its header read) holds deeper than 8-bit values.
+
+    Checking one takes NumPy (`_value_scale`), which is imported on first use.
+    """
+    return image.mode in _DEEP_INTEGER or image.mode == "F"
+
+
 def _value_scale(image: Image.Image) -> float | None:
     """The factor that brings a deeper-than-8-bit image to 0–255; None for 8-bit modes.
 
@@ -267,7 +276,7 @@ def _value_scale(image: Image.Image) -> float | None:
     finite values in 0–1 (scaled by 255) or 0–255 (taken as they are); others are
     refused with the range found. Raises ImageDecodeError.
     """
-    if image.mode not in _DEEP_INTEGER and image.mode != "F":
+    if not is_deep(image):
         return None
     import numpy as np  # only for deep images (see the TYPE_CHECKING import)
 

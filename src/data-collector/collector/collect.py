@@ -43,6 +43,7 @@ from common.contracts import (
 from common.images import (
     MAX_PIXELS,
     ImageDecodeError,
+    is_deep,
     load_image,
     open_image,
     sha256_hex,
@@ -283,7 +284,7 @@ class _Run:
         self._done("written")
 
     async def _inspect(self, data: bytes, inline: bool) -> tuple[str, str, int, int]:
-        """Validate on the event loop an `inline` item that declares few pixels, else in a thread.
+        """Validate on the event loop an `inline` 8-bit item declaring few pixels, else in a thread.
 
         Reading the header of a small file costs what it costs inside the decoder; a large
         file's header, which may hold megabytes of metadata, is read in the thread.
@@ -292,7 +293,9 @@ class _Run:
         if not inline:
             return await asyncio.to_thread(_inspect, data, *limits)
         image = _opened(data, *limits)
-        if image.width * image.height <= INLINE_PIXELS:
+        # A deep (16-bit, float) image is checked in the thread too: its check needs
+        # NumPy, whose first import would stall every download for a few hundred ms.
+        if image.width * image.height <= INLINE_PIXELS and not is_deep(image):
             return _checked(data, image)
         return await asyncio.to_thread(_checked, data, image)
 

@@ -116,7 +116,7 @@ def test_a_small_file_is_decoded_on_the_event_loop_only_if_it_declares_few_pixel
     width: int, height: int, on_the_loop: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The 4000x4000 PNG is 24 KB and decodes to 16 MB: tens of ms that would stall every
-    # download on the loop. Pillow's decoding runs in ImageFile.load, whichever format.
+    # download on the loop. Every format's decoding reaches ImageFile.load.
     data = flat_png(width, height)
     assert len(data) <= INLINE_BYTES
     assert (width * height <= INLINE_PIXELS) is on_the_loop
@@ -135,7 +135,26 @@ def test_a_small_file_is_decoded_on_the_event_loop_only_if_it_declares_few_pixel
     assert decoded_in and all((thread is loop_thread) is on_the_loop for thread in decoded_in)
 
 
-def test_an_image_over_the_pixel_limit_is_refused_by_its_header_on_the_loop(
+def test_a_small_16_bit_image_is_decoded_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its check imports NumPy the first time: a stall the loop must not take.
+    buffer = io.BytesIO()
+    Image.new("I;16", (16, 16), 300).save(buffer, format="PNG")
+    decoded_in: list[threading.Thread] = []
+    load = ImageFile.ImageFile.load
+
+    def spy(image: ImageFile.ImageFile) -> object:
+        decoded_in.append(threading.current_thread())
+        return load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    result = collect([("a", buffer.getvalue())], out=str(tmp_path), source="test")
+    assert (result.written, result.failed) == (1, [])
+    assert decoded_in and threading.current_thread() not in decoded_in
+
+
+def test_an_image_over_the_pixel_limit_is_refused_by_its_header_without_decoding(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def never(image: ImageFile.ImageFile) -> None:
