@@ -61,6 +61,19 @@ def test_a_line_gives_the_two_figures_of_the_round_with_the_median_ratio() -> No
     )
 
 
+def test_a_round_whose_peer_answered_nothing_does_not_stop_the_run() -> None:
+    # The ceiling or a peer at 0 req/s in one round: an infinite ratio for that round.
+    median = common.median_round([2.0, 3.0, 4.0], [1.0, 0.0, 2.0])
+    assert (median.ratio, median.index) == (2.0, 2)
+    assert common.median_round([1.0], [0.0]).ratio == float("inf")
+
+
+def test_announce_prints_the_round_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    common.announce("10,000 URLs", 3)(2)
+    common.announce("", 3)(1)
+    assert capsys.readouterr().err == "  10,000 URLs, round 2 of 3\n  round 1 of 3\n"
+
+
 def test_alternate_announces_each_round_before_running_it() -> None:
     events: list[str] = []
 

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from versus.common import alternate, ratio_line, target_note, unavailable_line
+from versus.common import alternate, announce, ratio_line, target_note, unavailable_line
 from versus.env import PEER_SIDE, PeerUnavailableError, peer_python
 
 HERE = Path(__file__).resolve().parent
@@ -192,15 +192,6 @@ def scratch_folder(count: int) -> Iterator[Path]:
         print(f"  removed in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
 
-def announce(count: int, rounds: int) -> Callable[[int], None]:
-    """A progress line (stderr) at the start of each round over `count` URLs."""
-
-    def on_round(number: int) -> None:
-        print(f"  {count:,} URLs, round {number} of {rounds}", file=sys.stderr, flush=True)
-
-    return on_round
-
-
 def startup_line(startups: dict[str, list[float]]) -> str:
     """`collect_startup_s`: each side's median seconds to its first image, ours' target."""
     ours = statistics.median(startups["ours"])
@@ -224,7 +215,7 @@ def compare(rounds: int) -> list[str]:
         for count in SIZES:
             with scratch_folder(count) as work:
                 runners, runs = sides(peer, base, count, work)
-                rates = alternate(runners, rounds, announce(count, rounds))
+                rates = alternate(runners, rounds, announce(f"{count:,} URLs", rounds))
             name = f"collect_steady_{count}"
             lines.append(ratio_line(name, rates["ours"], rates["img2dataset"], "img2dataset"))
             for side, side_runs in runs.items():

@@ -12,6 +12,8 @@ one ends with whether it was met.
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,18 +84,19 @@ def median_round(ours: list[float], peer: list[float]) -> MedianRound:
     """The round with the median ratio ours / peer (the lower middle one for an even count).
 
     `ours` and `peer` hold one figure per round, in round order. Raises ValueError when
-    their lengths differ or they are empty, ZeroDivisionError when a peer figure is 0.
+    their lengths differ or they are empty. A round whose peer figure is 0 (the peer answered
+    nothing) has an infinite ratio rather than stopping the whole run.
     """
     if len(ours) != len(peer) or not ours:
         raise ValueError("ours and peer need one figure per round each")
-    ratios = [o / p for o, p in zip(ours, peer, strict=True)]
+    ratios = [o / p if p else math.inf for o, p in zip(ours, peer, strict=True)]
     # A real round, not the mean of the two middle ratios: its figures give its ratio.
     index = sorted(range(len(ratios)), key=ratios.__getitem__)[(len(ratios) - 1) // 2]
     return MedianRound(ratios[index], ours[index], peer[index], index, len(ratios))
 
 
 def median_ratio(ours: list[float], peer: list[float]) -> float:
-    """The median over rounds of ours / peer, round by round (same length lists)."""
+    """The median round's ours / peer (`median_round`: the lower middle one of an even count)."""
     return median_round(ours, peer).ratio
 
 
@@ -169,3 +172,14 @@ def ratio_line(
 def unavailable_line(name: str, reason: str) -> str:
     """The line for a comparison whose peer could not be installed or run."""
     return f"{name}: unavailable ({reason})"
+
+
+def announce(label: str, rounds: int) -> Callable[[int], None]:
+    """An `alternate` `on_round` that prints `  LABEL, round k of N` (or `  round k of N`
+    with no label) on stderr at the start of each round."""
+    prefix = f"{label}, " if label else ""
+
+    def on_round(number: int) -> None:
+        print(f"  {prefix}round {number} of {rounds}", file=sys.stderr, flush=True)
+
+    return on_round

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from versus.common import alternate, ratio_line, unavailable_line
+from versus.common import alternate, announce, ratio_line, unavailable_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchdata, beside versus
 
@@ -172,15 +172,6 @@ def compare_workload(work: Workload, rounds: int) -> list[str]:
         ratio_line(f"{prefix}_first_epoch_vs_replay", mine.first, replay.first, REPLAY),
         ratio_line(f"{prefix}_steady_vs_replay", mine.steady, replay.steady, REPLAY),
     ]
-
-
-def announce(workload: str, rounds: int) -> Callable[[int], None]:
-    """A progress line (stderr) at the start of each round of `workload`."""
-
-    def on_round(number: int) -> None:
-        print(f"  {workload}, round {number} of {rounds}", file=sys.stderr, flush=True)
-
-    return on_round
 
 
 def make_photos(folder: Path) -> Workload:

@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
-from versus.common import alternate, median_round, ratio_line, unavailable_line  # noqa: E402
+from versus.common import alternate, announce, median_round, ratio_line, unavailable_line  # noqa: E402
 from versus.env import PeerUnavailableError, peer_python  # noqa: E402
 from versus.scripts import load_benchmark  # noqa: E402
 
@@ -54,11 +54,13 @@ UNIT = "req/s"
 # Our micro-batching defaults (api_service.settings), given to the batching peers.
 MAX_BATCH = 32
 MAX_WAIT_MS = 2.0
+BENTOML_MAX_LATENCY_MS = 1000  # BentoML's guide's value for adaptive batching
 # Said once before the servers' per-round lines (stderr), which do not explain themselves.
 READING = (
     "  per round, each server in turn: req/s counts 200 answers only; p50/p99 are over every\n"
     "  answer, failed ones too; failed = other statuses and broken connections (bentoml's\n"
-    "  are 503s: requests its dispatcher cannot serve within max_latency_ms 1000).\n"
+    f"  are 503s: requests its dispatcher cannot serve within max_latency_ms "
+    f"{BENTOML_MAX_LATENCY_MS}).\n"
     "  ceiling = serve.py's upload endpoint answering a constant, no inference: FastAPI's\n"
     "  routing and upload parsing alone, the reference rate of serve_vs_ceiling."
 )
@@ -84,7 +86,8 @@ PEERS = (
     Peer("litserve", "serve_vs_litserve", "litserve", "litserve_app.py",
          ("--max-batch", str(MAX_BATCH), "--timeout-ms", str(MAX_WAIT_MS))),
     Peer("bentoml", "serve_vs_bentoml", "bentoml", "bentoml_service.py",
-         ("--max-batch", str(MAX_BATCH), "--max-latency-ms", "1000"), "BENTOML_HOME"),
+         ("--max-batch", str(MAX_BATCH), "--max-latency-ms", str(BENTOML_MAX_LATENCY_MS)),
+         "BENTOML_HOME"),
 )  # fmt: skip
 
 
@@ -181,15 +184,6 @@ def peer_env(peer: Peer, env: dict[str, str], scratch: Path) -> dict[str, str]:
     return {**env, peer.home_var: str(scratch / f"{peer.name}-home")}
 
 
-def announce(rounds: int) -> Callable[[int], None]:
-    """A progress line (stderr) at the start of each round; the servers' lines follow it."""
-
-    def on_round(number: int) -> None:
-        print(f"  round {number} of {rounds}", file=sys.stderr, flush=True)
-
-    return on_round
-
-
 def compare(rounds: int = 3) -> list[str]:
     """Run ours, the ceiling and every peer alternately for `rounds` rounds; the lines.
 
@@ -219,7 +213,7 @@ def compare(rounds: int = 3) -> list[str]:
             if peer.name in commands:
                 penv = peer_env(peer, base_env, logs)
                 sides[peer.name] = side(peer.name, commands[peer.name], penv, image, runs, logs)
-        rates = alternate(sides, rounds, announce(rounds))
+        rates = alternate(sides, rounds, announce("", rounds))
     for ours_side in ("ours", "ceiling"):
         if ours_side in runs.failures:
             raise RuntimeError(f"{ours_side} failed: {runs.failures[ours_side]}")
