@@ -108,6 +108,22 @@ def flat_png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+def decoding_threads(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
+    """The threads Pillow decodes in from now on, one entry per decode, in order.
+
+    Every format's decoding reaches ImageFile.load, which this spies on.
+    """
+    threads: list[threading.Thread] = []
+    load = ImageFile.ImageFile.load
+
+    def spy(image: ImageFile.ImageFile) -> object:
+        threads.append(threading.current_thread())
+        return load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    return threads
+
+
 @pytest.mark.parametrize(
     ("width", "height", "on_the_loop"),
     [(32, 32, True), (256, 256, True), (257, 256, False), (4000, 4000, False)],
@@ -116,18 +132,11 @@ def test_a_small_file_is_decoded_on_the_event_loop_only_if_it_declares_few_pixel
     width: int, height: int, on_the_loop: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The 4000x4000 PNG is 24 KB and decodes to 16 MB: tens of ms that would stall every
-    # download on the loop. Every format's decoding reaches ImageFile.load.
+    # download on the loop.
     data = flat_png(width, height)
     assert len(data) <= INLINE_BYTES
     assert (width * height <= INLINE_PIXELS) is on_the_loop
-    decoded_in: list[threading.Thread] = []
-    load = ImageFile.ImageFile.load
-
-    def spy(image: ImageFile.ImageFile) -> object:
-        decoded_in.append(threading.current_thread())
-        return load(image)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    decoded_in = decoding_threads(monkeypatch)
     result = collect([("a", data)], out=str(tmp_path), source="test")
     assert (result.written, result.failed) == (1, [])
     assert (result.items[0].width, result.items[0].height) == (width, height)
@@ -135,20 +144,17 @@ def test_a_small_file_is_decoded_on_the_event_loop_only_if_it_declares_few_pixel
     assert decoded_in and all((thread is loop_thread) is on_the_loop for thread in decoded_in)
 
 
-def test_a_small_16_bit_image_is_decoded_in_a_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("mode", "value", "fmt"), [("I;16", 300, "PNG"), ("I", 70_000, "TIFF"), ("F", 0.5, "TIFF")]
+)
+def test_a_small_deep_image_is_decoded_in_a_thread(
+    mode: str, value: float, fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Its check imports NumPy the first time: a stall the loop must not take.
     buffer = io.BytesIO()
-    Image.new("I;16", (16, 16), 300).save(buffer, format="PNG")
-    decoded_in: list[threading.Thread] = []
-    load = ImageFile.ImageFile.load
-
-    def spy(image: ImageFile.ImageFile) -> object:
-        decoded_in.append(threading.current_thread())
-        return load(image)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    Image.new(mode, (16, 16), value).save(buffer, format=fmt)
+    assert len(buffer.getvalue()) <= INLINE_BYTES
+    decoded_in = decoding_threads(monkeypatch)
     result = collect([("a", buffer.getvalue())], out=str(tmp_path), source="test")
     assert (result.written, result.failed) == (1, [])
     assert decoded_in and threading.current_thread() not in decoded_in
