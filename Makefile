@@ -24,14 +24,17 @@ setup: $(STAMP)
 		echo "setup: DVC default remote 'local' → $(DVC_REMOTE)"; }
 
 # Each long step is announced: a first install runs for minutes with --quiet output.
+# --compile-bytecode: uv writes no .pyc by default, and with PYTHONDONTWRITEBYTECODE set
+# (as on the reference machines) every process then recompiles what it imports: 12-14 s
+# to import TensorFlow instead of about 5 s (docs/performance.md).
 $(STAMP): $(SETUP_INPUTS)
 	@echo "setup: Python environment $(VENV) (created if missing)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "setup: installing uv $(UV_VERSION) into $(VENV)"
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	@echo "setup: installing the locked dependencies (minutes the first time, seconds once cached)"
-	@$(BIN)/uv pip install --python $(BIN)/python --quiet -c requirements/lock.txt \
-		--override requirements/overrides.txt -r requirements/lock.in
+	@$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode \
+		-c requirements/lock.txt --override requirements/overrides.txt -r requirements/lock.in
 	@touch $@
 	@echo "setup: done (.venv)"
 

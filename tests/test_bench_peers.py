@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,44 @@ def test_a_built_venv_is_reused_and_new_pins_get_a_new_one(
     assert env.peer_python("tool") == built / "bin" / "python"
     (peer_dir / "tool.txt").write_text("tool==2.0\n")
     assert env.env_dir("tool") != built
+
+
+def tiny_wheel(folder: Path) -> Path:
+    """A one-module wheel (`tinypeer`), installable offline."""
+    path = folder / "tinypeer-1.0-py3-none-any.whl"
+    files = {
+        "tinypeer.py": "ANSWER = 42\n",
+        "tinypeer-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinypeer\nVersion: 1.0\n",
+        "tinypeer-1.0.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = "".join(f"{name},,\n" for name in files) + "tinypeer-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, text in {**files, "tinypeer-1.0.dist-info/RECORD": record}.items():
+            wheel.writestr(name, text)
+    return path
+
+
+def test_a_peer_venv_holds_its_bytecode_as_ours_does(peer_dir: Path) -> None:
+    # Compiled at install time like `make setup`'s: collect_startup_s would otherwise
+    # count the peer's compiling of its imports, which ours does not pay.
+    (peer_dir / "tiny.txt").write_text(f"{tiny_wheel(peer_dir)}\n")
+    python = env.peer_python("tiny")
+    found = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print(u.find_spec('tinypeer').origin)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert Path(importlib.util.cache_from_source(found)).exists()
+
+
+def test_other_install_options_get_another_venv(
+    peer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (peer_dir / "tool.txt").write_text("tool==1.0\n")
+    compiled = env.env_dir("tool")
+    monkeypatch.setattr(env, "INSTALL_OPTIONS", ())
+    assert env.env_dir("tool") != compiled
 
 
 def test_a_failed_install_is_reported_and_leaves_no_half_venv(peer_dir: Path) -> None:

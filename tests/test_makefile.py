@@ -1,10 +1,14 @@
-"""`make setup` says what it is doing before each step that can take a while."""
+"""`make setup` says what it is doing before each step that can take a while, and
+leaves a venv whose libraries are compiled to bytecode."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # Steps that download or install: minutes on a first run with a cold cache.
@@ -22,3 +26,16 @@ def test_setup_announces_each_long_step() -> None:
     for index in long_steps:
         before = plan[index - 1] if index else ""
         assert re.match(r'echo "setup: .+"', before), f"no message before: {plan[index]}"
+
+
+@pytest.mark.parametrize("module", ["fastapi", "numpy", "pydantic", "tensorflow"])
+def test_setup_installs_the_libraries_with_their_bytecode(module: str) -> None:
+    """`make setup` compiles what it installs: with PYTHONDONTWRITEBYTECODE set, nothing
+    writes .pyc later, and every process would recompile every module it imports."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    cached = Path(importlib.util.cache_from_source(spec.origin))
+    assert cached.exists(), (
+        f"{module} has no bytecode in this venv ({cached} is missing): it was built "
+        "without --compile-bytecode; rebuild it with `rm -rf .venv && make setup`"
+    )

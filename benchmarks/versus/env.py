@@ -5,11 +5,12 @@ uv from `peers/<peer>.txt`, a pinned requirements file compiled from `peers/<pee
 (`python benchmarks/peers.py --lock PEER`). Nothing is installed into the project's
 environment, so a peer's pins can never hide or cause a break there, and two peers with
 conflicting pins do not meet. The venv's folder name carries a digest of the pinned
-file and of the Python version, so an edited pin builds a new venv and an unchanged
-one is reused: only the first run pays for the install (uv's cache makes a rebuild
-quick). They live under `$XDG_CACHE_HOME/mega-pipeline/bench-peers` (`~/.cache` when unset),
-about 800 MB for the five peers (img2dataset alone about 650 MB); remove that folder to
-reclaim the space, and the next run rebuilds what it needs.
+file, the install options and the Python version, so an edited pin builds a new venv
+and an unchanged one is reused: only the first run pays for the install (uv's cache
+makes a rebuild quick). They live under `$XDG_CACHE_HOME/mega-pipeline/bench-peers`
+(`~/.cache` when unset), about 800 MB for the five peers (img2dataset alone about
+650 MB); remove that folder to reclaim the space, and the next run rebuilds what it
+needs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ PEERS_DIR = Path(__file__).resolve().parent / "peers"
 PEER_SIDE = Path(__file__).resolve().parent / "peer_side"
 COMPLETE = ".complete"  # written last: a venv without it was cut short and is rebuilt
 INSTALL_TIMEOUT = 1800  # seconds; a first install of a large peer downloads hundreds of MB
+# As `make setup` installs ours: with bytecode, so neither side's start-up time includes
+# compiling its imports (collect_startup_s compares the two).
+INSTALL_OPTIONS = ("--compile-bytecode",)
 
 
 class PeerUnavailableError(Exception):
@@ -62,9 +66,10 @@ def pinned(peer: str) -> Path:
 
 
 def env_dir(peer: str) -> Path:
-    """The venv folder for `peer`'s current pins and this Python's version."""
+    """The venv folder for `peer`'s current pins, install options and this Python's version."""
     digest = hashlib.sha256(pinned(peer).read_bytes())
     digest.update(sys.version.split()[0].encode())
+    digest.update(" ".join(INSTALL_OPTIONS).encode())
     return env_root() / f"{peer}-{digest.hexdigest()[:12]}"
 
 
@@ -92,7 +97,7 @@ def peer_python(peer: str) -> Path:
         print(f"peers: building the {peer} environment in {target} (once)", file=sys.stderr)
         try:
             _run([uv(), "venv", "--quiet", "--python", sys.executable, str(target)])
-            _run([uv(), "pip", "install", "--quiet", "--python", str(python),
+            _run([uv(), "pip", "install", "--quiet", *INSTALL_OPTIONS, "--python", str(python),
                   "-r", str(pinned(peer))])  # fmt: skip
         except PeerUnavailableError:
             shutil.rmtree(target, ignore_errors=True)

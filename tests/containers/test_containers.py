@@ -77,6 +77,21 @@ def test_api_service_image_contains_no_tensorflow(built_images: BuiltImages) -> 
     assert not [name for name in installed if name.startswith(("tensorflow", "tf-", "keras"))]
 
 
+def test_every_python_image_carries_its_bytecode(built_images: BuiltImages) -> None:
+    """Compiled at build time (UV_COMPILE_BYTECODE): the image sets PYTHONDONTWRITEBYTECODE
+    and its user cannot write there, so a start would otherwise recompile every import."""
+    code = (
+        "import importlib.util as u, os, sys; "
+        "print(*(os.path.exists(u.cache_from_source(u.find_spec(m).origin)) for m in sys.argv[1:]))"
+    )
+    for service, image in python_images(built_images).items():
+        # Ours: a library and the shared package; the emulator's image: the emulator.
+        modules = ["gcp_storage_emulator"] if service == "storage" else ["pydantic", "common"]
+        assert built_images.run(image, "-c", code, *modules).split() == ["True"] * len(modules), (
+            f"{image}: no bytecode for {modules}"
+        )
+
+
 def test_every_image_runs_as_a_non_root_user(built_images: BuiltImages) -> None:
     for image in built_images.images.values():
         uid = built_images.run(image, "-u", entrypoint="id").strip()
