@@ -8,8 +8,8 @@ conflicting pins do not meet. The venv's folder name carries a digest of the pin
 file, the install options and the Python version, so an edited pin builds a new venv
 and an unchanged one is reused: only the first run pays for the install (uv's cache
 makes a rebuild quick). They live under `$XDG_CACHE_HOME/mega-pipeline/bench-peers`
-(`~/.cache` when unset), about 800 MB for the five peers (img2dataset alone about
-650 MB); remove that folder to reclaim the space, and the next run rebuilds what it
+(`~/.cache` when unset), about 1 GB for the five peers (img2dataset alone about
+760 MB); remove that folder to reclaim the space, and the next run rebuilds what it
 needs.
 """
 
