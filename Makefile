@@ -74,7 +74,7 @@ images: setup
 	$(BIN)/mega build
 
 ## bench: every benchmark script (each prints name: ratio against its baseline)
-## (peers.py aside: it installs the peers and runs for about 17 min; see bench-peers)
+## (peers.py aside: it installs the peers and runs for about 8 min, more on a first run; see bench-peers)
 bench: setup
 	@for script in $(filter-out benchmarks/peers.py,$(wildcard benchmarks/*.py)); do \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; done

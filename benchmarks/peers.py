@@ -1,9 +1,9 @@
 """Ours against the tools a team would use instead, side by side on this machine.
 
 Run `make run` first (the serve area needs a registered model, the inputs area the
-default digits), then `make bench-peers`: about 17 minutes on 2 cores for every
-area, building the peers' venvs included (built on first use, about 1 GB; seconds
-from a warm uv cache, longer when the packages come from the network).
+default digits), then `make bench-peers`: about 8 minutes on 2 cores for every
+area once the peers' venvs exist. A first run builds them (about 1 GB; seconds from a
+warm uv cache, longer when the packages come from the network).
 
 Four areas, each in `benchmarks/versus/<area>.py`:
 
