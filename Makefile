@@ -25,7 +25,7 @@ setup: $(STAMP)
 
 # Each long step is announced: a first install runs for minutes with --quiet output.
 # --compile-bytecode: uv writes no .pyc by default, and with PYTHONDONTWRITEBYTECODE set
-# (as on the reference machines) every process then recompiles what it imports: 12-14 s
+# (as on the reference machines) every process then recompiles what it imports: 12-15 s
 # to import TensorFlow instead of about 5 s (docs/performance.md).
 $(STAMP): $(SETUP_INPUTS)
 	@echo "setup: Python environment $(VENV) (created if missing)"

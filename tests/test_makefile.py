@@ -28,6 +28,16 @@ def test_setup_announces_each_long_step() -> None:
         assert re.match(r'echo "setup: .+"', before), f"no message before: {plan[index]}"
 
 
+def test_setup_asks_uv_to_compile_what_it_installs() -> None:
+    # Where PYTHONDONTWRITEBYTECODE is unset, imports write the bytecode the test below
+    # looks for, so only this one notices the flag missing there.
+    plan = subprocess.run(
+        ["make", "-n", "-B", "setup"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.replace("\\\n", " ")  # one line per command
+    installs = [line for line in plan.splitlines() if "uv pip install" in line]
+    assert installs and all("--compile-bytecode" in line for line in installs), installs
+
+
 @pytest.mark.parametrize("module", ["fastapi", "numpy", "pydantic", "tensorflow"])
 def test_setup_installs_the_libraries_with_their_bytecode(module: str) -> None:
     """`make setup` compiles what it installs: with PYTHONDONTWRITEBYTECODE set, nothing

@@ -107,6 +107,18 @@ def test_every_image_installs_with_the_uv_and_the_lock_of_make_setup() -> None:
                 assert f"ARG UV_VERSION={pinned}" in text, name
 
 
+def test_every_image_compiles_what_uv_installs() -> None:
+    """As `make setup` does (--compile-bytecode): an image sets PYTHONDONTWRITEBYTECODE or
+    runs as a user who cannot write its packages, so nothing would compile them later.
+    (The containers tier checks the built images; this catches it without root.)"""
+    for name, text in {
+        **{str(path.relative_to(REPO)): path.read_text() for path in DOCKERFILES},
+        **inline_dockerfiles(),
+    }.items():
+        if "uv pip install" in text:
+            assert re.search(r"^\s*(ENV\s+)?.*\bUV_COMPILE_BYTECODE=1\b", text, re.M), name
+
+
 def test_compose_file_is_valid_against_the_compose_spec() -> None:
     result = subprocess.run(
         [

@@ -894,8 +894,10 @@ def build(
         typer.Option(help="Push even when src/ or requirements/ have changes (tag <sha>-dirty)."),
     ] = False,
 ) -> None:
-    """Build every image of docker-compose.yml, tagged with the git sha (docker, else podman);
-    print each one's size and build time."""
+    """Build every image of docker-compose.yml (docker, else podman), tagged with the git sha.
+
+    Prints each image's size and build time.
+    """
     from workflow.images import build_all, table
 
     def say(message: str) -> None:
