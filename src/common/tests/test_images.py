@@ -1,4 +1,6 @@
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -116,14 +118,36 @@ def test_exif_orientation_is_applied() -> None:
     assert pixels[:8].mean() > 200 > pixels[8:].mean() + 100
 
 
-def test_png_round_trip_is_lossless() -> None:
-    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 1), dtype=np.uint8)
-    assert np.array_equal(
-        to_model_pixels(
-            decode_image(encode_png(pixels)), Preprocess(image_size=8, color_mode="grayscale")
-        ),
-        pixels,
-    )
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+@pytest.mark.parametrize("shape", [(8, 8, 1), (5, 7, 3), (1, 1, 1), (3, 9, 1)])
+def test_png_round_trip_is_lossless(level: int, shape: tuple[int, int, int]) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    png = encode_png(pixels, level)
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.size == (shape[1], shape[0])
+        image.verify()  # every chunk's CRC
+    color_mode = "grayscale" if shape[2] == 1 else "rgb"
+    if shape[0] == shape[1]:  # to_model_pixels makes squares
+        spec = Preprocess(image_size=shape[0], color_mode=color_mode)
+        assert np.array_equal(to_model_pixels(decode_image(png), spec), pixels)
+    with Image.open(io.BytesIO(png)) as image:
+        assert np.array_equal(np.asarray(image).reshape(shape), pixels)
+
+
+def test_stored_png_rows_are_unfiltered() -> None:
+    """At level 0 zlib only stores, so a row filter cannot shrink the file; it would
+    only cost every decode. Each row's first byte, its filter type, is 0 (None)."""
+    height, width = 12, 10
+    pixels = np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    png = encode_png(pixels, 0)
+    start = png.index(b"IDAT")
+    (length,) = struct.unpack(">I", png[start - 4 : start])
+    idat = png[start + 4 : start + 4 + length]
+    assert idat[:2] == b"\x78\x01"  # zlib's header of a stored stream
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + width * 3)
+    assert rows[:, 0].tolist() == [0] * height
+    assert np.array_equal(rows[:, 1:].reshape(pixels.shape), pixels)
+    assert len(png) <= len(encoded(Image.fromarray(pixels), compress_level=0))
 
 
 def test_pad_keeps_the_aspect_ratio() -> None:
