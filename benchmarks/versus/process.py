@@ -8,7 +8,8 @@ under 10 labels, with their manifest. Each round runs, in turn:
   TFRecord shards, stats.json), into a fresh folder, in this process;
 - dask: peer_side/dask_process.py in the Dask environment: a `dask.bag` over the
   manifest mapping Pillow open → convert → resize (32×32, bilinear) → PNG file per
-  image (at the processor's `png_compress_level`), `scheduler="processes"`, 2
+  image (at the processor's `png_compress_level`, by Pillow, whose rows are filtered
+  where ours at level 0 are not), `scheduler="processes"`, 2
   workers. Its time is from before it reads the manifest (its imports excluded) to
   the last file written, as it reports it.
 
@@ -72,7 +73,7 @@ def dask_side(python: Path, raw: Path, scratch: Path) -> Callable[[], float]:
         command = [str(python), str(HERE / "peer_side" / "dask_process.py"), "--raw", str(raw)]
         command += ["--out", str(scratch / f"dask-{next(runs)}"), "--size", str(params.image_size)]
         command += ["--mode", params.color_mode, "--workers", str(WORKERS)]
-        command += ["--png-compress-level", str(params.png_compress_level)]  # the same PNGs
+        command += ["--png-compress-level", str(params.png_compress_level)]  # the same zlib level
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"the Dask job failed: {done.stderr.strip()[-500:]}")
