@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -260,6 +261,91 @@ def test_cached_split_checks_its_size_and_image_shape(tiny_pipeline: TinyPipelin
     wrong = Preprocess(image_size=8, color_mode="grayscale")
     with pytest.raises(tf.errors.InvalidArgumentError):
         make_dataset(data, "train", spec=wrong, batch_size=8, count=count, cache_mb=1)
+
+
+def damaged_copy(processed: Path, folder: Path, damage: str, split: str = "train") -> Path:
+    """A copy of `processed` whose last `split` shard is cut short or has a flipped byte."""
+    import shutil
+
+    shutil.copytree(processed, folder)
+    shard = sorted(folder.glob(f"{split}-*.tfrecord"))[-1]
+    stored = bytearray(shard.read_bytes())
+    if damage == "truncated":
+        del stored[-3:]  # the last record's data CRC is cut
+    else:
+        stored[len(stored) // 2] ^= 0xFF  # inside some record's data
+    shard.write_bytes(bytes(stored))
+    return folder
+
+
+@pytest.mark.parametrize("cache_mb", [1, 0], ids=["in_memory", "streamed"])
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_shard_is_an_input_error(
+    tiny_pipeline: TinyPipeline, tmp_path: Path, damage: str, cache_mb: float
+) -> None:
+    """Held in memory or streamed, a shard that fails its checksums is an InputError that
+    names the shard (or, streamed, where TensorFlow names no file, the folder) and says
+    to re-run the process stage: not a TensorFlow traceback from inside `fit`."""
+    from trainer.data import damaged_shards_as_input_errors, make_dataset
+    from trainer.inputs import InputError
+
+    data = damaged_copy(tiny_pipeline.processed, tmp_path / "processed", damage)
+    count = Stats.read(data / STATS).totals["train"]
+    named = re.escape(str(data) + ("/train-" if cache_mb else ": a shard is damaged"))
+    with (
+        pytest.raises(InputError, match=f"^{named}.*; re-run the process stage"),
+        damaged_shards_as_input_errors(str(data)),
+    ):
+        for _ in make_dataset(
+            str(data), "train", spec=GRAY16, batch_size=8, count=count, cache_mb=cache_mb
+        ):
+            pass
+
+
+def test_other_data_loss_is_not_blamed_on_the_shards() -> None:
+    """A damaged checkpoint raises DataLossError too; it must not read as bad data."""
+    import tensorflow as tf
+
+    from trainer.data import damaged_shards_as_input_errors
+
+    with (
+        pytest.raises(tf.errors.DataLossError, match="Checksum does not match"),
+        damaged_shards_as_input_errors("data/processed/digits"),
+    ):
+        raise tf.errors.DataLossError(None, None, "Checksum does not match: stored 1 vs. 2")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "optimize"])
+def test_commands_name_a_damaged_shard_in_one_line(
+    tiny_pipeline: TinyPipeline, tmp_path: Path, command: str
+) -> None:
+    """Each command that reads the shards ends with exit 2 and one line naming the data
+    and the fix; train streams them here (`train.cache_mb` 0), so the damage shows
+    inside `fit`."""
+    data = damaged_copy(tiny_pipeline.processed, tmp_path / "processed", "flipped", "train")
+    test_shard = sorted(data.glob("test-*.tfrecord"))[-1]
+    stored = bytearray(test_shard.read_bytes())
+    stored[len(stored) // 2] ^= 0xFF
+    test_shard.write_bytes(bytes(stored))
+    write_params(tmp_path, {"train": {"cache_mb": 0}})
+    candidate = str(tiny_pipeline.candidate)
+    args = {
+        "train": ["--out", "candidate"],
+        "evaluate": ["--model", candidate, "--metrics", "m.json", "--details", "d.json"],
+        "optimize": ["--model", candidate, "--out", "optimized", "--report", "o.json"],
+    }[command]
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", command, "--data", str(data), *args],
+        cwd=tmp_path,
+        env={**os.environ, "MEGA_WANDB_MODE": "disabled", "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{command}: error: {data}"), result.stderr[-3000:]
+    assert "re-run the process stage" in last and "Traceback" not in result.stderr
 
 
 # --- strategies --------------------------------------------------------------------------

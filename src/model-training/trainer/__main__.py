@@ -110,6 +110,7 @@ def train(
     check_server(pipeline.train.tracking == "wandb", get_settings())  # ServiceError: one line
     quiet_tensorflow_import()
     from trainer.budget import TooLargeError
+    from trainer.data import damaged_shards_as_input_errors
     from trainer.distribute import StrategyError
     from trainer.model import WeightsUnavailableError
     from trainer.train import train as run_training
@@ -124,6 +125,7 @@ def train(
             WeightsUnavailableError,
         ),
         failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
+        damaged_shards_as_input_errors(data),
     ):
         summary = run_training(
             data,
@@ -263,11 +265,13 @@ def evaluate(
         if path:
             check_output(flag, path, file=True)
     quiet_tensorflow_import()
+    from trainer.data import damaged_shards_as_input_errors
     from trainer.evaluate import evaluate as run_evaluation
 
     with (
         failures_as(EXIT_FAILURE, FileNotFoundError, ValueError),
         failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
+        damaged_shards_as_input_errors(data),
         tempfile.TemporaryDirectory(prefix="evaluate-") as tmp,
     ):
         local = local_candidate(model, tmp, CANDIDATE_MODEL_FILES)
@@ -300,8 +304,11 @@ def optimize(
     ],
     params: ParamsOption = "params.yaml",
 ) -> None:
-    """Quantize (and prune and distill) MODEL into LiteRT variants, measure each on DATA's
-    test split in LiteRT, and mark those params.yaml `optimize` allows register to serve."""
+    """Quantize (and prune and distill) MODEL into LiteRT variants, measured on DATA's test split.
+
+    Each variant is measured in LiteRT; those params.yaml `optimize` allows are marked
+    for register to serve.
+    """
     pipeline = read_params(params)
     with failures_as(EXIT_USAGE, InputError):  # checked before any work
         if not storage.is_gcs(model):  # a gs:// candidate is checked once downloaded
@@ -313,11 +320,13 @@ def optimize(
 
     check_server(pipeline.train.tracking == "wandb", get_settings())  # ServiceError: one line
     quiet_tensorflow_import()
+    from trainer.data import damaged_shards_as_input_errors
     from trainer.optimize_stage import run_optimize
 
     with (
         failures_as(EXIT_FAILURE, FileNotFoundError, ValueError),
         failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
+        damaged_shards_as_input_errors(data),
         tempfile.TemporaryDirectory(prefix="optimize-") as tmp,
     ):
         local = local_candidate(model, tmp, OPTIMIZE_MODEL_FILES)

@@ -17,7 +17,9 @@ quarter of the bytes float32 would take.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import re
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -28,12 +30,13 @@ from common.tfrecord import (
     IMAGE,
     LABEL,
     SHA256,
+    TFRecordError,
     feature_spec,
     parse_examples,
     parse_examples_with_ids,
     read_records,
 )
-from trainer.inputs import shard_paths
+from trainer.inputs import RERUN_PROCESS, InputError, shard_paths
 
 # Serialized records in, `(uint8 pixels [B, H, W, C], int64 labels [B])` out (and with
 # ids, string sha256 [B] third).
@@ -41,6 +44,30 @@ DecodeBatch = Callable[[tf.Tensor], tuple[tf.Tensor, ...]]
 
 # Enough shards in flight to hide per-file latency (gs://) without a thread per shard.
 MAX_PARALLEL_SHARDS = 16
+# What TensorFlow's TFRecord reader says of a damaged shard (DataLossError). A damaged
+# checkpoint raises DataLossError too, in other words: that one is not the data's fault.
+DAMAGED_RECORD = re.compile(r"(corrupted|truncated) record at \d+")
+
+
+@contextlib.contextmanager
+def damaged_shards_as_input_errors(data: str) -> Iterator[None]:
+    """Within: a truncated or corrupt shard of the processed folder `data` is an
+    `InputError` that names it and says to re-run the process stage.
+
+    TensorFlow finds the damage only when the record is read: while `fit`, an
+    evaluation or a calibration iterates a streamed dataset (`tf.errors.DataLossError`,
+    which names no file, so the message names `data`), or in `load_split`
+    (`TFRecordError`, which names the shard). Any other error passes unchanged.
+    """
+    try:
+        yield
+    except tf.errors.DataLossError as exc:
+        found = DAMAGED_RECORD.search(exc.message or "")
+        if found is None:
+            raise
+        raise InputError(f"{data}: a shard is damaged ({found[0]}); {RERUN_PROCESS}") from exc
+    except TFRecordError as exc:
+        raise InputError(f"{exc}; {RERUN_PROCESS}") from exc
 
 
 def build_pipeline(
@@ -87,10 +114,15 @@ def load_split(
     `tf.data` pass over the files would cost more to set up than the reading.
 
     Raises:
-        TFRecordError: a shard is truncated or fails its checksums.
+        TFRecordError: a shard is truncated or fails its checksums (the message names it).
         tf.errors.InvalidArgumentError: an image is not `spec.shape` once decoded.
     """
-    records = [r for p in paths for r in read_records(storage.read_bytes(p), gzip_compressed)]
+    records: list[bytes] = []
+    for path in paths:
+        try:
+            records += read_records(storage.read_bytes(path), gzip_compressed)
+        except TFRecordError as exc:
+            raise TFRecordError(f"{path}: {exc}") from exc
     keys = (IMAGE, LABEL, SHA256) if with_ids else (IMAGE, LABEL)
     wanted = feature_spec()
     parsed = tf.io.parse_example(tf.constant(records), {key: wanted[key] for key in keys})
