@@ -8,6 +8,7 @@ wrapped or cut at 80 columns.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import re
@@ -73,6 +74,21 @@ def test_help_names_values_and_shows_defaults(module: str, path: tuple[str, ...]
         start = re.compile(rf"^│\s*(\*\s*)?{re.escape(longest)}\b")
         [row] = [r for r in rows if start.search(r)]
         assert "[default: " in row, f"{module} {' '.join(path)}: {param.opts[0]}: {row.strip()}"
+
+
+def test_every_command_summary_is_one_line() -> None:
+    """A group's help lists each command by its help's first paragraph, line breaks
+    kept: a summary written over two source lines showed broken mid-sentence there."""
+    broken = []
+    for module, _, _ in CLIS:
+        root = typer.main.get_command(importlib.import_module(module).app)
+        for path, command in _commands(root):
+            summary = inspect.cleandoc(command.help or "").split("\n\n")[0]
+            if "\n" in summary:
+                broken.append(f"{module} {' '.join(path)}: {summary!r}")
+    assert not broken, "put the summary on one line, the rest after a blank line:\n" + "\n".join(
+        broken
+    )
 
 
 @pytest.mark.parametrize(("module", "argv", "distribution"), CLIS)

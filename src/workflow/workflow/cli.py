@@ -749,8 +749,11 @@ def pipeline_compile(
     ),
     image_tag: ImageTagOption = None,
 ) -> None:
-    """Compile the pipeline `mega run --on vertex` runs: dvc.yaml's stages in their
-    images, gated on the evaluation. Unset settings are shown as <MEGA_…>."""
+    """Compile the pipeline that `mega run --on vertex` runs, to a kfp YAML file.
+
+    dvc.yaml's stages run in their images, gated on the evaluation. Unset settings are
+    shown as <MEGA_…>.
+    """
     from workflow import pipeline_submit as pipelines
     from workflow.stages import StageDefinitionError
     from workflow.vertex import CloudConfigError, CloudTarget
@@ -789,8 +792,10 @@ def exp_show(
         ),
     ] = False,
 ) -> None:
-    """List the workspace, its commit and their experiments: the params that differ
-    between them and the test metrics."""
+    """List the workspace, its commit and their experiments, with their test metrics.
+
+    Shows the params that differ between them.
+    """
     from workflow.experiments import differing_params
 
     project = _project()
