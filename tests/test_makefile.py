@@ -15,12 +15,20 @@ REPO = Path(__file__).resolve().parent.parent
 LONG_STEP = re.compile(r"-m venv |pip install")
 
 
-def test_setup_announces_each_long_step() -> None:
-    # -n prints every command (also the silent `@` ones) without running it; -B as on a
-    # fresh clone, where the environment is still to be built.
+def setup_plan() -> list[str]:
+    """The commands `make setup` runs on a fresh clone, one line each (continuations joined).
+
+    -n prints every command (also the silent `@` ones) without running it; -B as on a
+    fresh clone, where the environment is still to be built.
+    """
     plan = subprocess.run(
         ["make", "-n", "-B", "setup"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.splitlines()
+    ).stdout
+    return plan.replace("\\\n", " ").splitlines()
+
+
+def test_setup_announces_each_long_step() -> None:
+    plan = setup_plan()
     long_steps = [i for i, line in enumerate(plan) if LONG_STEP.search(line)]
     assert len(long_steps) >= 3, plan
     for index in long_steps:
@@ -31,10 +39,7 @@ def test_setup_announces_each_long_step() -> None:
 def test_setup_asks_uv_to_compile_what_it_installs() -> None:
     # Where PYTHONDONTWRITEBYTECODE is unset, imports write the bytecode the test below
     # looks for, so only this one notices the flag missing there.
-    plan = subprocess.run(
-        ["make", "-n", "-B", "setup"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.replace("\\\n", " ")  # one line per command
-    installs = [line for line in plan.splitlines() if "uv pip install" in line]
+    installs = [line for line in setup_plan() if "uv pip install" in line]
     assert installs and all("--compile-bytecode" in line for line in installs), installs
 
 
