@@ -358,7 +358,13 @@ def encode_png(pixels: np.ndarray, compress_level: int = 6) -> bytes:
 
     `compress_level` is zlib's, 0 (stored: larger, several times faster to decode) to
     9; 6 is Pillow's default. Level 0 is written by `_stored_png`, the others by Pillow.
+
+    Raises:
+        ValueError: `pixels` is not uint8 `[H, W, 1 or 3]` with H and W at least 1.
     """
+    shape = pixels.shape
+    if pixels.dtype.name != "uint8" or len(shape) != 3 or shape[2] not in (1, 3) or 0 in shape:
+        raise ValueError(f"encode_png takes uint8 [H, W, 1 or 3] pixels, not {pixels.dtype}{shape}")
     if compress_level == 0:
         return _stored_png(pixels)
     array = pixels[:, :, 0] if pixels.shape[-1] == 1 else pixels
@@ -370,10 +376,10 @@ def encode_png(pixels: np.ndarray, compress_level: int = 6) -> bytes:
 def _stored_png(pixels: np.ndarray) -> bytes:
     """PNG of uint8 `[H, W, C]` pixels (C = 1 or 3), zlib level 0, rows unfiltered.
 
-    Pillow picks a filter for every row (Sub, Up, Paeth) whatever the level. When zlib
-    only stores, filtering cannot make the file smaller, and every decoder has to
-    undo it: unfiltered rows decode about twice as fast in TensorFlow's `decode_png`
-    (4,020 RGB images of 128×128: 0.25–0.32 s against 0.34–0.64 s on 2 cores).
+    Pillow chooses a filter for each row (Sub, Up or Paeth wherever one looks smaller)
+    whatever the level. When zlib only stores, filtering cannot make the file smaller,
+    and every decoder has to undo it: unfiltered, TensorFlow's `decode_png` took
+    0.25–0.32 s for 4,020 RGB images of 128×128 against 0.34–0.64 s on 2 cores.
     """
     import numpy as np  # loaded already: `pixels` is an array
 
@@ -381,6 +387,8 @@ def _stored_png(pixels: np.ndarray) -> bytes:
     color_type = {1: 0, 3: 2}[channels]  # PNG's greyscale and truecolour
     rows = np.zeros((height, 1 + width * channels), np.uint8)  # byte 0: filter type None
     rows[:, 1:] = pixels.reshape(height, width * channels)
+    if rows.nbytes >= 2**31:  # one IDAT chunk's length must fit PNG's 31 bits
+        raise ValueError(f"a {width}×{height} image is too large for one stored PNG chunk")
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     return (
         PNG_SIGNATURE

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -79,10 +80,14 @@ def read_records(data: bytes, gzip_compressed: bool = False) -> list[bytes]:
     """The records framed in `data`, a whole TFRecord file's bytes (checksums verified).
 
     Raises:
-        TFRecordError: a record is truncated or its length or data CRC does not match.
+        TFRecordError: a record is truncated or its length or data CRC does not match,
+            or the GZIP stream is damaged.
     """
     if gzip_compressed:
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+            raise TFRecordError(f"not a valid GZIP stream ({exc})") from exc
     records: list[bytes] = []
     offset = 0
     while offset < len(data):

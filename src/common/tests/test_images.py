@@ -4,6 +4,7 @@ import zlib
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from common.contracts import Preprocess
@@ -119,7 +120,9 @@ def test_exif_orientation_is_applied() -> None:
 
 
 @pytest.mark.parametrize("level", [0, 1, 6, 9])
-@pytest.mark.parametrize("shape", [(8, 8, 1), (5, 7, 3), (1, 1, 1), (3, 9, 1)])
+@pytest.mark.parametrize(
+    "shape", [(8, 8, 1), (5, 7, 3), (1, 1, 1), (1, 1, 3), (3, 9, 1), (1, 17, 3), (17, 1, 1)]
+)
 def test_png_round_trip_is_lossless(level: int, shape: tuple[int, int, int]) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     png = encode_png(pixels, level)
@@ -132,6 +135,25 @@ def test_png_round_trip_is_lossless(level: int, shape: tuple[int, int, int]) -> 
         assert np.array_equal(to_model_pixels(decode_image(png), spec), pixels)
     with Image.open(io.BytesIO(png)) as image:
         assert np.array_equal(np.asarray(image).reshape(shape), pixels)
+    # The trainer's decoder.
+    assert np.array_equal(tf.io.decode_png(png, channels=shape[2]).numpy(), pixels)
+
+
+@pytest.mark.parametrize("level", [0, 6])
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        np.zeros((4, 4, 1), np.int64),
+        np.zeros((4, 4, 3), np.float64),
+        np.zeros((4, 4), np.uint8),
+        np.zeros((4, 4, 4), np.uint8),
+        np.zeros((0, 4, 1), np.uint8),
+    ],
+    ids=["int64", "float64", "2-D", "4 channels", "no rows"],
+)
+def test_encode_png_refuses_what_it_cannot_store_losslessly(level: int, pixels: np.ndarray) -> None:
+    with pytest.raises(ValueError, match=r"takes uint8 \[H, W, 1 or 3\] pixels"):
+        encode_png(pixels, level)
 
 
 def test_stored_png_rows_are_unfiltered() -> None:

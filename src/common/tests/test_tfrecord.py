@@ -85,3 +85,29 @@ def test_reader_refuses_truncated_and_corrupt_files(tmp_path: Path) -> None:
     flipped[0] ^= 0x01  # the first length: its CRC no longer matches
     with pytest.raises(TFRecordError, match="corrupt or truncated record at byte 0"):
         read_records(bytes(flipped))
+
+
+def test_reader_refuses_a_damaged_gzip_stream(tmp_path: Path) -> None:
+    import gzip
+
+    from common.tfrecord import TFRecordError, read_records
+
+    with TFRecordWriter(tmp_path / "x.tfrecord", gzip_compressed=True) as writer:
+        for index in range(50):
+            writer.write(make_example(bytes(range(256)) * 4, f"{index:064}", index))
+    data = (tmp_path / "x.tfrecord").read_bytes()
+    assert len(read_records(data, gzip_compressed=True)) == 50
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    trailer = bytearray(data)
+    trailer[-6] ^= 0xFF  # the stream's CRC-32
+    damaged = {
+        "cut": data[: len(data) // 2],  # EOFError
+        "trailer": bytes(trailer),  # BadGzipFile: CRC check failed
+        "flipped": bytes(flipped),  # zlib.error, or the CRC check
+        "not gzip": gzip.decompress(data),  # BadGzipFile: not a gzipped file
+    }
+    for name, stored in damaged.items():
+        with pytest.raises(TFRecordError, match="not a valid GZIP stream") as raised:
+            read_records(stored, gzip_compressed=True)
+        assert raised.value.__cause__ is not None, name
