@@ -263,37 +263,66 @@ def test_cached_split_checks_its_size_and_image_shape(tiny_pipeline: TinyPipelin
         make_dataset(data, "train", spec=wrong, batch_size=8, count=count, cache_mb=1)
 
 
-def damaged_copy(processed: Path, folder: Path, damage: str, split: str = "train") -> Path:
-    """A copy of `processed` whose last `split` shard is cut short or has a flipped byte."""
+def damage_shard(shard: Path, damage: str, gzip_compressed: bool = False) -> None:
+    """Damage one shard as a failed copy or a disk would: `cut` short (for GZIP, to half:
+    a cut trailer alone loses no record), a `flipped` byte in the middle, or cut at a
+    `record_boundary` (after 10 records: framing intact, records missing)."""
+    import gzip
+    import struct
+
+    stored = shard.read_bytes()
+    if damage == "record_boundary":
+        records = gzip.decompress(stored) if gzip_compressed else stored
+        end = 0
+        for _ in range(10):
+            (length,) = struct.unpack_from("<Q", records, end)
+            end += 12 + length + 4
+        stored = gzip.compress(records[:end], mtime=0) if gzip_compressed else records[:end]
+    elif damage == "cut":
+        stored = stored[: len(stored) // 2] if gzip_compressed else stored[:-3]
+    else:
+        flipped = bytearray(stored)
+        flipped[len(flipped) // 2] ^= 0xFF
+        stored = bytes(flipped)
+    shard.write_bytes(stored)
+
+
+def damaged_copy(
+    processed: Path, folder: Path, damage: str, compression: str = "none", split: str = "train"
+) -> Path:
+    """A copy of `processed` (its shards GZIP-compressed if `compression` says so) whose
+    last `split` shard is damaged (`damage_shard`)."""
+    import gzip
     import shutil
 
     shutil.copytree(processed, folder)
+    if compression == "gzip":
+        for shard in folder.glob("*.tfrecord"):
+            shard.write_bytes(gzip.compress(shard.read_bytes(), mtime=0))
+        stats = json.loads((folder / STATS).read_text())
+        (folder / STATS).write_text(json.dumps({**stats, "compression": "gzip"}))
     shard = sorted(folder.glob(f"{split}-*.tfrecord"))[-1]
-    stored = bytearray(shard.read_bytes())
-    if damage == "truncated":
-        del stored[-3:]  # the last record's data CRC is cut
-    else:
-        stored[len(stored) // 2] ^= 0xFF  # inside some record's data
-    shard.write_bytes(bytes(stored))
+    damage_shard(shard, damage, gzip_compressed=compression == "gzip")
     return folder
 
 
 @pytest.mark.parametrize("cache_mb", [1, 0], ids=["in_memory", "streamed"])
-@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+@pytest.mark.parametrize("damage", ["cut", "flipped", "record_boundary"])
 def test_a_damaged_shard_is_an_input_error(
-    tiny_pipeline: TinyPipeline, tmp_path: Path, damage: str, cache_mb: float
+    tiny_pipeline: TinyPipeline, tmp_path: Path, damage: str, compression: str, cache_mb: float
 ) -> None:
-    """Held in memory or streamed, a shard that fails its checksums is an InputError that
-    names the shard (or, streamed, where TensorFlow names no file, the folder) and says
-    to re-run the process stage: not a TensorFlow traceback from inside `fit`."""
+    """Held in memory or streamed, plain or GZIP, a shard that fails its checksums or
+    lacks records is an InputError that names the shard (streamed, where TensorFlow
+    names no file: the folder) and says to re-run the process stage, not a TensorFlow
+    traceback from inside `fit`."""
     from trainer.data import damaged_shards_as_input_errors, make_dataset
     from trainer.inputs import InputError
 
-    data = damaged_copy(tiny_pipeline.processed, tmp_path / "processed", damage)
-    count = Stats.read(data / STATS).totals["train"]
-    named = re.escape(str(data) + ("/train-" if cache_mb else ": a shard is damaged"))
+    data = damaged_copy(tiny_pipeline.processed, tmp_path / "processed", damage, compression)
+    count = Stats.read(tiny_pipeline.processed / STATS).totals["train"]
     with (
-        pytest.raises(InputError, match=f"^{named}.*; re-run the process stage"),
+        pytest.raises(InputError, match=f"^{re.escape(str(data))}.*; re-run the process stage"),
         damaged_shards_as_input_errors(str(data)),
     ):
         for _ in make_dataset(
@@ -302,17 +331,43 @@ def test_a_damaged_shard_is_an_input_error(
             pass
 
 
-def test_other_data_loss_is_not_blamed_on_the_shards() -> None:
-    """A damaged checkpoint raises DataLossError too; it must not read as bad data."""
+def test_a_streamed_split_is_checked_against_stats_json_without_a_count(
+    tiny_pipeline: TinyPipeline, tmp_path: Path
+) -> None:
+    """evaluate and optimize pass no count: stats.json's total is asserted instead, so
+    a test split missing records is not evaluated on fewer examples in silence."""
+    from trainer.data import damaged_shards_as_input_errors, make_dataset
+    from trainer.inputs import InputError
+
+    data = damaged_copy(tiny_pipeline.processed, tmp_path / "p", "record_boundary", split="test")
+    with (
+        pytest.raises(InputError, match=r"do not hold the examples stats\.json counts"),
+        damaged_shards_as_input_errors(str(data)),
+    ):
+        for _ in make_dataset(str(data), "test", spec=GRAY16, batch_size=8, with_ids=True):
+            pass
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Checksum does not match: stored 1 vs. calculated on the restored bytes 2",
+        "truncated block read",
+        "block checksum mismatch: stored 1, computed 2",
+    ],
+)
+def test_other_data_loss_is_not_blamed_on_the_shards(message: str) -> None:
+    """A damaged checkpoint (tensor bundle, table) raises DataLossError too; it must not
+    read as bad data."""
     import tensorflow as tf
 
     from trainer.data import damaged_shards_as_input_errors
 
     with (
-        pytest.raises(tf.errors.DataLossError, match="Checksum does not match"),
+        pytest.raises(tf.errors.DataLossError, match=re.escape(message)),
         damaged_shards_as_input_errors("data/processed/digits"),
     ):
-        raise tf.errors.DataLossError(None, None, "Checksum does not match: stored 1 vs. 2")
+        raise tf.errors.DataLossError(None, None, message)
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "optimize"])
@@ -322,11 +377,8 @@ def test_commands_name_a_damaged_shard_in_one_line(
     """Each command that reads the shards ends with exit 2 and one line naming the data
     and the fix; train streams them here (`train.cache_mb` 0), so the damage shows
     inside `fit`."""
-    data = damaged_copy(tiny_pipeline.processed, tmp_path / "processed", "flipped", "train")
-    test_shard = sorted(data.glob("test-*.tfrecord"))[-1]
-    stored = bytearray(test_shard.read_bytes())
-    stored[len(stored) // 2] ^= 0xFF
-    test_shard.write_bytes(bytes(stored))
+    data = damaged_copy(tiny_pipeline.processed, tmp_path / "processed", "flipped")
+    damage_shard(sorted(data.glob("test-*.tfrecord"))[-1], "flipped")
     write_params(tmp_path, {"train": {"cache_mb": 0}})
     candidate = str(tiny_pipeline.candidate)
     args = {

@@ -110,7 +110,6 @@ def train(
     check_server(pipeline.train.tracking == "wandb", get_settings())  # ServiceError: one line
     quiet_tensorflow_import()
     from trainer.budget import TooLargeError
-    from trainer.data import damaged_shards_as_input_errors
     from trainer.distribute import StrategyError
     from trainer.model import WeightsUnavailableError
     from trainer.train import train as run_training
@@ -124,8 +123,7 @@ def train(
             TooLargeError,
             WeightsUnavailableError,
         ),
-        failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
-        damaged_shards_as_input_errors(data),
+        reading(data),
     ):
         summary = run_training(
             data,
@@ -188,6 +186,17 @@ def train_report(summary: TrainSummary, out: str) -> list[str]:
         )
     )
     return lines
+
+
+@contextlib.contextmanager
+def reading(data: str) -> Iterator[None]:
+    """Within: a bad input found while reading it (an `InputError`, a damaged shard of
+    the processed folder `data`) ends the command with exit 2 and its one line.
+    Needs TensorFlow imported (`quiet_tensorflow_import`) first."""
+    from trainer.data import damaged_shards_as_input_errors
+
+    with failures_as(EXIT_USAGE, InputError), damaged_shards_as_input_errors(data):
+        yield
 
 
 @contextlib.contextmanager
@@ -265,13 +274,11 @@ def evaluate(
         if path:
             check_output(flag, path, file=True)
     quiet_tensorflow_import()
-    from trainer.data import damaged_shards_as_input_errors
     from trainer.evaluate import evaluate as run_evaluation
 
     with (
         failures_as(EXIT_FAILURE, FileNotFoundError, ValueError),
-        failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
-        damaged_shards_as_input_errors(data),
+        reading(data),
         tempfile.TemporaryDirectory(prefix="evaluate-") as tmp,
     ):
         local = local_candidate(model, tmp, CANDIDATE_MODEL_FILES)
@@ -320,13 +327,11 @@ def optimize(
 
     check_server(pipeline.train.tracking == "wandb", get_settings())  # ServiceError: one line
     quiet_tensorflow_import()
-    from trainer.data import damaged_shards_as_input_errors
     from trainer.optimize_stage import run_optimize
 
     with (
         failures_as(EXIT_FAILURE, FileNotFoundError, ValueError),
-        failures_as(EXIT_USAGE, InputError),  # a bad input found while reading it
-        damaged_shards_as_input_errors(data),
+        reading(data),
         tempfile.TemporaryDirectory(prefix="optimize-") as tmp,
     ):
         local = local_candidate(model, tmp, OPTIMIZE_MODEL_FILES)

@@ -44,20 +44,26 @@ DecodeBatch = Callable[[tf.Tensor], tuple[tf.Tensor, ...]]
 
 # Enough shards in flight to hide per-file latency (gs://) without a thread per shard.
 MAX_PARALLEL_SHARDS = 16
-# What TensorFlow's TFRecord reader says of a damaged shard (DataLossError). A damaged
-# checkpoint raises DataLossError too, in other words: that one is not the data's fault.
-DAMAGED_RECORD = re.compile(r"(corrupted|truncated) record at \d+")
+# What TensorFlow says of a damaged shard (DataLossError): its TFRecord reader, or zlib
+# for a GZIP shard. A damaged checkpoint raises DataLossError too, in other words, and
+# passes unchanged: that one is not the data's fault.
+DAMAGED_RECORD = re.compile(r"(corrupted|truncated) record at \d+|inflate\(\) failed with [^\[\n]+")
+# What `assert_cardinality` says (FailedPreconditionError) when the shards hold other
+# than the count stats.json gives: a shard cut at a record boundary, or one left over.
+MISCOUNTED = re.compile(r"expected to contain \d+ elements but contained (only|at least) \d+")
 
 
 @contextlib.contextmanager
 def damaged_shards_as_input_errors(data: str) -> Iterator[None]:
-    """Within: a truncated or corrupt shard of the processed folder `data` is an
-    `InputError` that names it and says to re-run the process stage.
+    """Within: a damaged shard of the processed folder `data` is an `InputError` that
+    names it and says to re-run the process stage.
 
     TensorFlow finds the damage only when the record is read: while `fit`, an
-    evaluation or a calibration iterates a streamed dataset (`tf.errors.DataLossError`,
-    which names no file, so the message names `data`), or in `load_split`
-    (`TFRecordError`, which names the shard). Any other error passes unchanged.
+    evaluation or a calibration iterates a streamed dataset (a DataLossError for a
+    failed checksum or a cut record, a FailedPreconditionError for a record count
+    that is not stats.json's; neither names a file, so the message names `data`), or
+    in `load_split` (`TFRecordError`, which names the shard). Any other error passes
+    unchanged.
     """
     try:
         yield
@@ -65,7 +71,16 @@ def damaged_shards_as_input_errors(data: str) -> Iterator[None]:
         found = DAMAGED_RECORD.search(exc.message or "")
         if found is None:
             raise
-        raise InputError(f"{data}: a shard is damaged ({found[0]}); {RERUN_PROCESS}") from exc
+        damage = found[0].strip().rstrip(".")
+        raise InputError(f"{data}: a shard is damaged ({damage}); {RERUN_PROCESS}") from exc
+    except tf.errors.FailedPreconditionError as exc:
+        found = MISCOUNTED.search(exc.message or "")
+        if found is None:
+            raise
+        raise InputError(
+            f"{data}: the shards do not hold the examples stats.json counts ({found[0]}); "
+            + RERUN_PROCESS
+        ) from exc
     except TFRecordError as exc:
         raise InputError(f"{exc}; {RERUN_PROCESS}") from exc
 
@@ -122,7 +137,7 @@ def load_split(
         try:
             records += read_records(storage.read_bytes(path), gzip_compressed)
         except TFRecordError as exc:
-            raise TFRecordError(f"{path}: {exc}") from exc
+            raise TFRecordError(f"{path}: the shard is damaged ({exc})") from exc
     keys = (IMAGE, LABEL, SHA256) if with_ids else (IMAGE, LABEL)
     wanted = feature_spec()
     parsed = tf.io.parse_example(tf.constant(records), {key: wanted[key] for key in keys})
@@ -216,10 +231,15 @@ def make_dataset(
     full permutation); otherwise it is streamed (`build_pipeline`). With `with_ids`,
     each batch also carries the records' sha256 (string `[B]`) as a third element.
 
+    Streamed, the split is asserted to hold `count` (else stats.json's total) records:
+    iterating it raises FailedPreconditionError when it does not (see
+    `damaged_shards_as_input_errors`).
+
     Raises:
         FileNotFoundError: the split has no shards.
-        ValueError: the cached split does not hold `count` examples, or an image is
-            not the spec's size.
+        InputError: the cached split does not hold that many examples.
+        TFRecordError: a cached shard is damaged.
+        tf.errors.InvalidArgumentError: a cached image is not the spec's size.
     """
     paths = shard_paths(data, split)
     if not paths:
@@ -231,8 +251,11 @@ def make_dataset(
             paths, spec, gzip_compressed=stats.compression == "gzip", with_ids=with_ids
         )
         held = int(arrays[0].shape[0])
-        if count is not None and held != count:
-            raise ValueError(f"{data}: the {split} shards hold {held} examples, not {count}")
+        if held != total:
+            raise InputError(
+                f"{data}: the {split} shards hold {held} examples, not {total} as stats.json "
+                f"counts; {RERUN_PROCESS}"
+            )
         return in_memory(arrays, batch_size, shuffle=shuffle, seed=seed)
     parse = parse_examples_with_ids if with_ids else parse_examples
 
@@ -246,6 +269,6 @@ def make_dataset(
         compression="GZIP" if stats.compression == "gzip" else "",
         shuffle=shuffle,
         seed=seed,
-        count=count,
+        count=total,
         shuffle_buffer=shuffle_buffer,
     )
