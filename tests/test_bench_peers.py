@@ -140,6 +140,63 @@ def test_a_built_venv_is_reused_and_new_pins_get_a_new_one(
     assert env.env_dir("tool") != built
 
 
+def fake_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`uv venv` makes the folder; nothing is installed."""
+
+    def run(command: list[str], cwd: Path | None = None) -> None:
+        if command[1] == "venv":
+            Path(command[-1]).mkdir(parents=True)
+
+    monkeypatch.setattr(env, "_run", run)
+
+
+def complete_venv(peer: str) -> Path:
+    folder = env.env_dir(peer)
+    folder.mkdir(parents=True)
+    (folder / env.COMPLETE).touch()
+    folder.with_suffix(".lock").touch()
+    return folder
+
+
+def test_new_pins_remove_the_peers_venvs_of_older_pins_only(
+    peer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (peer_dir / "tool.txt").write_text("tool==1.0\n")
+    (peer_dir / "tool-extra.txt").write_text("extra==1.0\n")
+    old, other_peer = complete_venv("tool"), complete_venv("tool-extra")
+    (peer_dir / "tool.txt").write_text("tool==2.0\n")
+    fake_build(monkeypatch)
+    new = env.peer_python("tool").parent.parent
+    assert new != old and (new / env.COMPLETE).exists()
+    assert not old.exists()
+    assert (other_peer / env.COMPLETE).exists()  # a peer whose name starts the same
+
+
+def test_a_venv_another_run_is_building_is_not_removed(
+    peer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    (peer_dir / "tool.txt").write_text("tool==1.0\n")
+    old = complete_venv("tool")
+    (peer_dir / "tool.txt").write_text("tool==2.0\n")
+    fake_build(monkeypatch)
+    with open(old.with_suffix(".lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        env.peer_python("tool")
+    assert (old / env.COMPLETE).exists()
+
+
+def test_a_venv_a_run_uses_is_not_removed(peer_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # This process stands for a run of another clone: it holds the 1.0 venv until it exits.
+    fake_build(monkeypatch)
+    (peer_dir / "tool.txt").write_text("tool==1.0\n")
+    in_use = env.peer_python("tool").parent.parent
+    (peer_dir / "tool.txt").write_text("tool==2.0\n")
+    assert env.peer_python("tool").parent.parent != in_use
+    assert (in_use / env.COMPLETE).exists()
+
+
 def tiny_wheel(folder: Path) -> Path:
     """A one-module wheel (`tinypeer`), installable offline."""
     path = folder / "tinypeer-1.0-py3-none-any.whl"

@@ -9,21 +9,22 @@ file, the install options and the Python version, so an edited pin builds a new 
 and an unchanged one is reused: only the first run pays for the install (uv's cache
 makes a rebuild quick). They live under `$XDG_CACHE_HOME/mega-pipeline/bench-peers`
 (`~/.cache` when unset), about 1 GB for the five peers (img2dataset alone about
-760 MB); remove that folder to reclaim the space, and the next run rebuilds what it
-needs.
+760 MB). Building a peer's venv for new pins removes that peer's venvs of other pins
+unless a run (of another clone, say) is using one; remove the whole folder to reclaim
+the space, and the next run rebuilds what it needs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 PEER_SIDE = Path(__file__).resolve().parent / "peer_side"
@@ -73,37 +74,71 @@ def env_dir(peer: str) -> Path:
     return env_root() / f"{peer}-{digest.hexdigest()[:12]}"
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    # Two benchmark runs may ask for the same venv at once: one builds, the other waits.
+# The lock files of the venvs this process runs, each held shared until it exits: a
+# run building newer pins removes only venvs no run holds (`_prune_superseded`).
+_IN_USE: list[IO[str]] = []
+
+
+def _locked(path: Path) -> IO[str]:
+    """`path` opened and locked exclusively; two runs asking for one venv: one builds,
+    the other waits."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    handle = open(path, "w")  # noqa: SIM115 - held past this function, in _IN_USE
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
 
 
 def peer_python(peer: str) -> Path:
-    """The Python of `peer`'s venv, built first if needed.
+    """The Python of `peer`'s venv, built first if needed; held in use until this process
+    exits. Building one removes the peer's venvs of other pins that no run holds.
 
     Raises PeerUnavailableError (with uv's last error line) when the venv cannot be built,
     so the caller reports the peer as unavailable instead of measuring anything else.
     """
     target = env_dir(peer)
     python = target / "bin" / "python"
-    with _exclusive(target.with_suffix(".lock")):
-        if (target / COMPLETE).exists():
-            return python
-        shutil.rmtree(target, ignore_errors=True)
-        print(f"peers: building the {peer} environment in {target} (once)", file=sys.stderr)
-        try:
-            _run([uv(), "venv", "--quiet", "--python", sys.executable, str(target)])
-            _run([uv(), "pip", "install", "--quiet", *INSTALL_OPTIONS, "--python", str(python),
-                  "-r", str(pinned(peer))])  # fmt: skip
-        except PeerUnavailableError:
-            shutil.rmtree(target, ignore_errors=True)
-            raise
-        (target / COMPLETE).touch()
+    handle = _locked(target.with_suffix(".lock"))
+    try:
+        built = not (target / COMPLETE).exists()
+        if built:
+            _build(peer, target, python)
+    except BaseException:
+        handle.close()
+        raise
+    fcntl.flock(handle, fcntl.LOCK_SH)  # built: others may use it too, none remove it
+    _IN_USE.append(handle)
+    if built:
+        _prune_superseded(peer, target)
     return python
+
+
+def _build(peer: str, target: Path, python: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    print(f"peers: building the {peer} environment in {target} (once)", file=sys.stderr)
+    try:
+        _run([uv(), "venv", "--quiet", "--python", sys.executable, str(target)])
+        _run([uv(), "pip", "install", "--quiet", *INSTALL_OPTIONS, "--python", str(python),
+              "-r", str(pinned(peer))])  # fmt: skip
+    except PeerUnavailableError:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    (target / COMPLETE).touch()
+
+
+def _prune_superseded(peer: str, current: Path) -> None:
+    """Remove `peer`'s venvs other than `current` (older pins, options or Python) that no
+    run holds. Their empty lock files stay: a run waiting on one must find the same file."""
+    own = re.compile(rf"{re.escape(peer)}-[0-9a-f]{{12}}")
+    for old in current.parent.iterdir():
+        if old == current or not old.is_dir() or not own.fullmatch(old.name):
+            continue
+        with open(old.with_suffix(".lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another run uses it or builds it
+            print(f"peers: removing {old.name}, built for other {peer} pins", file=sys.stderr)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _run(command: list[str], cwd: Path | None = None) -> None:
