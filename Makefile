@@ -63,6 +63,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy src/common/common src/data-collector/collector src/data-processor/processor \
 		src/model-training/trainer src/api-service/api_service src/workflow/workflow
+	$(BIN)/mypy benchmarks
 
 format: setup
 	$(BIN)/ruff format .

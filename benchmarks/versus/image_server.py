@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -88,6 +90,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--latency", type=float, default=0.02)
     args = parser.parse_args()
+    runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
 

@@ -36,13 +36,13 @@ class DigitsAPI(ls.LitAPI):
 
     # No annotations on `request` and on encode_response's result: LitServe reads them to
     # build the endpoint, and without them it passes the parsed form and returns JSON.
-    def decode_request(self, request):  # type: ignore[no-untyped-def]
+    def decode_request(self, request):
         return self.model.pixels(request["file"].file.read())
 
     def predict(self, batch: np.ndarray) -> list[np.ndarray]:
         return list(self.model.predict_batch(batch))
 
-    def encode_response(self, output: np.ndarray):  # type: ignore[no-untyped-def]
+    def encode_response(self, output: np.ndarray):
         return self.model.answer(output)
 
 
