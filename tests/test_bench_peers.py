@@ -197,6 +197,25 @@ def test_a_venv_a_run_uses_is_not_removed(peer_dir: Path, monkeypatch: pytest.Mo
     assert (in_use / env.COMPLETE).exists()
 
 
+def test_a_venv_in_use_can_be_asked_for_again_and_shared(
+    peer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+    import threading
+
+    fake_build(monkeypatch)
+    (peer_dir / "tool.txt").write_text("tool==1.0\n")
+    python = env.peer_python("tool")
+    # Asked again (fastapi-def-1w and -2w share a venv): answered, not waiting on itself.
+    again = threading.Thread(target=env.peer_python, args=("tool",), daemon=True)
+    again.start()
+    again.join(10)
+    assert not again.is_alive()
+    # Another run (here another open file) may use it at the same time.
+    with open(python.parent.parent.with_suffix(".lock"), "w") as other:
+        fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+
 def tiny_wheel(folder: Path) -> Path:
     """A one-module wheel (`tinypeer`), installable offline."""
     path = folder / "tinypeer-1.0-py3-none-any.whl"

@@ -74,18 +74,9 @@ def env_dir(peer: str) -> Path:
     return env_root() / f"{peer}-{digest.hexdigest()[:12]}"
 
 
-# The lock files of the venvs this process runs, each held shared until it exits: a
-# run building newer pins removes only venvs no run holds (`_prune_superseded`).
-_IN_USE: list[IO[str]] = []
-
-
-def _locked(path: Path) -> IO[str]:
-    """`path` opened and locked exclusively; two runs asking for one venv: one builds,
-    the other waits."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "w")  # noqa: SIM115 - held past this function, in _IN_USE
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
+# The lock file of each venv this process runs, held shared until it exits: a run
+# building other pins removes only venvs no run holds (`_prune_superseded`).
+_IN_USE: dict[Path, IO[str]] = {}
 
 
 def peer_python(peer: str) -> Path:
@@ -97,16 +88,27 @@ def peer_python(peer: str) -> Path:
     """
     target = env_dir(peer)
     python = target / "bin" / "python"
-    handle = _locked(target.with_suffix(".lock"))
+    if target in _IN_USE:  # two peers of one venv (fastapi-def-1w and -2w)
+        return python
+    lock_path = target.with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "w")  # noqa: SIM115 - held until exit, in _IN_USE
     try:
+        # Shared to use a built venv, so runs in parallel do not wait on one another;
+        # exclusive to build one, so two runs never build the same venv at once.
+        fcntl.flock(handle, fcntl.LOCK_SH)
         built = not (target / COMPLETE).exists()
         if built:
-            _build(peer, target, python)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            built = not (target / COMPLETE).exists()  # another run may have built it
+            if built:
+                _build(peer, target, python)
+            fcntl.flock(handle, fcntl.LOCK_SH)
     except BaseException:
         handle.close()
         raise
-    fcntl.flock(handle, fcntl.LOCK_SH)  # built: others may use it too, none remove it
-    _IN_USE.append(handle)
+    _IN_USE[target] = handle
     if built:
         _prune_superseded(peer, target)
     return python
