@@ -11,8 +11,8 @@ median, with that round's two rates.
 - ceiling: benchmarks/serve.py's upload endpoint that returns a constant;
 - fastapi-def-1w / -2w: a plain FastAPI app, sync `def` endpoint, Pillow + LiteRT
   per request, under uvicorn with 1 and 2 worker processes;
-- litserve: LitServe with its batching (max_batch_size 32, batch_timeout 2 ms: our
-  max_batch and max_wait_ms);
+- litserve: LitServe with its batching (max_batch_size and batch_timeout: our
+  max_batch and max_wait_ms, 32 and 0 ms by default);
 - bentoml: BentoML with adaptive batching (max_batch_size 32, max_latency_ms 1000,
   the guide's value), a front service calling a batchable classifier service.
 
@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
+from api_service.settings import ServingSettings  # noqa: E402
 from versus.common import alternate, announce, median_round, ratio_line, unavailable_line  # noqa: E402
 from versus.env import PeerUnavailableError, peer_python  # noqa: E402
 from versus.scripts import load_benchmark  # noqa: E402
@@ -51,9 +52,9 @@ from versus.scripts import load_benchmark  # noqa: E402
 PEER_SIDE = HERE / "peer_side"
 SECONDS = 10.0
 UNIT = "req/s"
-# Our micro-batching defaults (api_service.settings), given to the batching peers.
-MAX_BATCH = 32
-MAX_WAIT_MS = 2.0
+# Our micro-batching defaults, given to the batching peers.
+MAX_BATCH = ServingSettings.model_fields["max_batch"].default
+MAX_WAIT_MS = ServingSettings.model_fields["max_wait_ms"].default
 BENTOML_MAX_LATENCY_MS = 1000  # BentoML's guide's value for adaptive batching
 # Said once before the servers' per-round lines (stderr), which do not explain themselves.
 READING = (

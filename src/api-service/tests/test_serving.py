@@ -211,6 +211,40 @@ def test_batcher_forms_batches(tiny_pipeline: TinyPipeline) -> None:
         np.testing.assert_allclose(row, alone, atol=1e-5)
 
 
+def test_by_default_a_lone_image_goes_to_inference_without_waiting(
+    tiny_pipeline: TinyPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CPU a wait for more images only idles the inference process (docs/serving.md):
+    with the default settings the batcher never sleeps before sending a batch."""
+    import threading
+    import time
+
+    from api_service import batching
+    from api_service.manager import ModelManager
+
+    manager = ModelManager(Settings(models_root=str(tiny_pipeline.models)), Metrics())
+    manager.check()
+    assert manager.active is not None
+    waits: list[float] = []
+    sleep = time.sleep
+
+    def spy(seconds: float) -> None:
+        if threading.current_thread().name.startswith("batcher-"):
+            waits.append(seconds)
+        sleep(seconds)
+
+    image = tiny_pipeline.test_images()[0][0].read_bytes()
+    try:
+        # Spied on while serving only: stopping the process waits for it in steps.
+        with monkeypatch.context() as patch:
+            patch.setattr(batching.time, "sleep", spy)
+            for _ in range(3):
+                asyncio.run(manager.active.batcher.predict_many([image]))
+    finally:
+        manager.close()
+    assert waits == []
+
+
 def test_batcher_refuses_when_the_queue_is_full(tiny_pipeline: TinyPipeline) -> None:
     from api_service.inputs import InputError
 

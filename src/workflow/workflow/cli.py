@@ -737,7 +737,9 @@ def serve(
 
 
 pipeline_app = App(
-    prog="mega", no_args_is_help=True, help="The kfp pipeline for Vertex AI Pipelines."
+    prog="mega",
+    no_args_is_help=True,
+    help="Compile the kfp pipeline that Vertex AI Pipelines runs.",
 )
 app.add_typer(pipeline_app, name="pipeline")
 
@@ -843,7 +845,7 @@ def exp_diff(
         ),
     ] = None,
 ) -> None:
-    """The params and metrics that differ between two experiments or revisions.
+    """Show the params and metrics that differ between two experiments or revisions.
 
     `mega exp diff NAME`: HEAD → NAME. `mega exp diff A B`: A → B. No argument: HEAD →
     the workspace.
