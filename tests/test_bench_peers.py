@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +115,16 @@ def test_the_start_up_target_is_a_ceiling_on_our_time() -> None:
 
 
 @pytest.fixture
-def peer_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def peer_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     peers = tmp_path / "peers"
     peers.mkdir()
     monkeypatch.setattr(env, "PEERS_DIR", peers)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return peers
+    in_use: dict[Path, Any] = {}
+    monkeypatch.setattr(env, "_IN_USE", in_use)
+    yield peers
+    for handle in in_use.values():  # what the test's "run" held, released at its end
+        handle.close()
 
 
 def test_a_peer_without_pins_names_the_command_that_makes_them(peer_dir: Path) -> None:
@@ -261,6 +266,59 @@ def test_a_failed_install_is_reported_and_leaves_no_half_venv(peer_dir: Path) ->
         env.peer_python("broken")
     assert "missing-1.0-py3-none-any.whl" in str(caught.value)
     assert not env.env_dir("broken").exists()
+    # Nothing held: another run may build it at once.
+    assert env.env_dir("broken") not in env._IN_USE
+    with open(env.env_dir("broken").with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_two_runs_that_both_find_no_venv_build_it_once_and_neither_waits_for_the_other(
+    peer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two runs (threads here: flock treats each open file apart) both find the venv not
+    # built yet. One builds it; the other must get it once it is built, while the first
+    # still holds it for the rest of its run.
+    import threading
+
+    builds: list[str] = []
+
+    def run(command: list[str], cwd: Path | None = None) -> None:
+        if command[1] == "venv":
+            builds.append(command[-1])
+            Path(command[-1]).mkdir(parents=True)
+
+    class NoneHeld(dict):  # each thread stands for a run of its own
+        def __contains__(self, key: object) -> bool:
+            return False
+
+    # Both runs look for the venv before either goes on to build it.
+    both_looked = threading.Barrier(2, timeout=10)
+    looked: set[int] = set()
+    exists = Path.exists
+
+    def exists_after_both_looked(path: Path) -> bool:
+        found = exists(path)
+        if path.name == env.COMPLETE and threading.get_ident() not in looked:
+            looked.add(threading.get_ident())
+            both_looked.wait()
+        return found
+
+    held: dict[Path, Any] = NoneHeld()
+    monkeypatch.setattr(env, "_run", run)
+    monkeypatch.setattr(env, "_IN_USE", held)
+    monkeypatch.setattr(Path, "exists", exists_after_both_looked)
+    (peer_dir / "tool.txt").write_text("tool==1.0\n")
+    runs = [threading.Thread(target=env.peer_python, args=("tool",), daemon=True) for _ in "ab"]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join(10)
+    try:
+        assert not any(t.is_alive() for t in runs), "one run waited for the other's end"
+        assert builds == [str(env.env_dir("tool"))]
+    finally:
+        for handle in held.values():
+            handle.close()
 
 
 def test_peers_cli_refuses_an_unknown_area() -> None:

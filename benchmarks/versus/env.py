@@ -10,8 +10,9 @@ and an unchanged one is reused: only the first run pays for the install (uv's ca
 makes a rebuild quick). They live under `$XDG_CACHE_HOME/mega-pipeline/bench-peers`
 (`~/.cache` when unset), about 1 GB for the five peers (img2dataset alone about
 760 MB). Building a peer's venv for new pins removes that peer's venvs of other pins
-unless a run (of another clone, say) is using one; remove the whole folder to reclaim
-the space, and the next run rebuilds what it needs.
+unless a run (of another clone, say) is using one, so two clones on different pins
+rebuild in turn; remove the whole folder, when no benchmark runs, to reclaim the
+space, and the next run rebuilds what it needs.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ _IN_USE: dict[Path, IO[str]] = {}
 def peer_python(peer: str) -> Path:
     """The Python of `peer`'s venv, built first if needed; held in use until this process
     exits. Building one removes the peer's venvs of other pins that no run holds.
+    Not for concurrent use from several threads of one process.
 
     Raises PeerUnavailableError (with uv's last error line) when the venv cannot be built,
     so the caller reports the peer as unavailable instead of measuring anything else.
@@ -90,27 +92,29 @@ def peer_python(peer: str) -> Path:
     python = target / "bin" / "python"
     if target in _IN_USE:  # two peers of one venv (fastapi-def-1w and -2w)
         return python
-    lock_path = target.with_suffix(".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_path, "w")  # noqa: SIM115 - held until exit, in _IN_USE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Two lock files: the venv's, held shared by every run using it (so a prune skips
+    # it), and its build lock, held only while building (so a run that finds another
+    # building waits for that build, not for that whole run).
+    handle = open(target.with_suffix(".lock"), "w")  # noqa: SIM115 - kept in _IN_USE
     try:
-        # Shared to use a built venv, so runs in parallel do not wait on one another;
-        # exclusive to build one, so two runs never build the same venv at once.
         fcntl.flock(handle, fcntl.LOCK_SH)
-        built = not (target / COMPLETE).exists()
-        if built:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            built = not (target / COMPLETE).exists()  # another run may have built it
-            if built:
-                _build(peer, target, python)
-            fcntl.flock(handle, fcntl.LOCK_SH)
+        built = False
+        if not (target / COMPLETE).exists():
+            with open(target.with_suffix(".build"), "w") as building:
+                fcntl.flock(building, fcntl.LOCK_EX)
+                if not (target / COMPLETE).exists():  # another run may have built it
+                    _build(peer, target, python)
+                    built = True
     except BaseException:
         handle.close()
         raise
     _IN_USE[target] = handle
     if built:
-        _prune_superseded(peer, target)
+        try:
+            _prune_superseded(peer, target)
+        except OSError as exc:  # tidying up must not cost the run its measurements
+            print(f"peers: could not remove older {peer} venvs: {exc}", file=sys.stderr)
     return python
 
 
@@ -128,7 +132,7 @@ def _build(peer: str, target: Path, python: Path) -> None:
 
 
 def _prune_superseded(peer: str, current: Path) -> None:
-    """Remove `peer`'s venvs other than `current` (older pins, options or Python) that no
+    """Remove `peer`'s venvs other than `current` (other pins, options or Python) that no
     run holds. Their empty lock files stay: a run waiting on one must find the same file."""
     own = re.compile(rf"{re.escape(peer)}-[0-9a-f]{{12}}")
     for old in current.parent.iterdir():
@@ -138,8 +142,11 @@ def _prune_superseded(peer: str, current: Path) -> None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                continue  # another run uses it or builds it
+                continue  # a run uses it
             print(f"peers: removing {old.name}, built for other {peer} pins", file=sys.stderr)
+            # First its mark of completeness: a removal cut short leaves a venv that
+            # the next run rebuilds, not one it trusts.
+            (old / COMPLETE).unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)
 
 
