@@ -204,8 +204,10 @@ def compare(rounds: int = 3) -> list[str]:
     )
     with tempfile.TemporaryDirectory(prefix="versus-serve-") as tmp:
         logs = Path(tmp)
+        # Ours with the batching the batching peers get, whatever the shell or .env set.
+        ours_env = {**env, "MEGA_MAX_BATCH": str(MAX_BATCH), "MEGA_MAX_WAIT_MS": str(MAX_WAIT_MS)}
         sides = {
-            "ours": side("ours", bench.ours_command(), env, image, runs, logs),
+            "ours": side("ours", bench.ours_command(), ours_env, image, runs, logs),
             "ceiling": side(
                 "ceiling", bench.baseline_command("ceiling", model_dir), env, image, runs, logs
             ),

@@ -3,9 +3,10 @@
 The event loop only enqueues bytes and awaits a future. The batcher thread sends
 each batch to the model's inference process (`api_service.worker`), which decodes
 and runs LiteRT with its own GIL, and waits for the answer without holding this
-process's. So a saturated model never delays `/healthz`. A batch closes at
-`max_batch` images or `max_wait_ms` after its first image, whichever comes first;
-whatever queued while the previous batch ran joins the next one at once, so batches
+process's. So a saturated model never delays `/healthz`. A batch takes what is
+queued, up to `max_batch` images; with `max_wait_ms` above 0 (0 by default) and room
+left, it then waits until that long after its first image and takes what arrived
+meanwhile. Whatever queues while a batch runs joins the next one at once, so batches
 grow with load on their own.
 """
 

@@ -215,14 +215,17 @@ def test_by_default_a_lone_image_goes_to_inference_without_waiting(
     tiny_pipeline: TinyPipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On CPU a wait for more images only idles the inference process (docs/serving.md):
-    with the default settings the batcher never sleeps before sending a batch."""
+    with the default settings the batcher never sleeps before sending a batch (the wait
+    is a `time.sleep` in `MicroBatcher._run`)."""
     import threading
     import time
 
     from api_service import batching
     from api_service.manager import ModelManager
 
-    manager = ModelManager(Settings(models_root=str(tiny_pipeline.models)), Metrics())
+    monkeypatch.delenv("MEGA_MAX_WAIT_MS", raising=False)  # the default, not the shell's
+    settings = Settings(models_root=str(tiny_pipeline.models), _env_file=None)
+    manager = ModelManager(settings, Metrics())
     manager.check()
     assert manager.active is not None
     waits: list[float] = []
