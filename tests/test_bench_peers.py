@@ -177,11 +177,9 @@ def test_new_pins_remove_the_peers_venvs_of_older_pins_only(
     assert (other_peer / env.COMPLETE).exists()  # a peer whose name starts the same
 
 
-def test_a_venv_another_run_is_building_is_not_removed(
+def test_a_venv_whose_lock_another_run_holds_is_not_removed(
     peer_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fcntl
-
     (peer_dir / "tool.txt").write_text("tool==1.0\n")
     old = complete_venv("tool")
     (peer_dir / "tool.txt").write_text("tool==2.0\n")
