@@ -1,7 +1,8 @@
 """The service's log: JSON lines on stderr, formatted and written off the event loop.
 
 The standard library's `QueueHandler` takes each record on the logging thread and a
-`QueueListener` thread formats it (python-json-logger) and writes it. One line:
+`QueueListener` thread formats it (python-json-logger's orjson formatter) and writes
+each burst of lines at once. One line:
 `{"time", "level", "logger", "message", "request_id"?, <extra fields>…, "exception"?}`.
 """
 
@@ -13,10 +14,10 @@ import queue
 import sys
 import time
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 
 from pythonjsonlogger.core import RESERVED_ATTRS
-from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 # The id of the request being served (set by the access-log middleware); log records
 # made while it runs carry it.
@@ -29,10 +30,15 @@ def _stamp_request_id(record: logging.LogRecord) -> None:
         record.request_id = request_id.get()
 
 
-class JsonFormatter(_BaseJsonFormatter):
+class JsonFormatter(OrjsonFormatter):
     """One JSON object per record: time (UTC seconds), lower-case level, logger, message,
     the request id when there is one, every `extra=` field that is set, and the
-    formatted exception."""
+    formatted exception.
+
+    orjson rather than the standard library's encoder: an access record took about
+    half the time to format (8 against 16 µs here), on a thread that shares the event
+    loop's GIL.
+    """
 
     converter = time.gmtime  # type: ignore[assignment]  # `time` in UTC, any host zone
 
@@ -79,6 +85,31 @@ class _PassThroughQueueHandler(logging.handlers.QueueHandler):
         return record
 
 
+class _BurstHandler(logging.StreamHandler):
+    """A stream handler that keeps formatted lines until `flush` writes them in one call.
+
+    The listener flushes whenever it has emptied the queue: one write per burst of
+    records instead of a write and a flush per record.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record) + self.terminator)
+        except Exception:  # as StreamHandler does: report, keep logging
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self.lines:
+                text, self.lines = "".join(self.lines), []
+                self.stream.write(text)
+            self.stream.flush()
+
+
 class _BurstListener(logging.handlers.QueueListener):
     """A `QueueListener` that, once woken from an empty queue, lets a burst gather.
 
@@ -99,16 +130,26 @@ class _BurstListener(logging.handlers.QueueListener):
         try:
             return self.records.get_nowait()
         except queue.Empty:
+            self.flush()  # the burst so far, before waiting for more
             record = self.records.get(block)  # idle: sleep until there is something
             time.sleep(self.GATHER_SECONDS)  # busy: let a burst gather
             return record
+
+    def flush(self) -> None:
+        for handler in self.handlers:
+            handler.flush()
+
+    def stop(self) -> None:
+        """Handle what is queued, write it out, and end the thread."""
+        super().stop()
+        self.flush()
 
 
 _listener: _BurstListener | None = None
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Send the service's and uvicorn's log records as JSON lines to stderr.
+def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -> None:
+    """Send the service's and uvicorn's log records as JSON lines to `stream` (stderr).
 
     Formatting and the write syscall happen on the listener thread; `stop_logging`
     writes out what is queued (at exit).
@@ -122,7 +163,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr = _BurstHandler(stream or sys.stderr)
     to_stderr.setFormatter(JsonFormatter())
     _listener = _BurstListener(records, to_stderr)
     _listener.start()

@@ -1,0 +1,75 @@
+"""The service's log pipeline as `serve` configures it: records queued on the caller's
+thread, formatted and written by the listener thread."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from api_service.logs import configure_logging, stop_logging
+
+
+class CountingStream(io.StringIO):
+    """stderr that counts the writes reaching it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.fixture
+def stderr() -> Iterator[CountingStream]:
+    """A stream for `configure_logging`; the logging set-up is restored after the test."""
+    stream = CountingStream()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    switches = {n: getattr(logging, n) for n in ("_srcfile", "logThreads", "logProcesses")}
+    switches["logMultiprocessing"] = logging.logMultiprocessing
+    uvicorn = {n: logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "uvicorn.access")}
+    uvicorn_saved = {n: (lg.handlers[:], lg.propagate) for n, lg in uvicorn.items()}
+    try:
+        yield stream
+    finally:
+        stop_logging()
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        for name, value in switches.items():
+            setattr(logging, name, value)
+        for name, lg in uvicorn.items():
+            lg.handlers[:], lg.propagate = uvicorn_saved[name]
+
+
+def test_a_burst_of_records_is_written_whole_in_a_few_writes(stderr: CountingStream) -> None:
+    """Each line is JSON and none is lost at `stop_logging`; a burst reaches stderr in
+    one write, not a write per record (the listener writes when its queue runs empty)."""
+    configure_logging(stream=stderr)
+    access = logging.getLogger("api_service.access")
+    for i in range(200):
+        access.info("POST /v1/predict %s", 200, extra={"request_id": f"r-{i}", "status": 200})
+    stop_logging()
+    lines = stderr.getvalue().splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [f"r-{i}" for i in range(200)]
+    assert json.loads(lines[0])["message"] == "POST /v1/predict 200"
+    assert stderr.writes <= 5, f"{stderr.writes} writes for 200 records"
+
+
+def test_a_record_that_cannot_be_formatted_does_not_stop_the_others(
+    stderr: CountingStream,
+) -> None:
+    """Its error is reported (logging's own report) and the records around it are written."""
+    configure_logging(stream=stderr)
+    log = logging.getLogger("api_service.test")
+    log.info("before")
+    log.info("%d", "not a number")  # formatting the message fails on the listener
+    log.info("after")
+    stop_logging()
+    messages = [json.loads(line)["message"] for line in stderr.getvalue().splitlines()]
+    assert messages[0] == "before" and messages[-1] == "after"
