@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import queue
+import signal
 import sys
 import time
 from contextvars import ContextVar
@@ -175,6 +176,25 @@ def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+def write_out_at_sigterm() -> None:
+    """Have SIGTERM write out the queued records before it ends the process.
+
+    uvicorn handles SIGTERM while it serves, shuts down, then raises it again with the
+    handler it found, and the default one ends the process at once: the shutdown's
+    own records ("Application shutdown complete.", errors while stopping) were still
+    queued and were lost. The handler installed here writes them out, then ends the
+    process by SIGTERM as before. It is left alone if something else handles SIGTERM.
+    """
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _write_out_and_end)
+
+
+def _write_out_and_end(signum: int, _frame: object) -> None:
+    stop_logging()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 def stop_logging() -> None:

@@ -1,16 +1,20 @@
 """The service's log pipeline as `serve` configures it: records queued on the caller's
-thread, formatted and written by the listener thread."""
+thread, formatted and written by the listener thread, and written out at SIGTERM."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from support import RunningApi
 
 from api_service.logs import configure_logging, stop_logging
+from common.registry import ModelRegistry
 
 
 class CountingStream(io.StringIO):
@@ -73,3 +77,19 @@ def test_a_record_that_cannot_be_formatted_does_not_stop_the_others(
     stop_logging()
     messages = [json.loads(line)["message"] for line in stderr.getvalue().splitlines()]
     assert messages[0] == "before" and messages[-1] == "after"
+
+
+@pytest.mark.integration
+def test_sigterm_ends_the_server_after_its_last_records_are_written(
+    registry_copy: ModelRegistry, start_server: Callable[..., RunningApi], tmp_path: Path
+) -> None:
+    """uvicorn re-raises the SIGTERM that stopped it once it has shut down; the records
+    of the shutdown itself were still queued then, and were lost."""
+    server = start_server(Path(registry_copy.root), model_poll_seconds=0)
+    assert server.process is not None
+    server.stop()  # SIGTERM, then wait
+    assert server.process.returncode == -signal.SIGTERM  # ended by the signal, as before
+    lines = (tmp_path / "server-1.log").read_text().splitlines()
+    messages = [json.loads(line)["message"] for line in lines if line.startswith("{")]
+    assert "Application shutdown complete." in messages
+    assert messages[-1].startswith("Finished server process")
