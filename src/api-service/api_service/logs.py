@@ -13,6 +13,7 @@ import logging.handlers
 import queue
 import signal
 import sys
+import threading
 import time
 from contextvars import ContextVar
 from typing import Any, TextIO
@@ -47,7 +48,7 @@ class JsonFormatter(OrjsonFormatter):
         super().__init__(
             "{asctime}{levelname}{name}{message}",
             style="{",
-            datefmt="%Y-%m-%dT%H:%M:%S",
+            datefmt="%Y-%m-%dT%H:%M:%SZ",  # UTC (`converter`), said so by the Z
             rename_fields={
                 "asctime": "time",
                 "levelname": "level",
@@ -176,6 +177,21 @@ def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # What would bypass logging and print plain text on the same stream: warnings, and
+    # exceptions nothing caught in a thread. (The inference process's output comes as
+    # records too: api_service.worker.)
+    logging.captureWarnings(True)  # records of the `py.warnings` logger
+    threading.excepthook = _log_thread_exception
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """`threading.excepthook`: an uncaught exception in a thread, as an error record."""
+    if args.exc_type is SystemExit:  # what the default hook ignores too
+        return
+    name = args.thread.name if args.thread is not None else "unknown"
+    logging.getLogger("api_service").error(
+        "uncaught exception in thread %s", name, exc_info=args.exc_value
+    )
 
 
 def write_out_at_sigterm() -> None:
@@ -198,8 +214,11 @@ def _write_out_and_end(signum: int, _frame: object) -> None:
 
 
 def stop_logging() -> None:
-    """Write out what is queued and stop the listener thread."""
+    """Write out what is queued and stop the listener thread; warnings and thread
+    exceptions print as plain text again."""
     global _listener
     if _listener is not None:
         _listener.stop()
         _listener = None
+        logging.captureWarnings(False)
+        threading.excepthook = threading.__excepthook__

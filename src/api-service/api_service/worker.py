@@ -11,11 +11,16 @@ The child is `python -m api_service.worker FD`, talking over one end of a socket
 pair with `multiprocessing.connection` framing. It imports no web framework. A
 decoder crash on a crafted image kills the child, not the server: the batch in
 flight fails with 500s and the next batch starts a new child.
+
+What the child writes to stderr (LiteRT's "INFO: Created TensorFlow Lite XNNPACK
+delegate for CPU." at every load, a traceback if it dies) reaches the server's log as
+records of the `api_service.worker` logger, one per line, so the log stays JSON lines.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import signal
@@ -26,7 +31,7 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -38,6 +43,8 @@ READY_TIMEOUT_S = 60.0
 # A batch that takes longer is taken for a hung decoder: the process is replaced.
 BATCH_TIMEOUT_S = 60.0
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+log = logging.getLogger("api_service.worker")
 
 
 class WorkerError(RuntimeError):
@@ -72,8 +79,16 @@ class InferenceWorker:
             process = subprocess.Popen(
                 [sys.executable, "-m", "api_service.worker", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
+                stderr=subprocess.PIPE,
             )
             conn = Connection(ours.detach())
+        assert process.stderr is not None
+        threading.Thread(
+            target=_forward_stderr,
+            args=(process.stderr, self.version),
+            name=f"{self.version}-stderr",
+            daemon=True,
+        ).start()
         try:
             conn.send(self._config)
             if not conn.poll(READY_TIMEOUT_S):
@@ -156,6 +171,24 @@ class InferenceWorker:
             self._conn.close()
         self._conn = None
         self._process = None
+
+
+def stderr_level(line: str) -> int:
+    """The log level of a line the inference process wrote: INFO for LiteRT's "INFO: …"
+    lines, WARNING for anything else (its warnings, a Python traceback)."""
+    return logging.INFO if line.startswith("INFO:") else logging.WARNING
+
+
+def _forward_stderr(stream: IO[bytes], version: str) -> None:
+    """Log each line of the inference process's stderr until it closes (the process
+    ended). Reads to the end whatever happens: a child blocked on a full pipe would
+    hang its batch."""
+    with stream:
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                with contextlib.suppress(Exception):
+                    log.log(stderr_level(line), "%s", line, extra={"model_version": version})
 
 
 def _end(process: subprocess.Popen[bytes], grace: float = 0.0) -> None:

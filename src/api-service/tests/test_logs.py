@@ -6,7 +6,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import signal
+import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -65,6 +68,31 @@ def test_a_burst_of_records_is_written_whole_in_a_few_writes(stderr: CountingStr
     assert stderr.writes <= 5, f"{stderr.writes} writes for 200 records"
 
 
+def test_warnings_and_uncaught_thread_exceptions_are_records_too(
+    stderr: CountingStream,
+) -> None:
+    """Both would otherwise print plain text in the middle of the JSON lines."""
+    configure_logging(stream=stderr)
+    warnings.warn("an old argument", DeprecationWarning, stacklevel=1)
+
+    def fail() -> None:
+        raise RuntimeError("boom")
+
+    thread = threading.Thread(target=fail, name="doomed")
+    thread.start()
+    thread.join()
+    stop_logging()
+    records = [json.loads(line) for line in stderr.getvalue().splitlines()]
+    assert [(r["logger"], r["level"]) for r in records] == [
+        ("py.warnings", "warning"),
+        ("api_service", "error"),
+    ]
+    assert "DeprecationWarning: an old argument" in records[0]["message"]
+    assert records[1]["message"] == "uncaught exception in thread doomed"
+    assert "RuntimeError: boom" in records[1]["exception"]
+    assert threading.excepthook is threading.__excepthook__  # restored by stop_logging
+
+
 def test_a_record_that_cannot_be_formatted_does_not_stop_the_others(
     stderr: CountingStream,
 ) -> None:
@@ -90,6 +118,26 @@ def test_sigterm_ends_the_server_after_its_last_records_are_written(
     server.stop()  # SIGTERM, then wait
     assert server.process.returncode == -signal.SIGTERM  # ended by the signal, as before
     lines = (tmp_path / "server-1.log").read_text().splitlines()
-    messages = [json.loads(line)["message"] for line in lines if line.startswith("{")]
+    # Every line is a record, the inference process's own output (LiteRT's) included.
+    messages = [json.loads(line)["message"] for line in lines]
     assert "Application shutdown complete." in messages
     assert messages[-1].startswith("Finished server process")
+
+
+def test_the_inference_process_stderr_becomes_records_a_line_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from api_service.worker import _forward_stderr
+
+    read, write = os.pipe()
+    os.write(write, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n\n")
+    os.write(write, b"Traceback (most recent call last):\n  50% done \xff\n")
+    os.close(write)
+    with caplog.at_level(logging.INFO, logger="api_service.worker"):
+        _forward_stderr(os.fdopen(read, "rb"), "3")
+    got = [(r.levelname, r.getMessage(), r.model_version) for r in caplog.records]  # type: ignore[attr-defined]
+    assert got == [
+        ("INFO", "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", "3"),
+        ("WARNING", "Traceback (most recent call last):", "3"),
+        ("WARNING", "  50% done \ufffd", "3"),
+    ]

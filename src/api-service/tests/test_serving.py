@@ -153,7 +153,7 @@ def test_json_log_time_is_utc(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
-    assert stamp == "1970-01-01T00:00:00"
+    assert stamp == "1970-01-01T00:00:00Z"
 
 
 def test_cors_only_for_allowed_origins(tiny_pipeline: TinyPipeline, client: TestClient) -> None:
