@@ -83,7 +83,7 @@ def serve(
     import uvicorn
 
     from api_service.app import create_app
-    from api_service.logs import configure_logging, stop_logging, write_out_at_sigterm
+    from api_service.logs import configure_logging, exit_at_sigterm, stop_logging
 
     overrides = {
         "serve_host": host,
@@ -98,7 +98,7 @@ def serve(
     )
     check_listenable(settings.serve_host, settings.serve_port)
     configure_logging(logging.INFO)
-    write_out_at_sigterm()
+    exit_at_sigterm()
     # The batcher and log threads wake for short moments; each must take the GIL from
     # a busy event loop, which by default hands it over only every 5 ms.
     sys.setswitchinterval(SWITCH_INTERVAL_S)

@@ -8,6 +8,7 @@ each burst of lines at once. One line:
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import queue
@@ -18,7 +19,8 @@ import time
 from contextvars import ContextVar
 from typing import Any, TextIO
 
-from pythonjsonlogger.core import RESERVED_ATTRS
+import orjson
+from pythonjsonlogger.core import RESERVED_ATTRS, BaseJsonFormatter
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 # The id of the request being served (set by the access-log middleware); log records
@@ -32,15 +34,10 @@ def _stamp_request_id(record: logging.LogRecord) -> None:
         record.request_id = request_id.get()
 
 
-class JsonFormatter(OrjsonFormatter):
-    """One JSON object per record: time (UTC seconds), lower-case level, logger, message,
-    the request id when there is one, every `extra=` field that is set, and the
-    formatted exception.
-
-    orjson rather than the standard library's encoder: an access record took about
-    half the time to format (8 against 16 µs here), on a thread that shares the event
-    loop's GIL.
-    """
+class ServiceFields(BaseJsonFormatter):
+    """The fields of the service's JSON lines: time (UTC seconds), lower-case level,
+    logger, message, the request id when there is one, every `extra=` field that is set,
+    and the formatted exception. Mixed into an encoder's formatter (`JsonFormatter`)."""
 
     converter = time.gmtime  # type: ignore[assignment]  # `time` in UTC, any host zone
 
@@ -70,6 +67,24 @@ class JsonFormatter(OrjsonFormatter):
         return {key: value for key, value in log_data.items() if value is not None}
 
 
+class JsonFormatter(ServiceFields, OrjsonFormatter):
+    """`ServiceFields` encoded by orjson: an access record took about half the time to
+    format than with the standard library's encoder (8 against 16 µs here), on a
+    thread that shares the event loop's GIL.
+
+    Values orjson does not know are written as strings (a NumPy scalar, a path), NaN
+    and infinities as null. What orjson refuses (an integer of 64 bits or more, a lone
+    surrogate in a string) goes through the standard library's encoder instead of
+    losing the record.
+    """
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        try:
+            return super().jsonify_log_record(log_data)
+        except orjson.JSONEncodeError:
+            return json.dumps(log_data, default=str)
+
+
 class _RequestIdFilter(logging.Filter):
     """Stamp the request id on the record in the request's own context: the listener
     thread that formats it later cannot see the context variable."""
@@ -94,6 +109,10 @@ class _BurstHandler(logging.StreamHandler):
     records instead of a write and a flush per record.
     """
 
+    # Written at once past this many held lines: under logging faster than the listener
+    # formats, its queue never runs empty, and lines must not wait for that.
+    MAX_HELD_LINES = 1000
+
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self.lines: list[str] = []
@@ -103,13 +122,22 @@ class _BurstHandler(logging.StreamHandler):
             self.lines.append(self.format(record) + self.terminator)
         except Exception:  # as StreamHandler does: report, keep logging
             self.handleError(record)
+        if len(self.lines) >= self.MAX_HELD_LINES:
+            self.flush()
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
-            if self.lines:
-                text, self.lines = "".join(self.lines), []
-                self.stream.write(text)
-            self.stream.flush()
+            text, self.lines = "".join(self.lines), []
+            try:
+                if text:
+                    self.stream.write(text)
+                self.stream.flush()
+            except Exception:  # a broken pipe, a full disk: report, keep the listener alive
+                self.handleError(_WRITE_FAILED)
+
+
+# What `handleError` reports when a burst could not be written (the lines are dropped).
+_WRITE_FAILED = logging.makeLogRecord({"msg": "could not write log lines to the stream"})
 
 
 class _BurstListener(logging.handlers.QueueListener):
@@ -188,37 +216,43 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
     """`threading.excepthook`: an uncaught exception in a thread, as an error record."""
     if args.exc_type is SystemExit:  # what the default hook ignores too
         return
+    listener = _listener
+    if listener is None or args.thread is listener._thread:
+        threading.__excepthook__(args)  # the listener itself failed: its queue is dead
+        return
     name = args.thread.name if args.thread is not None else "unknown"
     logging.getLogger("api_service").error(
         "uncaught exception in thread %s", name, exc_info=args.exc_value
     )
 
 
-def write_out_at_sigterm() -> None:
-    """Have SIGTERM write out the queued records before it ends the process.
+def exit_at_sigterm() -> None:
+    """Have SIGTERM end the process by `SystemExit(143)`, so `finally` blocks run (the
+    caller's `stop_logging`, which writes out the queued records).
 
     uvicorn handles SIGTERM while it serves, shuts down, then raises it again with the
-    handler it found, and the default one ends the process at once: the shutdown's
-    own records ("Application shutdown complete.", errors while stopping) were still
-    queued and were lost. The handler installed here writes them out, then ends the
-    process by SIGTERM as before. It is left alone if something else handles SIGTERM.
+    handler it found. With the default one the process ended there, before the
+    caller's `finally`, and the shutdown's records ("Application shutdown complete.",
+    errors while stopping) were still queued and lost. 143 is the status a shell shows
+    for a process ended by SIGTERM; as a container's PID 1, which ignores a re-raised
+    SIGTERM, the server used to exit 0. A second SIGTERM ends the process at once.
+    Left alone if something else handles SIGTERM.
     """
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _write_out_and_end)
+        signal.signal(signal.SIGTERM, _exit_143)
 
 
-def _write_out_and_end(signum: int, _frame: object) -> None:
-    stop_logging()
+def _exit_143(signum: int, _frame: object) -> None:
     signal.signal(signum, signal.SIG_DFL)
-    signal.raise_signal(signum)
+    raise SystemExit(128 + signum)
 
 
 def stop_logging() -> None:
     """Write out what is queued and stop the listener thread; warnings and thread
     exceptions print as plain text again."""
     global _listener
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
+    listener, _listener = _listener, None  # taken first: a second call finds none
+    if listener is not None:
+        listener.stop()
         logging.captureWarnings(False)
         threading.excepthook = threading.__excepthook__

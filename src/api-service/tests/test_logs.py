@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,7 +117,7 @@ def test_sigterm_ends_the_server_after_its_last_records_are_written(
     server = start_server(Path(registry_copy.root), model_poll_seconds=0)
     assert server.process is not None
     server.stop()  # SIGTERM, then wait
-    assert server.process.returncode == -signal.SIGTERM  # ended by the signal, as before
+    assert server.process.returncode == 128 + signal.SIGTERM  # as a shell shows SIGTERM's end
     lines = (tmp_path / "server-1.log").read_text().splitlines()
     # Every line is a record, the inference process's own output (LiteRT's) included.
     messages = [json.loads(line)["message"] for line in lines]
@@ -141,3 +142,63 @@ def test_the_inference_process_stderr_becomes_records_a_line_each(
         ("WARNING", "Traceback (most recent call last):", "3"),
         ("WARNING", "  50% done \ufffd", "3"),
     ]
+
+
+class FailingOnce(CountingStream):
+    """A stream whose first write fails (a broken pipe, a full disk)."""
+
+    def write(self, text: str) -> int:
+        if self.writes == 0:
+            self.writes += 1
+            raise OSError("no space left on device")
+        return super().write(text)
+
+
+def test_a_failed_write_loses_its_lines_but_not_the_log(stderr: CountingStream) -> None:
+    """The listener survives the error (reported by logging) and writes what comes next."""
+    failing = FailingOnce()
+    configure_logging(stream=failing)
+    log = logging.getLogger("api_service.test")
+    log.info("lost")
+    deadline = time.monotonic() + 5
+    while failing.writes == 0 and time.monotonic() < deadline:  # the failed write happened
+        time.sleep(0.01)
+    log.info("kept")
+    stop_logging()
+    assert [json.loads(line)["message"] for line in failing.getvalue().splitlines()] == ["kept"]
+
+
+def test_lines_reach_the_stream_while_logging_goes_on(stderr: CountingStream) -> None:
+    """Written once the queue runs empty (about 50 ms), not only at stop."""
+    configure_logging(stream=stderr)
+    logging.getLogger("api_service.test").info("soon")
+    deadline = time.monotonic() + 5
+    while "soon" not in stderr.getvalue():
+        assert time.monotonic() < deadline, "nothing written before stop_logging"
+        time.sleep(0.01)
+
+
+def test_held_lines_are_written_past_a_cap_even_if_the_queue_never_empties(
+    stderr: CountingStream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api_service.logs import _BurstHandler
+
+    monkeypatch.setattr(_BurstHandler, "MAX_HELD_LINES", 10)
+    configure_logging(stream=stderr)
+    for i in range(100):  # all queued while the listener lets the burst gather
+        logging.getLogger("api_service.test").info("line %d", i)
+    stop_logging()
+    assert len(stderr.getvalue().splitlines()) == 100
+    assert stderr.writes >= 10
+
+
+def test_what_orjson_refuses_is_written_by_the_standard_encoder() -> None:
+    from api_service.logs import JsonFormatter
+
+    record = logging.LogRecord("api_service.test", logging.INFO, "", 0, "odd values", (), None)
+    record.big = 2**70  # an `extra=` field orjson cannot encode
+    record.name_bytes = "photo-\udcff.png"  # a file name decoded with surrogateescape
+    line = JsonFormatter().format(record)
+    values = json.loads(line)
+    assert values["big"] == 2**70 and values["name_bytes"] == "photo-\udcff.png"
+    assert values["message"] == "odd values" and values["level"] == "info"
