@@ -99,21 +99,21 @@ def serve(
     check_listenable(settings.serve_host, settings.serve_port)
     configure_logging(logging.INFO)
     exit_at_sigterm()
-    # The batcher and log threads wake for short moments; each must take the GIL from
-    # a busy event loop, which by default hands it over only every 5 ms.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    try:
-        application = create_app(settings)
-    except FileNotFoundError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--static-dir") from exc
-    # Everything built so far (modules, the app, its routes and schemas) lives as long
-    # as the process. Frozen, the cyclic collector stops scanning it: its full passes
-    # over those objects were the service's worst latency spikes (p99 about 40 ms under
-    # load, about 10 ms frozen; benchmarks/serve.py).
-    gc.collect()
-    gc.freeze()
-    # Our middleware writes the structured access log; uvicorn's own would duplicate it.
-    try:
+    try:  # from here on, whatever ends the process writes the log out first
+        # The batcher and log threads wake for short moments; each must take the GIL
+        # from a busy event loop, which by default hands it over only every 5 ms.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        try:
+            application = create_app(settings)
+        except FileNotFoundError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--static-dir") from exc
+        # Everything built so far (modules, the app, its routes and schemas) lives as
+        # long as the process. Frozen, the cyclic collector stops scanning it: its full
+        # passes over those objects were the service's worst latency spikes (p99 about
+        # 40 ms under load, about 10 ms frozen; benchmarks/serve.py).
+        gc.collect()
+        gc.freeze()
+        # Our middleware writes the structured access log; uvicorn's would duplicate it.
         uvicorn.run(
             application,
             host=settings.serve_host,

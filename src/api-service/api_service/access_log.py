@@ -13,12 +13,16 @@ import uuid
 from collections.abc import Callable
 
 from prometheus_client import Gauge
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_service.logs import request_id
 
 access_log = logging.getLogger("api_service.access")
 
+# The status logged and counted for a request whose client closed the connection before
+# it was answered (nginx's code; never sent).
+CLIENT_CLOSED_REQUEST = 499
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Request ids: a random per-process prefix and a counter. uuid4() per request reads
 # the OS random source each time, which costs a syscall on the event loop.
@@ -86,6 +90,10 @@ class AccessLogMiddleware:
             self.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # The client went away before its body was read: there is nobody to answer
+            # and nothing failed here (not a 500 with a traceback in the log).
+            status = CLIENT_CLOSED_REQUEST
         finally:
             if self.in_flight is not None:
                 self.in_flight.dec()

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import orjson
 from pythonjsonlogger.core import RESERVED_ATTRS, BaseJsonFormatter
+from pythonjsonlogger.json import JsonEncoder as StdlibJsonEncoder
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 # The id of the request being served (set by the access-log middleware); log records
@@ -81,8 +82,8 @@ class JsonFormatter(ServiceFields, OrjsonFormatter):
     def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
         try:
             return super().jsonify_log_record(log_data)
-        except orjson.JSONEncodeError:
-            return json.dumps(log_data, default=str)
+        except orjson.JSONEncodeError:  # python-json-logger's encoder for the stdlib one
+            return json.dumps(log_data, cls=StdlibJsonEncoder)
 
 
 class _RequestIdFilter(logging.Filter):
@@ -235,11 +236,16 @@ def exit_at_sigterm() -> None:
     caller's `finally`, and the shutdown's records ("Application shutdown complete.",
     errors while stopping) were still queued and lost. 143 is the status a shell shows
     for a process ended by SIGTERM; as a container's PID 1, which ignores a re-raised
-    SIGTERM, the server used to exit 0. A second SIGTERM ends the process at once.
-    Left alone if something else handles SIGTERM.
+    SIGTERM, the server used to exit 0. `stop_logging` puts the default handler back,
+    so a SIGTERM while it writes out ends the process. Left alone if something else
+    handles SIGTERM.
     """
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _exit_143)
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _exit_143(signum: int, _frame: object) -> None:
@@ -251,6 +257,9 @@ def stop_logging() -> None:
     """Write out what is queued and stop the listener thread; warnings and thread
     exceptions print as plain text again."""
     global _listener
+    if signal.getsignal(signal.SIGTERM) is _exit_143 and _on_main_thread():
+        # Not SystemExit inside the join below: a SIGTERM now ends the process.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     listener, _listener = _listener, None  # taken first: a second call finds none
     if listener is not None:
         listener.stop()

@@ -3,11 +3,13 @@ thread, formatted and written by the listener thread, and written out at SIGTERM
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import warnings
@@ -198,7 +200,54 @@ def test_what_orjson_refuses_is_written_by_the_standard_encoder() -> None:
     record = logging.LogRecord("api_service.test", logging.INFO, "", 0, "odd values", (), None)
     record.big = 2**70  # an `extra=` field orjson cannot encode
     record.name_bytes = "photo-\udcff.png"  # a file name decoded with surrogateescape
+    record.when = datetime.datetime(2026, 12, 2, 4, 5, 6)  # written as orjson would
     line = JsonFormatter().format(record)
     values = json.loads(line)
     assert values["big"] == 2**70 and values["name_bytes"] == "photo-\udcff.png"
+    assert values["when"] == "2026-12-02T04:05:06"
     assert values["message"] == "odd values" and values["level"] == "info"
+
+
+def test_stop_logging_gives_sigterm_its_default_back(stderr: CountingStream) -> None:
+    """A SIGTERM while the log is written out ends the process, instead of raising
+    SystemExit inside that write-out (after Ctrl-C, say)."""
+    from api_service.logs import exit_at_sigterm
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        configure_logging(stream=stderr)
+        exit_at_sigterm()
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        stop_logging()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/predict/batch"])
+def test_a_client_gone_mid_upload_is_a_499_not_a_server_error(
+    path: str,
+    registry_copy: ModelRegistry,
+    start_server: Callable[..., RunningApi],
+    tmp_path: Path,
+) -> None:
+    """Nobody is left to answer: the access record and the metrics say 499, and no
+    error or traceback is logged (it was a 500 with two tracebacks)."""
+    server = start_server(Path(registry_copy.root), model_poll_seconds=0)
+    host, port = server.url.removeprefix("http://").split(":")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 5000\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=5) as client:
+        client.sendall(head.encode() + b"--b\r\n")  # then gone, 4,995 bytes short
+    deadline = time.monotonic() + 10
+    while 'status="499"' not in (metrics := server.client.get("/metrics").text):
+        assert time.monotonic() < deadline, "no 499 counted"
+        time.sleep(0.1)
+    assert f'http_requests_total{{handler="{path}",method="POST",status="499"}} 1.0' in metrics
+    server.stop()
+    records = [json.loads(line) for line in (tmp_path / "server-1.log").read_text().splitlines()]
+    assert [r["status"] for r in records if r.get("path") == path] == [499]
+    assert [r for r in records if r["level"] == "error" or "exception" in r] == []
