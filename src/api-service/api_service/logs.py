@@ -69,9 +69,9 @@ class ServiceFields(BaseJsonFormatter):
 
 
 class JsonFormatter(ServiceFields, OrjsonFormatter):
-    """`ServiceFields` encoded by orjson: an access record took about half the time to
-    format than with the standard library's encoder (8 against 16 µs here), on a
-    thread that shares the event loop's GIL.
+    """`ServiceFields` encoded by orjson: an access record took about half as long to
+    format as with the standard library's encoder (8 against 16 µs here), on a thread
+    that shares the event loop's GIL.
 
     Values orjson does not know are written as strings (a NumPy scalar, a path), NaN
     and infinities as null. What orjson refuses (an integer of 64 bits or more, a lone
