@@ -244,10 +244,6 @@ def exit_at_sigterm() -> None:
         signal.signal(signal.SIGTERM, _exit_143)
 
 
-def _on_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
 def _exit_143(signum: int, _frame: object) -> None:
     signal.signal(signum, signal.SIG_DFL)
     raise SystemExit(128 + signum)
@@ -257,7 +253,8 @@ def stop_logging() -> None:
     """Write out what is queued and stop the listener thread; warnings and thread
     exceptions print as plain text again."""
     global _listener
-    if signal.getsignal(signal.SIGTERM) is _exit_143 and _on_main_thread():
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread and signal.getsignal(signal.SIGTERM) is _exit_143:
         # Not SystemExit inside the join below: a SIGTERM now ends the process.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     listener, _listener = _listener, None  # taken first: a second call finds none
