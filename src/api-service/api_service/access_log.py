@@ -6,7 +6,6 @@ Plain ASGI (no `BaseHTTPMiddleware`): it adds microseconds, not a task per reque
 from __future__ import annotations
 
 import itertools
-import logging
 import re
 import time
 import uuid
@@ -16,9 +15,7 @@ from prometheus_client import Gauge
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api_service.logs import request_id
-
-access_log = logging.getLogger("api_service.access")
+from api_service.logs import log_access, request_id
 
 # The status logged and counted for a request whose client closed the connection before
 # it was answered (nginx's code; never sent).
@@ -111,14 +108,12 @@ class AccessLogMiddleware:
             self.record(handler, scope["method"], status, seconds)
         if self.enabled:
             client = scope.get("client")
-            access_log.info(
-                "%s %s %s",
-                scope["method"],
-                path,
-                status,
-                extra={
+            method = scope["method"]
+            log_access(
+                f"{method} {path} {status}",
+                {
                     "request_id": rid,
-                    "method": scope["method"],
+                    "method": method,
                     "path": path,
                     "status": status,
                     "duration_ms": round(seconds * 1000, 3),

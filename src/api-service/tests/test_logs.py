@@ -3,6 +3,7 @@ thread, formatted and written by the listener thread, and written out at SIGTERM
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import io
 import json
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 from support import RunningApi
 
 from api_service.logs import configure_logging, stop_logging
@@ -192,6 +194,110 @@ def test_held_lines_are_written_past_a_cap_even_if_the_queue_never_empties(
     stop_logging()
     assert len(stderr.getvalue().splitlines()) == 100
     assert stderr.writes >= 10
+
+
+ACCESS_FIELDS: list[dict[str, object]] = [
+    {"request_id": "ca3e97ae70a0-4004", "method": "POST", "path": "/v1/predict",
+     "status": 200, "duration_ms": 11.374, "client": "127.0.0.1"},
+    {"request_id": "r-2", "method": "GET", "path": '/caf\u00e9/"100%"', "status": 404,
+     "duration_ms": 0.0, "client": None},  # no client (a Unix socket): no "client" key
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fields", ACCESS_FIELDS)
+def test_an_access_line_is_the_line_its_record_would_make(
+    stderr: CountingStream, fields: dict[str, object]
+) -> None:
+    """`log_access` makes the line itself; `JsonFormatter` formatting the record the
+    middleware used to log must give the same line, field order included."""
+    from api_service.logs import JsonFormatter, log_access
+
+    message = f"{fields['method']} {fields['path']} {fields['status']}"
+    record = logging.LogRecord("api_service.access", logging.INFO, "", 0, message, (), None)
+    record.__dict__.update(fields)
+    expected = JsonFormatter().format(record)
+    configure_logging(stream=stderr)
+    log_access(message, fields)
+    stop_logging()
+    (line,) = stderr.getvalue().splitlines()
+    ours, theirs = json.loads(line), json.loads(expected)
+    assert list(ours) == list(theirs)  # the same fields in the same order
+    written = datetime.datetime.strptime(ours.pop("time"), "%Y-%m-%dT%H:%M:%SZ")
+    assert abs(written.replace(tzinfo=datetime.UTC).timestamp() - record.created) < 2
+    theirs.pop("time")
+    assert ours == theirs
+
+
+def test_the_access_line_skips_the_log_record_and_keeps_its_place(
+    stderr: CountingStream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the service's log running, the middleware's access line costs no
+    `LogRecord` (about 9 µs on the event loop and 15 on the listener, a fifth of the
+    throughput); it comes after the request's own records, with their request id."""
+    from api_service.access_log import AccessLogMiddleware
+
+    made: list[str] = []
+    make_record = logging.Logger.makeRecord
+
+    def counting(self: logging.Logger, name: str, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        made.append(name)
+        return make_record(self, name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", counting)
+
+    async def ok(scope: Scope, receive: Receive, send: Send) -> None:
+        logging.getLogger("api_service").info("inside")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def request() -> None:
+        scope = {"type": "http", "method": "GET", "path": "/healthz", "headers": []}
+        await AccessLogMiddleware(ok)(scope, receive_nothing, send_nowhere)
+
+    configure_logging(stream=stderr)
+    asyncio.run(request())
+    stop_logging()
+    assert made == ["api_service"]  # "inside"; the access line made none
+    lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
+    assert [line["message"] for line in lines] == ["inside", "GET /healthz 200"]
+    assert lines[0]["request_id"] == lines[1]["request_id"]
+
+
+async def receive_nothing() -> Message:
+    return {"type": "http.disconnect"}
+
+
+async def send_nowhere(message: Message) -> None:
+    pass
+
+
+def test_access_lines_follow_the_access_loggers_level(stderr: CountingStream) -> None:
+    """`api_service.access` set above INFO silences the access log, as it did records."""
+    from api_service.logs import log_access
+
+    access = logging.getLogger("api_service.access")
+    configure_logging(stream=stderr)
+    access.setLevel(logging.WARNING)
+    try:
+        log_access("GET /healthz 200", {"request_id": "r-1", "status": 200})
+    finally:
+        access.setLevel(logging.NOTSET)
+    log_access("GET /readyz 200", {"request_id": "r-2", "status": 200})
+    stop_logging()
+    lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
+    assert [line["request_id"] for line in lines] == ["r-2"]
+
+
+def test_an_access_line_orjson_refuses_goes_the_records_way(stderr: CountingStream) -> None:
+    """A path orjson cannot encode (a lone surrogate) is still written, not lost."""
+    from api_service.logs import log_access
+
+    configure_logging(stream=stderr)
+    log_access("GET /\udcff 404", {"request_id": "r-1", "path": "/\udcff", "status": 404})
+    stop_logging()
+    (line,) = stderr.getvalue().splitlines()
+    values = json.loads(line)
+    assert values["path"] == "/\udcff" and values["logger"] == "api_service.access"
 
 
 def test_what_orjson_refuses_is_written_by_the_standard_encoder() -> None:
