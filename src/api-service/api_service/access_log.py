@@ -43,8 +43,9 @@ def _request_id(scope: Scope) -> str:
 
 
 class AccessLogMiddleware:
-    """Per request: a structured log record with a request id (echoed as X-Request-ID),
-    the in-flight gauge, and the HTTP count and latency by route template.
+    """Per request: a JSON access line with a request id (echoed as X-Request-ID;
+    `api_service.logs.log_access`), the in-flight gauge, and the HTTP count and latency
+    by route template.
 
     One layer does all three: each ASGI layer costs a coroutine per message, and
     the route template comes free from the scope once routing has run.

@@ -1,11 +1,11 @@
-"""The service's log: JSON lines on stderr, formatted and written off the event loop.
+"""The service's log: JSON lines on stderr, written off the event loop.
 
 The standard library's `QueueHandler` takes each record on the logging thread and a
 `QueueListener` thread formats it (python-json-logger's orjson formatter) and writes
 each burst of lines at once. One line:
 `{"time", "level", "logger", "message", "request_id"?, <extra fields>…, "exception"?}`.
-Access records, one per request, skip the `LogRecord` and come to the listener as that
-line already made (`log_access`).
+The access line, one per request, skips the `LogRecord`: `log_access` encodes it on
+the caller's thread and queues the text for the same listener.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 
 ACCESS_LOGGER = "api_service.access"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# The line's names for the record's standard attributes.
+_RENAMED = {"asctime": "time", "levelname": "level", "name": "logger", "exc_info": "exception"}
+_TIME_KEY, _LEVEL_KEY, _LOGGER_KEY = (_RENAMED[key] for key in ("asctime", "levelname", "name"))
 _access = logging.getLogger(ACCESS_LOGGER)
 
 # The id of the request being served (set by the access-log middleware); log records
@@ -54,12 +57,7 @@ class ServiceFields(BaseJsonFormatter):
             "{asctime}{levelname}{name}{message}",
             style="{",
             datefmt=_TIME_FORMAT,  # UTC (`converter`), said so by the Z
-            rename_fields={
-                "asctime": "time",
-                "levelname": "level",
-                "name": "logger",
-                "exc_info": "exception",
-            },
+            rename_fields=dict(_RENAMED),
             # uvicorn adds a coloured copy of its message.
             reserved_attrs=[*RESERVED_ATTRS, "color_message"],
         )
@@ -169,14 +167,17 @@ class _BurstListener(logging.handlers.QueueListener):
     ) -> None:
         super().__init__(records, *handlers)
         self.records = records
+        # The handler that queues the service's records here (set by configure_logging).
+        self.entry: logging.Handler | None = None
 
     def handle(self, record: logging.LogRecord | str) -> None:
         """A record goes to the handlers; a line (from `log_access`) is held as it is."""
-        if isinstance(record, str):
-            for handler in self.handlers:
-                handler.hold(record)  # type: ignore[attr-defined]
-        else:
+        if not isinstance(record, str):
             super().handle(record)
+            return
+        for handler in self.handlers:
+            if isinstance(handler, _BurstHandler):
+                handler.hold(record)
 
     # The queue holds lines as well as records (see `handle`).
     def dequeue(self, block: bool) -> logging.LogRecord | str:  # type: ignore[override]
@@ -222,6 +223,7 @@ def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -
     _listener.start()
     to_queue = _PassThroughQueueHandler(records)
     to_queue.addFilter(_RequestIdFilter())
+    _listener.entry = to_queue
     root = logging.getLogger()
     root.handlers[:] = [to_queue]
     root.setLevel(level)
@@ -236,32 +238,48 @@ def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -
 
 
 def log_access(message: str, fields: dict[str, Any]) -> None:
-    """One INFO record of the `api_service.access` logger: `message` with `fields`
-    (`extra=` fields, JSON values in the order of the line; None leaves one out).
+    """The access line of a request: an INFO entry of the `api_service.access` logger,
+    `message` with `fields` (`extra=` fields, JSON values, in the line's order; a None
+    value is left out; `request_id`, when not among them, is the current request's).
 
-    While `configure_logging`'s pipeline runs, the line is made here, with orjson, as
-    `JsonFormatter` would make it from the record, and queued for the listener as text:
-    a `LogRecord` cost the event loop about 9 µs and its formatting the listener thread
-    about 15 µs, both under the event loop's GIL; at 3,000 requests a second the access
-    log took a fifth of the throughput (docs/performance.md). Handlers and filters
-    added to that logger do not see these lines. Without the pipeline (an app made by
-    `create_app` alone, tests), it is an ordinary record of that logger.
+    While `configure_logging`'s pipeline is all that would see the record (no handler,
+    filter or `propagate = False` on the way to the root, the root's handler ours
+    alone), the line is made here with orjson, as `JsonFormatter` would make it from
+    the record, and queued for the listener as text. A `LogRecord` cost the event loop
+    about 9 µs and its formatting the listener thread about 15 µs, both under the event
+    loop's GIL: at 3,000 requests a second the access log took a fifth of the
+    throughput (docs/performance.md). Otherwise (an app made by `create_app` alone,
+    tests, a handler someone added) it is an ordinary record of that logger.
     """
     listener = _listener
-    if listener is None or not _access.isEnabledFor(logging.INFO):
+    if listener is None or not _access.isEnabledFor(logging.INFO) or not _ours_alone(listener):
         _access.info(message, extra=fields)  # nothing logged when not enabled
         return
     line = {
-        "time": _utc_stamp(int(time.time())),
-        "level": "info",
-        "logger": ACCESS_LOGGER,
+        _TIME_KEY: _utc_stamp(int(time.time())),
+        _LEVEL_KEY: "info",  # ServiceFields writes levels in lower case
+        _LOGGER_KEY: ACCESS_LOGGER,
         "message": message,
         **{key: value for key, value in fields.items() if value is not None},
     }
+    if "request_id" not in line and (current := request_id.get()) is not None:
+        line["request_id"] = current  # where _RequestIdFilter would put it: last
     try:
         listener.records.put(orjson.dumps(line).decode())
     except orjson.JSONEncodeError:  # a value orjson refuses: the record's way round it
         _access.info(message, extra=fields)
+
+
+def _ours_alone(listener: _BurstListener) -> bool:
+    """Whether an access record would reach no handler or filter but the listener's
+    entry handler: checked per line (about 0.3 µs), as logging is configurable live."""
+    logger: logging.Logger | None = _access
+    root = logging.root
+    while logger is not None and logger is not root:
+        if logger.handlers or logger.filters or not logger.propagate:
+            return False
+        logger = logger.parent
+    return not root.filters and len(root.handlers) == 1 and root.handlers[0] is listener.entry
 
 
 @functools.lru_cache(maxsize=1)
