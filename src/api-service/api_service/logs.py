@@ -169,6 +169,8 @@ class _BurstListener(logging.handlers.QueueListener):
         self.records = records
         # The handler that queues the service's records here (set by configure_logging).
         self.entry: logging.Handler | None = None
+        # The handlers' own formatters, to tell whether someone replaced one.
+        self.formatters = tuple(handler.formatter for handler in handlers)
 
     def handle(self, record: logging.LogRecord | str) -> None:
         """A record goes to the handlers; a line (from `log_access`) is held as it is."""
@@ -177,7 +179,8 @@ class _BurstListener(logging.handlers.QueueListener):
             return
         for handler in self.handlers:
             if isinstance(handler, _BurstHandler):
-                handler.hold(record)
+                with handler.lock:  # type: ignore[union-attr]  # as a record's emit runs
+                    handler.hold(record)
 
     # The queue holds lines as well as records (see `handle`).
     def dequeue(self, block: bool) -> logging.LogRecord | str:  # type: ignore[override]
@@ -240,16 +243,15 @@ def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -
 def log_access(message: str, fields: dict[str, Any]) -> None:
     """The access line of a request: an INFO entry of the `api_service.access` logger,
     `message` with `fields` (`extra=` fields, JSON values, in the line's order; a None
-    value is left out; `request_id`, when not among them, is the current request's).
+    value is left out; `request_id`, when not given, is the current request's).
 
-    While `configure_logging`'s pipeline is all that would see the record (no handler,
-    filter or `propagate = False` on the way to the root, the root's handler ours
-    alone), the line is made here with orjson, as `JsonFormatter` would make it from
-    the record, and queued for the listener as text. A `LogRecord` cost the event loop
-    about 9 µs and its formatting the listener thread about 15 µs, both under the event
-    loop's GIL: at 3,000 requests a second the access log took a fifth of the
+    While the line would meet nothing of `logging`'s but what `configure_logging` set
+    up (`_ours_alone`), it is made here with orjson, as `JsonFormatter` would make it
+    from the record, and queued for the listener as text. A `LogRecord` cost the event
+    loop about 9 µs and its formatting the listener thread about 15 µs, both under the
+    event loop's GIL: at 3,000 requests a second the access log took a fifth of the
     throughput (docs/performance.md). Otherwise (an app made by `create_app` alone,
-    tests, a handler someone added) it is an ordinary record of that logger.
+    tests, a handler or filter someone added) it is an ordinary record of that logger.
     """
     listener = _listener
     if listener is None or not _access.isEnabledFor(logging.INFO) or not _ours_alone(listener):
@@ -260,26 +262,43 @@ def log_access(message: str, fields: dict[str, Any]) -> None:
         _LEVEL_KEY: "info",  # ServiceFields writes levels in lower case
         _LOGGER_KEY: ACCESS_LOGGER,
         "message": message,
-        **{key: value for key, value in fields.items() if value is not None},
+        **fields,
     }
-    if "request_id" not in line and (current := request_id.get()) is not None:
-        line["request_id"] = current  # where _RequestIdFilter would put it: last
+    if line.get("request_id") is None:
+        line["request_id"] = request_id.get()  # where _RequestIdFilter puts it: in place or last
     try:
-        listener.records.put(orjson.dumps(line).decode())
+        text = orjson.dumps({key: value for key, value in line.items() if value is not None})
     except orjson.JSONEncodeError:  # a value orjson refuses: the record's way round it
         _access.info(message, extra=fields)
+        return
+    listener.records.put(text.decode())
 
 
 def _ours_alone(listener: _BurstListener) -> bool:
-    """Whether an access record would reach no handler or filter but the listener's
-    entry handler: checked per line (about 0.3 µs), as logging is configurable live."""
+    """Whether an access record would meet only what `configure_logging` set up: the
+    default record factory, no handler, filter or `propagate = False` on the access
+    logger, no handler on the loggers above it (their filters never see a child's
+    records), and at the root the listener's entry handler alone, with its one filter,
+    its level and the listener's handlers as they were. Checked per line (under 1 µs),
+    as logging can be configured at any time."""
+    if logging.getLogRecordFactory() is not logging.LogRecord or _access.filters:
+        return False
     logger: logging.Logger | None = _access
     root = logging.root
     while logger is not None and logger is not root:
-        if logger.handlers or logger.filters or not logger.propagate:
+        if logger.handlers or not logger.propagate:
             return False
         logger = logger.parent
-    return not root.filters and len(root.handlers) == 1 and root.handlers[0] is listener.entry
+    entry = listener.entry
+    if len(root.handlers) != 1 or root.handlers[0] is not entry or entry is None:
+        return False
+    if len(entry.filters) != 1 or entry.level > logging.INFO:
+        return False
+    handlers = listener.handlers
+    return all(
+        not handler.filters and handler.formatter is formatter
+        for handler, formatter in zip(handlers, listener.formatters, strict=False)
+    ) and len(handlers) == len(listener.formatters)
 
 
 @functools.lru_cache(maxsize=1)

@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.types import Message, Receive, Scope, Send
@@ -210,8 +211,9 @@ _TIME = re.compile(r'"time":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"')
 @pytest.fixture
 def india_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The host's zone is UTC+05:30, so a local time stamp cannot pass for UTC."""
-    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    monkeypatch.setenv("TZ", "IST-05:30")  # POSIX form: needs no zone data
     time.tzset()
+    assert time.localtime().tm_gmtoff == 19_800
     yield
     monkeypatch.undo()
     time.tzset()
@@ -246,52 +248,109 @@ def test_an_access_line_is_the_line_its_record_makes(
     assert int(before) <= written.replace(tzinfo=datetime.UTC).timestamp() <= after
 
 
+class Seen(logging.Handler):
+    """A handler, or a filter (`seen`, `drop`), that notes each record's message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def seen(self, record: logging.LogRecord) -> bool:
+        self.emit(record)
+        return True
+
+    def drop(self, record: logging.LogRecord) -> bool:
+        self.emit(record)
+        return False
+
+
+Setup = Callable[[pytest.MonkeyPatch, logging.Logger, Seen, logging.Handler, logging.Handler], None]
+MESSAGE = "GET /healthz 200"
+PARENT = logging.getLogger("api_service")
+ROUTES: list[tuple[str, Setup, list[str], list[str]]] = [
+    # id, setup(monkeypatch, access logger, seen, entry handler, stream handler),
+    # what `Seen` sees, the messages on stderr
+    ("handler", lambda mp, log, seen, e, o: mp.setattr(log, "handlers", [seen]),
+     [MESSAGE], [MESSAGE]),
+    ("parent-handler", lambda mp, log, seen, e, o: mp.setattr(PARENT, "handlers", [seen]),
+     [MESSAGE], [MESSAGE]),
+    ("root-handler", lambda mp, log, seen, e, o: mp.setattr(logging.root, "handlers", [e, seen]),
+     [MESSAGE], [MESSAGE]),
+    ("filter", lambda mp, log, seen, e, o: mp.setattr(log, "filters", [seen.seen]),
+     [MESSAGE], [MESSAGE]),
+    ("propagate-false-handler",
+     lambda mp, log, seen, e, o: (
+         mp.setattr(log, "handlers", [seen]), mp.setattr(log, "propagate", False)),
+     [MESSAGE], []),
+    ("propagate-false", lambda mp, log, seen, e, o: mp.setattr(log, "propagate", False),
+     [], []),
+    ("entry-filter", lambda mp, log, seen, e, o: mp.setattr(e, "filters", [*e.filters, seen.drop]),
+     [MESSAGE], []),
+    ("entry-level", lambda mp, log, seen, e, o: mp.setattr(e, "level", logging.WARNING),
+     [], []),
+    ("stream-filter", lambda mp, log, seen, e, o: mp.setattr(o, "filters", [seen.drop]),
+     [MESSAGE], []),
+    ("stream-formatter",
+     lambda mp, log, seen, e, o: mp.setattr(o, "formatter", logging.Formatter("%(message)s")),
+     [], [MESSAGE]),
+    ("parent-filter",  # never applied to a child's records: the line is written
+     lambda mp, log, seen, e, o: mp.setattr(PARENT, "filters", [seen.drop]),
+     [], [MESSAGE]),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "configure",
-    [
-        pytest.param(lambda access, seen: access.addHandler(seen), id="handler"),
-        pytest.param(lambda access, seen: access.parent.addHandler(seen), id="parent-handler"),
-        pytest.param(lambda access, seen: logging.root.addHandler(seen), id="root-handler"),
-        pytest.param(lambda access, seen: access.addFilter(seen.seen), id="filter"),
-        pytest.param(
-            lambda access, seen: (access.addHandler(seen), setattr(access, "propagate", False)),
-            id="propagate-false",
-        ),
-    ],
+    ("setup", "seen_expected", "written"),
+    [pytest.param(*case[1:], id=case[0]) for case in ROUTES],
 )
-def test_access_records_reach_whatever_else_logging_sends_them_to(
+def test_access_records_go_where_logging_is_configured_to_send_them(
     stderr: CountingStream,
-    configure: Callable[[logging.Logger, logging.Handler], object],
+    monkeypatch: pytest.MonkeyPatch,
+    setup: Setup,
+    seen_expected: list[str],
+    written: list[str],
 ) -> None:
-    """A handler or filter added to the access logger or above it still sees each
-    access record (caplog, a file, an error tracker): the line is then its record."""
-    from api_service.logs import ACCESS_LOGGER, log_access
+    """Whatever someone adds to `logging` (caplog, a file, an error tracker, a filter
+    to drop probes, another format) sees each access record and acts on it, exactly
+    as on a record: the line is then its record."""
+    from api_service import logs
 
-    class Seen(logging.Handler):
-        def __init__(self) -> None:
-            super().__init__()
-            self.messages: list[str] = []
-
-        def emit(self, record: logging.LogRecord) -> None:
-            self.messages.append(record.getMessage())
-
-        def seen(self, record: logging.LogRecord) -> bool:
-            self.emit(record)
-            return True
-
-    access, seen = logging.getLogger(ACCESS_LOGGER), Seen()
     configure_logging(stream=stderr)
-    root_handlers = logging.root.handlers[:]
-    configure(access, seen)
+    assert logs._listener is not None and logs._listener.entry is not None
+    seen = Seen()
+    with monkeypatch.context() as patch:
+        entry, out = logs._listener.entry, logs._listener.handlers[0]
+        setup(patch, logging.getLogger(logs.ACCESS_LOGGER), seen, entry, out)
+        logs.log_access(MESSAGE, {"request_id": "r-1", "status": 200})
+        stop_logging()
+    lines = stderr.getvalue().splitlines()
+    assert [line if line[0] != "{" else json.loads(line)["message"] for line in lines] == written
+    assert seen.messages == seen_expected
+
+
+def test_a_record_factory_still_shapes_the_access_line(stderr: CountingStream) -> None:
+    """A record factory (OpenTelemetry's adds trace ids) applies to the access line too."""
+    from api_service.logs import log_access
+
+    make = logging.getLogRecordFactory()
+
+    def traced(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        record.trace_id = "abc"
+        return record
+
+    configure_logging(stream=stderr)
+    logging.setLogRecordFactory(traced)
     try:
-        log_access("GET /healthz 200", {"request_id": "r-1", "status": 200})
+        log_access(MESSAGE, {"request_id": "r-1", "status": 200})
     finally:
-        access.handlers[:], access.filters[:], access.propagate = [], [], True
-        assert access.parent is not None
-        access.parent.handlers[:] = []
-        logging.root.handlers[:] = root_handlers
+        logging.setLogRecordFactory(make)
     stop_logging()
-    assert seen.messages == ["GET /healthz 200"]
+    (line,) = stderr.getvalue().splitlines()
+    assert json.loads(line)["trace_id"] == "abc"
 
 
 def test_the_access_line_skips_the_log_record_and_keeps_its_place(
