@@ -731,7 +731,8 @@ def serve(
         "--static-dir",
         str(static),
     ]
-    console.print(f"serving on http://{bind_host}:{bind_port}")
+    # Before the server checks the port: it says why it cannot serve, if it cannot.
+    console.print(f"starting the API and the page on http://{bind_host}:{bind_port}")
     sys.stdout.flush()
     os.execv(sys.executable, command)
 
