@@ -169,7 +169,8 @@ class _BurstListener(logging.handlers.QueueListener):
         self.records = records
         # The handler that queues the service's records here (set by configure_logging).
         self.entry: logging.Handler | None = None
-        # The handlers' own formatters, to tell whether someone replaced one.
+        # The handlers and their formatters as made, to tell whether someone changed them.
+        self.own_handlers = self.handlers
         self.formatters = tuple(handler.formatter for handler in handlers)
 
     def handle(self, record: logging.LogRecord | str) -> None:
@@ -266,8 +267,10 @@ def log_access(message: str, fields: dict[str, Any]) -> None:
     }
     if line.get("request_id") is None:
         line["request_id"] = request_id.get()  # where _RequestIdFilter puts it: in place or last
+    if None in line.values():  # a scan in C; the copy only when there is something to drop
+        line = {key: value for key, value in line.items() if value is not None}
     try:
-        text = orjson.dumps({key: value for key, value in line.items() if value is not None})
+        text = orjson.dumps(line)
     except orjson.JSONEncodeError:  # a value orjson refuses: the record's way round it
         _access.info(message, extra=fields)
         return
@@ -294,11 +297,12 @@ def _ours_alone(listener: _BurstListener) -> bool:
         return False
     if len(entry.filters) != 1 or entry.level > logging.INFO:
         return False
-    handlers = listener.handlers
-    return all(
-        not handler.filters and handler.formatter is formatter
-        for handler, formatter in zip(handlers, listener.formatters, strict=False)
-    ) and len(handlers) == len(listener.formatters)
+    if listener.handlers is not listener.own_handlers:
+        return False
+    for handler, formatter in zip(listener.handlers, listener.formatters, strict=True):
+        if handler.filters or handler.formatter is not formatter:
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=1)
