@@ -100,8 +100,8 @@ def serve(
     configure_logging(logging.INFO)
     exit_at_sigterm()
     try:  # from here on, whatever ends the process writes the log out first
-        # The batcher and log threads wake for short moments; each must take the GIL
-        # from a busy event loop, which by default hands it over only every 5 ms.
+        # The log thread wakes for short moments; it must take the GIL from a busy
+        # event loop, which by default hands it over only every 5 ms.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
             application = create_app(settings)

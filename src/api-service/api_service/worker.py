@@ -1,16 +1,16 @@
 """Decoding and inference in a child process, so the event loop keeps its GIL to itself.
 
 Decoding a small upload and running the model release the GIL a dozen times per
-image. In one process, each time the batcher thread wants it back it waits for the
-busy event loop to hand it over (up to the interpreter's switch interval), so under
-load the service ran on one core while the other sat idle. The child has its own
-interpreter and GIL: the server's batcher thread only sends a batch of raw uploads
-and waits, without the GIL, for probabilities.
+image. In the server's process, each time that work wanted the GIL back it would
+wait for the busy event loop to hand it over (up to the interpreter's switch
+interval), and the service ran on one core while the other sat idle. The child has
+its own interpreter and GIL: the event loop only sends it a batch of raw uploads and
+awaits, without blocking, its probabilities (`InferenceWorker.run`).
 
 The child is `python -m api_service.worker FD`, talking over one end of a socket
-pair with `multiprocessing.connection` framing. It imports no web framework. A
-decoder crash on a crafted image kills the child, not the server: the batch in
-flight fails with 500s and the next batch starts a new child.
+pair: each message a pickle behind its 8-byte length (`FRAME`). It imports no web
+framework. A decoder crash on a crafted image kills the child, not the server: the
+batch in flight fails with 500s and the next batch starts a new child.
 
 What the child writes to stderr (LiteRT's "INFO: Created TensorFlow Lite XNNPACK
 delegate for CPU." at every load, a traceback if it dies) reaches the server's log as
@@ -19,17 +19,20 @@ records of the `api_service.worker` logger, one per line, so the log stays JSON 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import pickle
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,8 +57,22 @@ class WorkerError(RuntimeError):
 BatchResult = tuple[list[np.ndarray | InputError], float, float]
 
 
+@dataclass(frozen=True)
+class _Channel:
+    """Streams on the inference process's socket, for the event loop that made them."""
+
+    loop: asyncio.AbstractEventLoop
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    process: subprocess.Popen[bytes]
+
+
 class InferenceWorker:
-    """The server's handle on one inference process for one model version."""
+    """The server's handle on one inference process for one model version.
+
+    `start` and `close` block (call them from a thread); `run` is a coroutine for the
+    event loop, one batch at a time.
+    """
 
     def __init__(self, model: ServedModel, *, threads: int, max_batch: int, max_pixels: int):
         self.version = model.version
@@ -68,20 +85,20 @@ class InferenceWorker:
             "max_pixels": max_pixels,
         }
         self._process: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
+        self._sock: socket.socket | None = None
         self._closed = False
         self._busy_since: float | None = None
+        self._channel: _Channel | None = None
 
     def start(self) -> None:
         """Start the process; return once its model is loaded and warm (else WorkerError)."""
         ours, theirs = socket.socketpair()
-        with ours, theirs:
+        with theirs:
             process = subprocess.Popen(
                 [sys.executable, "-m", "api_service.worker", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stderr=subprocess.PIPE,
             )
-            conn = Connection(ours.detach())
         assert process.stderr is not None
         threading.Thread(
             target=_forward_stderr,
@@ -90,21 +107,25 @@ class InferenceWorker:
             daemon=True,
         ).start()
         try:
-            conn.send(self._config)
-            if not conn.poll(READY_TIMEOUT_S):
-                raise WorkerError(f"the inference process was not ready in {READY_TIMEOUT_S:.0f} s")
-            status, detail = conn.recv()
+            ours.settimeout(READY_TIMEOUT_S)
+            send_message(ours, pickle.dumps(self._config, protocol=PROTOCOL))
+            status, detail = pickle.loads(receive_message(ours))
             if status != "ready":
                 raise WorkerError(detail)
         except BaseException as exc:
             _end(process)
-            conn.close()
+            ours.close()
+            if isinstance(exc, TimeoutError):
+                raise WorkerError(
+                    f"the inference process was not ready in {READY_TIMEOUT_S:.0f} s"
+                ) from exc
             if isinstance(exc, (EOFError, OSError)):
                 raise WorkerError(
                     f"the inference process exited with {process.returncode} while loading"
                 ) from exc
             raise
-        self._process, self._conn = process, conn
+        ours.setblocking(False)  # from now on the event loop reads and writes it
+        self._process, self._sock = process, ours
         threading.Thread(
             target=self._watch, args=(process,), name=f"{self.version}-watchdog", daemon=True
         ).start()
@@ -119,23 +140,65 @@ class InferenceWorker:
             if started is not None and time.monotonic() - started > BATCH_TIMEOUT_S:
                 process.kill()
 
-    def run(self, images: list[bytes]) -> BatchResult:
+    async def run(self, images: list[bytes]) -> BatchResult:
         """Per image its probabilities or the InputError that refused it; decode and
-        inference seconds. One batch at a time, from one thread."""
-        if self._conn is None:
+        inference seconds (`submit`, awaited)."""
+        return await self.submit(images)
+
+    def submit(self, images: list[bytes]) -> Coroutine[Any, Any, BatchResult]:
+        """Send a batch now and return the coroutine that awaits its `BatchResult`.
+        WorkerError (raised by the coroutine) if the process dies or was stopped first;
+        a process that is gone is replaced first, loaded on a thread.
+
+        On the event loop, one batch at a time. Sending at once, not in the coroutine,
+        spares the batch a turn of the loop (milliseconds under load) before the
+        process gets it. Cancelled mid-batch, the coroutine kills the process (the
+        reply would be half-read), and the next batch starts a new one.
+        """
+        message = _framed(pickle.dumps(images, protocol=PROTOCOL))
+        channel = self._channel
+        if channel is not None and channel.loop is asyncio.get_running_loop():
+            self._busy_since = time.monotonic()
+            channel.writer.write(message)  # what the socket does not take now, it buffers
+            return self._reply(channel)
+        return self._send_and_reply(message)
+
+    async def _send_and_reply(self, message: bytes) -> BatchResult:
+        """`submit`'s path when this loop has no channel yet, or there is no process."""
+        loop = asyncio.get_running_loop()
+        if self._sock is None:
             if self._closed:
                 raise WorkerError("the inference process was stopped")
-            self.start()
-        assert self._conn is not None and self._process is not None
+            await loop.run_in_executor(None, self.start)
+        channel = await self._attach(loop)
         self._busy_since = time.monotonic()
+        channel.writer.write(message)
+        return await self._reply(channel)
+
+    async def _attach(self, loop: asyncio.AbstractEventLoop) -> _Channel:
+        """This loop's streams on the process's socket (a copy the streams own and close)."""
+        assert self._sock is not None and self._process is not None
+        self._detach()
+        reader, writer = await asyncio.open_connection(sock=self._sock.dup())
+        self._channel = _Channel(loop, reader, writer, self._process)
+        return self._channel
+
+    def _detach(self) -> None:
+        """Close the current streams, from any thread, unless their loop is gone."""
+        channel, self._channel = self._channel, None
+        if channel is not None and not channel.loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                channel.loop.call_soon_threadsafe(channel.writer.close)
+
+    async def _reply(self, channel: _Channel) -> BatchResult:
         try:
-            self._conn.send_bytes(pickle.dumps(images, protocol=PROTOCOL))
-            reply = pickle.loads(self._conn.recv_bytes())
-        except (EOFError, OSError) as exc:
-            _end(self._process)
-            code = self._process.returncode
-            self._forget()
-            raise WorkerError(f"the inference process died (exit code {code})") from exc
+            (size,) = FRAME.unpack(await channel.reader.readexactly(FRAME.size))
+            reply = pickle.loads(await channel.reader.readexactly(size))
+        except (EOFError, OSError) as exc:  # IncompleteReadError is an EOFError
+            raise self._died(channel.process) from exc
+        except BaseException:
+            self._died(channel.process)
+            raise
         finally:
             self._busy_since = None
         if reply[0] != "ok":
@@ -146,15 +209,25 @@ class InferenceWorker:
         ]
         return results, decode_s, infer_s
 
+    def _died(self, process: subprocess.Popen[bytes]) -> WorkerError:
+        """End and forget `process`; the error for the batch it leaves unanswered."""
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if process is self._process:
+            self._forget()
+        return WorkerError(f"the inference process died (exit code {process.returncode})")
+
     def close(self) -> None:
         """Ask the process to exit and wait for it (killed after a few seconds).
 
-        Only from the thread that runs batches; any other thread uses `kill`.
+        Only while no batch runs (the batcher closes it once drained); any other time,
+        from any thread, use `kill`.
         """
         self._closed = True
-        if self._conn is not None:
+        if self._sock is not None:
             with contextlib.suppress(OSError):
-                self._conn.send_bytes(b"")
+                self._sock.shutdown(socket.SHUT_WR)  # the process reads the end and exits
         if self._process is not None:
             _end(self._process, grace=5.0)
         self._forget()
@@ -167,10 +240,42 @@ class InferenceWorker:
             process.kill()
 
     def _forget(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+        self._detach()
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
         self._process = None
+
+
+# Each message between the server and its inference process: its length, then a pickle.
+FRAME = struct.Struct("!Q")
+
+
+def _framed(payload: bytes) -> bytes:
+    return FRAME.pack(len(payload)) + payload
+
+
+def send_message(sock: socket.socket, payload: bytes) -> None:
+    """Send one message on a blocking socket."""
+    sock.sendall(_framed(payload))
+
+
+def receive_message(sock: socket.socket) -> bytes:
+    """Receive one message on a blocking socket; EOFError if the other end closed it."""
+    (size,) = FRAME.unpack(_read_exactly(sock, FRAME.size))
+    return _read_exactly(sock, size)
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        count = sock.recv_into(view[got:])
+        if not count:
+            raise EOFError
+        got += count
+    return bytes(buffer)
 
 
 def stderr_level(line: str) -> int:
@@ -225,31 +330,32 @@ def _handle(engine: Engine, images: list[bytes], spec: Preprocess, max_pixels: i
     return ("ok", rows, probabilities, decoded - started, time.perf_counter() - decoded)
 
 
-def serve(conn: Connection) -> None:
-    """Load the engine the first message describes, then answer batches until told to stop."""
-    config: dict[str, Any] = conn.recv()
+def serve(sock: socket.socket) -> None:
+    """Load the engine the first message describes, then answer batches until the
+    server closes its end."""
+    config: dict[str, Any] = pickle.loads(receive_message(sock))
     spec = Preprocess.model_validate(config["spec"])
     try:
         engine = Engine(Path(config["tflite"]), spec.shape, config["threads"], config["max_batch"])
         engine.warm_up(config["classes"])
     except Exception as exc:  # reported to the server, which keeps its current model
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        send_message(sock, pickle.dumps(("error", f"{type(exc).__name__}: {exc}")))
         return
-    conn.send(("ready", None))
-    while message := conn.recv_bytes():
+    send_message(sock, pickle.dumps(("ready", None)))
+    while True:
+        message = receive_message(sock)
         try:
             reply = _handle(engine, pickle.loads(message), spec, config["max_pixels"])
         except Exception as exc:  # this batch fails; the process serves the next one
             reply = ("failed", f"{type(exc).__name__}: {exc}")
-        conn.send_bytes(pickle.dumps(reply, protocol=PROTOCOL))
+        send_message(sock, pickle.dumps(reply, protocol=PROTOCOL))
 
 
 if __name__ == "__main__":
     # Ctrl-C or a supervisor's SIGTERM reaches the whole process group; the server
-    # drains its requests first and then closes this process's connection.
+    # drains its requests first and then closes its end of the socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    connection = Connection(int(sys.argv[1]))
-    with contextlib.suppress(EOFError):  # the server went away
-        serve(connection)
+    with socket.socket(fileno=int(sys.argv[1])) as connection, contextlib.suppress(EOFError):
+        serve(connection)  # EOFError: the server closed its end, or went away

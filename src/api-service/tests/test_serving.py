@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from unittest.mock import ANY
 
 import numpy as np
@@ -226,12 +227,8 @@ def test_by_default_a_lone_image_goes_to_inference_without_waiting(
     tiny_pipeline: TinyPipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On CPU a wait for more images only idles the inference process (docs/serving.md):
-    with the default settings the batcher never sleeps before sending a batch (the wait
-    is a `time.sleep` in `MicroBatcher._run`)."""
-    import threading
-    import time
-
-    from api_service import batching
+    with the default settings the batcher never sets a timer before sending a batch
+    (the wait is a `loop.call_later` in `MicroBatcher._dispatch`)."""
     from api_service.manager import ModelManager
 
     monkeypatch.delenv("MEGA_MAX_WAIT_MS", raising=False)  # the default, not the shell's
@@ -239,24 +236,118 @@ def test_by_default_a_lone_image_goes_to_inference_without_waiting(
     manager = ModelManager(settings, Metrics())
     manager.check()
     assert manager.active is not None
+    batcher = manager.active.batcher
     waits: list[float] = []
-    sleep = time.sleep
-
-    def spy(seconds: float) -> None:
-        if threading.current_thread().name.startswith("batcher-"):
-            waits.append(seconds)
-        sleep(seconds)
-
     image = tiny_pipeline.test_images()[0][0].read_bytes()
+
+    async def predict_three() -> None:
+        loop = asyncio.get_running_loop()
+        call_later = loop.call_later
+
+        def spy(delay: float, *args: Any) -> asyncio.TimerHandle:
+            waits.append(delay)
+            return call_later(delay, *args)
+
+        loop.call_later = spy  # type: ignore[method-assign]
+        for _ in range(3):
+            await batcher.predict_many([image])
+
     try:
-        # Spied on while serving only: stopping the process waits for it in steps.
-        with monkeypatch.context() as patch:
-            patch.setattr(batching.time, "sleep", spy)
-            for _ in range(3):
-                asyncio.run(manager.active.batcher.predict_many([image]))
+        asyncio.run(predict_three())
     finally:
         manager.close()
     assert waits == []
+
+
+def test_the_event_loop_talks_to_the_inference_process_itself(
+    tiny_pipeline: TinyPipeline,
+) -> None:
+    """No thread of the server sits between the loop and the process: each hop to one
+    cost a GIL hand-off from the busy loop (docs/performance.md). Batches are answered
+    from one loop after another (a test's `asyncio.run` each), and a batch cut off
+    when its loop closes takes its process with it: the next gets a new one."""
+    import os
+    import signal
+    import threading
+
+    model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
+    image = tiny_pipeline.test_images()[0][0].read_bytes()
+    batcher = MicroBatcher(
+        model,
+        max_batch=4,
+        max_wait_ms=0,
+        max_queue=10,
+        max_pixels=10**6,
+        drift_window=10,
+        metrics=Metrics(),
+    )
+    before = set(threading.enumerate())
+    batcher.start()
+    try:
+        started = {t.name for t in set(threading.enumerate()) - before}
+        assert started == {f"{model.version}-stderr", f"{model.version}-watchdog"}
+        [first] = asyncio.run(batcher.predict_many([image]))
+        [again] = asyncio.run(batcher.predict_many([image]))  # another loop
+        np.testing.assert_array_equal(first, again)
+        stopped = batcher.worker._process
+        assert stopped is not None
+        os.kill(stopped.pid, signal.SIGSTOP)  # its batch never comes back
+
+        async def give_up() -> None:
+            await asyncio.wait_for(batcher.predict_many([image]), timeout=0.5)
+
+        with pytest.raises(TimeoutError):
+            asyncio.run(give_up())  # closing the loop cancels the batch in flight
+        assert stopped.poll() is not None, "the process of a cut-off batch is stopped"
+        [fresh] = asyncio.run(batcher.predict_many([image]))
+        np.testing.assert_array_equal(fresh, first)
+        assert batcher.worker._process is not None
+        assert batcher.worker._process.pid != stopped.pid
+    finally:
+        batcher.close()
+
+
+def test_close_answers_what_is_queued_before_the_process_ends(
+    tiny_pipeline: TinyPipeline,
+) -> None:
+    """A swap closes the old batcher from the manager's thread while the event loop
+    still has its requests: each is answered, then the process ends."""
+    import threading
+
+    from api_service.batching import BatcherClosedError
+
+    model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
+    image = tiny_pipeline.test_images()[0][0].read_bytes()
+    batcher = MicroBatcher(
+        model,
+        max_batch=2,
+        max_wait_ms=0,
+        max_queue=100,
+        max_pixels=10**6,
+        drift_window=10,
+        metrics=Metrics(),
+    )
+    batcher.start()
+    process = batcher.worker._process
+    queued = threading.Event()
+    answers: list[list] = []
+
+    async def twelve_requests() -> None:
+        requests = [asyncio.ensure_future(batcher.predict_many([image])) for _ in range(12)]
+        await asyncio.sleep(0)  # each is queued now; one batch of two is running
+        queued.set()
+        answers.extend(await asyncio.gather(*requests))
+
+    loop_thread = threading.Thread(target=asyncio.run, args=(twelve_requests(),))
+    loop_thread.start()
+    assert queued.wait(10)
+    batcher.close()  # six batches still to run
+    loop_thread.join(10)
+    assert len(answers) == 12
+    assert all(row.shape == (len(model.labels),) for [row] in answers)
+    assert process is not None and process.poll() is not None
+    with pytest.raises(BatcherClosedError):
+        asyncio.run(batcher.predict_many([image]))
 
 
 def test_batcher_refuses_when_the_queue_is_full(tiny_pipeline: TinyPipeline) -> None:
@@ -316,11 +407,15 @@ def test_a_hung_inference_process_is_killed_and_replaced(
         assert hung is not None
         os.kill(hung.pid, signal.SIGSTOP)  # as if a decoder never returned
         started = time.monotonic()
-        with pytest.raises(WorkerError):
-            worker.run([image])
-        assert time.monotonic() - started < 10
-        [probabilities], _, _ = worker.run([image])  # a new process answers
-        assert probabilities.shape == (len(model.labels),)
+
+        async def twice() -> np.ndarray:
+            with pytest.raises(WorkerError):
+                await worker.run([image])
+            assert time.monotonic() - started < 10
+            [probabilities], _, _ = await worker.run([image])  # a new process answers
+            return probabilities
+
+        assert asyncio.run(twice()).shape == (len(model.labels),)
         assert worker._process is not None and worker._process.pid != hung.pid
     finally:
         worker.close()
