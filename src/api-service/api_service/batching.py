@@ -18,7 +18,9 @@ and the inference process: each hop to one cost a GIL hand-off from the busy loo
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Sequence
@@ -32,10 +34,6 @@ from api_service.monitoring import DriftWindow, Metrics
 from api_service.worker import BatchResult, InferenceWorker, WorkerError
 
 log = logging.getLogger("api_service.batching")
-
-
-# How often `close` looks whether the event loop has finished the queue.
-CLOSE_POLL_S = 0.005
 
 
 class BatcherClosedError(RuntimeError):
@@ -76,7 +74,9 @@ class MicroBatcher:
         self._queue: deque[_Item] = deque()
         self._running: asyncio.Task[None] | None = None  # the batch in the process
         self._timer: asyncio.TimerHandle | None = None  # the max_wait_ms wait
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that queues
         self._closed = False
+        self._drained = threading.Event()  # closed, and nothing left to run
         self._predicted = {
             i: metrics.predictions.labels(model_version=model.version, label=label)
             for i, label in enumerate(model.labels)
@@ -90,17 +90,27 @@ class MicroBatcher:
         """Stop taking work, let the event loop finish what is queued, then end the
         process (blocking: call it from a thread, not the event loop). After `timeout`
         seconds the process is killed: what is left fails with 500s."""
-        self._closed = True
-        deadline = time.monotonic() + timeout
-        while self._busy() and time.monotonic() < deadline:
-            time.sleep(CLOSE_POLL_S)
-        if self._busy():
-            self.worker.kill()
-        else:
+        loop = self._loop
+        try:
+            if loop is None or not loop.is_running():
+                raise RuntimeError("no loop runs the queue")
+            # On the loop, so no request is queued between the check and the close.
+            loop.call_soon_threadsafe(self._close_on_loop)
+        except RuntimeError:  # nothing runs the queue: nothing can be answered
+            self._closed = True
+            self._drained.set()
+        if self._drained.wait(timeout):
             self.worker.close()
+        else:
+            self.worker.kill()
 
-    def _busy(self) -> bool:
-        return bool(self._queue) or self._running is not None or self._timer is not None
+    def _close_on_loop(self) -> None:
+        self._closed = True
+        self._if_drained()
+
+    def _if_drained(self) -> None:
+        if self._closed and not (self._queue or self._running or self._timer):
+            self._drained.set()
 
     async def predict_many(self, images: list[bytes]) -> list[np.ndarray | InputError]:
         """Probabilities for each image (or the `InputError` that refused it).
@@ -110,9 +120,11 @@ class MicroBatcher:
         """
         if self._closed:
             raise BatcherClosedError
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._follow(loop)
         if len(self._queue) + len(images) > self.max_queue:
             raise InputError(503, "overloaded", "too many images waiting; retry shortly")
-        loop = asyncio.get_running_loop()
         items = [_Item(data, loop.create_future()) for data in images]
         self._queue.extend(items)
         self._dispatch()
@@ -120,16 +132,31 @@ class MicroBatcher:
             return [await items[0].future]
         return list(await asyncio.gather(*(item.future for item in items)))
 
+    def _follow(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue on `loop` from now on. A server has one loop; tests run one after
+        another, and what an ended loop left (its requests, its timer, its batch's
+        task) can never run: it is dropped. RuntimeError while another loop runs."""
+        if self._loop is not None and self._loop.is_running():
+            raise RuntimeError("a batcher serves one running event loop at a time")
+        self._loop = loop
+        self._queue.clear()
+        self._timer = None
+        self._running = None
+
     def _dispatch(self, waited: bool = False) -> None:
         """Start a batch of what is queued, unless one runs or the wait for more is on."""
-        if self._running is not None or not self._queue or (self._timer and not waited):
+        if waited:
+            self._timer = None
+        if self._running is not None or not self._queue or self._timer is not None:
             return
-        self._timer = None
         loop = asyncio.get_running_loop()
+        # Batches run in a context of their own: not the request's that happened to
+        # start them (its request id would label every batch's log lines).
+        context = contextvars.Context()
         if not waited and self.max_wait > 0 and len(self._queue) < self.max_batch:
             delay = self._queue[0].enqueued + self.max_wait - time.perf_counter()
             if delay > 0:
-                self._timer = loop.call_later(delay, self._dispatch, True)
+                self._timer = loop.call_later(delay, self._dispatch, True, context=context)
                 return
         batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
         started = time.perf_counter()
@@ -137,12 +164,13 @@ class MicroBatcher:
         for item in batch:
             self.metrics.queue_seconds.observe(started - item.enqueued)
         result = self.worker.submit([item.data for item in batch])
-        self._running = loop.create_task(self._run(batch, result))
+        self._running = loop.create_task(self._run(batch, result), context=context)
 
     async def _run(self, batch: list[_Item], result: Awaitable[BatchResult]) -> None:
         results: Sequence[object]
         try:
             results, decode_s, infer_s = await result
+            self._record(results, decode_s, infer_s)
         except WorkerError as exc:
             # The next batch starts a new process (`InferenceWorker.submit` does).
             log.error("inference process failed on a batch of %d: %s", len(batch), exc)
@@ -150,12 +178,11 @@ class MicroBatcher:
         except Exception as exc:  # the requests get a 500; the next batch goes on
             log.exception("batch of %d failed", len(batch))
             results = [exc] * len(batch)
-        else:
-            self._record(results, decode_s, infer_s)
         finally:
             self._running = None  # also when cancelled: the loop is closing
         self._complete(batch, results)
         self._dispatch()  # what queued meanwhile
+        self._if_drained()
 
     def _record(
         self, results: list[np.ndarray | InputError], decode_s: float, infer_s: float
@@ -174,7 +201,9 @@ class MicroBatcher:
     @staticmethod
     def _complete(batch: list[_Item], results: Sequence[object]) -> None:
         """Answer the batch's requests that are still waiting (a client that went away
-        cancelled its own)."""
+        cancelled its own). A result missing (a reply too short) is a 500."""
+        if len(results) != len(batch):
+            results = [WorkerError(f"{len(results)} results for {len(batch)} images")] * len(batch)
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue

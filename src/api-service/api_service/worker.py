@@ -5,7 +5,7 @@ image. In the server's process, each time that work wanted the GIL back it would
 wait for the busy event loop to hand it over (up to the interpreter's switch
 interval), and the service ran on one core while the other sat idle. The child has
 its own interpreter and GIL: the event loop only sends it a batch of raw uploads and
-awaits, without blocking, its probabilities (`InferenceWorker.run`).
+awaits, without blocking, its probabilities (`InferenceWorker.submit`).
 
 The child is `python -m api_service.worker FD`, talking over one end of a socket
 pair: each message a pickle behind its 8-byte length (`FRAME`). It imports no web
@@ -65,13 +65,14 @@ class _Channel:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     process: subprocess.Popen[bytes]
+    sock: socket.socket  # the copy of the process's socket the streams own
 
 
 class InferenceWorker:
     """The server's handle on one inference process for one model version.
 
-    `start` and `close` block (call them from a thread); `run` is a coroutine for the
-    event loop, one batch at a time.
+    `start` and `close` block (call them from a thread); `submit` (and `run`) are for
+    the event loop, one batch at a time.
     """
 
     def __init__(self, model: ServedModel, *, threads: int, max_batch: int, max_pixels: int):
@@ -166,10 +167,17 @@ class InferenceWorker:
     async def _send_and_reply(self, message: bytes) -> BatchResult:
         """`submit`'s path when this loop has no channel yet, or there is no process."""
         loop = asyncio.get_running_loop()
+        if self._process is not None and self._busy_since is not None:
+            # A reply is still owed to a batch of a loop that ended: it would be read
+            # as this one's. A new process starts clean.
+            self._died(self._process)
         if self._sock is None:
             if self._closed:
                 raise WorkerError("the inference process was stopped")
             await loop.run_in_executor(None, self.start)
+            if self._closed and self._process is not None:  # stopped while it loaded
+                self._died(self._process)
+                raise WorkerError("the inference process was stopped")
         channel = await self._attach(loop)
         self._busy_since = time.monotonic()
         channel.writer.write(message)
@@ -179,16 +187,20 @@ class InferenceWorker:
         """This loop's streams on the process's socket (a copy the streams own and close)."""
         assert self._sock is not None and self._process is not None
         self._detach()
-        reader, writer = await asyncio.open_connection(sock=self._sock.dup())
-        self._channel = _Channel(loop, reader, writer, self._process)
+        sock = self._sock.dup()
+        reader, writer = await asyncio.open_connection(sock=sock)
+        self._channel = _Channel(loop, reader, writer, self._process, sock)
         return self._channel
 
     def _detach(self) -> None:
-        """Close the current streams, from any thread, unless their loop is gone."""
+        """Close the current streams, from any thread."""
         channel, self._channel = self._channel, None
-        if channel is not None and not channel.loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # closed meanwhile
-                channel.loop.call_soon_threadsafe(channel.writer.close)
+        if channel is None:
+            return
+        try:
+            channel.loop.call_soon_threadsafe(channel.writer.close)
+        except RuntimeError:  # the loop is closed: its streams can only drop the socket
+            channel.sock.close()
 
     async def _reply(self, channel: _Channel) -> BatchResult:
         try:

@@ -271,7 +271,10 @@ def test_the_event_loop_talks_to_the_inference_process_itself(
     import threading
 
     model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
-    image = tiny_pipeline.test_images()[0][0].read_bytes()
+    # Two images: a reply read for the wrong batch would show.
+    samples = tiny_pipeline.test_images()
+    image = samples[0][0].read_bytes()
+    other = next(path for path, label in samples if label != samples[0][1]).read_bytes()
     batcher = MicroBatcher(
         model,
         max_batch=4,
@@ -286,9 +289,16 @@ def test_the_event_loop_talks_to_the_inference_process_itself(
     try:
         started = {t.name for t in set(threading.enumerate()) - before}
         assert started == {f"{model.version}-stderr", f"{model.version}-watchdog"}
+        from api_service.inputs import prepare
+        from api_service.model import Engine
+
+        engine = Engine(model.tflite, model.spec.shape, threads=1, max_batch=1)
+        alone = {data: engine.predict(prepare(data, model.spec, 10**6)) for data in (image, other)}
+        assert not np.allclose(alone[image], alone[other], atol=1e-6)
         [first] = asyncio.run(batcher.predict_many([image]))
-        [again] = asyncio.run(batcher.predict_many([image]))  # another loop
-        np.testing.assert_array_equal(first, again)
+        [second] = asyncio.run(batcher.predict_many([other]))  # another loop
+        np.testing.assert_allclose(first, alone[image], atol=1e-5)
+        np.testing.assert_allclose(second, alone[other], atol=1e-5)
         stopped = batcher.worker._process
         assert stopped is not None
         os.kill(stopped.pid, signal.SIGSTOP)  # its batch never comes back
@@ -299,8 +309,9 @@ def test_the_event_loop_talks_to_the_inference_process_itself(
         with pytest.raises(TimeoutError):
             asyncio.run(give_up())  # closing the loop cancels the batch in flight
         assert stopped.poll() is not None, "the process of a cut-off batch is stopped"
-        [fresh] = asyncio.run(batcher.predict_many([image]))
-        np.testing.assert_array_equal(fresh, first)
+        [fresh] = asyncio.run(batcher.predict_many([other]))
+        np.testing.assert_allclose(fresh, alone[other], atol=1e-5)
+        assert {t.name for t in set(threading.enumerate()) - before} <= started
         assert batcher.worker._process is not None
         assert batcher.worker._process.pid != stopped.pid
     finally:
@@ -334,20 +345,123 @@ def test_close_answers_what_is_queued_before_the_process_ends(
 
     async def twelve_requests() -> None:
         requests = [asyncio.ensure_future(batcher.predict_many([image])) for _ in range(12)]
-        await asyncio.sleep(0)  # each is queued now; one batch of two is running
+        await asyncio.sleep(0)  # each is queued now; the first batch is running
         queued.set()
         answers.extend(await asyncio.gather(*requests))
 
     loop_thread = threading.Thread(target=asyncio.run, args=(twelve_requests(),))
     loop_thread.start()
-    assert queued.wait(10)
-    batcher.close()  # six batches still to run
-    loop_thread.join(10)
+    try:
+        assert queued.wait(10)
+        batcher.close()  # several batches still to run
+        loop_thread.join(10)
+    finally:
+        batcher.worker.kill()  # no-op once closed
     assert len(answers) == 12
     assert all(row.shape == (len(model.labels),) for [row] in answers)
     assert process is not None and process.poll() is not None
     with pytest.raises(BatcherClosedError):
         asyncio.run(batcher.predict_many([image]))
+
+
+def test_a_batch_logs_under_no_request_id(tiny_pipeline: TinyPipeline) -> None:
+    """A batch serves many requests: its log lines name none of them (not the one
+    whose arrival happened to start it)."""
+    import logging
+
+    from api_service.logs import request_id
+    from api_service.worker import WorkerError
+
+    model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
+    image = tiny_pipeline.test_images()[0][0].read_bytes()
+    batcher = MicroBatcher(
+        model,
+        max_batch=4,
+        max_wait_ms=0,
+        max_queue=10,
+        max_pixels=10**6,
+        drift_window=10,
+        metrics=Metrics(),
+    )
+    batcher.start()
+    seen: list[str | None] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(request_id.get())
+
+    async def one_request() -> None:
+        request_id.set("req-1")
+        await batcher.predict_many([image])
+
+    capture = Capture()
+    logger = logging.getLogger("api_service.batching")
+    logger.addHandler(capture)
+    try:
+        batcher.worker.kill()  # its batch fails, and the failure is logged
+        with pytest.raises(WorkerError, match="died"):
+            asyncio.run(one_request())
+    finally:
+        logger.removeHandler(capture)
+        batcher.close()
+    assert seen == [None]
+
+
+def test_a_process_started_while_its_batcher_closes_is_stopped(
+    tiny_pipeline: TinyPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() on the manager's thread can come while a batch loads a new process
+    (after a crash): that process must not outlive the closed batcher."""
+    from api_service.worker import InferenceWorker, WorkerError
+
+    model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
+    image = tiny_pipeline.test_images()[0][0].read_bytes()
+    worker = InferenceWorker(model, threads=1, max_batch=4, max_pixels=10**6)
+    started = []
+    start = worker.start
+
+    def start_during_close() -> None:
+        start()
+        started.append(worker._process)
+        worker._closed = True  # what close() or kill() from another thread sets
+
+    monkeypatch.setattr(worker, "start", start_during_close)
+    with pytest.raises(WorkerError, match="stopped"):
+        asyncio.run(worker.run([image]))
+    [process] = started
+    assert process is not None and process.poll() is not None
+    assert worker._process is None
+
+
+def test_a_wait_for_more_images_cut_off_by_its_loop_does_not_stall_the_next(
+    tiny_pipeline: TinyPipeline,
+) -> None:
+    """With MEGA_MAX_WAIT_MS set, a loop can end while its batch waits for more images
+    (the timer belongs to that loop, and never fires): the next loop's requests are
+    answered all the same."""
+    model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
+    image = tiny_pipeline.test_images()[0][0].read_bytes()
+    batcher = MicroBatcher(
+        model,
+        max_batch=4,
+        max_wait_ms=300,
+        max_queue=10,
+        max_pixels=10**6,
+        drift_window=10,
+        metrics=Metrics(),
+    )
+    batcher.start()
+
+    async def predict(timeout: float) -> list:
+        return await asyncio.wait_for(batcher.predict_many([image]), timeout)
+
+    try:
+        with pytest.raises(TimeoutError):
+            asyncio.run(predict(0.05))  # ends while the batch waits for more
+        [row] = asyncio.run(predict(5.0))
+        assert row.shape == (len(model.labels),)
+    finally:
+        batcher.close()
 
 
 def test_batcher_refuses_when_the_queue_is_full(tiny_pipeline: TinyPipeline) -> None:
