@@ -77,6 +77,9 @@ class MicroBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop that queues
         self._closed = False
         self._drained = threading.Event()  # closed, and nothing left to run
+        # Orders close() on another thread against a loop taking the batcher up (its
+        # first request): either the loop is known to close(), or it sees `_closed`.
+        self._handover = threading.Lock()
         self._predicted = {
             i: metrics.predictions.labels(model_version=model.version, label=label)
             for i, label in enumerate(model.labels)
@@ -90,15 +93,16 @@ class MicroBatcher:
         """Stop taking work, let the event loop finish what is queued, then end the
         process (blocking: call it from a thread, not the event loop). After `timeout`
         seconds the process is killed: what is left fails with 500s."""
-        loop = self._loop
-        try:
-            if loop is None or not loop.is_running():
-                raise RuntimeError("no loop runs the queue")
-            # On the loop, so no request is queued between the check and the close.
-            loop.call_soon_threadsafe(self._close_on_loop)
-        except RuntimeError:  # nothing runs the queue: nothing can be answered
-            self._closed = True
-            self._drained.set()
+        with self._handover:
+            loop = self._loop
+            try:
+                if loop is None or not loop.is_running():
+                    raise RuntimeError("no loop runs the queue")
+                # On the loop, so no request is queued between the check and the close.
+                loop.call_soon_threadsafe(self._close_on_loop)
+            except RuntimeError:  # nothing runs the queue: nothing can be answered
+                self._closed = True
+                self._drained.set()
         if self._drained.wait(timeout):
             self.worker.close()
         else:
@@ -122,7 +126,10 @@ class MicroBatcher:
             raise BatcherClosedError
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            self._follow(loop)
+            with self._handover:
+                if self._closed:
+                    raise BatcherClosedError
+                self._follow(loop)
         if len(self._queue) + len(images) > self.max_queue:
             raise InputError(503, "overloaded", "too many images waiting; retry shortly")
         items = [_Item(data, loop.create_future()) for data in images]
@@ -163,13 +170,19 @@ class MicroBatcher:
         self.metrics.queue_depth.set(len(self._queue))
         for item in batch:
             self.metrics.queue_seconds.observe(started - item.enqueued)
-        result = self.worker.submit([item.data for item in batch])
-        self._running = loop.create_task(self._run(batch, result), context=context)
+        try:
+            result = self.worker.submit([item.data for item in batch])
+            self._running = loop.create_task(self._run(batch, result), context=context)
+        except Exception as exc:  # the batch's requests get a 500, not a wait forever
+            log.exception("batch of %d could not be sent", len(batch))
+            self._complete(batch, [exc] * len(batch))
 
     async def _run(self, batch: list[_Item], result: Awaitable[BatchResult]) -> None:
         results: Sequence[object]
         try:
             results, decode_s, infer_s = await result
+            if len(results) != len(batch):
+                raise WorkerError(f"{len(results)} results for a batch of {len(batch)}")
             self._record(results, decode_s, infer_s)
         except WorkerError as exc:
             # The next batch starts a new process (`InferenceWorker.submit` does).
@@ -201,9 +214,7 @@ class MicroBatcher:
     @staticmethod
     def _complete(batch: list[_Item], results: Sequence[object]) -> None:
         """Answer the batch's requests that are still waiting (a client that went away
-        cancelled its own). A result missing (a reply too short) is a 500."""
-        if len(results) != len(batch):
-            results = [WorkerError(f"{len(results)} results for {len(batch)} images")] * len(batch)
+        cancelled its own)."""
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue

@@ -253,10 +253,11 @@ class InferenceWorker:
 
     def _forget(self) -> None:
         self._detach()
-        if self._sock is not None:
-            self._sock.close()
-        self._sock = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
         self._process = None
+        self._busy_since = None  # the next process's watchdog must not time this one
 
 
 # Each message between the server and its inference process: its length, then a pickle.

@@ -244,9 +244,9 @@ def test_by_default_a_lone_image_goes_to_inference_without_waiting(
         loop = asyncio.get_running_loop()
         call_later = loop.call_later
 
-        def spy(delay: float, *args: Any) -> asyncio.TimerHandle:
+        def spy(delay: float, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
             waits.append(delay)
-            return call_later(delay, *args)
+            return call_later(delay, *args, **kwargs)
 
         loop.call_later = spy  # type: ignore[method-assign]
         for _ in range(3):
@@ -359,7 +359,7 @@ def test_close_answers_what_is_queued_before_the_process_ends(
         batcher.worker.kill()  # no-op once closed
     assert len(answers) == 12
     assert all(row.shape == (len(model.labels),) for [row] in answers)
-    assert process is not None and process.poll() is not None
+    assert process is not None and process.returncode == 0, "closed, not killed"
     with pytest.raises(BatcherClosedError):
         asyncio.run(batcher.predict_many([image]))
 
@@ -458,10 +458,70 @@ def test_a_wait_for_more_images_cut_off_by_its_loop_does_not_stall_the_next(
     try:
         with pytest.raises(TimeoutError):
             asyncio.run(predict(0.05))  # ends while the batch waits for more
-        [row] = asyncio.run(predict(5.0))
+        [row] = asyncio.run(predict(10.0))
         assert row.shape == (len(model.labels),)
     finally:
         batcher.close()
+
+
+def test_a_reply_owed_to_an_ended_loop_is_not_read_as_the_next_loops(
+    tiny_pipeline: TinyPipeline,
+) -> None:
+    """A loop can end with a batch sent and its reply never read (its task cancelled
+    before it started): the next loop's batch must get its own answer, from a new
+    process, not the reply the process still owes."""
+    from api_service.inputs import prepare
+    from api_service.model import Engine
+    from api_service.worker import InferenceWorker
+
+    model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
+    samples = tiny_pipeline.test_images()
+    image = samples[0][0].read_bytes()
+    other = next(path for path, label in samples if label != samples[0][1]).read_bytes()
+    engine = Engine(model.tflite, model.spec.shape, threads=1, max_batch=1)
+    worker = InferenceWorker(model, threads=1, max_batch=4, max_pixels=10**6)
+    worker.start()
+
+    async def leave_a_reply_owed() -> None:
+        await worker.run([image])  # this loop now has its streams
+        worker.submit([image]).close()  # sent at once; its reply is never read
+
+    try:
+        asyncio.run(leave_a_reply_owed())
+        first = worker._process
+        [row], _, _ = asyncio.run(worker.run([other]))
+        np.testing.assert_allclose(
+            row, engine.predict(prepare(other, model.spec, 10**6)), atol=1e-5
+        )
+        assert first is not None and worker._process is not first
+    finally:
+        worker.close()
+
+
+def test_a_reply_with_too_few_results_is_a_500_and_logged(
+    tiny_pipeline: TinyPipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    from api_service.worker import WorkerError
+
+    model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
+    batcher = MicroBatcher(
+        model,
+        max_batch=4,
+        max_wait_ms=0,
+        max_queue=10,
+        max_pixels=10**6,
+        drift_window=10,
+        metrics=Metrics(),
+    )
+
+    async def short_reply() -> tuple[list, float, float]:
+        return [], 0.0, 0.0  # no row for the batch's one image
+
+    batcher.worker.submit = lambda images: short_reply()  # type: ignore[method-assign]
+    with pytest.raises(WorkerError, match="0 results for a batch of 1"):
+        asyncio.run(batcher.predict_many([b"image"]))
+    assert "0 results for a batch of 1" in caplog.text
+    batcher.close()
 
 
 def test_batcher_refuses_when_the_queue_is_full(tiny_pipeline: TinyPipeline) -> None:
