@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from support import TinyPipeline, launch_api
 
 from api_service.batching import MicroBatcher
-from api_service.model import load_served_model
+from api_service.model import ServedModel, load_served_model
 from api_service.monitoring import DriftWindow, Metrics
 from api_service.settings import ServingSettings as Settings
 from common.registry import ModelRegistry
@@ -42,6 +42,19 @@ def metric(text: str, name: str, **labels: str) -> float:
             if head == name or head.startswith(name + "{"):
                 return float(value)
     raise AssertionError(f"no sample {name} {labels}")
+
+
+def new_batcher(model: ServedModel, **settings: Any) -> MicroBatcher:
+    """A batcher for `model` with small test settings, any of them overridden."""
+    defaults: dict[str, Any] = {
+        "max_batch": 4,
+        "max_wait_ms": 0,
+        "max_queue": 10,
+        "max_pixels": 10**6,
+        "drift_window": 10,
+        "metrics": Metrics(),
+    }
+    return MicroBatcher(model, **{**defaults, **settings})
 
 
 def test_several_files_in_one_request(client: TestClient, tiny_pipeline: TinyPipeline) -> None:
@@ -191,14 +204,8 @@ def test_batcher_forms_batches(tiny_pipeline: TinyPipeline) -> None:
     settings = Settings(models_root=str(tiny_pipeline.models), max_batch=8)
     model = load_served_model(settings)
     metrics = Metrics()
-    batcher = MicroBatcher(
-        model,
-        max_batch=8,
-        max_wait_ms=20,
-        max_queue=100,
-        max_pixels=10**6,
-        drift_window=100,
-        metrics=metrics,
+    batcher = new_batcher(
+        model, max_batch=8, max_wait_ms=20, max_queue=100, drift_window=100, metrics=metrics
     )
     batcher.start()
     paths = [p for p, _ in tiny_pipeline.test_images()[:20]]
@@ -275,15 +282,7 @@ def test_the_event_loop_talks_to_the_inference_process_itself(
     samples = tiny_pipeline.test_images()
     image = samples[0][0].read_bytes()
     other = next(path for path, label in samples if label != samples[0][1]).read_bytes()
-    batcher = MicroBatcher(
-        model,
-        max_batch=4,
-        max_wait_ms=0,
-        max_queue=10,
-        max_pixels=10**6,
-        drift_window=10,
-        metrics=Metrics(),
-    )
+    batcher = new_batcher(model)
     before = set(threading.enumerate())
     batcher.start()
     try:
@@ -329,15 +328,7 @@ def test_close_answers_what_is_queued_before_the_process_ends(
 
     model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
     image = tiny_pipeline.test_images()[0][0].read_bytes()
-    batcher = MicroBatcher(
-        model,
-        max_batch=2,
-        max_wait_ms=0,
-        max_queue=100,
-        max_pixels=10**6,
-        drift_window=10,
-        metrics=Metrics(),
-    )
+    batcher = new_batcher(model, max_batch=2, max_queue=100)
     batcher.start()
     process = batcher.worker._process
     queued = threading.Event()
@@ -374,15 +365,7 @@ def test_a_batch_logs_under_no_request_id(tiny_pipeline: TinyPipeline) -> None:
 
     model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
     image = tiny_pipeline.test_images()[0][0].read_bytes()
-    batcher = MicroBatcher(
-        model,
-        max_batch=4,
-        max_wait_ms=0,
-        max_queue=10,
-        max_pixels=10**6,
-        drift_window=10,
-        metrics=Metrics(),
-    )
+    batcher = new_batcher(model)
     batcher.start()
     seen: list[str | None] = []
 
@@ -441,15 +424,7 @@ def test_a_wait_for_more_images_cut_off_by_its_loop_does_not_stall_the_next(
     answered all the same."""
     model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
     image = tiny_pipeline.test_images()[0][0].read_bytes()
-    batcher = MicroBatcher(
-        model,
-        max_batch=4,
-        max_wait_ms=300,
-        max_queue=10,
-        max_pixels=10**6,
-        drift_window=10,
-        metrics=Metrics(),
-    )
+    batcher = new_batcher(model, max_wait_ms=300)
     batcher.start()
 
     async def predict(timeout: float) -> list:
@@ -504,15 +479,7 @@ def test_a_reply_with_too_few_results_is_a_500_and_logged(
     from api_service.worker import WorkerError
 
     model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
-    batcher = MicroBatcher(
-        model,
-        max_batch=4,
-        max_wait_ms=0,
-        max_queue=10,
-        max_pixels=10**6,
-        drift_window=10,
-        metrics=Metrics(),
-    )
+    batcher = new_batcher(model)
 
     async def short_reply() -> tuple[list, float, float]:
         return [], 0.0, 0.0  # no row for the batch's one image
@@ -528,15 +495,7 @@ def test_batcher_refuses_when_the_queue_is_full(tiny_pipeline: TinyPipeline) -> 
     from api_service.inputs import InputError
 
     model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
-    batcher = MicroBatcher(
-        model,
-        max_batch=4,
-        max_wait_ms=0,
-        max_queue=2,
-        max_pixels=10**6,
-        drift_window=10,
-        metrics=Metrics(),
-    )  # not started: nothing drains the queue
+    batcher = new_batcher(model, max_queue=2)  # not started: nothing drains the queue
     with pytest.raises(InputError) as refused:
         asyncio.run(batcher.predict_many([b"a", b"b", b"c"]))
     assert refused.value.status == 503
