@@ -223,9 +223,7 @@ class InferenceWorker:
 
     def _died(self, process: subprocess.Popen[bytes]) -> WorkerError:
         """End and forget `process`; the error for the batch it leaves unanswered."""
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+        _end(process)
         if process is self._process:
             self._forget()
         return WorkerError(f"the inference process died (exit code {process.returncode})")
