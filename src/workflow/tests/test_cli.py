@@ -1,11 +1,16 @@
 import subprocess
 import sys
+from io import StringIO
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
-from workflow.cli import app
+from common.contracts import Metrics, SplitMetrics
+from workflow.cli import _summary, app
+from workflow.project import ProductionModel
 from workflow.runner import EPOCH, RUNNING, SKIPPED, STAGE_FAILED, SUMMARY
 
 runner = CliRunner()
@@ -213,3 +218,48 @@ def test_a_corrupt_stats_json_in_history_names_the_file_and_revision(
     monkeypatch.setattr(dvc.api, "read", lambda *args, **kwargs: '{"dataset": 1}')
     with pytest.raises(ContractError, match=r"^data/processed/x/stats.json at abcdef12: "):
         read_stats(tmp_path, "data/processed/x", "abcdef1234567890")
+
+
+def _split(accuracy: float) -> SplitMetrics:
+    return SplitMetrics(accuracy=accuracy, macro_f1=accuracy, examples=176)
+
+
+@pytest.mark.parametrize(
+    ("production_accuracy", "first_row"),
+    [(0.9943, "test metrics"), (0.9990, "candidate metrics"), (None, "test metrics")],
+)
+def test_summary_tells_the_candidate_from_production(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    production_accuracy: float | None,
+    first_row: str,
+) -> None:
+    """A candidate the gate did not promote is not shown as if it were production's."""
+    candidate = Metrics(test=_split(0.9943))
+    production = (
+        None
+        if production_accuracy is None
+        else ProductionModel(
+            "digits-cnn", "1", "models/digits-cnn/1", Metrics(test=_split(production_accuracy))
+        )
+    )
+    project = SimpleNamespace(
+        root=tmp_path,
+        metrics_path=tmp_path / "reports" / "metrics.json",
+        data_stats=lambda: None,
+        metrics=lambda: candidate,
+        production=lambda: production,
+        settings=SimpleNamespace(serve_host="127.0.0.1", serve_port=8000),
+    )
+    out = StringIO()
+    monkeypatch.setattr("workflow.cli.console", Console(file=out, width=200))
+    _summary(project)  # type: ignore[arg-type]
+    lines = out.getvalue().splitlines()
+    [metrics_row] = [line for line in lines if "macro F1" in line]
+    assert metrics_row.split("│")[1].strip() == first_row
+    assert "accuracy 0.9943" in metrics_row
+    [production_row] = [line for line in lines if "production model" in line]
+    if production_accuracy is None:
+        assert "none yet" in production_row
+    else:
+        assert f"version 1 · test accuracy {production_accuracy:.4f} · models/" in production_row

@@ -112,18 +112,26 @@ def _summary(project: Project) -> None:
             f"version {stats.data_hash[:12]} · {stats.split_sizes(' / ')}",
         )
     metrics = project.metrics()
+    production = project.production()
     if metrics:
         test = metrics.test
+        # The metrics are the last evaluated candidate's; once the gate kept production
+        # on another version, saying so stops them being read as production's.
+        label = "test metrics"
+        if production and production.metrics != metrics:
+            label = "candidate metrics"
         table.add_row(
-            "test metrics",
+            label,
             f"accuracy {test.accuracy:.4f} · macro F1 {test.macro_f1:.4f} "
             f"· {test.examples} examples ({project.metrics_path.relative_to(project.root)})",
         )
-    production = project.production()
     if production:
+        accuracy = (
+            f"test accuracy {production.metrics.test.accuracy:.4f} · " if production.metrics else ""
+        )
         table.add_row(
             "production model",
-            f"{production.name} version {production.version} · {production.uri}",
+            f"{production.name} version {production.version} · {accuracy}{production.uri}",
         )
     else:
         table.add_row("production model", "none yet (no candidate passed the gate)")
