@@ -77,6 +77,10 @@ def test_mega_run_builds_and_registers_a_model(
     assert "ran: collect, process, train, evaluate, optimize, register" in result.stdout
     assert "production model" in result.stdout
     assert "digits-cnn version 1" in result.stdout
+    # The promoted version's metrics.json, as register writes it, reads as the
+    # candidate's: the summary's metrics row is production's, not "candidate metrics".
+    assert "test metrics" in result.stdout and "candidate metrics" not in result.stdout
+    assert "digits-cnn version 1 · test accuracy 0." in result.stdout
 
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.8

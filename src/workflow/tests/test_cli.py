@@ -224,9 +224,17 @@ def _split(accuracy: float) -> SplitMetrics:
     return SplitMetrics(accuracy=accuracy, macro_f1=accuracy, examples=176)
 
 
+NO_PRODUCTION = -1.0  # no version holds the production alias
+
+
 @pytest.mark.parametrize(
     ("production_accuracy", "first_row"),
-    [(0.9943, "test metrics"), (0.9990, "candidate metrics"), (None, "test metrics")],
+    [
+        (0.9943, "test metrics"),
+        (0.9990, "candidate metrics"),
+        (None, "candidate metrics"),  # a production version published without metrics.json
+        (NO_PRODUCTION, "test metrics"),
+    ],
 )
 def test_summary_tells_the_candidate_from_production(
     tmp_path: Path,
@@ -238,9 +246,12 @@ def test_summary_tells_the_candidate_from_production(
     candidate = Metrics(test=_split(0.9943))
     production = (
         None
-        if production_accuracy is None
+        if production_accuracy == NO_PRODUCTION
         else ProductionModel(
-            "digits-cnn", "1", "models/digits-cnn/1", Metrics(test=_split(production_accuracy))
+            "digits-cnn",
+            "1",
+            "models/digits-cnn/1",
+            None if production_accuracy is None else Metrics(test=_split(production_accuracy)),
         )
     )
     project = SimpleNamespace(
@@ -259,7 +270,9 @@ def test_summary_tells_the_candidate_from_production(
     assert metrics_row.split("│")[1].strip() == first_row
     assert "accuracy 0.9943" in metrics_row
     [production_row] = [line for line in lines if "production model" in line]
-    if production_accuracy is None:
+    if production_accuracy == NO_PRODUCTION:
         assert "none yet" in production_row
+    elif production_accuracy is None:
+        assert "version 1 · models/digits-cnn/1" in production_row
     else:
         assert f"version 1 · test accuracy {production_accuracy:.4f} · models/" in production_row
