@@ -276,3 +276,28 @@ def test_summary_tells_the_candidate_from_production(
         assert "version 1 · models/digits-cnn/1" in production_row
     else:
         assert f"version 1 · test accuracy {production_accuracy:.4f} · models/" in production_row
+
+
+@pytest.mark.parametrize(
+    ("metrics", "shown"),
+    [
+        (Metrics(test=_split(0.9943)), "test accuracy 0.9943"),
+        (None, "test accuracy unknown (no metrics.json)"),
+    ],
+)
+def test_status_gives_production_accuracy_only_when_known(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metrics: Metrics | None, shown: str
+) -> None:
+    """A production version without metrics.json is not shown with an accuracy of nan."""
+    production = ProductionModel("digits-cnn", "1", "models/digits-cnn/1", metrics)
+    project = SimpleNamespace(
+        data_stats=lambda: None,
+        stale_stages=dict,
+        stages=lambda: ["train"],
+        production=lambda: production,
+    )
+    monkeypatch.setattr("workflow.cli._project", lambda: project)
+    result = runner.invoke(app, ["status"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"digits-cnn version 1 (models/digits-cnn/1), {shown}" in result.output
+    assert "nan" not in result.output

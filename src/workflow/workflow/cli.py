@@ -25,7 +25,7 @@ from common.cli import (
 )
 from common.params import ParamsError
 from common.settings import get_settings
-from workflow.project import Project, ProjectError, dvc_error
+from workflow.project import ProductionModel, Project, ProjectError, dvc_error
 from workflow.runner import ReproResult, log_tail, repro
 
 # Only for type checking: the Vertex AI client takes seconds to import.
@@ -100,6 +100,13 @@ def _exit_if_failed(project: Project, result: ReproResult) -> None:
     fail(f"the pipeline failed (dvc exit code {result.returncode}){where}", result.exit_code)
 
 
+def _test_accuracy(production: ProductionModel) -> str:
+    """The version's test accuracy as "test accuracy 0.9943", from its metrics.json; ""
+    for a version without one (only a version published by hand lacks it)."""
+    metrics = production.metrics
+    return f"test accuracy {metrics.test.accuracy:.4f}" if metrics else ""
+
+
 def _summary(project: Project) -> None:
     table = Table(title="Mega Pipeline", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -126,13 +133,8 @@ def _summary(project: Project) -> None:
             f"· {test.examples} examples ({project.metrics_path.relative_to(project.root)})",
         )
     if production:
-        accuracy = (
-            f"test accuracy {production.metrics.test.accuracy:.4f} · " if production.metrics else ""
-        )
-        table.add_row(
-            "production model",
-            f"{production.name} version {production.version} · {accuracy}{production.uri}",
-        )
+        parts = [f"{production.name} version {production.version}", _test_accuracy(production)]
+        table.add_row("production model", " · ".join(filter(None, [*parts, production.uri])))
     else:
         table.add_row("production model", "none yet (no candidate passed the gate)")
     settings = project.settings
@@ -479,11 +481,10 @@ def status() -> None:
     if production is None:
         console.print("[bold]production model[/bold]: none (run `mega run`)")
         return
-    metrics = production.metrics
-    accuracy = metrics.test.accuracy if metrics else float("nan")
+    accuracy = _test_accuracy(production) or "test accuracy unknown (no metrics.json)"
     console.print(
         f"[bold]production model[/bold]: {production.name} version {production.version} "
-        f"({production.uri}), test accuracy {accuracy:.4f}"
+        f"({production.uri}), {accuracy}"
     )
 
 
