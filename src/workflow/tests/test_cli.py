@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from common.contracts import Metrics, SplitMetrics
 from workflow.cli import _summary, app
 from workflow.project import ProductionModel
-from workflow.runner import EPOCH, RUNNING, SKIPPED, STAGE_FAILED, SUMMARY
+from workflow.runner import EPOCH, RUNNING, SKIPPED, STAGE_FAILED, SUMMARY, ReproResult
 
 runner = CliRunner()
 
@@ -224,25 +224,13 @@ def _split(accuracy: float) -> SplitMetrics:
     return SplitMetrics(accuracy=accuracy, macro_f1=accuracy, examples=176)
 
 
+STAGES = ["collect", "process", "train", "evaluate", "optimize", "register"]
 NO_PRODUCTION = -1.0  # no version holds the production alias
 
 
-@pytest.mark.parametrize(
-    ("production_accuracy", "first_row"),
-    [
-        (0.9943, "test metrics"),
-        (0.9990, "candidate metrics"),
-        (None, "candidate metrics"),  # a production version published without metrics.json
-        (NO_PRODUCTION, "test metrics"),
-    ],
-)
-def test_summary_tells_the_candidate_from_production(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    production_accuracy: float | None,
-    first_row: str,
-) -> None:
-    """A candidate the gate did not promote is not shown as if it were production's."""
+def _fake_project(root: Path, production_accuracy: float | None) -> SimpleNamespace:
+    """A project as the summary and `status` read it: a candidate evaluated at 0.9943 and
+    a production version at `production_accuracy` (None: without metrics.json)."""
     candidate = Metrics(test=_split(0.9943))
     production = (
         None
@@ -254,49 +242,100 @@ def test_summary_tells_the_candidate_from_production(
             None if production_accuracy is None else Metrics(test=_split(production_accuracy)),
         )
     )
-    project = SimpleNamespace(
-        root=tmp_path,
-        metrics_path=tmp_path / "reports" / "metrics.json",
+    return SimpleNamespace(
+        root=root,
+        metrics_path=root / "reports" / "metrics.json",
+        stages=lambda: STAGES,
+        stale_stages=dict,
         data_stats=lambda: None,
         metrics=lambda: candidate,
         production=lambda: production,
         settings=SimpleNamespace(serve_host="127.0.0.1", serve_port=8000),
     )
-    out = StringIO()
-    monkeypatch.setattr("workflow.cli.console", Console(file=out, width=200))
-    _summary(project)  # type: ignore[arg-type]
-    lines = out.getvalue().splitlines()
-    [metrics_row] = [line for line in lines if "macro F1" in line]
-    assert metrics_row.split("│")[1].strip() == first_row
-    assert "accuracy 0.9943" in metrics_row
-    [production_row] = [line for line in lines if "production model" in line]
-    if production_accuracy == NO_PRODUCTION:
-        assert "none yet" in production_row
-    elif production_accuracy is None:
-        assert "version 1 · models/digits-cnn/1" in production_row
-    else:
-        assert f"version 1 · test accuracy {production_accuracy:.4f} · models/" in production_row
+
+
+def _rows(output: str) -> dict[str, str]:
+    """The summary table's rows: label → value."""
+    cells = [line.split("│") for line in output.splitlines() if line.startswith("│")]
+    return {cell[1].strip(): cell[2].strip() for cell in cells}
 
 
 @pytest.mark.parametrize(
-    ("metrics", "shown"),
+    ("production_accuracy", "metrics_label"),
     [
-        (Metrics(test=_split(0.9943)), "test accuracy 0.9943"),
-        (None, "test accuracy unknown (no metrics.json)"),
+        (0.9943, "test metrics"),
+        (0.9990, "candidate metrics"),
+        (None, "candidate metrics"),  # a production version published without metrics.json
+        (NO_PRODUCTION, "test metrics"),
     ],
 )
+def test_summary_tells_the_candidate_from_production(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    production_accuracy: float | None,
+    metrics_label: str,
+) -> None:
+    """A candidate the gate did not promote is not shown as if it were production's."""
+    out = StringIO()
+    monkeypatch.setattr("workflow.cli.console", Console(file=out, width=200))
+    _summary(_fake_project(tmp_path, production_accuracy))  # type: ignore[arg-type]
+    rows = _rows(out.getvalue())
+    assert rows[metrics_label].startswith("accuracy 0.9943 · macro F1 0.9943 · 176 examples")
+    production = rows["production model"]
+    if production_accuracy == NO_PRODUCTION:
+        assert production.startswith("none yet")
+    elif production_accuracy is None:
+        assert production == "digits-cnn version 1 · models/digits-cnn/1"
+    else:
+        expected = f"digits-cnn version 1 · test accuracy {production_accuracy:.4f} · models/"
+        assert production.startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("command", "ran", "metrics_label"),
+    [
+        ("train", ["train"], "last evaluation"),
+        ("collect", ["collect"], "last evaluation"),
+        ("train", [], "test metrics"),  # nothing changed: the evaluation still holds
+        ("evaluate", ["train", "evaluate"], "test metrics"),
+    ],
+)
+def test_a_stage_before_evaluate_says_the_metrics_are_older(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    ran: list[str],
+    metrics_label: str,
+) -> None:
+    """After `mega train` the metrics row is the previous candidate's, and says so."""
+    monkeypatch.setattr("workflow.cli._project", lambda: _fake_project(tmp_path, 0.9943))
+    reached = STAGES[: STAGES.index(command) + 1]
+    skipped = [stage for stage in reached if stage not in ran]
+    monkeypatch.setattr(
+        "workflow.cli.repro", lambda *args, **kwargs: ReproResult(0, list(ran), skipped)
+    )
+    result = runner.invoke(app, [command], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.output)
+    assert rows[metrics_label].startswith("accuracy 0.9943")
+    outdated = "from before this run: `mega evaluate` updates it" in rows[metrics_label]
+    assert outdated == (metrics_label == "last evaluation")
+
+
+@pytest.mark.parametrize(
+    ("production_accuracy", "shown"),
+    [(0.9943, "test accuracy 0.9943"), (None, "test accuracy unknown (no metrics.json)")],
+)
 def test_status_gives_production_accuracy_only_when_known(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metrics: Metrics | None, shown: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    production_accuracy: float | None,
+    shown: str,
 ) -> None:
     """A production version without metrics.json is not shown with an accuracy of nan."""
-    production = ProductionModel("digits-cnn", "1", "models/digits-cnn/1", metrics)
-    project = SimpleNamespace(
-        data_stats=lambda: None,
-        stale_stages=dict,
-        stages=lambda: ["train"],
-        production=lambda: production,
+    monkeypatch.setattr(
+        "workflow.cli._project", lambda: _fake_project(tmp_path, production_accuracy)
     )
-    monkeypatch.setattr("workflow.cli._project", lambda: project)
     result = runner.invoke(app, ["status"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert f"digits-cnn version 1 (models/digits-cnn/1), {shown}" in result.output

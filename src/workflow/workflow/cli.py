@@ -80,7 +80,9 @@ def _run_stages(targets: list[str], force: bool = False) -> None:
         console.print(f"ran: {', '.join(result.ran)}")
     if result.skipped:
         console.print(f"up to date, skipped: {', '.join(result.skipped)}")
-    _summary(project)
+    # A stage before evaluate that ran (`mega train`, `mega collect`) changed the data or
+    # the candidate that reports/metrics.json describes, until evaluate runs again.
+    _summary(project, metrics_outdated=bool(result.ran) and "evaluate" not in stages)
 
 
 def _exit_if_failed(project: Project, result: ReproResult) -> None:
@@ -107,7 +109,7 @@ def _test_accuracy(production: ProductionModel) -> str:
     return f"test accuracy {metrics.test.accuracy:.4f}" if metrics else ""
 
 
-def _summary(project: Project) -> None:
+def _summary(project: Project, metrics_outdated: bool = False) -> None:
     table = Table(title="Mega Pipeline", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
@@ -122,15 +124,19 @@ def _summary(project: Project) -> None:
     production = project.production()
     if metrics:
         test = metrics.test
+        source = project.metrics_path.relative_to(project.root).as_posix()
         # The metrics are the last evaluated candidate's; once the gate kept production
         # on another version, saying so stops them being read as production's.
         label = "test metrics"
-        if production and production.metrics != metrics:
+        if metrics_outdated:
+            label = "last evaluation"
+            source += ", from before this run: `mega evaluate` updates it"
+        elif production and production.metrics != metrics:
             label = "candidate metrics"
         table.add_row(
             label,
             f"accuracy {test.accuracy:.4f} · macro F1 {test.macro_f1:.4f} "
-            f"· {test.examples} examples ({project.metrics_path.relative_to(project.root)})",
+            f"· {test.examples} examples ({source})",
         )
     if production:
         parts = [f"{production.name} version {production.version}", _test_accuracy(production)]
