@@ -228,9 +228,13 @@ STAGES = ["collect", "process", "train", "evaluate", "optimize", "register"]
 NO_PRODUCTION = -1.0  # no version holds the production alias
 
 
-def _fake_project(root: Path, production_accuracy: float | None) -> SimpleNamespace:
-    """A project as the summary and `status` read it: a candidate evaluated at 0.9943 and
-    a production version at `production_accuracy` (None: without metrics.json)."""
+def _fake_project(
+    root: Path, production_accuracy: float | None, evaluate_stale: bool = False
+) -> SimpleNamespace:
+    """A project as the summary and `status` read it: a candidate evaluated at 0.9943, a
+    production version at `production_accuracy` (None: without metrics.json), and
+    `dvc status` saying whether evaluate's own inputs changed since it ran."""
+    stale = {"evaluate": [{"changed deps": {"models/candidate": "modified"}}]}
     candidate = Metrics(test=_split(0.9943))
     production = (
         None
@@ -246,7 +250,7 @@ def _fake_project(root: Path, production_accuracy: float | None) -> SimpleNamesp
         root=root,
         metrics_path=root / "reports" / "metrics.json",
         stages=lambda: STAGES,
-        stale_stages=dict,
+        stale_stages=lambda *stages: stale if evaluate_stale else {},
         data_stats=lambda: None,
         metrics=lambda: candidate,
         production=lambda: production,
@@ -292,23 +296,28 @@ def test_summary_tells_the_candidate_from_production(
 
 
 @pytest.mark.parametrize(
-    ("command", "ran", "metrics_label"),
+    ("command", "ran", "evaluate_stale", "metrics_label"),
     [
-        ("train", ["train"], "last evaluation"),
-        ("collect", ["collect"], "last evaluation"),
-        ("train", [], "test metrics"),  # nothing changed: the evaluation still holds
-        ("evaluate", ["train", "evaluate"], "test metrics"),
+        ("train", ["train"], True, "last evaluation"),
+        # optimize needs the candidate, not its evaluation: dvc retrains without evaluating
+        ("optimize", ["train", "optimize"], True, "last evaluation"),
+        # nothing ran, but an earlier `mega train` (or a run-cache restore) left it stale
+        ("train", [], True, "last evaluation"),
+        ("collect", ["collect"], False, "test metrics"),  # processed data unchanged
+        ("evaluate", ["train", "evaluate"], True, "test metrics"),  # dvc ran it
     ],
 )
-def test_a_stage_before_evaluate_says_the_metrics_are_older(
+def test_the_summary_says_when_the_metrics_are_of_an_older_candidate(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     command: str,
     ran: list[str],
+    evaluate_stale: bool,
     metrics_label: str,
 ) -> None:
     """After `mega train` the metrics row is the previous candidate's, and says so."""
-    monkeypatch.setattr("workflow.cli._project", lambda: _fake_project(tmp_path, 0.9943))
+    project = _fake_project(tmp_path, 0.9943, evaluate_stale)
+    monkeypatch.setattr("workflow.cli._project", lambda: project)
     reached = STAGES[: STAGES.index(command) + 1]
     skipped = [stage for stage in reached if stage not in ran]
     monkeypatch.setattr(
@@ -318,8 +327,8 @@ def test_a_stage_before_evaluate_says_the_metrics_are_older(
     assert result.exit_code == 0, result.output
     rows = _rows(result.output)
     assert rows[metrics_label].startswith("accuracy 0.9943")
-    outdated = "from before this run: `mega evaluate` updates it" in rows[metrics_label]
-    assert outdated == (metrics_label == "last evaluation")
+    outdated = "of an older candidate or data: `mega evaluate` updates it"
+    assert (outdated in rows[metrics_label]) == (metrics_label == "last evaluation")
 
 
 @pytest.mark.parametrize(

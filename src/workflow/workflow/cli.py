@@ -80,9 +80,21 @@ def _run_stages(targets: list[str], force: bool = False) -> None:
         console.print(f"ran: {', '.join(result.ran)}")
     if result.skipped:
         console.print(f"up to date, skipped: {', '.join(result.skipped)}")
-    # A stage before evaluate that ran (`mega train`, `mega collect`) changed the data or
-    # the candidate that reports/metrics.json describes, until evaluate runs again.
-    _summary(project, metrics_outdated=bool(result.ran) and "evaluate" not in stages)
+    _summary(project, metrics_outdated=bool(targets) and _evaluation_outdated(project, result))
+
+
+def _evaluation_outdated(project: Project, result: ReproResult) -> bool:
+    """Whether reports/metrics.json is of an older candidate or data than the current ones.
+
+    A target short of evaluate (train, process) or beside it (optimize) does not run it,
+    and may have changed its inputs, in this run or an earlier one: dvc knows.
+    """
+    if "evaluate" in result.ran:
+        return False
+    try:
+        return bool(project.stale_stages("evaluate"))
+    except ProjectError:
+        return False  # unknown: the row keeps its usual label
 
 
 def _exit_if_failed(project: Project, result: ReproResult) -> None:
@@ -130,7 +142,7 @@ def _summary(project: Project, metrics_outdated: bool = False) -> None:
         label = "test metrics"
         if metrics_outdated:
             label = "last evaluation"
-            source += ", from before this run: `mega evaluate` updates it"
+            source += ", of an older candidate or data: `mega evaluate` updates it"
         elif production and production.metrics != metrics:
             label = "candidate metrics"
         table.add_row(
@@ -139,8 +151,9 @@ def _summary(project: Project, metrics_outdated: bool = False) -> None:
             f"· {test.examples} examples ({source})",
         )
     if production:
-        parts = [f"{production.name} version {production.version}", _test_accuracy(production)]
-        table.add_row("production model", " · ".join(filter(None, [*parts, production.uri])))
+        name = f"{production.name} version {production.version}"
+        parts = [name, _test_accuracy(production), production.uri]
+        table.add_row("production model", " · ".join(filter(None, parts)))
     else:
         table.add_row("production model", "none yet (no candidate passed the gate)")
     settings = project.settings

@@ -144,9 +144,10 @@ class Project:
             if not exc.denied:
                 raise
 
-    def stale_stages(self) -> dict[str, Any]:
-        """`dvc status` as a dict: stage → what changed (empty when all is up to date)."""
-        result = self.dvc("status", "--json")
+    def stale_stages(self, *stages: str) -> dict[str, Any]:
+        """`dvc status` as a dict: stage → what changed (empty when all is up to date);
+        with `stages`, of those stages alone (their own dependencies, not upstream ones)."""
+        result = self.dvc("status", "--json", *stages)
         if result.returncode != 0:
             raise ProjectError(
                 f"dvc status failed: {result.stderr.strip() or result.stdout.strip()}"
