@@ -414,9 +414,14 @@ def test_mega_run_s_runs_dvc_exp_run_temp_without_register(
 def test_plain_mega_run_still_runs_dvc_repro(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     project_at(repo, monkeypatch)
     started = fake_dvc(monkeypatch)
-    monkeypatch.setattr("workflow.cli._summary", lambda project: None)
+    outdated: list[bool] = []
+    monkeypatch.setattr(
+        "workflow.cli._summary",
+        lambda project, metrics_outdated: outdated.append(metrics_outdated),
+    )
     result = cli.invoke(app, ["run"], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
+    assert outdated == [False]  # the whole pipeline ran evaluate: no dvc status asked
     [dvc] = started
     assert dvc.command[3:] == ["repro"]
     assert dvc.env.get("WANDB_NAME") == os.environ.get("WANDB_NAME")  # nothing added
