@@ -120,6 +120,21 @@ def test_the_register_line_reports_macro_f1(tmp_path: Path) -> None:
     assert "macro F1 0.4857 < threshold 0.8500; production is unchanged" in result.stdout
 
 
+def test_registering_production_again_says_it_stays(tmp_path: Path) -> None:
+    """Regression: the second line read "promoted to production (already production (…))"."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"registry": {"model_name": "gate"}}))
+    folder = candidate(tmp_path, ["common", "rare"])
+    args = ["--model", str(folder), "--metrics", metrics(tmp_path, 0.98, 0.97)]
+    first, again = register_cli(tmp_path, args), register_cli(tmp_path, args)
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    assert first.stdout.startswith("register: gate version 1 promoted to production (")
+    assert again.stdout.startswith(
+        "register: gate version 1 stays production "
+        "(nothing changed since it was registered, test accuracy 0.9800); in "
+    )
+    assert ModelRegistry(tmp_path / "r", "gate").aliases() == {"production": "1"}
+
+
 def test_the_cli_reaches_the_gate_for_a_one_class_model(tmp_path: Path) -> None:
     """The candidate's checks take its labels' shape only; the gate says why it stays candidate."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"registry": {"model_name": "gate"}}))

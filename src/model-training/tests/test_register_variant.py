@@ -237,7 +237,7 @@ def test_the_cli_says_which_variant_it_serves_or_what_is_wrong(built: Path, tmp_
 
     served = cli("--optimized", "optimized")
     assert served.returncode == 0, served.stderr
-    assert served.stdout.startswith("register: m version 1 serving the int8 variant promoted")
+    assert served.stdout.startswith("register: m version 1 (int8 variant) promoted")
     (tmp_path / "optimized/optimization.json").write_text("{nope")
     broken = cli("--optimized", "optimized")
     assert broken.returncode == 2
@@ -296,7 +296,7 @@ def test_a_wandb_failure_after_publishing_is_a_warning(built: Path, tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert "register: warning: the model artifact did not reach W&B" in result.stderr
     assert "Traceback" not in result.stderr
-    assert result.stdout.startswith("register: m version 1 serving the int8 variant promoted")
+    assert result.stdout.startswith("register: m version 1 (int8 variant) promoted")
 
 
 def test_registering_again_keeps_the_choice_without_timing_again(

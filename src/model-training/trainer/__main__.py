@@ -388,6 +388,7 @@ def register(
                 get_settings(), record_root, pipeline.registry.model_name, vertex_serving_image
             )
     from common.registry import ModelRegistry, RegistryError
+    from trainer.register import PRODUCTION
     from trainer.register import register as run_register
     from trainer.tracking import check_server
 
@@ -400,6 +401,10 @@ def register(
         failures_as(EXIT_USAGE, InputError),  # a bad metrics file or input folder
         tempfile.TemporaryDirectory(prefix="register-") as tmp,
     ):
+        # Read before publishing: a version that was production already "stays" so.
+        production_before = (
+            ModelRegistry(record_root, pipeline.registry.model_name).aliases().get(PRODUCTION)
+        )
         local_model = local_candidate(model, f"{tmp}/model", (LINEAGE,))
         local_optimized = local_folder(optimized, f"{tmp}/optimized") if optimized else None
         downloaded = {f"{tmp}/model": model}
@@ -414,10 +419,13 @@ def register(
                 local_optimized,
                 pipeline.optimize,
             )
-    verdict = "promoted to production" if record.promoted else "kept as candidate"
+    verdict = "kept as candidate"
+    if record.promoted:
+        stays = record.version == production_before
+        verdict = "stays production" if stays else "promoted to production"
     published = ModelRegistry(record_root, pipeline.registry.model_name)
     variant = published.version_info(record.version).get("variant")
-    served = f" serving the {variant} variant" if variant else ""
+    served = f" ({variant} variant)" if variant else ""
     typer.echo(
         f"register: {record.model} version {record.version}{served} {verdict} "
         f"({record.reason}); in {record.uri}"

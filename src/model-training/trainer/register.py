@@ -153,7 +153,7 @@ def gate(
         return PRODUCTION, f"{verdict}; first production model"
     prod_version, prod_accuracy = current
     if prod_version == version:
-        return PRODUCTION, f"already production (test accuracy {accuracy:.4f})"
+        return PRODUCTION, f"nothing changed since it was registered, test accuracy {accuracy:.4f}"
     gain = accuracy - prod_accuracy
     if gain > 0 and gain >= params.min_improvement - 1e-12:
         return PRODUCTION, (

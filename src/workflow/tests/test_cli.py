@@ -11,7 +11,15 @@ from typer.testing import CliRunner
 from common.contracts import Metrics, SplitMetrics
 from workflow.cli import _summary, app
 from workflow.project import ProductionModel
-from workflow.runner import EPOCH, RUNNING, SKIPPED, STAGE_FAILED, SUMMARY, ReproResult
+from workflow.runner import (
+    EPOCH,
+    RESTORED,
+    RUNNING,
+    SKIPPED,
+    STAGE_FAILED,
+    SUMMARY,
+    ReproResult,
+)
 
 runner = CliRunner()
 
@@ -37,9 +45,11 @@ def test_help_lists_every_command() -> None:
 def test_dvc_output_patterns() -> None:
     assert RUNNING.match("Running stage 'train':")["stage"] == "train"
     assert SKIPPED.match("Stage 'collect' didn't change, skipping")["stage"] == "collect"
-    # Regression: a stage restored from DVC's run cache was in neither `ran` nor `skipped`.
+    # Regression: a stage restored from DVC's run cache was in neither `ran` nor `skipped`;
+    # then it was called up to date, though its outputs had just changed.
     cached = "Stage 'train' is cached - skipping run, checking out outputs"
-    assert SKIPPED.match(cached)["stage"] == "train"
+    assert RESTORED.match(cached)["stage"] == "train"
+    assert not SKIPPED.match(cached)
     failed = "ERROR: failed to reproduce 'train': failed to run: python -m trainer, exited with 69"
     assert STAGE_FAILED.match(failed)["status"] == "69"
     assert EPOCH.match("Epoch 3/15")["n"] == "3"
@@ -327,8 +337,9 @@ def test_the_summary_says_when_the_metrics_are_of_an_older_candidate(
     assert result.exit_code == 0, result.output
     rows = _rows(result.output)
     assert rows[metrics_label].startswith("accuracy 0.9943")
-    outdated = "of an older candidate or data: `mega evaluate` updates it"
-    assert (outdated in rows[metrics_label]) == (metrics_label == "last evaluation")
+    outdated = metrics_label == "last evaluation"
+    assert ("out of date: run mega evaluate" in rows[metrics_label]) == outdated
+    assert rows["next"].startswith("mega run" if outdated else "make serve")
 
 
 @pytest.mark.parametrize(
@@ -349,3 +360,18 @@ def test_status_gives_production_accuracy_only_when_known(
     assert result.exit_code == 0, result.output
     assert f"digits-cnn version 1 (models/digits-cnn/1), {shown}" in result.output
     assert "nan" not in result.output
+
+
+def test_a_stage_restored_from_the_run_cache_is_not_called_up_to_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DVC replaced train's outputs with an earlier run's: the model changed, not re-run."""
+    monkeypatch.setattr("workflow.cli._project", lambda: _fake_project(tmp_path, 0.9943, True))
+    restored = ReproResult(0, [], ["collect", "process"], restored=["train"])
+    monkeypatch.setattr("workflow.cli.repro", lambda *args, **kwargs: restored)
+    result = runner.invoke(app, ["train"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "up to date, skipped: collect, process" in lines
+    assert "restored from DVC's run cache (the same inputs ran before): train" in lines
+    assert "last evaluation" in _rows(result.output)

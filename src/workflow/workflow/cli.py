@@ -76,11 +76,19 @@ def _run_stages(targets: list[str], force: bool = False) -> None:
         _exit_if_failed(project, again)
         result.skipped.remove("register")
         result.ran.append("register")
-    if result.ran:
-        console.print(f"ran: {', '.join(result.ran)}")
-    if result.skipped:
-        console.print(f"up to date, skipped: {', '.join(result.skipped)}")
+    _print_outcome(result)
     _summary(project, metrics_outdated=bool(targets) and _evaluation_outdated(project, result))
+
+
+def _print_outcome(result: ReproResult) -> None:
+    """Which stages ran, which were up to date, which DVC restored from its run cache."""
+    for heading, stages in (
+        ("ran", result.ran),
+        ("up to date, skipped", result.skipped),
+        ("restored from DVC's run cache (the same inputs ran before)", result.restored),
+    ):
+        if stages:
+            console.print(f"{heading}: {', '.join(stages)}")
 
 
 def _evaluation_outdated(project: Project, result: ReproResult) -> bool:
@@ -142,7 +150,7 @@ def _summary(project: Project, metrics_outdated: bool = False) -> None:
         label = "test metrics"
         if metrics_outdated:
             label = "last evaluation"
-            source += ", of an older candidate or data: `mega evaluate` updates it"
+            source += ", out of date: run mega evaluate"
         elif production and production.metrics != metrics:
             label = "candidate metrics"
         table.add_row(
@@ -157,7 +165,10 @@ def _summary(project: Project, metrics_outdated: bool = False) -> None:
     else:
         table.add_row("production model", "none yet (no candidate passed the gate)")
     settings = project.settings
-    table.add_row("next", f"make serve  →  http://{settings.serve_host}:{settings.serve_port}")
+    if metrics_outdated:
+        table.add_row("next", "mega run  →  evaluate, optimize and register the candidate")
+    else:
+        table.add_row("next", f"make serve  →  http://{settings.serve_host}:{settings.serve_port}")
     console.print(table)
 
 
@@ -311,10 +322,7 @@ def _run_experiment(given: list[str], name: str | None, tuned: bool, force: bool
     experiment = ExperimentRun(name=name, overrides=overrides, env=env)
     result = repro(project.root, stages, stages, console, force=force, experiment=experiment)
     _exit_if_failed(project, result)
-    if result.ran:
-        console.print(f"ran: {', '.join(result.ran)}")
-    if result.skipped:
-        console.print(f"up to date, skipped: {', '.join(result.skipped)}")
+    _print_outcome(result)
     _experiment_summary(project, name, baseline)
 
 

@@ -16,10 +16,11 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from common.cli import ERROR_LINE
 
 RUNNING = re.compile(r"^Running stage '(?P<stage>[\w-]+)'")
-# Unchanged, or restored from DVC's run cache (the same inputs ran before): not re-run.
-SKIPPED = re.compile(
-    r"^Stage '(?P<stage>[\w-]+)' (didn't change, skipping|is cached - skipping run)"
-)
+# Unchanged since dvc.lock: not re-run.
+SKIPPED = re.compile(r"^Stage '(?P<stage>[\w-]+)' didn't change, skipping")
+# Not re-run either, but its outputs replaced from DVC's run cache (the same inputs ran
+# before), so what it made has changed.
+RESTORED = re.compile(r"^Stage '(?P<stage>[\w-]+)' is cached - skipping run")
 # dvc's report of a failed stage command, with the command's own exit status.
 STAGE_FAILED = re.compile(r"^ERROR: failed to reproduce '[\w-]+': .*, exited with (?P<status>\d+)$")
 EPOCH = re.compile(r"^Epoch (?P<n>\d+)/(?P<total>\d+)")
@@ -41,6 +42,7 @@ class ReproResult:
     returncode: int
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)  # from the run cache
     summaries: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     log_path: Path | None = None
@@ -127,6 +129,9 @@ def repro(
                 progress.update(task, description=f"{current}: running")
             elif match := SKIPPED.match(line):
                 result.skipped.append(match["stage"])
+                progress.advance(task)
+            elif match := RESTORED.match(line):
+                result.restored.append(match["stage"])
                 progress.advance(task)
             elif (match := EPOCH.match(line)) and current:
                 progress.update(task, description=f"{current}: epoch {match['n']}/{match['total']}")
