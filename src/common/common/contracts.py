@@ -293,6 +293,8 @@ class RegisterResult(Contract):
     version: str
     alias: str
     promoted: bool
+    # The version held production before: the same model and metrics registered again.
+    was_production: bool = False
     reason: str
     uri: str
 

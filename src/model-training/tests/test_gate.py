@@ -7,6 +7,7 @@ model), so they need no training.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,22 @@ def test_registering_production_again_says_it_stays(tmp_path: Path) -> None:
         "(nothing changed since it was registered, test accuracy 0.9800); in "
     )
     assert ModelRegistry(tmp_path / "r", "gate").aliases() == {"production": "1"}
+
+
+def test_an_alias_left_on_a_deleted_version_is_no_production(tmp_path: Path) -> None:
+    """publish reuses a deleted version's number; the new model there is not "unchanged"."""
+    first = register(
+        candidate(tmp_path, ["a", "b"]), metrics(tmp_path, 0.98, 0.97), str(tmp_path / "r"),
+        gate_params(),
+    )  # fmt: skip
+    assert first.promoted and not first.was_production
+    shutil.rmtree(tmp_path / "r" / "gate" / first.version)  # aliases.json still names it
+    other = candidate(tmp_path, ["a", "b"], name="other")
+    (other / "model.tflite").write_bytes(b"another model")
+    again = register(other, metrics(tmp_path, 0.95, 0.94), str(tmp_path / "r"), gate_params())
+    assert again.version == first.version  # the number, reused
+    assert again.promoted and not again.was_production
+    assert again.reason.endswith("; first production model")
 
 
 def test_the_cli_reaches_the_gate_for_a_one_class_model(tmp_path: Path) -> None:

@@ -388,7 +388,6 @@ def register(
                 get_settings(), record_root, pipeline.registry.model_name, vertex_serving_image
             )
     from common.registry import ModelRegistry, RegistryError
-    from trainer.register import PRODUCTION
     from trainer.register import register as run_register
     from trainer.tracking import check_server
 
@@ -401,10 +400,6 @@ def register(
         failures_as(EXIT_USAGE, InputError),  # a bad metrics file or input folder
         tempfile.TemporaryDirectory(prefix="register-") as tmp,
     ):
-        # Read before publishing: a version that was production already "stays" so.
-        production_before = (
-            ModelRegistry(record_root, pipeline.registry.model_name).aliases().get(PRODUCTION)
-        )
         local_model = local_candidate(model, f"{tmp}/model", (LINEAGE,))
         local_optimized = local_folder(optimized, f"{tmp}/optimized") if optimized else None
         downloaded = {f"{tmp}/model": model}
@@ -419,10 +414,9 @@ def register(
                 local_optimized,
                 pipeline.optimize,
             )
-    verdict = "kept as candidate"
-    if record.promoted:
-        stays = record.version == production_before
-        verdict = "stays production" if stays else "promoted to production"
+    verdict = "promoted to production" if record.promoted else "kept as candidate"
+    if record.promoted and record.was_production:
+        verdict = "stays production"
     published = ModelRegistry(record_root, pipeline.registry.model_name)
     variant = published.version_info(record.version).get("variant")
     served = f" ({variant} variant)" if variant else ""

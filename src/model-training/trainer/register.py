@@ -125,13 +125,14 @@ def _thresholds(accuracy: float, macro_f1: float, params: RegistryParams) -> tup
 
 
 def gate(
-    registry: ModelRegistry,
+    current: tuple[str, float] | None,
     version: str,
     test: SplitMetrics,
     params: RegistryParams,
     labels: list[str],
 ) -> tuple[str, str]:
-    """The alias `version` earns, and why.
+    """The alias `version` earns, and why, against `current`: the production version and
+    its test accuracy before `version` was published (`production_accuracy`), or None.
 
     `test` is metrics.json's `test` section (`accuracy` and `macro_f1` in 0..1).
     Production needs a model of at least two classes, both absolute thresholds
@@ -148,11 +149,10 @@ def gate(
     passed, verdict = _thresholds(accuracy, macro_f1, params)
     if not passed:
         return CANDIDATE, f"{verdict}; production is unchanged"
-    current = production_accuracy(registry)
     if current is None:
         return PRODUCTION, f"{verdict}; first production model"
     prod_version, prod_accuracy = current
-    if prod_version == version:
+    if prod_version == version:  # publish returned the production version: the same model
         return PRODUCTION, f"nothing changed since it was registered, test accuracy {accuracy:.4f}"
     gain = accuracy - prod_accuracy
     if gain > 0 and gain >= params.min_improvement - 1e-12:
@@ -238,6 +238,9 @@ def register(
     lineage = version_lineage(candidate)
     classes = training_classes(lineage)
     registry = ModelRegistry(registry_root, params.model_name)
+    # Read before publishing: an alias left on a deleted version is no production, even
+    # once publish reuses that version's number for a new model.
+    current = production_accuracy(registry)
     extra: dict[str, object] = {"test_accuracy": metrics.test.accuracy}
     identity = version_identity(candidate, metrics)
     with tempfile.TemporaryDirectory(prefix="register-") as tmp:
@@ -265,13 +268,14 @@ def register(
         )
         version = registry.publish(staging, extra=extra, content_hash=identity)
     _backfill(registry, version, classes)
-    alias, reason = gate(registry, version, metrics.test, params, labels)
+    alias, reason = gate(current, version, metrics.test, params, labels)
     registry.set_alias(alias, version)
     return RegisterResult(
         model=params.model_name,
         version=version,
         alias=alias,
         promoted=alias == PRODUCTION,
+        was_production=current is not None and current[0] == version,
         reason=reason,
         uri=registry.version_uri(version),
     )

@@ -150,7 +150,7 @@ def _summary(project: Project, metrics_outdated: bool = False) -> None:
         label = "test metrics"
         if metrics_outdated:
             label = "last evaluation"
-            source += ", out of date: run mega evaluate"
+            source += ", out of date"
         elif production and production.metrics != metrics:
             label = "candidate metrics"
         table.add_row(
@@ -166,7 +166,7 @@ def _summary(project: Project, metrics_outdated: bool = False) -> None:
         table.add_row("production model", "none yet (no candidate passed the gate)")
     settings = project.settings
     if metrics_outdated:
-        table.add_row("next", "mega run  →  evaluate, optimize and register the candidate")
+        table.add_row("next", "mega run  →  the stages out of date, through register")
     else:
         table.add_row("next", f"make serve  →  http://{settings.serve_host}:{settings.serve_port}")
     console.print(table)
