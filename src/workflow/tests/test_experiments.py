@@ -419,9 +419,14 @@ def test_plain_mega_run_still_runs_dvc_repro(repo: Path, monkeypatch: pytest.Mon
         "workflow.cli._summary",
         lambda project, metrics_outdated: outdated.append(metrics_outdated),
     )
+    asked: list[tuple[str, ...]] = []
+    monkeypatch.setattr(
+        "workflow.project.Project.stale_stages", lambda self, *stages: asked.append(stages) or {}
+    )
     result = cli.invoke(app, ["run"], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
-    assert outdated == [False]  # the whole pipeline ran evaluate: no dvc status asked
+    # The whole pipeline brings evaluate up to date: its metrics are current, unasked.
+    assert outdated == [False] and asked == []
     [dvc] = started
     assert dvc.command[3:] == ["repro"]
     assert dvc.env.get("WANDB_NAME") == os.environ.get("WANDB_NAME")  # nothing added
