@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import google.cloud.storage as gcs
 
 GCS_SCHEME = "gs://"
+# google-cloud-storage's switch for its background bucket-metadata fetches (see gcs_client).
+BUCKET_METADATA_SWITCH = "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA"
 
 
 def is_gcs(uri: str | Path) -> bool:
@@ -48,6 +50,12 @@ def gcs_client() -> gcs.Client:
 
     from common.settings import get_settings
 
+    # Unless switched off, the client (3.17, as locked) fetches each bucket's metadata on
+    # a thread of its own, for OpenTelemetry span attributes this project does not export.
+    # That request is outside our budget: it retries for up to 120 s when the bucket
+    # cannot be reached, drawing its backoff from Python's global `random`, which seeded
+    # Keras code draws its initializers' seeds from.
+    os.environ.setdefault(BUCKET_METADATA_SWITCH, "true")
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
