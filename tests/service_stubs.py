@@ -15,6 +15,7 @@ requests they get.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -54,7 +55,12 @@ class HangingServer:
             self.held.append(conn)
 
     def close(self) -> None:
+        # Closing alone does not wake a thread blocked in accept() on Linux; shutting the
+        # socket down does, so the thread ends here rather than living on in the session.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        self.thread.join(timeout=5)
         for conn in self.held:
             conn.close()
 
