@@ -136,6 +136,31 @@ def test_registering_production_again_says_it_stays(tmp_path: Path) -> None:
     assert ModelRegistry(tmp_path / "r", "gate").aliases() == {"production": "1"}
 
 
+@pytest.mark.parametrize(
+    ("raised", "verdict"),
+    [
+        ({"min_accuracy": 0.99}, "test accuracy 0.9800 < threshold 0.9900"),
+        ({"min_macro_f1": 0.98}, "macro F1 0.9700 < threshold 0.9800"),
+    ],
+)
+def test_production_registered_again_under_raised_thresholds_stays_production(
+    tmp_path: Path, raised: dict[str, float], verdict: str
+) -> None:
+    """Regression: the line read "kept as candidate", and the production version got the
+    candidate alias too, while it stayed production (the gate never demotes)."""
+    folder = candidate(tmp_path, ["a", "b"])
+    scores, root = metrics(tmp_path, 0.98, 0.97), str(tmp_path / "r")
+    first = register(folder, scores, root, gate_params())
+    stricter = gate_params().model_copy(update=raised)
+    again = register(folder, scores, root, stricter)
+    assert again.version == first.version
+    assert again.promoted and again.was_production
+    assert again.reason.startswith("nothing changed since it was registered; ")
+    assert verdict in again.reason
+    assert "only a model that passes replaces it" in again.reason
+    assert ModelRegistry(root, "gate").aliases() == {"production": first.version}
+
+
 def test_an_alias_left_on_a_deleted_version_is_no_production(tmp_path: Path) -> None:
     """publish reuses a deleted version's number; the new model there is not "unchanged"."""
     first = register(

@@ -138,7 +138,8 @@ def gate(
     Production needs a model of at least two classes, both absolute thresholds
     (accuracy, and macro F1 so that a neglected class fails even on imbalanced
     data) and, when a production model exists, a test accuracy at least
-    `min_improvement` above it (and strictly above).
+    `min_improvement` above it (and strictly above). The production version registered
+    again stays production whatever the thresholds say now: the gate never demotes.
     """
     accuracy, macro_f1 = test.accuracy, test.macro_f1
     if len(labels) < 2:
@@ -147,13 +148,22 @@ def gate(
             "it for every image; production is unchanged"
         )
     passed, verdict = _thresholds(accuracy, macro_f1, params)
+    if current is not None and current[0] == version:
+        # publish returned the production version: the same model and metrics. The gate
+        # only promotes, so raised thresholds leave it production until a model passes.
+        if passed:
+            return PRODUCTION, (
+                f"nothing changed since it was registered, test accuracy {accuracy:.4f}"
+            )
+        return PRODUCTION, (
+            f"nothing changed since it was registered; today's thresholds would refuse it "
+            f"({verdict}), but the gate never demotes: only a model that passes replaces it"
+        )
     if not passed:
         return CANDIDATE, f"{verdict}; production is unchanged"
     if current is None:
         return PRODUCTION, f"{verdict}; first production model"
     prod_version, prod_accuracy = current
-    if prod_version == version:  # publish returned the production version: the same model
-        return PRODUCTION, f"nothing changed since it was registered, test accuracy {accuracy:.4f}"
     gain = accuracy - prod_accuracy
     if gain > 0 and gain >= params.min_improvement - 1e-12:
         return PRODUCTION, (
