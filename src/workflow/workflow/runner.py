@@ -55,6 +55,61 @@ class ReproResult:
         return self.stage_status or 1
 
 
+class StageFollower:
+    """Reads dvc's output line by line into a `ReproResult` and one progress task.
+
+    The task counts the stages done and its label says what dvc is doing: starting, a
+    stage running (with its epoch), or the stage it just found up to date or restored.
+    """
+
+    def __init__(self, result: ReproResult, progress: Progress, stages: int, console: Console):
+        self.result, self.progress, self.console = result, progress, console
+        self.task = progress.add_task("starting dvc", total=stages)
+        self.current: str | None = None  # the stage running
+
+    def _label(self, text: str) -> None:
+        self.progress.update(self.task, description=text)
+
+    def _done(self) -> None:
+        """The running stage, if any, is over."""
+        if self.current is not None:
+            self.progress.advance(self.task)
+            self.current = None
+
+    def feed(self, line: str) -> None:
+        """Take one line of dvc's output (stripped)."""
+        result = self.result
+        if match := RUNNING.match(line):
+            self._done()
+            self.current = match["stage"]
+            result.ran.append(self.current)
+            self._label(f"{self.current}: running")
+        elif match := SKIPPED.match(line):
+            self._done()
+            result.skipped.append(match["stage"])
+            self.progress.advance(self.task)
+            self._label(f"{match['stage']}: up to date")
+        elif match := RESTORED.match(line):
+            self._done()
+            result.restored.append(match["stage"])
+            self.progress.advance(self.task)
+            self._label(f"{match['stage']}: restored from the run cache")
+        elif (match := EPOCH.match(line)) and self.current:
+            self._label(f"{self.current}: epoch {match['n']}/{match['total']}")
+        elif ERROR_LINE.match(line):  # a stage's one-line error, shown on failure
+            result.errors.append(line)
+        elif match := STAGE_FAILED.match(line):
+            result.stage_status = int(match["status"])
+        elif SUMMARY.match(line):
+            result.summaries.append(line)
+            self.console.print(f"  [green]✓[/green] {line}")
+
+    def finish(self, returncode: int) -> None:
+        """dvc exited with `returncode`: a stage still running is done if it succeeded."""
+        if returncode == 0:
+            self._done()
+
+
 def repro(
     root: Path,
     stages: list[str],
@@ -106,8 +161,7 @@ def repro(
         log_path.open("w") as log,
         Progress(*columns, console=console, transient=True) as progress,
     ):
-        task = progress.add_task("starting dvc", total=len(stages))
-        current: str | None = None
+        follower = StageFollower(result, progress, len(stages), console)
         process = subprocess.Popen(
             command,
             cwd=root,
@@ -120,31 +174,9 @@ def repro(
         assert process.stdout is not None
         for raw_line in process.stdout:
             log.write(raw_line)
-            line = raw_line.strip()
-            if match := RUNNING.match(line):
-                if current is not None:
-                    progress.advance(task)
-                current = match["stage"]
-                result.ran.append(current)
-                progress.update(task, description=f"{current}: running")
-            elif match := SKIPPED.match(line):
-                result.skipped.append(match["stage"])
-                progress.advance(task)
-            elif match := RESTORED.match(line):
-                result.restored.append(match["stage"])
-                progress.advance(task)
-            elif (match := EPOCH.match(line)) and current:
-                progress.update(task, description=f"{current}: epoch {match['n']}/{match['total']}")
-            elif ERROR_LINE.match(line):  # a stage's one-line error, shown on failure
-                result.errors.append(line)
-            elif match := STAGE_FAILED.match(line):
-                result.stage_status = int(match["status"])
-            elif SUMMARY.match(line):
-                result.summaries.append(line)
-                console.print(f"  [green]✓[/green] {line}")
+            follower.feed(raw_line.strip())
         result.returncode = process.wait()
-        if current is not None and result.returncode == 0:
-            progress.advance(task)
+        follower.finish(result.returncode)
     return result
 
 
