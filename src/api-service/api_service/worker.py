@@ -14,7 +14,8 @@ batch in flight fails with 500s and the next batch starts a new child.
 
 What the child writes to stderr (LiteRT's "INFO: Created TensorFlow Lite XNNPACK
 delegate for CPU." at every load, a traceback if it dies) reaches the server's log as
-records of the `api_service.worker` logger, one per line, so the log stays JSON lines.
+records of the `api_service.worker` logger, one per line, so the log stays JSON lines;
+a LiteRT line's level prefix becomes the record's level.
 """
 
 from __future__ import annotations
@@ -289,10 +290,20 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(buffer)
 
 
-def stderr_level(line: str) -> int:
-    """The log level of a line the inference process wrote: INFO for LiteRT's "INFO: …"
-    lines, WARNING for anything else (its warnings, a Python traceback)."""
-    return logging.INFO if line.startswith("INFO:") else logging.WARNING
+# LiteRT's native log lines start with their level; the record carries it instead.
+_NATIVE_LEVELS = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+
+
+def stderr_record(line: str) -> tuple[int, str]:
+    """The log level and message of a line the inference process wrote.
+
+    LiteRT's "INFO: …", "WARNING: …" and "ERROR: …" lines get that level, the prefix
+    dropped (the record says it once); anything else (a Python traceback) is a WARNING
+    as written.
+    """
+    prefix, sep, rest = line.partition(": ")
+    level = _NATIVE_LEVELS.get(prefix) if sep else None
+    return (level, rest) if level is not None else (logging.WARNING, line)
 
 
 def _forward_stderr(stream: IO[bytes], version: str) -> None:
@@ -303,8 +314,9 @@ def _forward_stderr(stream: IO[bytes], version: str) -> None:
         for raw in stream:
             line = raw.decode(errors="replace").rstrip()
             if line:
+                level, message = stderr_record(line)
                 with contextlib.suppress(Exception):
-                    log.log(stderr_level(line), "%s", line, extra={"model_version": version})
+                    log.log(level, "%s", message, extra={"model_version": version})
 
 
 def _end(process: subprocess.Popen[bytes], grace: float = 0.0) -> None:

@@ -138,15 +138,20 @@ def test_the_inference_process_stderr_becomes_records_a_line_each(
 
     read, write = os.pipe()
     os.write(write, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n\n")
-    os.write(write, b"Traceback (most recent call last):\n  50% done \xff\n")
+    os.write(write, b"ERROR: Didn't find op for builtin opcode 'X'\nWARNING: slow\n")
+    os.write(write, b"Traceback (most recent call last):\n  50% done \xff\nNOTE: x\n")
     os.close(write)
     with caplog.at_level(logging.INFO, logger="api_service.worker"):
         _forward_stderr(os.fdopen(read, "rb"), "3")
     got = [(r.levelname, r.getMessage(), r.model_version) for r in caplog.records]  # type: ignore[attr-defined]
+    # The level once showed twice: "level": "info", "message": "INFO: Created …".
     assert got == [
-        ("INFO", "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", "3"),
+        ("INFO", "Created TensorFlow Lite XNNPACK delegate for CPU.", "3"),
+        ("ERROR", "Didn't find op for builtin opcode 'X'", "3"),
+        ("WARNING", "slow", "3"),
         ("WARNING", "Traceback (most recent call last):", "3"),
         ("WARNING", "  50% done \ufffd", "3"),
+        ("WARNING", "NOTE: x", "3"),
     ]
 
 
