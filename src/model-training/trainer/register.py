@@ -111,17 +111,19 @@ def production_accuracy(registry: ModelRegistry) -> tuple[str, float] | None:
     return version, metrics.test.accuracy
 
 
-def _thresholds(accuracy: float, macro_f1: float, params: RegistryParams) -> tuple[bool, str]:
-    """Whether both absolute thresholds are met, and the verdict on each for the reason."""
+def _thresholds(accuracy: float, macro_f1: float, params: RegistryParams) -> list[tuple[str, bool]]:
+    """The verdict on each absolute threshold, for the reason, and whether it is met."""
     checks = [
         ("test accuracy", accuracy, params.min_accuracy),
         ("macro F1", macro_f1, params.min_macro_f1),
     ]
-    text = ", ".join(
-        f"{name} {value:.4f} {'≥' if value >= floor else '<'} threshold {floor:.4f}"
+    return [
+        (
+            f"{name} {value:.4f} {'≥' if value >= floor else '<'} threshold {floor:.4f}",
+            value >= floor,
+        )
         for name, value, floor in checks
-    )
-    return all(value >= floor for _, value, floor in checks), text
+    ]
 
 
 def gate(
@@ -139,25 +141,28 @@ def gate(
     (accuracy, and macro F1 so that a neglected class fails even on imbalanced
     data) and, when a production model exists, a test accuracy at least
     `min_improvement` above it (and strictly above). The production version registered
-    again stays production whatever the thresholds say now: the gate never demotes.
+    again stays production whatever the checks say now: the gate never demotes.
     """
     accuracy, macro_f1 = test.accuracy, test.macro_f1
-    if len(labels) < 2:
-        return CANDIDATE, (
-            f"the model knows {len(labels)} class ({', '.join(map(repr, labels))}) and answers "
-            "it for every image; production is unchanged"
-        )
-    passed, verdict = _thresholds(accuracy, macro_f1, params)
+    checks = _thresholds(accuracy, macro_f1, params)
+    passed, verdict = all(ok for _, ok in checks), ", ".join(text for text, _ in checks)
     if current is not None and current[0] == version:
         # publish returned the production version: the same model and metrics. The gate
-        # only promotes, so raised thresholds leave it production until a model passes.
+        # only promotes, so thresholds raised since leave it production.
         if passed:
             return PRODUCTION, (
                 f"nothing changed since it was registered, test accuracy {accuracy:.4f}"
             )
+        below = " and ".join(text for text, ok in checks if not ok)
         return PRODUCTION, (
-            f"nothing changed since it was registered; today's thresholds would refuse it "
-            f"({verdict}), but the gate never demotes: only a model that passes replaces it"
+            f"nothing changed since it was registered; now below a threshold: {below}; "
+            "the gate never demotes, so it stays until a model meets the thresholds and "
+            f"beats its test accuracy by the margin {params.min_improvement:.4f}"
+        )
+    if len(labels) < 2:
+        return CANDIDATE, (
+            f"the model knows {len(labels)} class ({', '.join(map(repr, labels))}) and answers "
+            "it for every image; production is unchanged"
         )
     if not passed:
         return CANDIDATE, f"{verdict}; production is unchanged"
