@@ -54,7 +54,9 @@ def gcs_client() -> gcs.Client:
     # a thread of its own, for OpenTelemetry span attributes this project does not export.
     # That request is outside our budget: it retries for up to 120 s when the bucket
     # cannot be reached, drawing its backoff from Python's global `random`, which seeded
-    # Keras code draws its initializers' seeds from.
+    # Keras code draws its initializers' seeds from. The switch does not cover the
+    # existence check a 404 starts for a bucket already in that cache, which only
+    # get_bucket, lookup_bucket, create_bucket and Bucket.reload fill: do not call them.
     os.environ.setdefault(BUCKET_METADATA_SWITCH, "true")
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
