@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from common.contracts import Metrics, SplitMetrics
 from workflow.cli import _summary, app
-from workflow.project import ProductionModel
+from workflow.project import Project, RegisteredModel
 from workflow.runner import (
     EPOCH,
     RESTORED,
@@ -249,7 +249,7 @@ def _fake_project(
     production = (
         None
         if production_accuracy == NO_PRODUCTION
-        else ProductionModel(
+        else RegisteredModel(
             "digits-cnn",
             "1",
             "models/digits-cnn/1",
@@ -264,6 +264,7 @@ def _fake_project(
         data_stats=lambda: None,
         metrics=lambda: candidate,
         production=lambda: production,
+        candidate=lambda: None,
         settings=SimpleNamespace(serve_host="127.0.0.1", serve_port=8000),
     )
 
@@ -360,6 +361,53 @@ def test_status_gives_production_accuracy_only_when_known(
     assert result.exit_code == 0, result.output
     assert f"digits-cnn version 1 (models/digits-cnn/1), {shown}" in result.output
     assert "nan" not in result.output
+
+
+def test_status_shows_a_candidate_newer_than_production(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = _fake_project(tmp_path, 0.9943)
+    kept = RegisteredModel("digits-cnn", "3", "models/digits-cnn/3", Metrics(test=_split(0.93)))
+    project.candidate = lambda: kept
+    monkeypatch.setattr("workflow.cli._project", lambda: project)
+    result = runner.invoke(app, ["status"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-2:] == [
+        "production model: digits-cnn version 1 (models/digits-cnn/1), test accuracy 0.9943",
+        "candidate model: digits-cnn version 3 (models/digits-cnn/3), test accuracy 0.9300; "
+        "the gate did not promote it (its register line in `mega run` said why)",
+    ]
+
+
+def test_the_candidate_is_the_kept_version_newer_than_production(tmp_path: Path) -> None:
+    from support import write_params
+
+    from common.settings import Settings
+
+    write_params(tmp_path)
+    project = Project(tmp_path, Settings(models_root=str(tmp_path / "models")))
+    registry = project.registry()
+    assert project.candidate() is None  # an empty registry
+
+    def publish(tag: str) -> str:
+        folder = tmp_path / tag
+        folder.mkdir()
+        (folder / "model.tflite").write_text(tag)
+        return registry.publish(folder, content_hash=tag)
+
+    first, second, third = publish("a"), publish("b"), publish("c")
+    registry.set_alias("candidate", first)
+    assert project.production() is None
+    assert project.candidate().version == first  # no production: any candidate is news
+    registry.set_alias("production", second)
+    assert project.candidate() is None  # registered before production
+    registry.set_alias("candidate", third)
+    kept = project.candidate()
+    assert kept is not None and (kept.name, kept.version, kept.metrics) == (
+        registry.name,
+        third,
+        None,
+    )
 
 
 def test_a_stage_restored_from_the_run_cache_is_not_called_up_to_date(

@@ -25,7 +25,7 @@ from common.cli import (
 )
 from common.params import ParamsError
 from common.settings import get_settings
-from workflow.project import ProductionModel, Project, ProjectError, dvc_error
+from workflow.project import Project, ProjectError, RegisteredModel, dvc_error
 from workflow.runner import ReproResult, log_tail, repro
 
 # Only for type checking: the Vertex AI client takes seconds to import.
@@ -122,10 +122,10 @@ def _exit_if_failed(project: Project, result: ReproResult) -> None:
     fail(f"the pipeline failed (dvc exit code {result.returncode}){where}", result.exit_code)
 
 
-def _test_accuracy(production: ProductionModel) -> str:
+def _test_accuracy(model: RegisteredModel) -> str:
     """The version's test accuracy as "test accuracy 0.9943", from its metrics.json; ""
     for a version without one (only a version published by hand lacks it)."""
-    metrics = production.metrics
+    metrics = model.metrics
     return f"test accuracy {metrics.test.accuracy:.4f}" if metrics else ""
 
 
@@ -488,7 +488,8 @@ _stage_command("register", "Publish the candidate and promote it if it passes th
 
 @app.command()
 def status() -> None:
-    """Show the data version, which stages are out of date, and the production model."""
+    """Show the data version, which stages are out of date, the production model and a
+    newer candidate the gate did not promote."""
     project = _project()
     stats = project.data_stats()
     console.print(
@@ -507,12 +508,19 @@ def status() -> None:
     production = project.production()
     if production is None:
         console.print("[bold]production model[/bold]: none (run `mega run`)")
-        return
-    accuracy = _test_accuracy(production) or "test accuracy unknown (no metrics.json)"
-    console.print(
-        f"[bold]production model[/bold]: {production.name} version {production.version} "
-        f"({production.uri}), {accuracy}"
-    )
+    else:
+        console.print(f"[bold]production model[/bold]: {_status_line(production)}")
+    candidate = project.candidate()
+    if candidate is not None:
+        console.print(
+            f"[bold]candidate model[/bold]: {_status_line(candidate)}; the gate did not "
+            "promote it (its register line in `mega run` said why)"
+        )
+
+
+def _status_line(model: RegisteredModel) -> str:
+    accuracy = _test_accuracy(model) or "test accuracy unknown (no metrics.json)"
+    return f"{model.name} version {model.version} ({model.uri}), {accuracy}"
 
 
 @app.command()

@@ -33,8 +33,8 @@ def dvc_error(output: str, default: str) -> str:
 
 
 @dataclass(frozen=True)
-class ProductionModel:
-    """The registry version behind the `production` alias."""
+class RegisteredModel:
+    """A registry version, behind an alias (`production`, `candidate`)."""
 
     name: str
     version: str
@@ -82,16 +82,30 @@ class Project:
     def registry(self) -> ModelRegistry:
         return ModelRegistry(self.settings.models_root, self.params.registry.model_name)
 
-    def production(self) -> ProductionModel | None:
-        """The production version's name, folder and metrics, if one exists."""
+    def aliased(self, alias: str) -> RegisteredModel | None:
+        """The name, folder and metrics of the version `alias` names, if one exists."""
         registry = self.registry()
         try:
-            version = registry.resolve("production")
+            version = registry.resolve(alias)
             registry.version_info(version)  # a version whose folder was deleted is none
         except (RegistryError, FileNotFoundError):
             return None  # no alias yet, or it names a version that was deleted
         metrics = registry.read_document(version, METRICS, Metrics)
-        return ProductionModel(registry.name, version, registry.version_uri(version), metrics)
+        return RegisteredModel(registry.name, version, registry.version_uri(version), metrics)
+
+    def production(self) -> RegisteredModel | None:
+        """The production version, if one exists."""
+        return self.aliased("production")
+
+    def candidate(self) -> RegisteredModel | None:
+        """The version the gate last kept as candidate, if it is newer than production
+        (an older one was registered before production and is of no interest)."""
+        candidate, production = self.aliased("candidate"), self.production()
+        if candidate is None or (
+            production is not None and int(candidate.version) <= int(production.version)
+        ):
+            return None
+        return candidate
 
     def locked_stages(self) -> list[str]:
         """Stages that dvc.lock records (that have run and been locked)."""
