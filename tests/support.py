@@ -194,7 +194,6 @@ def launch_api(
     command: Sequence[str] | None = None,
     cwd: Path | None = None,
     log: Path | None = None,
-    raise_server_exceptions: bool = True,
     **settings: Any,
 ) -> Iterator[RunningApi]:
     """Start the API on the registry at `models` with `settings` (ServingSettings fields).
@@ -216,7 +215,7 @@ def launch_api(
         from api_service.app import create_app
 
         app = create_app(config)
-        with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
+        with TestClient(app) as client:
             yield RunningApi(url=str(client.base_url), client=client, app=app)
         return
     port = settings.pop("serve_port", None) or free_port()

@@ -15,6 +15,7 @@ from prometheus_client import Gauge
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api_service.errors import unexpected_error_response
 from api_service.logs import log_access, request_id
 
 # The status logged and counted for a request whose client closed the connection before
@@ -77,10 +78,12 @@ class AccessLogMiddleware:
         status = 500
         header = (b"x-request-id", rid.encode())
 
+        started_response = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
@@ -92,6 +95,12 @@ class AccessLogMiddleware:
             # The client went away before its body was read: there is nobody to answer
             # and nothing failed here (not a 500 with a traceback in the log).
             status = CLIENT_CLOSED_REQUEST
+        except Exception as exc:
+            # Answered here rather than by the app's outermost error layer, which runs
+            # outside this one: the 500 carries X-Request-ID and its log record the id.
+            if started_response:
+                raise  # too late to answer; the server closes the connection
+            await unexpected_error_response(exc)(scope, receive, send_with_id)
         finally:
             if self.in_flight is not None:
                 self.in_flight.dec()

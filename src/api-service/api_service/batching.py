@@ -86,8 +86,12 @@ class MicroBatcher:
         }
 
     def start(self) -> None:
-        """Start the inference process (blocking; WorkerError if the model fails to load)."""
+        """Start the inference process (blocking; WorkerError if the model fails to load).
+
+        From then on the queue-depth gauge reads this batcher's queue, at each scrape.
+        """
         self.worker.start()
+        self.metrics.queue_depth.set_function(self._queue.__len__)
 
     def close(self, timeout: float = 30) -> None:
         """Stop taking work, let the event loop finish what is queued, then end the
@@ -167,7 +171,6 @@ class MicroBatcher:
                 return
         batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
         started = time.perf_counter()
-        self.metrics.queue_depth.set(len(self._queue))
         for item in batch:
             self.metrics.queue_seconds.observe(started - item.enqueued)
         try:

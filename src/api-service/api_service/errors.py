@@ -86,9 +86,15 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     return error_response(422, ErrorCode.INVALID_REQUEST, problems)
 
 
-async def _unexpected_error(_: Request, exc: Exception) -> Response:
+def unexpected_error_response(exc: Exception) -> Response:
+    """Log `exc` with its traceback and answer 500 `internal_error`."""
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, ErrorCode.INTERNAL_ERROR, "internal error; see the server log")
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> Response:
+    # The access-log middleware answers these first; this covers an app built without it.
+    return unexpected_error_response(exc)
 
 
 def add_error_handlers(app: FastAPI) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -501,20 +502,75 @@ def test_batcher_refuses_when_the_queue_is_full(tiny_pipeline: TinyPipeline) -> 
     assert refused.value.status == 503
 
 
+def test_queue_depth_counts_the_images_waiting_now(tiny_pipeline: TinyPipeline) -> None:
+    """Regression: the gauge was set when a batch started, so images queued behind a
+    running batch never showed (it read 0 here)."""
+    import os
+    import signal
+
+    model = load_served_model(Settings(models_root=str(tiny_pipeline.models)))
+    image = tiny_pipeline.test_images()[0][0].read_bytes()
+    metrics = Metrics()
+    batcher = new_batcher(model, max_batch=1, metrics=metrics)
+    batcher.start()
+    try:
+        process = batcher.worker._process
+        assert process is not None
+        os.kill(process.pid, signal.SIGSTOP)  # the first batch never comes back
+
+        async def queue_behind_it() -> float | None:
+            requests = [asyncio.ensure_future(batcher.predict_many([image])) for _ in range(4)]
+            await asyncio.sleep(0.2)  # the first is in the stopped process, three wait
+            depth = metrics.registry.get_sample_value("mega_inference_queue_depth")
+            for request in requests:
+                request.cancel()
+            await asyncio.gather(*requests, return_exceptions=True)
+            return depth
+
+        assert asyncio.run(queue_behind_it()) == 3
+    finally:
+        batcher.close()
+
+
+@contextlib.contextmanager
+def record_request_ids(logger: str) -> Iterator[list[tuple[str, str | None, bool]]]:
+    """(message, request id current when it was logged, with a traceback) of each record
+    `logger` gets meanwhile."""
+    from api_service.logs import request_id
+
+    seen: list[tuple[str, str | None, bool]] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), request_id.get(), record.exc_info is not None))
+
+    handler, target = Recorder(logging.ERROR), logging.getLogger(logger)
+    target.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        target.removeHandler(handler)
+
+
 def test_a_dead_inference_process_is_replaced(
     registry_copy: ModelRegistry, tiny_pipeline: TinyPipeline
 ) -> None:
     """A decoder crash kills the inference process, not the server: the batch in
     flight fails with a JSON 500 and the next request gets a new process."""
     upload = {"file": ("digit.png", tiny_pipeline.test_images()[0][0].read_bytes(), "image/png")}
-    with launch_api(registry_copy.root, model_poll_seconds=0, raise_server_exceptions=False) as api:
+    with launch_api(registry_copy.root, model_poll_seconds=0) as api:
         client = api.client
         worker = api.app.state.manager.active.batcher.worker
         process = worker._process
         process.kill()
         process.wait()
-        first = client.post("/v1/predict", files=upload)
+        with record_request_ids("api_service") as logged:
+            first = client.post("/v1/predict", files=upload, headers={"X-Request-ID": "crash-1"})
         assert first.status_code == 500 and first.json()["error"]["code"] == "internal_error"
+        # Regression: the 500 came from a layer outside the access log's, without the id
+        # in its header or in its log record.
+        assert first.headers["x-request-id"] == "crash-1"
+        assert ("unhandled error", "crash-1", True) in logged
         second = client.post("/v1/predict", files=upload)
         assert second.status_code == 200, second.text
         assert worker._process is not None and worker._process.pid != process.pid
