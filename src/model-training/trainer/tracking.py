@@ -69,8 +69,8 @@ def check_server(enabled: bool, settings: Settings) -> None:
     """Before anything heavy: the key from Secret Manager when one is named (`load_key`),
     then an online run's W&B server must answer, else `ServiceError`.
 
-    wandb itself notices only after its own start-up and retries; this takes a connect
-    and a read timeout of the service budget. The key is checked later, by wandb.
+    wandb itself notices only after its own start-up and retries; this takes at most
+    the service budget's read timeout for the connect and again for the answer. The key is checked later, by wandb.
     """
     load_key(enabled, settings)
     if not enabled or wandb_mode(settings) != "online":
