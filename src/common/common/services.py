@@ -243,8 +243,8 @@ def check_answers(service: str, url: str, budget: ServiceBudget, fix: str) -> No
     Any HTTP answer counts, an error status included: whether the credentials are
     accepted is the client's question. A refused connection, an unknown host or
     silence past the budget's read timeout (urllib bounds the connect and each read by
-    it) is not an answer. Meant for
-    clients whose own retries are slow or start late (after a heavy import).
+    it) is not an answer. Meant for clients whose own retries are slow or start late
+    (after a heavy import).
     """
     request = urllib.request.Request(url, method="HEAD")
     try:

@@ -70,7 +70,8 @@ def check_server(enabled: bool, settings: Settings) -> None:
     then an online run's W&B server must answer, else `ServiceError`.
 
     wandb itself notices only after its own start-up and retries; this takes at most
-    the service budget's read timeout for the connect and again for the answer. The key is checked later, by wandb.
+    the service budget's read timeout for the connect and again for the answer. The
+    key is checked later, by wandb.
     """
     load_key(enabled, settings)
     if not enabled or wandb_mode(settings) != "online":
