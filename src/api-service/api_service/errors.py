@@ -93,7 +93,9 @@ def unexpected_error_response(exc: Exception) -> Response:
 
 
 async def _unexpected_error(_: Request, exc: Exception) -> Response:
-    # The access-log middleware answers these first; this covers an app built without it.
+    # The access-log middleware answers these first, with the request id. This is what
+    # is left: an error after the response started (the middleware re-raises it, and the
+    # server cuts the connection) or one raised by that middleware itself.
     return unexpected_error_response(exc)
 
 

@@ -48,5 +48,5 @@ class PredictFastPath:
             response = await predict_response(request)
         except HTTPException as exc:  # what the app's ExceptionMiddleware would answer
             response = http_error_response(exc)
-        # Anything else propagates to the app's ServerErrorMiddleware: a 500 body.
+        # Anything else propagates: the access-log middleware answers it with a 500.
         await response(scope, receive, send)
