@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from io import StringIO
@@ -375,7 +376,7 @@ def test_status_shows_a_candidate_newer_than_production(
     assert result.output.splitlines()[-2:] == [
         "production model: digits-cnn version 1 (models/digits-cnn/1), test accuracy 0.9943",
         "candidate model: digits-cnn version 3 (models/digits-cnn/3), test accuracy 0.9300; "
-        "the gate did not promote it (its register line in `mega run` said why)",
+        "the gate did not promote it (its register line said why)",
     ]
 
 
@@ -401,6 +402,10 @@ def test_the_candidate_is_the_kept_version_newer_than_production(tmp_path: Path)
     assert project.candidate().version == first  # no production: any candidate is news
     registry.set_alias("production", second)
     assert project.candidate() is None  # registered before production
+    Path(registry.base, "aliases.json").write_text(
+        json.dumps({"production": second, "candidate": "by-hand"})
+    )
+    assert project.candidate() is None  # a hand-edited alias that names no version
     registry.set_alias("candidate", third)
     kept = project.candidate()
     assert kept is not None and (kept.name, kept.version, kept.metrics) == (

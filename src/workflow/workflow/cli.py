@@ -505,16 +505,17 @@ def status() -> None:
     for stage in project.stages():
         state = "[yellow]changed[/yellow]" if stage in stale else "[green]up to date[/green]"
         console.print(f"  {stage:<10} {state}")
-    production = project.production()
-    if production is None:
-        console.print("[bold]production model[/bold]: none (run `mega run`)")
-    else:
+    production, candidate = project.production(), project.candidate()
+    if production is not None:
         console.print(f"[bold]production model[/bold]: {_status_line(production)}")
-    candidate = project.candidate()
+    elif candidate is not None:
+        console.print("[bold]production model[/bold]: none (the gate promoted no version)")
+    else:
+        console.print("[bold]production model[/bold]: none (run `mega run`)")
     if candidate is not None:
         console.print(
             f"[bold]candidate model[/bold]: {_status_line(candidate)}; the gate did not "
-            "promote it (its register line in `mega run` said why)"
+            "promote it (its register line said why)"
         )
 
 
@@ -943,7 +944,10 @@ def build(
     ] = False,
     allow_dirty: Annotated[
         bool,
-        typer.Option(help="Push even when src/ or requirements/ have changes (tag <sha>-dirty)."),
+        typer.Option(
+            help="Push even when what the images are built from (src/, requirements/, "
+            "docker-compose.yml, .dockerignore) has changes (tag <sha>-dirty)."
+        ),
     ] = False,
 ) -> None:
     """Build every image of docker-compose.yml (docker, else podman), tagged with the git sha.

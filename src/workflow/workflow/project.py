@@ -98,14 +98,13 @@ class Project:
         return self.aliased("production")
 
     def candidate(self) -> RegisteredModel | None:
-        """The version the gate last kept as candidate, if it is newer than production
-        (an older one was registered before production and is of no interest)."""
-        candidate, production = self.aliased("candidate"), self.production()
-        if candidate is None or (
-            production is not None and int(candidate.version) <= int(production.version)
-        ):
+        """The version the gate last kept as candidate, if its number is above
+        production's (a lower one was superseded by production)."""
+        aliases = self.registry().aliases()
+        kept, production = aliases.get("candidate", ""), aliases.get("production", "")
+        if not kept.isdigit() or (production.isdigit() and int(kept) <= int(production)):
             return None
-        return candidate
+        return self.aliased("candidate")
 
     def locked_stages(self) -> list[str]:
         """Stages that dvc.lock records (that have run and been locked)."""
