@@ -368,8 +368,9 @@ def register(
         typer.Option(
             show_default="none: the folder registry only",
             help="Also upload the version to the Vertex AI Model Registry (MEGA_GCP_PROJECT, "
-            "MEGA_GCP_REGION; a gs:// --registry), served by this API service image "
-            "(REPO/api-service:TAG); its production/candidate aliases follow aliases.json.",
+            "MEGA_GCP_REGION if not us-central1; a gs:// --registry), served by this API "
+            "service image (REPO/api-service:TAG); its production/candidate aliases follow "
+            "aliases.json.",
         ),
     ] = None,
 ) -> None:

@@ -84,8 +84,9 @@ def check_setup(settings: Settings, registry_root: str, model_name: str, image: 
         raise VertexSetupError("--vertex-serving-image is empty; pass REPO/api-service:TAG")
     if not settings.gcp_project:
         raise VertexSetupError(
-            "--vertex-serving-image needs MEGA_GCP_PROJECT (and MEGA_GCP_REGION) to name the "
-            "Vertex AI project; set them, or leave the option out to keep the folder registry only"
+            "--vertex-serving-image needs MEGA_GCP_PROJECT to name the Vertex AI project "
+            "(MEGA_GCP_REGION picks the region, default us-central1); set it, or leave the "
+            "option out to keep the folder registry only"
         )
     if not storage.is_gcs(registry_root):
         raise VertexSetupError(
