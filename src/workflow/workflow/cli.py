@@ -488,8 +488,7 @@ _stage_command("register", "Publish the candidate and promote it if it passes th
 
 @app.command()
 def status() -> None:
-    """Show the data version, which stages are out of date, the production model and a
-    newer candidate the gate did not promote."""
+    """Show the data version, stale stages, the production model and a newer candidate."""
     project = _project()
     stats = project.data_stats()
     console.print(
