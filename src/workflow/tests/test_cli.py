@@ -376,7 +376,7 @@ def test_status_shows_a_candidate_newer_than_production(
     assert result.output.splitlines()[-2:] == [
         "production model: digits-cnn version 1 (models/digits-cnn/1), test accuracy 0.9943",
         "candidate model: digits-cnn version 3 (models/digits-cnn/3), test accuracy 0.9300; "
-        "the gate did not promote it (its register line said why)",
+        "the last version the gate kept out of production",
     ]
 
 

@@ -513,8 +513,8 @@ def status() -> None:
         console.print("[bold]production model[/bold]: none (run `mega run`)")
     if candidate is not None:
         console.print(
-            f"[bold]candidate model[/bold]: {_status_line(candidate)}; the gate did not "
-            "promote it (its register line said why)"
+            f"[bold]candidate model[/bold]: {_status_line(candidate)}; the last version "
+            "the gate kept out of production"
         )
 
 
